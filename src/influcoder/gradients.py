@@ -1,0 +1,286 @@
+"""Exact per-example LoRA gradients from one forward and one backward pass per batch.
+
+Loss (the reduction, written down): for example b with response positions R_b (labels ≠ -100 after
+the causal shift),
+
+    L_b = (1 / |R_b|) · Σ_{t ∈ R_b} CE(logits_t, label_t)        (mean over the example's own response tokens)
+    L   = Σ_b L_b                                                 (sum over the batch, *not* mean)
+
+so ∂L/∂θ restricted to example b's activations is exactly ∇θ L_b: no batch-size factor, and an
+example's gradient does not depend on the batch it is in.
+
+How: peft LoRA adapters on the linear layers of the transformer blocks (never the LM head or the
+embeddings). No parameter requires grad; the input embeddings do, so backward flows through the
+network but no weight gradient (and no vocabulary-sized tied embedding gradient) is accumulated.
+Forward hooks on each ``lora_A`` / ``lora_B`` linear keep its input activations x (B, T, in) and a
+hook on its output catches ∂L/∂y (B, T, out); the per-example weight gradient is
+``Σ_t ∂L/∂y_t ⊗ x_t`` = ``einsum("bto,bti->boi")``. The LM head is applied only at response positions.
+
+With peft's default initialisation (B = 0) every ``lora_A`` gradient is exactly zero; by default those
+coordinates are left out of the gradient (``include_lora_a="auto"``), which changes no cosine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .tokenization import Batch
+
+__all__ = ["LoraSettings", "LoraGradients", "block_linear_names", "per_example_losses"]
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapters whose parameters define the gradient."""
+
+    rank: int = 8
+    """LoRA rank r."""
+    alpha: float = 16.0
+    """LoRA alpha (scaling = alpha / r)."""
+    dropout: float = 0.0
+    """LoRA dropout; must be 0 for deterministic gradients."""
+    target_modules: tuple[str, ...] | None = None
+    """Module name suffixes to adapt (e.g. q_proj, v_proj); None = every linear layer of the blocks."""
+    seed: int = 0
+    """Seed of the adapter initialisation (A is random; pool and query stores must share it)."""
+    include_lora_a: str = "auto"
+    """'auto' (drop lora_A when every lora_B is zero, its gradient then being exactly 0), 'yes' or 'no'."""
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ValueError(f"LoRA rank must be ≥ 1, got {self.rank}")
+        if self.dropout != 0.0:
+            raise ValueError("LoRA dropout must be 0: per-example gradients must be deterministic")
+        if self.include_lora_a not in ("auto", "yes", "no"):
+            raise ValueError("include_lora_a must be auto, yes or no")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["target_modules"] = list(self.target_modules) if self.target_modules else None
+        return d
+
+
+def _decoder_layers_prefixes(model: nn.Module) -> list[str]:
+    """Names of ModuleLists that hold the transformer blocks (e.g. ``model.layers``)."""
+    out = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0 and name:
+            out.append(name)
+    return out
+
+
+def block_linear_names(model: nn.Module, suffixes: tuple[str, ...] | None = None) -> list[str]:
+    """Full names of the nn.Linear layers inside the transformer blocks (LM head and embeddings excluded)."""
+    prefixes = _decoder_layers_prefixes(model)
+    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.Linear) or mod is out_emb:
+            continue
+        if not any(name.startswith(p + ".") for p in prefixes):
+            continue
+        if suffixes and name.split(".")[-1] not in suffixes:
+            continue
+        names.append(name)
+    if not names:
+        raise ValueError(f"no linear layers inside transformer blocks match target modules {suffixes}")
+    return names
+
+
+def per_example_losses(hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+    """Mean response-token cross-entropy per example, computing logits only at response positions."""
+    lab = labels[:, 1:]
+    mask = lab != -100
+    h = hidden[:, :-1][mask]
+    logits = lm_head(h).float()
+    ce = F.cross_entropy(logits, lab[mask], reduction="none")
+    owner = torch.arange(labels.shape[0]).unsqueeze(1).expand_as(lab)[mask]
+    total = torch.zeros(labels.shape[0], dtype=torch.float32).index_add(0, owner, ce)
+    count = mask.sum(1)
+    if bool((count == 0).any()):
+        raise ValueError("an example in the batch has no response token")
+    return total / count
+
+
+@dataclass
+class _Slot:
+    name: str
+    module: nn.Module
+    shape: tuple[int, int]
+
+
+class LoraGradients:
+    """Wraps a causal LM with LoRA adapters and computes per-example adapter gradients batch-wise."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        settings: LoraSettings = LoraSettings(),
+        *,
+        dtype: str = "float32",
+        adapter_path: str | None = None,
+    ):
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError("dtype must be float32 or bfloat16")
+        self.settings = settings
+        self.dtype = dtype
+        targets = block_linear_names(model, settings.target_modules)
+        if adapter_path:
+            self.peft = PeftModel.from_pretrained(model, adapter_path, is_trainable=False)
+        else:
+            cfg = LoraConfig(
+                r=settings.rank,
+                lora_alpha=settings.alpha,
+                lora_dropout=0.0,
+                target_modules=targets,
+                bias="none",
+            )
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(settings.seed)
+                self.peft = get_peft_model(model, cfg)
+        self.peft.eval()
+        for p in self.peft.parameters():
+            p.requires_grad_(False)
+        self.causal_lm = self.peft.get_base_model()
+        self.decoder = self.causal_lm.get_decoder()
+        self.lm_head = self.causal_lm.get_output_embeddings()
+        self.embed = self.causal_lm.get_input_embeddings()
+
+        self._grads: dict[str, torch.Tensor] = {}
+        self._handles = []
+        self._active = False
+        self._build_slots()
+
+    def _build_slots(self) -> None:
+        """Decide which adapter matrices make up the gradient and hook them."""
+        for h in self._handles:
+            h.remove()
+        pairs = [(n, m) for n, m in self.causal_lm.named_modules() if hasattr(m, "lora_A") and hasattr(m, "lora_B")]
+        if not pairs:
+            raise ValueError("the model has no LoRA layers")
+        b_zero = all(float(m.lora_B["default"].weight.abs().max()) == 0.0 for _, m in pairs)
+        want_a = {"yes": True, "no": False, "auto": not b_zero}[self.settings.include_lora_a]
+        self.includes_lora_a = want_a
+        self.slots: list[_Slot] = []
+        for name, m in pairs:
+            if want_a:
+                a = m.lora_A["default"]
+                self.slots.append(_Slot(f"{name}.lora_A", a, tuple(a.weight.shape)))
+            b = m.lora_B["default"]
+            self.slots.append(_Slot(f"{name}.lora_B", b, tuple(b.weight.shape)))
+        self.dim = sum(s.shape[0] * s.shape[1] for s in self.slots)
+        self._handles = [s.module.register_forward_hook(self._make_hook(s.name)) for s in self.slots]
+
+    # ------------------------------------------------------------------ hooks
+    def _make_hook(self, name: str):
+        def fwd_hook(module, inputs, output):
+            if not self._active or not output.requires_grad:
+                return
+            x = inputs[0].detach()
+
+            def grad_hook(g):
+                self._grads[name] = torch.einsum("bto,bti->boi", g.float(), x.float())
+
+            output.register_hook(grad_hook)
+
+        return fwd_hook
+
+    # ------------------------------------------------------------------ info
+    def layout(self) -> list[dict]:
+        """Parameter order of the flattened gradient: name and [out, in] shape of each piece."""
+        return [{"name": s.name, "shape": list(s.shape)} for s in self.slots]
+
+    def adapter_hash(self) -> str:
+        """sha256 of the adapter weights (both A and B), which define the gradient as much as the base model."""
+        h = hashlib.sha256()
+        for name, m in self.causal_lm.named_modules():
+            if hasattr(m, "lora_A") and hasattr(m, "lora_B"):
+                for part in ("lora_A", "lora_B"):
+                    w = getattr(m, part)["default"].weight.detach().contiguous()
+                    h.update(f"{name}.{part}{tuple(w.shape)}".encode())
+                    h.update(w.float().numpy().tobytes())
+        return h.hexdigest()
+
+    def autocast(self):
+        if self.dtype == "bfloat16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ compute
+    def losses(self, batch: Batch, *, track: bool) -> torch.Tensor:
+        """Per-example losses of a batch (graph kept for backward when ``track``)."""
+        with torch.set_grad_enabled(track):
+            emb = self.embed(batch.input_ids).detach()
+            if track:
+                emb.requires_grad_(True)
+            with self.autocast():
+                out = self.decoder(
+                    inputs_embeds=emb,
+                    attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids,
+                    use_cache=False,
+                )
+                return per_example_losses(out.last_hidden_state, batch.labels, self.lm_head)
+
+    def pieces(self, batch: Batch) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per-example gradients as a list of (B, out·in) pieces in :meth:`layout` order, and the losses."""
+        self._grads = {}
+        self._active = True
+        try:
+            losses = self.losses(batch, track=True)
+            losses.sum().backward()
+        finally:
+            self._active = False
+        n = batch.input_ids.shape[0]
+        out = []
+        for s in self.slots:
+            g = self._grads.pop(s.name, None)
+            if g is None:
+                raise RuntimeError(f"no gradient reached {s.name}")
+            out.append(g.reshape(n, -1))
+        return out, losses.detach()
+
+    def flat(self, batch: Batch) -> torch.Tensor:
+        """Per-example gradients as one (B, d) tensor (for tests and small d)."""
+        pieces, _ = self.pieces(batch)
+        return torch.cat(pieces, 1)
+
+    def lora_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        for n, p in self.causal_lm.named_parameters():
+            if "lora_" in n:
+                yield n, p
+
+    def warmup(self, batches: list[Batch], steps: int, lr: float = 2e-5, seed: int = 0) -> list[float]:
+        """LESS-style warm-up: ``steps`` AdamW steps on the LoRA parameters over ``batches`` (cycled).
+
+        Loss per step: mean over the batch of each example's mean response-token CE. Returns the losses."""
+        params = [p for _, p in self.lora_parameters()]
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        history = []
+        self.peft.train()
+        try:
+            for step in range(steps):
+                batch = batches[step % len(batches)]
+                opt.zero_grad(set_to_none=True)
+                loss = self.losses(batch, track=True).mean()  # mean over examples of per-example means
+                loss.backward()
+                opt.step()
+                history.append(loss.item())
+        finally:
+            self.peft.eval()
+            for p in params:
+                p.requires_grad_(False)
+                p.grad = None
+        self._build_slots()  # B is no longer zero: lora_A gradients now count under "auto"
+        return history
