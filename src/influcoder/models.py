@@ -19,6 +19,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import UserError
+
 __all__ = [
     "ModelNotAvailable",
     "DECODER_SHORT_NAMES",
@@ -31,7 +33,7 @@ __all__ = [
 ]
 
 
-class ModelNotAvailable(RuntimeError):
+class ModelNotAvailable(UserError, RuntimeError):
     """A model name that cannot be resolved here; the message says how to install it."""
 
 

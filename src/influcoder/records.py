@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import UserError
+
 __all__ = [
     "FieldSpec",
     "PRESETS",
@@ -41,7 +43,7 @@ __all__ = [
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".jsonl.gz", ".json.gz", ".csv.gz")
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """An input row that cannot become a record. The message names file, row and field."""
 
     def __init__(self, path: str | Path, row: int | None, field_name: str | None, problem: str):

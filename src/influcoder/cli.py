@@ -1,0 +1,49 @@
+"""The ``influcoder`` command line (typer + rich). Each pipeline stage registers its commands from
+its own ``cli_<stage>.py`` module through a ``register(app)`` function."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from . import __version__
+
+app = typer.Typer(
+    name="influcoder",
+    help="Influence-based data attribution for LLMs: stock LoRA gradients, label influence, distil an encoder, attribute at scale.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+):
+    if version:
+        print(__version__)
+        raise typer.Exit()
+
+
+from . import cli_stock  # noqa: E402
+
+cli_stock.register(app)
+
+
+def main() -> None:
+    """Entry point: user-facing errors print one line and exit 2; no traceback for bad input."""
+    from .errors import UserError
+
+    try:
+        app(standalone_mode=True)
+    except UserError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

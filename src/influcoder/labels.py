@@ -1,0 +1,89 @@
+"""Influence label files: the (pool × query) float32 matrix written by ``influcoder influence``.
+
+On disk, for ``--out labels.npy``:
+  * ``labels.npy``       — float32 array of shape (n_pool, n_query), row i = pool id i, column j = query id j;
+  * ``labels.meta.json`` — ``{"pool_ids": [...], "query_ids": [...], "pool_store": {...},
+    "query_store": {...}, "teacher": {...}, "influcoder_version": ...}`` (the teacher block records the
+    decoder name and weight hash, LoRA and projection config).
+
+Both are written atomically (temporary name, then rename), the matrix last-but-one and the metadata
+last, so a label file without its metadata is never mistaken for a complete one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Labels", "meta_path", "load_labels", "write_meta", "file_sha256"]
+
+
+def meta_path(npy_path: str | Path) -> Path:
+    p = Path(npy_path)
+    stem = p.name[:-4] if p.name.endswith(".npy") else p.name
+    return p.with_name(stem + ".meta.json")
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Labels:
+    """A loaded label file."""
+
+    matrix: np.ndarray
+    """(n_pool, n_query) float32, memory-mapped."""
+    pool_ids: list[str]
+    query_ids: list[str]
+    meta: dict
+    path: Path
+
+    def fingerprint(self) -> dict:
+        """What a downstream artefact records about the labels it was made from."""
+        return {
+            "path": str(self.path),
+            "sha256": file_sha256(self.path),
+            "shape": list(self.matrix.shape),
+            "teacher": self.meta.get("teacher"),
+        }
+
+
+def load_labels(path: str | Path) -> Labels:
+    """Open a label file and its metadata; errors name the file and what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: label file not found")
+    mp = meta_path(path)
+    if not mp.exists():
+        raise ValueError(f"{path}: its metadata {mp.name} is missing (was `influcoder influence` interrupted?)")
+    meta = json.loads(mp.read_text())
+    try:
+        matrix = np.load(path, mmap_mode="r")
+    except ValueError as e:
+        raise ValueError(f"{path}: not a readable .npy array ({e})") from None
+    if matrix.ndim != 2 or matrix.dtype != np.float32:
+        raise ValueError(f"{path}: expected a 2-D float32 array, got {matrix.dtype} {matrix.shape}")
+    pool_ids, query_ids = list(meta["pool_ids"]), list(meta["query_ids"])
+    if matrix.shape != (len(pool_ids), len(query_ids)):
+        raise ValueError(
+            f"{path}: shape {matrix.shape} does not match {len(pool_ids)} pool ids × {len(query_ids)} query ids in {mp.name}"
+        )
+    return Labels(matrix, pool_ids, query_ids, meta, path)
+
+
+def write_meta(npy_path: str | Path, meta: dict) -> Path:
+    mp = meta_path(npy_path)
+    tmp = mp.with_name(mp.name + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, mp)
+    return mp

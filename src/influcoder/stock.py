@@ -1,0 +1,264 @@
+"""Stage 1: stock per-example LoRA gradients of a decoder, projected, into a resumable store.
+
+``stock(StockConfig(...))`` is what ``influcoder stock`` runs: read and validate the records, tokenise
+them (response-only labels), compute exact per-example gradients batch by batch (sorted by length,
+packed by tokens), project them (CountSketch by default) and write them shard by shard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import resource
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .gradients import LoraGradients, LoraSettings
+from .projection import ProjectionConfig, make_projector
+from .records import FieldSpec, InvalidRow, Record, RecordError, file_fingerprint, read_records
+from .store import StoreWriter
+from .tokenization import Encoded, collate, encode_record, pack_by_tokens
+
+__all__ = ["StockConfig", "stock", "LOSS_DESCRIPTION"]
+
+LOSS_DESCRIPTION = "mean cross-entropy over the example's own response tokens (prompt and padding labels -100); batch loss = sum of per-example losses"
+
+
+@dataclass
+class StockConfig:
+    """Everything that defines a gradient store (shared by the CLI and the Python API)."""
+
+    model: str
+    """Decoder: hub id, local folder, or a packaged short name (smollm2-135m-instruct)."""
+    data: str
+    """Input file (.jsonl, .json, .csv, .parquet)."""
+    out: str
+    """Store folder (created; an unfinished store there is resumed)."""
+    prompt_field: str | None = None
+    """Prompt field(s), comma-separated to join several (default: prompt, or the preset's)."""
+    response_field: str | None = None
+    """Response field (default: response, or the preset's)."""
+    messages_field: str | None = None
+    """Chat-style messages field (default: messages)."""
+    id_field: str | None = None
+    """Id field (default: id; the row number when absent)."""
+    preset: str | None = None
+    """Named field mapping: alpaca, dolly, bbh, gsm8k, xstest-completions, prompt-response."""
+    limit: int | None = None
+    """Use only the first N valid records."""
+    skip_invalid: bool = False
+    """Skip bad rows (listed in invalid.jsonl) instead of stopping."""
+    chat_template: bool | None = None
+    """Render with the tokenizer's chat template (default: when it has one)."""
+    max_length: int = 512
+    """Tokens per example after truncation (the prompt is cut from the left first)."""
+    projection: str = "countsketch"
+    """countsketch, rademacher, gaussian or none."""
+    proj_dim: int = 8192
+    """Projected dimension k."""
+    seed: int = 0
+    """Seed of the projection and of the LoRA initialisation."""
+    lora_rank: int = 8
+    """LoRA rank."""
+    lora_alpha: float = 16.0
+    """LoRA alpha."""
+    target_modules: str | None = None
+    """Comma-separated linear-layer names to adapt (default: all linear layers of the blocks)."""
+    include_lora_a: str = "auto"
+    """auto (drop the exactly-zero lora_A gradients of a fresh adapter), yes or no."""
+    adapter: str | None = None
+    """Load this LoRA adapter folder (e.g. a pool store's adapter/ after warm-up) instead of a fresh one."""
+    warmup_steps: int = 0
+    """LESS-style warm-up: LoRA training steps on this data before stocking (0 = off)."""
+    warmup_lr: float = 2e-5
+    """Learning rate of the warm-up."""
+    dtype: str = "float32"
+    """Compute precision: float32 or bfloat16 (autocast)."""
+    store_dtype: str = "float32"
+    """Storage precision: float32 or float16."""
+    batch_size: int = 8
+    """Most examples per batch."""
+    token_budget: int = 4096
+    """Most padded tokens per batch (batch size × longest example)."""
+    padding_side: str = "right"
+    """Padding side (results do not depend on it)."""
+    shard_size: int = 256
+    """Rows per shard: the unit of atomic writing and of resume."""
+    overwrite: bool = False
+    """Delete an existing store at ``out`` first."""
+
+    def __post_init__(self):
+        errs = []
+        if self.dtype not in ("float32", "bfloat16"):
+            errs.append("dtype must be float32 or bfloat16")
+        if self.store_dtype not in ("float32", "float16"):
+            errs.append("store_dtype must be float32 or float16")
+        if self.batch_size < 1 or self.shard_size < 1 or self.max_length < 2:
+            errs.append("batch_size and shard_size must be ≥ 1 and max_length ≥ 2")
+        if self.padding_side not in ("left", "right"):
+            errs.append("padding_side must be left or right")
+        if self.warmup_steps and self.adapter:
+            errs.append("give either --adapter or --warmup-steps, not both")
+        try:
+            ProjectionConfig(self.projection, self.proj_dim, self.seed)
+            self.lora_settings()
+        except ValueError as e:
+            errs.append(str(e))
+        if errs:
+            raise UserError("; ".join(errs))
+
+    def field_spec(self) -> FieldSpec:
+        from .records import PRESETS
+
+        if self.preset and self.preset not in PRESETS:
+            raise UserError(f"unknown preset '{self.preset}' (choose from {', '.join(PRESETS)})")
+        return FieldSpec.from_names(self.prompt_field, self.response_field, self.messages_field, self.id_field, self.preset)
+
+    def lora_settings(self) -> LoraSettings:
+        targets = tuple(t.strip() for t in self.target_modules.split(",")) if self.target_modules else None
+        return LoraSettings(self.lora_rank, self.lora_alpha, 0.0, targets, self.seed, self.include_lora_a)
+
+    def projection_config(self) -> ProjectionConfig:
+        return ProjectionConfig(self.projection, self.proj_dim, self.seed)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _prepare(cfg: StockConfig, tokenizer) -> tuple[list[Record], list[Encoded], list[InvalidRow]]:
+    records, invalid = read_records(cfg.data, cfg.field_spec(), skip_invalid=cfg.skip_invalid)
+    kept_r, kept_e = [], []
+    for r in records:
+        try:
+            e = encode_record(tokenizer, r, cfg.max_length, cfg.chat_template)
+        except RecordError as err:
+            if not cfg.skip_invalid:
+                raise
+            invalid.append(InvalidRow(err.path, err.row if err.row is not None else r.row, err.field, err.problem))
+            continue
+        kept_r.append(r)
+        kept_e.append(e)
+        if cfg.limit is not None and len(kept_r) >= cfg.limit:
+            break
+    if not kept_r:
+        raise UserError(f"{cfg.data}: no valid records to stock")
+    return kept_r, kept_e, invalid
+
+
+def stock(cfg: StockConfig, *, progress: bool = True, on_shard: Callable[[int], None] | None = None) -> Path:
+    """Build (or resume) the store described by ``cfg``; returns its folder."""
+    from .models import load_decoder, state_dict_hash
+
+    t_start = time.perf_counter()
+    out = Path(cfg.out)
+    if cfg.overwrite and out.exists():
+        shutil.rmtree(out)
+    model, tokenizer, resolved = load_decoder(cfg.model)
+    model_hash = state_dict_hash(model)
+    records, encoded, invalid = _prepare(cfg, tokenizer)
+    out.mkdir(parents=True, exist_ok=True)
+    if invalid:
+        with open(out / "invalid.jsonl", "w") as f:
+            for row in invalid:
+                f.write(json.dumps(dataclasses.asdict(row)) + "\n")
+
+    adapter = cfg.adapter
+    adapter_dir = out / "adapter"
+    if cfg.warmup_steps and (adapter_dir / "adapter_config.json").exists():
+        adapter = str(adapter_dir)  # resumed run: reuse the warmed-up adapter saved before the kill
+    lg = LoraGradients(model, cfg.lora_settings(), dtype=cfg.dtype, adapter_path=adapter)
+    warmup_losses = None
+    if cfg.warmup_steps and adapter is None:
+        batches = [collate([encoded[i] for i in b], tokenizer.pad_token_id, cfg.padding_side)
+                   for b in pack_by_tokens([len(e) for e in encoded], cfg.batch_size, cfg.token_budget)]
+        warmup_losses = lg.warmup(batches, cfg.warmup_steps, cfg.warmup_lr, cfg.seed)
+        tmp = out / "adapter.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        lg.peft.save_pretrained(tmp)
+        shutil.rmtree(adapter_dir, ignore_errors=True)
+        tmp.rename(adapter_dir)
+    projector = make_projector(lg.dim, cfg.projection_config())
+    layout = lg.layout()
+    header = {
+        "model": cfg.model,
+        "model_path": resolved,
+        "model_hash": model_hash,
+        "adapter_hash": lg.adapter_hash(),
+        "lora": {**cfg.lora_settings().to_dict(), "includes_lora_a": lg.includes_lora_a,
+                 "adapter": adapter, "warmup_steps": cfg.warmup_steps, "warmup_lr": cfg.warmup_lr if cfg.warmup_steps else None},
+        "projection": cfg.projection_config().to_dict() | {"output_dim": projector.output_dim},
+        "gradient_dim": lg.dim,
+        "layout_hash": hashlib.sha256(json.dumps(layout).encode()).hexdigest(),
+        "dtype": cfg.dtype,
+        "loss": LOSS_DESCRIPTION,
+        "data": file_fingerprint(cfg.data),
+        "fields": dataclasses.asdict(cfg.field_spec()),
+        "max_length": cfg.max_length,
+        "chat_template": bool(getattr(tokenizer, "chat_template", None)) if cfg.chat_template is None else cfg.chat_template,
+        "n_invalid": len(invalid),
+    }
+    writer = StoreWriter(out, header, [r.id for r in records], cfg.shard_size, cfg.store_dtype)
+    (out / "layout.json").write_text(json.dumps(layout))
+    (out / "stock_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    todo = [i for i in range(writer.n_shards) if i not in writer.done()]
+    n_todo = sum(writer.shard_rows(i)[1] - writer.shard_rows(i)[0] for i in todo)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = [TextColumn("stocking"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]} ex/s"), TextColumn("ETA"), TimeRemainingColumn()]
+    t0 = time.perf_counter()
+    done_rows = 0
+    tokens = 0
+    losses = {}
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("stock", total=n_todo, rate="-")
+        for shard in todo:
+            start, stop = writer.shard_rows(shard)
+            enc = encoded[start:stop]
+            rows = np.zeros((stop - start, projector.output_dim), dtype=np.float32)
+            for b in pack_by_tokens([len(e) for e in enc], cfg.batch_size, cfg.token_budget):
+                batch = collate([enc[i] for i in b], tokenizer.pad_token_id, cfg.padding_side)
+                pieces, loss = lg.pieces(batch)
+                projected = projector.project_pieces(pieces)
+                norms = projected.norm(dim=1)
+                for j, i in enumerate(b):
+                    if not torch.isfinite(norms[j]) or float(norms[j]) == 0.0:
+                        r = records[start + i]
+                        raise UserError(f"{cfg.data}, row {r.row} (id '{r.id}'): gradient is {'zero' if torch.isfinite(norms[j]) else 'not finite'}; refusing to store it")
+                    losses[records[start + i].id] = float(loss[j])
+                rows[b] = projected.numpy()
+                tokens += batch.n_tokens
+                done_rows += len(b)
+                rate = done_rows / max(time.perf_counter() - t0, 1e-9)
+                bar.update(task, advance=len(b), rate=f"{rate:.2f}")
+            writer.write_shard(shard, rows)
+            if on_shard is not None:
+                on_shard(shard)
+    elapsed = time.perf_counter() - t0
+    writer.finish({
+        "examples_per_s_last_run": (done_rows / elapsed) if done_rows else None,
+        "rows_computed_last_run": done_rows,
+        "tokens_last_run": tokens,
+        "seconds_last_run": round(time.perf_counter() - t_start, 2),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "warmup_losses": warmup_losses,
+    })
+    if losses:
+        loss_path = out / "losses.jsonl"
+        with open(loss_path, "a") as f:
+            for k, v in losses.items():
+                f.write(json.dumps({"id": k, "loss": v}) + "\n")
+    return out

@@ -1,0 +1,277 @@
+"""Gradient stores: sharded, memory-mappable (n × k) matrices with a JSON manifest.
+
+Layout of a store folder::
+
+    manifest.json          what made the store (model + weight hash, LoRA, projection, dtype, data
+                           fingerprint, library version), the shard list with row ranges and sha256,
+                           and ``complete`` once every row is written
+    ids.json               the example ids, in row order
+    shards/shard-00000.npy rows [0, shard_size) as an .npy array (memory-mappable), etc.
+    invalid.jsonl          rows skipped under --skip-invalid, with the reason (if any)
+    adapter/               the LoRA adapter used (only after a warm-up), to stock queries with
+
+Writing is crash-safe: a shard is written to a temporary file, fsynced and renamed, and only then
+recorded (with its checksum) in the manifest, which is itself replaced atomically. After a kill, the
+manifest lists exactly the shards that are whole; the rerun recomputes the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from . import __version__
+from .errors import UserError
+
+__all__ = ["StoreError", "StoreWriter", "GradientStore", "open_store", "COMPAT_KEYS", "check_compatible"]
+
+MANIFEST = "manifest.json"
+FORMAT = "influcoder-gradient-store/1"
+
+COMPAT_KEYS = ("model_hash", "adapter_hash", "lora", "projection", "gradient_dim", "layout_hash", "dtype", "loss")
+"""Manifest entries that must agree for two stores' gradients to be compared."""
+
+
+class StoreError(UserError):
+    """A store that is missing, incomplete, corrupted or incompatible."""
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def check_compatible(a: dict, b: dict, what_a: str = "pool store", what_b: str = "query store") -> None:
+    """Raise :class:`StoreError` naming the first setting in which two manifests differ."""
+    for key in COMPAT_KEYS:
+        if a.get(key) != b.get(key):
+            raise StoreError(
+                f"{what_a} and {what_b} were made with different {key}: {json.dumps(a.get(key))[:200]} vs "
+                f"{json.dumps(b.get(key))[:200]}; influence between them would be meaningless"
+            )
+
+
+class StoreWriter:
+    """Creates or resumes a store. ``header`` holds everything that defines the store's content."""
+
+    def __init__(self, root: str | Path, header: dict, ids: list[str], shard_size: int, dtype: str = "float32"):
+        self.root = Path(root)
+        self.shard_size = int(shard_size)
+        self.dtype = np.dtype(dtype)
+        self.ids = list(ids)
+        if len(set(self.ids)) != len(self.ids):
+            raise StoreError("duplicate example ids")
+        self.header = dict(header)
+        self.header.update(
+            format=FORMAT,
+            influcoder_version=__version__,
+            n=len(self.ids),
+            shard_size=self.shard_size,
+            store_dtype=self.dtype.name,
+            ids_sha256=hashlib.sha256(json.dumps(self.ids).encode()).hexdigest(),
+        )
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "shards").mkdir(exist_ok=True)
+        mpath = self.root / MANIFEST
+        if mpath.exists():
+            old = json.loads(mpath.read_text())
+            old_header = {k: v for k, v in old.items() if k not in ("shards", "complete", "stats")}
+            new_header = {k: v for k, v in self.header.items()}
+            if old_header != new_header:
+                diff = sorted(k for k in set(old_header) | set(new_header) if old_header.get(k) != new_header.get(k))
+                raise StoreError(
+                    f"{self.root} already holds a store made with other settings (differs in: {', '.join(diff)}); "
+                    "use another --out folder or --overwrite"
+                )
+            self.shards = [s for s in old["shards"] if self._shard_ok(s)]
+            self.stats = old.get("stats", {})
+        else:
+            self.shards = []
+            self.stats = {}
+            (self.root / "ids.json").write_text(json.dumps(self.ids))
+            self._write_manifest()
+
+    @property
+    def n_shards(self) -> int:
+        return (len(self.ids) + self.shard_size - 1) // self.shard_size
+
+    def shard_rows(self, index: int) -> tuple[int, int]:
+        start = index * self.shard_size
+        return start, min(len(self.ids), start + self.shard_size)
+
+    def done(self) -> set[int]:
+        return {s["index"] for s in self.shards}
+
+    def _shard_ok(self, s: dict) -> bool:
+        p = self.root / "shards" / s["file"]
+        return p.exists() and p.stat().st_size == s["bytes"] and _sha256_file(p) == s["sha256"]
+
+    def _write_manifest(self, complete: bool = False) -> None:
+        m = dict(self.header)
+        m["shards"] = sorted(self.shards, key=lambda s: s["index"])
+        m["complete"] = complete
+        m["stats"] = self.stats
+        _atomic_write_text(self.root / MANIFEST, json.dumps(m, indent=1))
+
+    def write_shard(self, index: int, rows: np.ndarray) -> None:
+        start, stop = self.shard_rows(index)
+        if rows.shape[0] != stop - start:
+            raise ValueError(f"shard {index} needs {stop - start} rows, got {rows.shape[0]}")
+        name = f"shard-{index:05d}.npy"
+        final = self.root / "shards" / name
+        tmp = final.with_name(name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(rows, dtype=self.dtype))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        entry = {"index": index, "file": name, "start": start, "stop": stop,
+                 "bytes": final.stat().st_size, "sha256": _sha256_file(final)}
+        self.shards = [s for s in self.shards if s["index"] != index] + [entry]
+        self._write_manifest()
+
+    def finish(self, stats: dict | None = None) -> None:
+        if self.done() != set(range(self.n_shards)):
+            missing = sorted(set(range(self.n_shards)) - self.done())
+            raise StoreError(f"cannot finish {self.root}: shards {missing[:10]} missing")
+        if stats:
+            self.stats.update(stats)
+        self._write_manifest(complete=True)
+
+
+class ShardedMatrix:
+    """Row-wise concatenation of memory-mapped shards; behaves like an (n × k) read-only array."""
+
+    def __init__(self, shards: list[np.ndarray]):
+        self._shards = shards
+        self._starts = np.cumsum([0] + [s.shape[0] for s in shards])
+        self.shape = (int(self._starts[-1]), shards[0].shape[1] if shards else 0)
+        self.dtype = shards[0].dtype if shards else np.dtype("float32")
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) as an array (a view when they lie in one shard)."""
+        start, stop = max(0, start), min(self.shape[0], stop)
+        parts = []
+        i = int(np.searchsorted(self._starts, start, side="right") - 1)
+        while start < stop:
+            s0 = self._starts[i]
+            take = min(stop, self._starts[i + 1]) - start
+            parts.append(self._shards[i][start - s0 : start - s0 + take])
+            start += take
+            i += 1
+        if not parts:
+            return np.empty((0, self.shape[1]), dtype=self.dtype)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, 0)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            rows = self[key[0]]
+            return rows[(slice(None),) + key[1:]] if not np.isscalar(key[0]) else rows[key[1:]]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.shape[0])
+            block = self.rows(start, stop)
+            return block[::step] if step != 1 else block
+        if isinstance(key, (int, np.integer)):
+            k = int(key) + (self.shape[0] if key < 0 else 0)
+            return self.rows(k, k + 1)[0]
+        idx = np.asarray(key)
+        if idx.dtype == bool:
+            idx = np.nonzero(idx)[0]
+        return np.stack([self[int(i)] for i in idx]) if len(idx) else np.empty((0, self.shape[1]), self.dtype)
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.rows(0, self.shape[0])
+        return out.astype(dtype) if dtype is not None else np.array(out)
+
+
+@dataclass
+class GradientStore:
+    """A finished store opened for reading."""
+
+    root: Path
+    manifest: dict
+    ids: list[str]
+    matrix: ShardedMatrix
+    """(n × k) gradients, memory-mapped shard by shard."""
+
+    @property
+    def dim(self) -> int:
+        return self.matrix.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def iter_blocks(self, block_rows: int = 4096) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start_row, rows)`` blocks of at most ``block_rows`` rows."""
+        for start in range(0, len(self), block_rows):
+            yield start, self.matrix.rows(start, start + block_rows)
+
+    def teacher(self) -> dict:
+        """The settings that define the gradients (what downstream artefacts record)."""
+        return {k: self.manifest.get(k) for k in ("model", "model_hash", "adapter_hash", "lora", "projection", "dtype", "loss")}
+
+
+def open_store(root: str | Path, *, verify: bool = False, allow_incomplete: bool = False) -> GradientStore:
+    """Open a store; ``verify`` re-checks every shard's sha256 (sizes are always checked)."""
+    root = Path(root)
+    mpath = root / MANIFEST
+    if not mpath.exists():
+        raise StoreError(f"{root}: not a gradient store (no {MANIFEST})")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        raise StoreError(f"{mpath}: corrupted manifest ({e})") from None
+    if manifest.get("format") != FORMAT:
+        raise StoreError(f"{root}: unknown store format {manifest.get('format')!r}")
+    if not manifest.get("complete") and not allow_incomplete:
+        raise StoreError(
+            f"{root}: store is incomplete ({len(manifest['shards'])} shards written); rerun the same `influcoder stock` command to finish it"
+        )
+    ids = json.loads((root / "ids.json").read_text())
+    if hashlib.sha256(json.dumps(ids).encode()).hexdigest() != manifest["ids_sha256"]:
+        raise StoreError(f"{root / 'ids.json'}: does not match the manifest (corrupted?)")
+    arrays = []
+    expected = 0
+    for s in sorted(manifest["shards"], key=lambda s: s["index"]):
+        p = root / "shards" / s["file"]
+        if not p.exists():
+            raise StoreError(f"{p}: shard missing")
+        if p.stat().st_size != s["bytes"]:
+            raise StoreError(f"{p}: shard is {p.stat().st_size} bytes, manifest says {s['bytes']} (truncated or corrupted)")
+        if verify and _sha256_file(p) != s["sha256"]:
+            raise StoreError(f"{p}: checksum mismatch (corrupted shard)")
+        if s["start"] != expected and not allow_incomplete:
+            raise StoreError(f"{root}: shards do not cover rows contiguously at row {expected}")
+        try:
+            arr = np.load(p, mmap_mode="r")
+        except ValueError as e:
+            raise StoreError(f"{p}: unreadable shard ({e})") from None
+        if arr.shape[0] != s["stop"] - s["start"]:
+            raise StoreError(f"{p}: has {arr.shape[0]} rows, manifest says {s['stop'] - s['start']}")
+        arrays.append(arr)
+        expected = s["stop"]
+    if not allow_incomplete and expected != len(ids):
+        raise StoreError(f"{root}: shards hold {expected} rows but there are {len(ids)} ids")
+    return GradientStore(root, manifest, ids, ShardedMatrix(arrays))
