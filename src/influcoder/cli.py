@@ -29,8 +29,9 @@ def _root(
         raise typer.Exit()
 
 
-from . import cli_stock  # noqa: E402
+from . import cli_data, cli_stock  # noqa: E402
 
+cli_data.register(app)
 cli_stock.register(app)
 
 
