@@ -88,6 +88,7 @@ class StoreWriter:
             store_dtype=self.dtype.name,
             ids_sha256=hashlib.sha256(json.dumps(self.ids).encode()).hexdigest(),
         )
+        self.header = json.loads(json.dumps(self.header))  # as it reads back from disk (tuples → lists)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "shards").mkdir(exist_ok=True)
         mpath = self.root / MANIFEST
