@@ -1,0 +1,182 @@
+"""``influcoder embed``, ``influcoder index``, ``influcoder attribute`` and ``influcoder filter``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("embed")(embed_cmd)
+    app.command("index")(index_cmd)
+    app.command("attribute")(attribute_cmd)
+    app.command("filter")(filter_cmd)
+
+
+def embed_cmd(
+    encoder: str = typer.Option(..., "--encoder", help="Encoder folder (influcoder train --out) or minilm-l6."),
+    data: Path = typer.Option(..., "--data", help="Records file (.jsonl/.json/.csv/.parquet)."),
+    out: Path = typer.Option(..., "--out", help="Embedding store folder (an unfinished one there is resumed)."),
+    side: str = typer.Option("pool", "--side", help="pool | query: which side's text format the encoder uses."),
+    float32: bool = typer.Option(False, "--float32", help="Store float32 instead of float16."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Examples per encoder batch (length-sorted)."),
+    shard_size: int = typer.Option(4096, "--shard-size", help="Records per shard (unit of streaming and resume)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Field mapping: alpaca, dolly, bbh, gsm8k, xstest-completions."),
+    prompt_field: Optional[str] = typer.Option(None, "--prompt-field", help="Prompt field(s), comma-separated."),
+    response_field: Optional[str] = typer.Option(None, "--response-field", help="Response field."),
+    messages_field: Optional[str] = typer.Option(None, "--messages-field", help="Chat messages field."),
+    id_field: Optional[str] = typer.Option(None, "--id-field", help="Id field."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N valid records."),
+    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip bad rows (listed in OUT/invalid.jsonl)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing store at --out first."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+):
+    """Embed a records file with an influence encoder into a sharded, resumable store."""
+    from .embed import EmbedConfig, embed_file, open_embeddings
+
+    cfg = EmbedConfig(encoder=encoder, data=str(data), out=str(out), side=side, preset=preset, prompt_field=prompt_field,
+                      response_field=response_field, messages_field=messages_field, id_field=id_field, limit=limit,
+                      skip_invalid=skip_invalid, dtype="float32" if float32 else "float16", batch_size=batch_size,
+                      shard_size=shard_size, overwrite=overwrite)
+    path = embed_file(cfg, progress=not quiet)
+    s = open_embeddings(path)
+    st = s.manifest.get("stats", {})
+    console.print(f"embedded {len(s)} × {s.dim} ({s.manifest['dtype']}) into {path} "
+                  f"({st.get('examples_per_s_last_run') or 0:.1f} ex/s, {st.get('bytes_per_example')} bytes/example)")
+    if st.get("n_invalid"):
+        console.print(f"[yellow]{st['n_invalid']} invalid rows skipped; see {path / 'invalid.jsonl'}[/]")
+
+
+def index_cmd(
+    embeddings: Path = typer.Option(..., "--embeddings", help="Embedding store folder (influcoder embed --out)."),
+    out: Path = typer.Option(..., "--out", help="Index folder."),
+    kind: str = typer.Option("flat", "--kind", help="flat (exact) | ivf-flat | ivf-pq | hnsw."),
+    nlist: Optional[int] = typer.Option(None, "--nlist", help="IVF cells (default ≈ 4·√n)."),
+    nprobe: int = typer.Option(32, "--nprobe", help="IVF cells visited per query."),
+    pq_m: Optional[int] = typer.Option(None, "--pq-m", help="IVF-PQ sub-quantisers (divides the dimension; default dim/8)."),
+    pq_bits: int = typer.Option(8, "--pq-bits", help="Bits per IVF-PQ code."),
+    hnsw_m: int = typer.Option(32, "--hnsw-m", help="HNSW neighbours per node."),
+    ef_construction: int = typer.Option(80, "--ef-construction", help="HNSW build candidate list."),
+    ef_search: int = typer.Option(96, "--ef-search", help="HNSW query candidate list."),
+    train_size: int = typer.Option(100_000, "--train-size", help="Vectors sampled to train IVF / PQ."),
+    seed: int = typer.Option(0, "--seed"),
+    check: bool = typer.Option(False, "--check", help="Report recall@k against exact search on a sample."),
+    check_queries: int = typer.Option(1000, "--check-queries", help="Sampled stored vectors used as check queries."),
+    check_k: int = typer.Option(10, "--check-k", help="k of the recall@k check."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index at --out."),
+):
+    """Build a FAISS inner-product index over an embedding store."""
+    from .index import IndexConfig, build_index, open_index
+
+    cfg = IndexConfig(embeddings=str(embeddings), out=str(out), kind=kind, nlist=nlist, nprobe=nprobe, pq_m=pq_m,
+                      pq_bits=pq_bits, hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search,
+                      train_size=train_size, seed=seed, check=check, check_queries=check_queries, check_k=check_k,
+                      overwrite=overwrite)
+    path = build_index(cfg)
+    meta = open_index(path).meta
+    console.print(f"indexed {meta['n']} × {meta['dim']} ({kind}) in {meta['build_seconds']:.1f} s → {path} "
+                  f"({meta['index_bytes'] / max(1, meta['n']):.0f} bytes/vector)")
+    if meta.get("check"):
+        c = meta["check"]
+        print(json.dumps(c))
+        console.print(f"recall@{c['k']} vs exact on {c['queries']} sampled vectors: {c['recall']:.4f} "
+                      f"({c['index_ms_per_query_batched']:.3f} ms/query vs exact {c['exact_ms_per_query_batched']:.3f})")
+
+
+def _ood_opts(reference, reference_preset, ood_threshold, no_ood):
+    from .attribute import OODConfig
+
+    return OODConfig(reference=[str(p) for p in reference or []], reference_preset=reference_preset,
+                     threshold=ood_threshold, enabled=not no_ood)
+
+
+def attribute_cmd(
+    encoder: str = typer.Option(..., "--encoder", help="The encoder the index was built with."),
+    index: Path = typer.Option(..., "--index", help="Index folder (influcoder index --out)."),
+    queries: Optional[Path] = typer.Option(None, "--queries", help="Queries records file (or a query embedding store)."),
+    query_text: Optional[List[str]] = typer.Option(None, "--query-text", help="A query as text (repeatable)."),
+    top_k: int = typer.Option(10, "--top-k", help="Pool examples per query."),
+    out: Path = typer.Option(..., "--out", help="Output file: JSONL (CSV with --csv); a .report.json goes beside it."),
+    as_csv: bool = typer.Option(False, "--csv", help="Write CSV instead of JSONL."),
+    query_preset: Optional[str] = typer.Option(None, "--query-preset", help="Field mapping of the queries file (e.g. bbh)."),
+    query_prompt_field: Optional[str] = typer.Option(None, "--query-prompt-field"),
+    query_response_field: Optional[str] = typer.Option(None, "--query-response-field"),
+    data: Optional[Path] = typer.Option(None, "--data", help="Pool file to read texts from (default: the indexed file)."),
+    no_text: bool = typer.Option(False, "--no-text", help="Leave texts out."),
+    nprobe: Optional[int] = typer.Option(None, "--nprobe", help="Override the IVF nprobe."),
+    ef_search: Optional[int] = typer.Option(None, "--ef-search", help="Override the HNSW efSearch."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    reference: Optional[List[Path]] = typer.Option(None, "--reference", help="Encoder training data for the OOD report (default: from the encoder's metadata)."),
+    reference_preset: Optional[str] = typer.Option(None, "--reference-preset"),
+    ood_threshold: Optional[float] = typer.Option(None, "--ood-threshold", help="Flag NN similarity below this (default: calibrated 5th percentile)."),
+    no_ood: bool = typer.Option(False, "--no-ood", help="Skip the OOD report."),
+):
+    """Top-k most influential pool examples for each query."""
+    from .attribute import AttributeConfig, run_attribute
+
+    cfg = AttributeConfig(encoder=encoder, index=str(index), queries=str(queries) if queries else None,
+                          query_texts=list(query_text or []), top_k=top_k, out=str(out), csv=as_csv,
+                          query_preset=query_preset, query_prompt_field=query_prompt_field,
+                          query_response_field=query_response_field, data=str(data) if data else None,
+                          with_text=not no_text, nprobe=nprobe, ef_search=ef_search, batch_size=batch_size,
+                          ood=_ood_opts(reference, reference_preset, ood_threshold, no_ood))
+    recs, report = run_attribute(cfg)
+    console.print(f"wrote {len(recs)} rows for {report['n_queries']} queries to {out}")
+    if report["ood_reference"]:
+        console.print(f"{report['queries_ood']} of {report['n_queries']} queries flagged out of distribution "
+                      f"(threshold {report['ood_reference']['query']['threshold']:.3f})")
+    for note in report["notes"]:
+        console.print(f"[yellow]{note}[/]")
+
+
+def filter_cmd(
+    encoder: str = typer.Option(..., "--encoder", help="Encoder folder or minilm-l6."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Pool records file; the filtered copy keeps its format."),
+    pool_text: Optional[List[str]] = typer.Option(None, "--pool-text", help="A pool example as text (repeatable)."),
+    pool_embeddings: Optional[Path] = typer.Option(None, "--pool-embeddings", help="Reuse an embedding store of --data."),
+    queries: Optional[Path] = typer.Option(None, "--queries", help="Queries records file."),
+    query_text: Optional[List[str]] = typer.Option(None, "--query-text", help="A query as text (repeatable)."),
+    out: Path = typer.Option(..., "--out", help="Output folder."),
+    aggregate: str = typer.Option("mean", "--aggregate", help="mean | max over the queries."),
+    fraction: Optional[float] = typer.Option(None, "--fraction", help="Select the top fraction (default 0.1)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Select examples scoring above this."),
+    keep: bool = typer.Option(False, "--keep", help="Keep only the selected examples (default: remove them)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Field mapping of the pool file."),
+    prompt_field: Optional[str] = typer.Option(None, "--prompt-field"),
+    response_field: Optional[str] = typer.Option(None, "--response-field"),
+    query_preset: Optional[str] = typer.Option(None, "--query-preset", help="Field mapping of the queries file."),
+    query_prompt_field: Optional[str] = typer.Option(None, "--query-prompt-field"),
+    query_response_field: Optional[str] = typer.Option(None, "--query-response-field"),
+    float32: bool = typer.Option(False, "--float32", help="Store pool embeddings as float32."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    reference: Optional[List[Path]] = typer.Option(None, "--reference", help="Encoder training data for the OOD report."),
+    reference_preset: Optional[str] = typer.Option(None, "--reference-preset"),
+    ood_threshold: Optional[float] = typer.Option(None, "--ood-threshold"),
+    no_ood: bool = typer.Option(False, "--no-ood"),
+    quiet: bool = typer.Option(False, "--quiet"),
+):
+    """Score a pool by influence aggregated over queries; write scores, ranking and a filtered copy."""
+    from .attribute import FilterConfig, filter_pool
+
+    cfg = FilterConfig(encoder=encoder, out=str(out), data=str(data) if data else None, pool_texts=list(pool_text or []),
+                       pool_embeddings=str(pool_embeddings) if pool_embeddings else None,
+                       queries=str(queries) if queries else None, query_texts=list(query_text or []),
+                       aggregate=aggregate, fraction=fraction, threshold=threshold, keep=keep, preset=preset,
+                       prompt_field=prompt_field, response_field=response_field, query_preset=query_preset,
+                       query_prompt_field=query_prompt_field, query_response_field=query_response_field,
+                       dtype="float32" if float32 else "float16", batch_size=batch_size,
+                       ood=_ood_opts(reference, reference_preset, ood_threshold, no_ood))
+    path = filter_pool(cfg, progress=not quiet)
+    rep = json.loads((path / "report.json").read_text())
+    console.print(f"scored {rep['n_pool']} pool examples over {rep['n_queries']} queries ({aggregate}); "
+                  f"{rep['n_selected']} selected, {rep['n_written']} written ({rep['mode']}) → {', '.join(rep['outputs'])}")
+    if rep["ood_reference"]:
+        console.print(f"OOD: {rep['queries_ood']} queries and {rep['pool_ood']} pool examples flagged (see {path / 'ood.jsonl'})")
+    for note in rep["notes"]:
+        console.print(f"[yellow]{note}[/]")
