@@ -29,10 +29,11 @@ def _root(
         raise typer.Exit()
 
 
-from . import cli_data, cli_stock  # noqa: E402
+from . import cli_attribute, cli_data, cli_stock  # noqa: E402
 
 cli_data.register(app)
 cli_stock.register(app)
+cli_attribute.register(app)
 
 
 def main() -> None:
