@@ -29,21 +29,33 @@ def _root(
         raise typer.Exit()
 
 
-from . import cli_attribute, cli_data, cli_stock  # noqa: E402
+from . import cli_attribute, cli_data, cli_demo, cli_stock  # noqa: E402
 
 cli_data.register(app)
 cli_stock.register(app)
+from . import cli_distill; cli_distill.register(app)  # noqa: E402,E702
 cli_attribute.register(app)
+cli_demo.register(app)
 
 
 def main() -> None:
     """Entry point: user-facing errors print one line and exit 2; no traceback for bad input."""
+    import warnings
+
     from .errors import UserError
 
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
     try:
         app(standalone_mode=True)
     except UserError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        print(f"error: {e}", file=sys.stderr)  # plain: never wrapped, no markup in paths
         sys.exit(2)
 
 
