@@ -5,3 +5,13 @@ records → gradients/projection → store → influence (labels) → distil (en
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["InfluenceEncoder", "__version__"]
+
+
+def __getattr__(name):  # lazy: `influcoder --help` must not import torch / sentence-transformers
+    if name == "InfluenceEncoder":
+        from .encoder import InfluenceEncoder
+
+        return InfluenceEncoder
+    raise AttributeError(f"module 'influcoder' has no attribute {name!r}")
