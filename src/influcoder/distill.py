@@ -1,0 +1,524 @@
+"""Stage 3: distil the teacher's influence rankings into a bi-encoder (METHOD.md §2).
+
+Loss, for a B×C block (B queries, C pool candidates), predicted Î = cos(E(query), E(pool)) and true I
+from the label file (pool × query, transposed to query × candidate):
+
+    L = α·(1 − Pearson(vec Î, vec I)) + (1 − α)·mean_q KL(softmax(I_q/τ) ‖ softmax(Î_q/τ))
+
+Validation cannot leak: before training, a held-out set of pool rows *and* a held-out set of query
+columns are drawn; training only ever reads ``labels[train_pool][:, train_queries]``. Every epoch (and once
+before training, "epoch 0" = the untrained encoder) the held-out pool × held-out query block is scored
+with :mod:`influcoder.metrics`; the best epoch by ``select_metric`` is the model that is saved.
+
+Epoch: the training pool is shuffled and cut into chunks of ``candidates`` (C); each chunk is one step
+paired with the next ``queries_per_batch`` (B) queries of a shuffled, cycling query order. With
+``hard_fraction`` > 0, that share of each chunk's C slots is replaced by pool examples drawn from the top
+``hard_top_k`` (by true influence) of the step's queries.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import UserError
+
+__all__ = [
+    "DistillConfig",
+    "distill_loss",
+    "pearson_loss",
+    "kl_loss",
+    "split_indices",
+    "Split",
+    "sample_candidates",
+    "evaluate_matrix",
+    "train",
+]
+
+SELECT_METRICS = ("per_anchor_spearman", "aggregated_spearman", "query_specific_spearman", "loss")
+
+
+@dataclass
+class DistillConfig:
+    """Everything that defines a distillation run; saved as ``distill_config.json`` next to the model."""
+
+    pool_data: str
+    """Pool records file (the examples the teacher stocked as the pool)."""
+    query_data: str
+    """Query records file (the examples the teacher stocked as queries)."""
+    labels: str
+    """Label .npy written by ``influcoder influence`` (pool × query; ids in its .meta.json)."""
+    out: str
+    """Output folder for the trained encoder, its config, split and metrics log."""
+    encoder: str = "minilm-l6"
+    """Student: Hugging Face encoder hub id or folder, or the packaged short name minilm-l6."""
+    pool_preset: str | None = None
+    """Field preset for the pool file (alpaca, dolly, bbh, prompt-response, ...)."""
+    pool_prompt_field: str | None = None
+    """Pool prompt field(s), comma-separated (beats the preset)."""
+    pool_response_field: str | None = None
+    """Pool response field (beats the preset)."""
+    pool_id_field: str | None = None
+    """Pool id field (beats the preset)."""
+    query_preset: str | None = None
+    """Field preset for the query file."""
+    query_prompt_field: str | None = None
+    """Query prompt field(s), comma-separated (beats the preset)."""
+    query_response_field: str | None = None
+    """Query response field (beats the preset)."""
+    query_id_field: str | None = None
+    """Query id field (beats the preset)."""
+    pool_prefix: str = ""
+    """Text prepended to every pool text (saved as the sentence-transformers prompt 'pool')."""
+    query_prefix: str = ""
+    """Text prepended to every query text (saved as the sentence-transformers prompt 'query')."""
+    pooling: str = "mean"
+    """Pooling of token embeddings: mean | cls | max."""
+    projection_dim: int | None = None
+    """If set, a linear head (no bias) projects the pooled embedding to this dimension."""
+    max_length: int = 256
+    """Encoder tokens per text (truncated from the right)."""
+    queries_per_batch: int = 12
+    """B: queries per step (paper: 12)."""
+    candidates: int = 15
+    """C: pool candidates per step (paper: 15)."""
+    alpha: float = 0.5
+    """Weight of the Pearson term; 1 − alpha weighs the KL term (paper: 0.5)."""
+    tau: float = 0.05
+    """Softmax temperature of the KL term, applied to teacher and student scores alike (paper: not given)."""
+    hard_fraction: float = 0.0
+    """Share of the C candidate slots filled with high-influence pool examples of the step's queries."""
+    hard_top_k: int = 50
+    """Hard candidates are drawn from each query's top-k training pool examples by true influence."""
+    lr: float = 5e-5
+    """AdamW learning rate (paper: 5e-5)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (paper: 0.01)."""
+    warmup_ratio: float = 0.1
+    """Share of optimiser steps with linear learning-rate warm-up (then linear decay to 0)."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clipping threshold (0 disables clipping)."""
+    epochs: int = 10
+    """Passes over the training pool (paper: 10)."""
+    grad_accum: int = 1
+    """Steps whose gradients are accumulated (summed loss / grad_accum) before one optimiser update."""
+    seed: int = 0
+    """Seed of the held-out split, candidate sampling, head initialisation and dropout."""
+    bf16: bool = False
+    """Run the encoder forward under bfloat16 autocast (loss in float32)."""
+    val_pool: float = 0.2
+    """Held-out pool examples: a fraction if < 1, else a count."""
+    val_queries: float = 0.2
+    """Held-out queries: a fraction if < 1, else a count."""
+    select_metric: str = "per_anchor_spearman"
+    """Validation metric that picks the saved epoch (higher is better; for 'loss' lower is better)."""
+    eval_batch_size: int = 64
+    """Texts per forward pass when embedding the held-out sets."""
+    limit_pool: int | None = None
+    """Use only the first N pool rows of the label file (quick runs)."""
+    limit_queries: int | None = None
+    """Use only the first N query columns of the label file (quick runs)."""
+
+    def __post_init__(self) -> None:
+        def bad(msg: str):
+            raise UserError(f"DistillConfig: {msg}")
+
+        if self.queries_per_batch < 1 or self.candidates < 2:
+            bad(f"need queries_per_batch ≥ 1 and candidates ≥ 2, got {self.queries_per_batch} and {self.candidates}")
+        if not 0.0 <= self.alpha <= 1.0:
+            bad(f"alpha must be in [0, 1], got {self.alpha}")
+        if not self.tau > 0:
+            bad(f"tau must be > 0, got {self.tau}")
+        if not 0.0 <= self.hard_fraction <= 1.0:
+            bad(f"hard_fraction must be in [0, 1], got {self.hard_fraction}")
+        if self.hard_top_k < 1:
+            bad(f"hard_top_k must be ≥ 1, got {self.hard_top_k}")
+        if not self.lr > 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
+            bad("need lr > 0, weight_decay ≥ 0, max_grad_norm ≥ 0")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            bad(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.epochs < 1 or self.grad_accum < 1:
+            bad(f"epochs and grad_accum must be ≥ 1, got {self.epochs} and {self.grad_accum}")
+        for name in ("val_pool", "val_queries"):
+            v = getattr(self, name)
+            if not (0 < v < 1 or (v >= 1 and float(v).is_integer())):
+                bad(f"{name} must be a fraction in (0, 1) or a whole count ≥ 1, got {v}")
+        if self.select_metric not in SELECT_METRICS:
+            bad(f"select_metric must be one of {', '.join(SELECT_METRICS)}, got {self.select_metric!r}")
+        if self.pooling not in ("mean", "cls", "max"):
+            bad(f"pooling must be mean, cls or max, got {self.pooling!r}")
+        if self.projection_dim is not None and self.projection_dim < 1:
+            bad(f"projection_dim must be ≥ 1, got {self.projection_dim}")
+        if self.max_length < 8 or self.eval_batch_size < 1:
+            bad("need max_length ≥ 8 and eval_batch_size ≥ 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise UserError(f"DistillConfig: unknown fields {sorted(unknown)}")
+        return cls(**d)
+
+
+# ---------------------------------------------------------------------------------------------- loss
+def pearson_loss(pred, true, eps: float = 1e-8):
+    """1 − Pearson correlation of the flattened matrices (a scalar tensor)."""
+    p = pred.reshape(-1).float()
+    t = true.reshape(-1).float()
+    p = p - p.mean()
+    t = t - t.mean()
+    r = (p * t).sum() / (p.norm() * t.norm() + eps)
+    return 1.0 - r
+
+
+def kl_loss(pred, true, tau: float):
+    """mean over rows (queries) of KL(softmax(true_q/τ) ‖ softmax(pred_q/τ)), summed over candidates."""
+    import torch
+
+    log_p = torch.log_softmax(true.float() / tau, dim=-1)
+    log_q = torch.log_softmax(pred.float() / tau, dim=-1)
+    kl_rows = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+    return kl_rows.mean()
+
+
+def distill_loss(pred, true, alpha: float = 0.5, tau: float = 0.05):
+    """``α·(1 − Pearson(vec Î, vec I)) + (1 − α)·mean_q KL(softmax(I_q/τ) ‖ softmax(Î_q/τ))``.
+
+    ``pred`` and ``true`` are (B queries × C candidates). Returns ``(loss, {"pearson": .., "kl": ..})``."""
+    lp = pearson_loss(pred, true)
+    lk = kl_loss(pred, true, tau)
+    return alpha * lp + (1.0 - alpha) * lk, {"pearson": lp.detach(), "kl": lk.detach()}
+
+
+# ---------------------------------------------------------------------------------------------- split
+@dataclass
+class Split:
+    """Row (pool) and column (query) indices into the label matrix."""
+
+    train_pool: np.ndarray
+    val_pool: np.ndarray
+    train_queries: np.ndarray
+    val_queries: np.ndarray
+
+
+def _count(spec: float, n: int, what: str) -> int:
+    k = int(round(spec * n)) if spec < 1 else int(spec)
+    if k < 2 or n - k < 2:
+        raise UserError(f"held-out {what}: {k} of {n} leaves too few for training or validation (need ≥ 2 each)")
+    return k
+
+
+def split_indices(n_pool: int, n_query: int, val_pool: float, val_queries: float, seed: int) -> Split:
+    """Disjoint, seeded train/held-out index sets on both axes."""
+    rng = np.random.default_rng(seed)
+    kp, kq = _count(val_pool, n_pool, "pool"), _count(val_queries, n_query, "queries")
+    pp, qq = rng.permutation(n_pool), rng.permutation(n_query)
+    return Split(np.sort(pp[kp:]), np.sort(pp[:kp]), np.sort(qq[kq:]), np.sort(qq[:kq]))
+
+
+def sample_candidates(rng: np.random.Generator, chunk: np.ndarray, queries: np.ndarray, train_labels: np.ndarray,
+                      hard_fraction: float, hard_top_k: int, top_cache: dict[int, np.ndarray]) -> np.ndarray:
+    """Candidate positions (into the training pool) for one step: the uniform ``chunk``, with
+    ``round(hard_fraction·C)`` slots replaced by examples from the top-``hard_top_k`` of the step's queries.
+    ``train_labels`` is the training block (train pool × train queries); ``queries`` are its column positions."""
+    C = len(chunk)
+    n_hard = int(round(hard_fraction * C))
+    if n_hard == 0:
+        return chunk
+    chosen: list[int] = []
+    seen: set[int] = set()
+    tries = 0
+    while len(chosen) < n_hard and tries < 20 * n_hard:
+        tries += 1
+        q = int(queries[rng.integers(len(queries))])
+        if q not in top_cache:
+            col = train_labels[:, q]
+            k = min(hard_top_k, len(col))
+            top_cache[q] = np.argpartition(-col, k - 1)[:k]
+        c = int(top_cache[q][rng.integers(len(top_cache[q]))])
+        if c not in seen:
+            seen.add(c)
+            chosen.append(c)
+    rest = [int(c) for c in chunk if int(c) not in seen][: C - len(chosen)]
+    return np.asarray(chosen + rest, dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------------- eval
+def evaluate_matrix(pred: np.ndarray, true: np.ndarray, alpha: float, tau: float) -> dict[str, float]:
+    """Validation numbers for a (pool × query) prediction: Spearman metrics and the loss on the full block."""
+    import torch
+
+    from . import metrics
+
+    loss, parts = distill_loss(torch.from_numpy(np.ascontiguousarray(pred.T)).float(),
+                               torch.from_numpy(np.ascontiguousarray(true.T)).float(), alpha, tau)
+    return {
+        "per_anchor_spearman": metrics.per_anchor_spearman(pred, true),
+        "aggregated_spearman": metrics.aggregated_spearman(pred, true),
+        "query_specific_spearman": metrics.query_specific_spearman(pred, true),
+        "loss": float(loss),
+        "loss_pearson": float(parts["pearson"]),
+        "loss_kl": float(parts["kl"]),
+    }
+
+
+def _better(metric: str, new: float, old: float | None) -> bool:
+    if old is None:
+        return True
+    return new < old if metric == "loss" else new > old
+
+
+# ---------------------------------------------------------------------------------------------- data
+def _load_side(path: str, ids: list[str], side: str, preset, prompt, response, id_field):
+    from .records import FieldSpec, read_records
+
+    try:
+        spec = FieldSpec.from_names(prompt=prompt, response=response, id=id_field, preset=preset)
+    except KeyError:
+        raise UserError(f"unknown --{side}-preset {preset!r}") from None
+    if not Path(path).exists():
+        raise UserError(f"{path}: {side} data file not found")
+    records, _ = read_records(path, spec)
+    by_id = {}
+    for r in records:
+        by_id.setdefault(str(r.id), r)
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise UserError(
+            f"{path}: {len(missing)} of the label file's {len(ids)} {side} ids are not in this file "
+            f"(first: {missing[:3]}); give the same {side} file (and field mapping) that was stocked"
+        )
+    return [by_id[i] for i in ids]
+
+
+class _Writer:
+    def __init__(self, path: Path):
+        self.f = open(path, "w")
+
+    def write(self, row: dict) -> None:
+        self.f.write(json.dumps(row) + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _embed_all(enc, records, side: str, batch_size: int) -> np.ndarray:
+    return enc.encode(records, batch_size=batch_size, side=side)
+
+
+# ---------------------------------------------------------------------------------------------- train
+def train(config: DistillConfig, progress: bool = True, log: Callable[[str], None] | None = None) -> Path:
+    """Train the student on the label file; return the output folder (a loadable InfluenceEncoder)."""
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from . import __version__
+    from .encoder import InfluenceEncoder
+    from .labels import load_labels
+    from .records import file_fingerprint
+
+    cfg = config
+    say = log or (lambda s: None)
+    out = Path(cfg.out)
+    t_start = time.time()
+    try:
+        labels = load_labels(cfg.labels)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    n_pool = len(labels.pool_ids) if cfg.limit_pool is None else min(cfg.limit_pool, len(labels.pool_ids))
+    n_query = len(labels.query_ids) if cfg.limit_queries is None else min(cfg.limit_queries, len(labels.query_ids))
+    pool_ids, query_ids = labels.pool_ids[:n_pool], labels.query_ids[:n_query]
+    full = np.asarray(labels.matrix[:n_pool, :n_query], dtype=np.float32)
+    if not np.isfinite(full).all():
+        raise UserError(f"{cfg.labels}: label matrix has non-finite values")
+    pool_recs = _load_side(cfg.pool_data, pool_ids, "pool", cfg.pool_preset, cfg.pool_prompt_field,
+                           cfg.pool_response_field, cfg.pool_id_field)
+    query_recs = _load_side(cfg.query_data, query_ids, "query", cfg.query_preset, cfg.query_prompt_field,
+                            cfg.query_response_field, cfg.query_id_field)
+
+    split = split_indices(n_pool, n_query, cfg.val_pool, cfg.val_queries, cfg.seed)
+    # the only label block training ever reads:
+    train_block = np.ascontiguousarray(full[np.ix_(split.train_pool, split.train_queries)])
+    val_block = np.ascontiguousarray(full[np.ix_(split.val_pool, split.val_queries)])
+    train_pool_recs = [pool_recs[i] for i in split.train_pool]
+    train_query_recs = [query_recs[j] for j in split.train_queries]
+    val_pool_recs = [pool_recs[i] for i in split.val_pool]
+    val_query_recs = [query_recs[j] for j in split.val_queries]
+
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    enc = InfluenceEncoder.from_pretrained(
+        cfg.encoder, pooling=cfg.pooling, projection_dim=cfg.projection_dim, max_length=cfg.max_length,
+        pool_prefix=cfg.pool_prefix, query_prefix=cfg.query_prefix, seed=cfg.seed,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "distill_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    split_doc = {
+        "seed": cfg.seed,
+        "train_pool_ids": [pool_ids[i] for i in split.train_pool],
+        "val_pool_ids": [pool_ids[i] for i in split.val_pool],
+        "train_query_ids": [query_ids[j] for j in split.train_queries],
+        "val_query_ids": [query_ids[j] for j in split.val_queries],
+    }
+    tmp = out / "split.json.tmp"
+    tmp.write_text(json.dumps(split_doc))
+    os.replace(tmp, out / "split.json")
+    writer = _Writer(out / "metrics.jsonl.tmp")
+
+    def validate() -> dict[str, float]:
+        enc.eval()
+        with torch.no_grad():
+            P = _embed_all(enc, val_pool_recs, "pool", cfg.eval_batch_size)
+            Q = _embed_all(enc, val_query_recs, "query", cfg.eval_batch_size)
+        return evaluate_matrix(P @ Q.T, val_block, cfg.alpha, cfg.tau)
+
+    rng = np.random.default_rng(cfg.seed + 1)
+    n_tp, n_tq = len(split.train_pool), len(split.train_queries)
+    C, B = min(cfg.candidates, n_tp), min(cfg.queries_per_batch, n_tq)
+    steps_per_epoch = math.ceil(n_tp / C)
+    updates_per_epoch = math.ceil(steps_per_epoch / cfg.grad_accum)
+    total_updates = updates_per_epoch * cfg.epochs
+    warmup = int(round(cfg.warmup_ratio * total_updates))
+
+    params = [p for p in enc.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+
+    def lr_at(u: int) -> float:
+        if warmup and u < warmup:
+            return (u + 1) / warmup
+        return max(0.0, (total_updates - u) / max(1, total_updates - warmup))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+
+    t0 = time.time()
+    m0 = validate()
+    row0 = {"epoch": 0, "step": 0, "split": "val", "model": "untrained", **m0, "seconds": time.time() - t0}
+    writer.write(row0)
+    say(f"untrained: per-anchor {m0['per_anchor_spearman']:.3f}, aggregated {m0['aggregated_spearman']:.3f}, "
+        f"query-specific {m0['query_specific_spearman']:.3f}, loss {m0['loss']:.4f}")
+    best_val, best_epoch, best_metrics = m0[cfg.select_metric], 0, m0
+    best_state = copy.deepcopy(enc.model.state_dict())
+    history = [row0]
+
+    top_cache: dict[int, np.ndarray] = {}
+    q_order = rng.permutation(n_tq)
+    q_pos = 0
+    step = 0
+    update = 0
+    train_seconds = 0.0
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.bf16 else None
+    columns = [TextColumn("[bold]train[/] epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("train", total=steps_per_epoch * cfg.epochs, epoch=1, loss=float("nan"))
+        for epoch in range(1, cfg.epochs + 1):
+            enc.train()
+            te = time.time()
+            order = rng.permutation(n_tp)
+            run_loss, run_p, run_k, n_steps = 0.0, 0.0, 0.0, 0
+            opt.zero_grad(set_to_none=True)
+            for s in range(steps_per_epoch):
+                chunk = order[s * C:(s + 1) * C]
+                if len(chunk) < 2:
+                    chunk = np.concatenate([chunk, rng.choice(order[: s * C], 2 - len(chunk), replace=False)])
+                if q_pos + B > n_tq:
+                    q_order, q_pos = rng.permutation(n_tq), 0
+                qs = q_order[q_pos:q_pos + B]
+                q_pos += B
+                cands = sample_candidates(rng, chunk, qs, train_block, cfg.hard_fraction, cfg.hard_top_k, top_cache)
+                true = torch.from_numpy(train_block[np.ix_(cands, qs)].T.copy())  # B × C
+                if autocast is not None:
+                    with autocast:
+                        eq = enc.embed([train_query_recs[j] for j in qs], side="query")
+                        ep = enc.embed([train_pool_recs[i] for i in cands], side="pool")
+                else:
+                    eq = enc.embed([train_query_recs[j] for j in qs], side="query")
+                    ep = enc.embed([train_pool_recs[i] for i in cands], side="pool")
+                pred = eq.float() @ ep.float().T  # cosine (embeddings are normalised), B × C
+                loss, parts = distill_loss(pred, true, cfg.alpha, cfg.tau)
+                (loss / cfg.grad_accum).backward()
+                step += 1
+                last = s == steps_per_epoch - 1
+                if (s + 1) % cfg.grad_accum == 0 or last:
+                    if cfg.max_grad_norm > 0:
+                        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                    opt.step()
+                    sched.step()
+                    opt.zero_grad(set_to_none=True)
+                    update += 1
+                run_loss += float(loss)
+                run_p += float(parts["pearson"])
+                run_k += float(parts["kl"])
+                n_steps += 1
+                bar.update(task, advance=1, epoch=epoch, loss=run_loss / n_steps)
+            tv = time.time()
+            train_seconds += tv - te
+            m = validate()
+            row = {"epoch": epoch, "step": step, "split": "val", "model": "trained", **m,
+                   "train_loss": run_loss / n_steps, "train_loss_pearson": run_p / n_steps,
+                   "train_loss_kl": run_k / n_steps, "lr": sched.get_last_lr()[0],
+                   "train_seconds": tv - te, "val_seconds": time.time() - tv}
+            writer.write(row)
+            history.append(row)
+            say(f"epoch {epoch}: train loss {row['train_loss']:.4f}; val per-anchor {m['per_anchor_spearman']:.3f}, "
+                f"aggregated {m['aggregated_spearman']:.3f}, query-specific {m['query_specific_spearman']:.3f}, "
+                f"loss {m['loss']:.4f}")
+            if _better(cfg.select_metric, m[cfg.select_metric], best_val):
+                best_val, best_epoch, best_metrics = m[cfg.select_metric], epoch, m
+                best_state = copy.deepcopy(enc.model.state_dict())
+    writer.close()
+
+    enc.model.load_state_dict(best_state)
+    enc.eval()
+    teacher = labels.meta.get("teacher") or {}
+    metadata = {
+        "format": "influcoder-encoder/1",
+        "influcoder_version": __version__,
+        "base_encoder": cfg.encoder,
+        "teacher": {
+            "decoder": teacher.get("model"),
+            "decoder_hash": teacher.get("model_hash"),
+            "adapter_hash": teacher.get("adapter_hash"),
+            "lora": teacher.get("lora"),
+            "projection": teacher.get("projection"),
+            "dtype": teacher.get("dtype"),
+            "loss": teacher.get("loss"),
+        },
+        "labels": labels.fingerprint(),
+        "pool_data": file_fingerprint(cfg.pool_data),
+        "query_data": file_fingerprint(cfg.query_data),
+        "training_config": cfg.to_dict(),
+        "split": {"n_train_pool": int(n_tp), "n_val_pool": int(len(split.val_pool)),
+                  "n_train_queries": int(n_tq), "n_val_queries": int(len(split.val_queries)), "seed": cfg.seed},
+        "selection": {"metric": cfg.select_metric, "best_epoch": best_epoch},
+        "validation_untrained": m0,
+        "validation": best_metrics,
+        "train_seconds": train_seconds,
+        "total_seconds": time.time() - t_start,
+        "pooling": cfg.pooling,
+        "projection_dim": cfg.projection_dim,
+        "max_length": cfg.max_length,
+        "prefixes": {"pool": cfg.pool_prefix, "query": cfg.query_prefix},
+    }
+    enc.save(out, metadata)
+    os.replace(out / "metrics.jsonl.tmp", out / "metrics.jsonl")
+    say(f"saved epoch {best_epoch} (best {cfg.select_metric} = {best_val:.4f}) to {out}")
+    return out
