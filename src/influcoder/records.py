@@ -84,9 +84,9 @@ class FieldSpec:
         preset: str | None = None,
     ) -> "FieldSpec":
         """Build a spec from CLI-style names (``prompt`` may be ``"a,b"``); explicit names beat the preset."""
+        if preset and preset not in PRESETS:
+            raise UserError(f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
         base = PRESETS[preset] if preset else cls()
-        if preset and preset not in PRESETS:  # pragma: no cover - PRESETS[...] raised already
-            raise KeyError(preset)
         return cls(
             prompt=tuple(p.strip() for p in prompt.split(",") if p.strip()) if prompt else base.prompt,
             response=response or base.response,

@@ -116,10 +116,6 @@ class StockConfig:
             raise UserError("; ".join(errs))
 
     def field_spec(self) -> FieldSpec:
-        from .records import PRESETS
-
-        if self.preset and self.preset not in PRESETS:
-            raise UserError(f"unknown preset '{self.preset}' (choose from {', '.join(PRESETS)})")
         return FieldSpec.from_names(self.prompt_field, self.response_field, self.messages_field, self.id_field, self.preset)
 
     def lora_settings(self) -> LoraSettings:
