@@ -464,7 +464,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
                     sched.step()
                     opt.zero_grad(set_to_none=True)
                     update += 1
-                run_loss += float(loss)
+                run_loss += float(loss.detach())
                 run_p += float(parts["pearson"])
                 run_k += float(parts["kl"])
                 n_steps += 1

@@ -1,0 +1,323 @@
+"""Distillation: the loss pinned by hand, leak-free split, candidate sampling, end-to-end training and CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from influcoder.distill import (
+    DistillConfig,
+    distill_loss,
+    kl_loss,
+    pearson_loss,
+    sample_candidates,
+    split_indices,
+    train,
+)
+from influcoder.errors import UserError
+from influcoder.labels import load_labels, write_meta
+
+from test_encoder import make_tiny_bert_dir
+
+
+# ------------------------------------------------------------------------------------------ loss
+def test_pearson_loss_hand_values():
+    # pred (1,2,3) vs true (1,3,2): centred (-1,0,1)·(-1,1,0) = 1, norms √2·√2 → r = 0.5
+    assert float(pearson_loss(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[1.0, 3.0, 2.0]]))) == pytest.approx(0.5, abs=1e-6)
+    # 2×2 flattened: pred (1,0,0,1), true (1,0,0,0): centred (.5,-.5,-.5,.5)·(.75,-.25,-.25,-.25) = .5;
+    # |pred| = 1, |true| = √.75 → r = .5/√.75
+    r = 0.5 / math.sqrt(0.75)
+    got = pearson_loss(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    assert float(got) == pytest.approx(1 - r, abs=1e-6)
+
+
+def test_pearson_zero_for_perfect_and_affine_and_two_for_negated():
+    t = torch.randn(4, 6)
+    assert float(pearson_loss(t.clone(), t)) == pytest.approx(0.0, abs=1e-6)
+    assert float(pearson_loss(0.01 * t - 3.0, t)) == pytest.approx(0.0, abs=1e-5)
+    assert float(pearson_loss(-2 * t + 1, t)) == pytest.approx(2.0, abs=1e-5)
+
+
+def test_kl_hand_value_and_zero_for_identical():
+    tau = 0.5
+    # true row (τ·ln3, 0) → p = (3/4, 1/4); pred row (0, 0) → q = (1/2, 1/2)
+    true = torch.tensor([[tau * math.log(3.0), 0.0]])
+    pred = torch.zeros(1, 2)
+    expected = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    assert float(kl_loss(pred, true, tau)) == pytest.approx(expected, abs=1e-6)
+    # mean over queries: a second, identical row adds 0 → half the value
+    true2 = torch.cat([true, torch.tensor([[0.3, -0.1]])])
+    pred2 = torch.cat([pred, torch.tensor([[0.3, -0.1]])])
+    assert float(kl_loss(pred2, true2, tau)) == pytest.approx(expected / 2, abs=1e-6)
+    t = torch.randn(3, 5)
+    assert float(kl_loss(t + 7.0, t, 0.1)) == pytest.approx(0.0, abs=1e-6)  # softmax is shift-invariant per row
+
+
+def test_kl_matches_torch_reference():
+    torch.manual_seed(0)
+    pred, true, tau = torch.randn(12, 15), torch.randn(12, 15), 0.3
+    ref = torch.nn.functional.kl_div(torch.log_softmax(pred / tau, -1), torch.log_softmax(true / tau, -1),
+                                     log_target=True, reduction="batchmean")
+    assert float(kl_loss(pred, true, tau)) == pytest.approx(float(ref), rel=1e-5)
+
+
+def test_combined_loss_is_weighted_sum():
+    tau, alpha = 0.5, 0.3
+    pred = torch.tensor([[0.0, 0.0, 1.0], [1.0, 2.0, 3.0]])
+    true = torch.tensor([[tau * math.log(3.0), 0.0, 0.2], [1.0, 3.0, 2.0]])
+    loss, parts = distill_loss(pred, true, alpha, tau)
+    assert float(loss) == pytest.approx(alpha * float(pearson_loss(pred, true)) + (1 - alpha) * float(kl_loss(pred, true, tau)), abs=1e-6)
+    assert float(parts["pearson"]) == pytest.approx(float(pearson_loss(pred, true)))
+    l0, _ = distill_loss(true.clone(), true, 0.5, tau)
+    assert float(l0) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    return make_tiny_bert_dir(tmp_path_factory.mktemp("tiny-bert-d"))
+
+
+def test_gradients_reach_the_encoder(tiny_bert_dir):
+    from influcoder import InfluenceEncoder
+
+    enc = InfluenceEncoder.from_pretrained(tiny_bert_dir, projection_dim=8)
+    enc.train()
+    q = enc.embed(["what is the capital", "name a prime"], side="query")
+    p = enc.embed(["paris", "blue cat", "2 3 and 5"], side="pool")
+    loss, _ = distill_loss(q @ p.T, torch.tensor([[0.9, 0.1, 0.0], [0.0, 0.2, 0.8]]), 0.5, 0.1)
+    loss.backward()
+    named = dict(enc.model.named_parameters())
+    grads = {n: p.grad for n, p in named.items()}
+    assert all(g is not None for n, g in grads.items() if "pooler" not in n)  # BERT pooler is unused by mean pooling
+    emb = [n for n in named if "word_embeddings" in n][0]
+    layer0 = [n for n in named if "layer.0.attention" in n and n.endswith("weight")][0]
+    assert grads[emb].abs().sum() > 0 and grads[layer0].abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------------------ split / sampling
+def test_split_disjoint_seeded_and_sized():
+    s = split_indices(100, 40, 0.2, 10, seed=3)
+    assert len(s.val_pool) == 20 and len(s.val_queries) == 10
+    assert not set(s.val_pool) & set(s.train_pool) and not set(s.val_queries) & set(s.train_queries)
+    assert sorted(np.concatenate([s.val_pool, s.train_pool])) == list(range(100))
+    assert sorted(np.concatenate([s.val_queries, s.train_queries])) == list(range(40))
+    s2 = split_indices(100, 40, 0.2, 10, seed=3)
+    assert (s.val_pool == s2.val_pool).all() and (s.val_queries == s2.val_queries).all()
+    assert not (split_indices(100, 40, 0.2, 10, seed=4).val_pool == s.val_pool).all()
+    with pytest.raises(UserError, match="held-out pool"):
+        split_indices(10, 40, 9, 10, seed=0)
+
+
+def test_hard_candidates_come_from_top_k():
+    rng = np.random.default_rng(0)
+    labels = np.random.default_rng(1).normal(size=(60, 5)).astype(np.float32)
+    chunk = np.arange(10)
+    qs = np.array([1, 3])
+    got = sample_candidates(rng, chunk, qs, labels, 0.5, 4, {})
+    assert len(got) == 10 and len(set(got.tolist())) == 10
+    tops = set(np.argsort(-labels[:, 1])[:4]) | set(np.argsort(-labels[:, 3])[:4])
+    hard = got[:5]
+    assert set(hard.tolist()) <= tops
+    assert (sample_candidates(rng, chunk, qs, labels, 0.0, 4, {}) == chunk).all()
+
+
+def test_config_validation():
+    base = dict(pool_data="p", query_data="q", labels="l.npy", out="o")
+    DistillConfig(**base)
+    for bad in [dict(alpha=1.5), dict(tau=0), dict(candidates=1), dict(val_pool=2.5), dict(select_metric="x"),
+                dict(epochs=0), dict(hard_fraction=2), dict(pooling="sum")]:
+        with pytest.raises(UserError):
+            DistillConfig(**base, **bad)
+    d = DistillConfig(**base).to_dict()
+    assert DistillConfig.from_dict(d) == DistillConfig(**base)
+    with pytest.raises(UserError, match="unknown"):
+        DistillConfig.from_dict({**d, "nope": 1})
+
+
+# ------------------------------------------------------------------------------------------ end to end
+WORDS = ["red", "blue", "cat", "dog", "rain", "night", "prime", "water", "paris", "mass"]
+
+
+def _write_problem(root: Path, n_pool: int = 40, n_query: int = 12, seed: int = 0) -> tuple[Path, Path, Path]:
+    """Records + a learnable label file: influence = shared word count − response length term."""
+    rng = np.random.default_rng(seed)
+    pool, queries = [], []
+    for i in range(n_pool):
+        ws = rng.choice(WORDS, size=3, replace=False)
+        pool.append({"id": f"p{i}", "prompt": f"say {ws[0]} {ws[1]}", "response": " ".join([ws[2]] * int(rng.integers(1, 6)))})
+    for j in range(n_query):
+        ws = rng.choice(WORDS, size=2, replace=False)
+        queries.append({"id": f"q{j}", "prompt": f"what is {ws[0]}", "response": str(ws[1])})
+    M = np.zeros((n_pool, n_query), dtype=np.float32)
+    for i, p in enumerate(pool):
+        pw = set((p["prompt"] + " " + p["response"]).split())
+        for j, q in enumerate(queries):
+            qw = set((q["prompt"] + " " + q["response"]).split())
+            M[i, j] = len(pw & qw) - 0.1 * len(p["response"].split()) + 0.01 * rng.normal()
+    pf, qf = root / "pool.jsonl", root / "queries.jsonl"
+    # the files list rows in another order than the labels, plus an extra row: mapping must go by id
+    pf.write_text("".join(json.dumps(r) + "\n" for r in pool[::-1] + [{"id": "extra", "prompt": "x", "response": "y"}]))
+    qf.write_text("".join(json.dumps(r) + "\n" for r in queries))
+    lf = root / "labels.npy"
+    np.save(lf, M)
+    write_meta(lf, {"pool_ids": [r["id"] for r in pool], "query_ids": [r["id"] for r in queries],
+                    "teacher": {"model": "tiny-teacher", "model_hash": "abc", "lora": {"rank": 8},
+                                "projection": {"kind": "countsketch", "dim": 64}}})
+    return pf, qf, lf
+
+
+def _cfg(tmp: Path, tiny: Path, pf, qf, lf, out: str, **kw) -> DistillConfig:
+    base = dict(pool_data=str(pf), query_data=str(qf), labels=str(lf), out=str(tmp / out), encoder=str(tiny),
+                epochs=2, queries_per_batch=4, candidates=6, val_pool=10, val_queries=4, lr=1e-3, seed=0,
+                max_length=32, tau=0.5)
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+def test_end_to_end_train_load_and_sentence_transformers(tmp_path, tiny_bert_dir):
+    from sentence_transformers import SentenceTransformer
+
+    from influcoder import InfluenceEncoder
+    from influcoder.records import read_records
+
+    pf, qf, lf = _write_problem(tmp_path)
+    out = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "enc", projection_dim=16, query_prefix="q: "), progress=False)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2] and rows[0]["model"] == "untrained"
+    for r in rows:
+        for k in ("per_anchor_spearman", "aggregated_spearman", "query_specific_spearman", "loss"):
+            assert np.isfinite(r[k])
+    assert json.loads((out / "distill_config.json").read_text())["epochs"] == 2
+    split = json.loads((out / "split.json").read_text())
+    assert not set(split["val_pool_ids"]) & set(split["train_pool_ids"])
+    assert not set(split["val_query_ids"]) & set(split["train_query_ids"])
+    assert len(split["val_pool_ids"]) == 10 and len(split["val_query_ids"]) == 4
+
+    enc = InfluenceEncoder.from_pretrained(out)
+    md = enc.metadata
+    assert md["teacher"]["decoder"] == "tiny-teacher" and md["teacher"]["decoder_hash"] == "abc"
+    assert md["teacher"]["lora"] == {"rank": 8} and md["teacher"]["projection"]["dim"] == 64
+    assert md["labels"]["sha256"] == load_labels(lf).fingerprint()["sha256"]
+    assert md["training_config"]["seed"] == 0 and md["selection"]["metric"] == "per_anchor_spearman"
+    best = rows[md["selection"]["best_epoch"]]
+    assert md["validation"]["per_anchor_spearman"] == pytest.approx(best["per_anchor_spearman"])
+    assert best["per_anchor_spearman"] == max(r["per_anchor_spearman"] for r in rows)
+
+    recs, _ = read_records(pf, __import__("influcoder.records", fromlist=["FieldSpec"]).FieldSpec())
+    e = enc.encode(recs)
+    assert e.shape == (len(recs), 16)
+    st = SentenceTransformer(str(out), device="cpu")
+    from influcoder.records import record_to_text
+
+    texts = [record_to_text(r) for r in recs]
+    np.testing.assert_allclose(st.encode(texts), e, atol=1e-6)
+    np.testing.assert_allclose(st.encode(texts, prompt_name="query"), enc.encode(recs, side="query"), atol=1e-6)
+    # the saved weights are the best epoch's: re-scoring the held-out block reproduces its metrics
+    from influcoder.distill import evaluate_matrix
+
+    L = load_labels(lf)
+    pi = [L.pool_ids.index(i) for i in split["val_pool_ids"]]
+    qi = [L.query_ids.index(i) for i in split["val_query_ids"]]
+    by_id = {r.id: r for r in recs}
+    qrecs = {r.id: r for r in read_records(qf, __import__("influcoder.records", fromlist=["FieldSpec"]).FieldSpec())[0]}
+    P = enc.encode([by_id[i] for i in split["val_pool_ids"]])
+    Q = enc.encode([qrecs[i] for i in split["val_query_ids"]], side="query")
+    m = evaluate_matrix(P @ Q.T, np.asarray(L.matrix)[np.ix_(pi, qi)], 0.5, 0.5)
+    assert m["per_anchor_spearman"] == pytest.approx(best["per_anchor_spearman"], abs=1e-4)
+
+
+def test_training_never_reads_held_out_labels(tmp_path, tiny_bert_dir):
+    """Changing every label that involves a held-out pool row or a held-out query (outside the validation
+    block) must leave the trained weights bit-identical; changing a training label must not."""
+    from safetensors.numpy import load_file
+
+    pf, qf, lf = _write_problem(tmp_path)
+    cfg = _cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "a", epochs=1, hard_fraction=0.3, hard_top_k=3)
+    s = split_indices(40, 12, cfg.val_pool, cfg.val_queries, cfg.seed)
+    out_a = train(cfg, progress=False)
+
+    M = np.load(lf)
+    M2 = M.copy()
+    M2[np.ix_(s.val_pool, s.train_queries)] = 100.0 * np.random.default_rng(5).normal(size=(len(s.val_pool), len(s.train_queries)))
+    M2[np.ix_(s.train_pool, s.val_queries)] = -50.0
+    lf2 = tmp_path / "labels2.npy"
+    np.save(lf2, M2.astype(np.float32))
+    write_meta(lf2, json.loads((tmp_path / "labels.meta.json").read_text()))
+    out_b = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf2, "b", epochs=1, hard_fraction=0.3, hard_top_k=3), progress=False)
+
+    M3 = M.copy()
+    M3[s.train_pool[0], s.train_queries] *= -5
+    lf3 = tmp_path / "labels3.npy"
+    np.save(lf3, M3.astype(np.float32))
+    write_meta(lf3, json.loads((tmp_path / "labels.meta.json").read_text()))
+    out_c = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf3, "c", epochs=1, hard_fraction=0.3, hard_top_k=3, select_metric="loss"), progress=False)
+    out_a2 = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "a2", epochs=1, hard_fraction=0.3, hard_top_k=3, select_metric="loss"), progress=False)
+
+    wa, wb = load_file(str(out_a / "model.safetensors")), load_file(str(out_b / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
+    ra = [json.loads(x) for x in (out_a / "metrics.jsonl").read_text().splitlines()]
+    rb = [json.loads(x) for x in (out_b / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in ra[1:]] == [r["train_loss"] for r in rb[1:]]
+    # sanity that the comparison can fail: a changed training label changes the trajectory
+    rc = [json.loads(x) for x in (out_c / "metrics.jsonl").read_text().splitlines()]
+    ra2 = [json.loads(x) for x in (out_a2 / "metrics.jsonl").read_text().splitlines()]
+    assert rc[1]["train_loss"] != ra2[1]["train_loss"]
+
+
+def test_missing_id_is_clear_error(tmp_path, tiny_bert_dir):
+    pf, qf, lf = _write_problem(tmp_path)
+    lines = pf.read_text().splitlines()
+    pf.write_text("\n".join(l for l in lines if '"p7"' not in l) + "\n")
+    with pytest.raises(UserError, match=r"pool.jsonl: 1 of the label file's 40 pool ids.*p7"):
+        train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "x"), progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_train(tmp_path, tiny_bert_dir):
+    from typer.testing import CliRunner
+
+    from influcoder.cli import app
+
+    pf, qf, lf = _write_problem(tmp_path)
+    args = ["train", "--pool-data", str(pf), "--query-data", str(qf), "--labels", str(lf), "--encoder", str(tiny_bert_dir),
+            "--out", str(tmp_path / "cli"), "--epochs", "1", "--seed", "1", "--val-pool", "10", "--val-queries", "4",
+            "--candidates", "6", "--queries-per-batch", "4", "--max-length", "32", "--preset", "prompt-response", "--quiet"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    md = json.loads((tmp_path / "cli" / "influcoder_encoder.json").read_text())
+    assert md["training_config"]["seed"] == 1 and md["training_config"]["epochs"] == 1
+    r = CliRunner().invoke(app, args[:-3] + ["--pool-preset", "nonexistent"])
+    assert r.exit_code != 0
+
+
+def test_cli_missing_labels_exits_2(tmp_path):
+    import subprocess
+    import sys
+
+    pf, qf, _ = _write_problem(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "influcoder", "train", "--pool-data", str(pf), "--query-data", str(qf),
+                        "--labels", str(tmp_path / "none.npy"), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2 and "none.npy" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_real_minilm_trains_a_few_steps(tmp_path):
+    from influcoder import InfluenceEncoder
+    from influcoder.models import ModelNotAvailable, resolve_encoder
+
+    try:
+        resolve_encoder("minilm-l6")
+    except ModelNotAvailable as e:
+        pytest.skip(str(e))
+    pf, qf, lf = _write_problem(tmp_path, n_pool=24, n_query=8)
+    out = train(DistillConfig(pool_data=str(pf), query_data=str(qf), labels=str(lf), out=str(tmp_path / "m"),
+                              encoder="minilm-l6", epochs=1, queries_per_batch=4, candidates=6, val_pool=8,
+                              val_queries=3, max_length=32), progress=False)
+    enc = InfluenceEncoder.from_pretrained(out)
+    assert enc.dim == 384 and enc.metadata["base_encoder"] == "minilm-l6"
+    assert enc.encode(["hello"]).shape == (1, 384)
