@@ -38,6 +38,7 @@ def compute_influence(
     query_block: int = 8192,
     verify: bool = True,
     progress: bool = True,
+    query_cache_mb: int = 1024,
 ) -> Path:
     """Write the (pool × query) cosine influence matrix to ``out`` (.npy) and its metadata; returns ``out``."""
     pool_s = pool if isinstance(pool, GradientStore) else open_store(pool, verify=verify)
@@ -47,24 +48,34 @@ def compute_influence(
     if out.suffix != ".npy":
         raise StoreError(f"{out}: the label file must end in .npy")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.npy")
+    tmp = out.with_name(out.name + ".tmp")
     n_p, n_q = len(pool_s), len(query_s)
     t0 = time.perf_counter()
-    result = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n_p, n_q))
+    # Queries are normalised once and kept if they fit in `query_cache_mb`; otherwise re-read per pool block.
+    cache_queries = n_q * query_s.dim * 4 <= query_cache_mb * 2**20
+    q_cache = [normalised(query_s.matrix.rows(q0, q0 + query_block), query_s.ids, q0, f"query store {query_s.root}")
+               for q0 in range(0, n_q, query_block)] if cache_queries else None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("influence"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  disable=not progress) as bar:
+    # The result is written row block by row block, sequentially (no memory map of the output), so resident
+    # memory is one pool block, its (block × n_query) result and the query blocks, whatever n_pool is.
+    with open(tmp, "wb") as f, Progress(TextColumn("influence"), BarColumn(), MofNCompleteColumn(),
+                                         TimeRemainingColumn(), disable=not progress) as bar:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")),
+                                                 "fortran_order": False, "shape": (n_p, n_q)})
         task = bar.add_task("influence", total=n_p)
-        for q0 in range(0, n_q, query_block):
-            qn = normalised(query_s.matrix.rows(q0, q0 + query_block), query_s.ids, q0, f"query store {query_s.root}")
-            for p0, block in pool_s.iter_blocks(pool_block):
-                pn = normalised(block, pool_s.ids, p0, f"pool store {pool_s.root}")
-                result[p0 : p0 + len(pn), q0 : q0 + len(qn)] = pn @ qn.T
-                if q0 == 0:
-                    bar.update(task, advance=len(pn))
-    result.flush()
-    del result
+        for p0, block in pool_s.iter_blocks(pool_block):
+            pn = normalised(block, pool_s.ids, p0, f"pool store {pool_s.root}")
+            del block
+            result = np.empty((len(pn), n_q), dtype="<f4")
+            for qi, q0 in enumerate(range(0, n_q, query_block)):
+                qn = q_cache[qi] if q_cache is not None else normalised(
+                    query_s.matrix.rows(q0, q0 + query_block), query_s.ids, q0, f"query store {query_s.root}")
+                result[:, q0 : q0 + len(qn)] = pn @ qn.T
+            f.write(result.tobytes(order="C"))
+            bar.update(task, advance=len(pn))
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, out)
     write_meta(out, {
         "pool_ids": pool_s.ids,

@@ -159,32 +159,47 @@ class StoreWriter:
 
 
 class ShardedMatrix:
-    """Row-wise concatenation of memory-mapped shards; behaves like an (n × k) read-only array."""
+    """Row-wise concatenation of .npy shards; behaves like an (n × k) read-only array.
 
-    def __init__(self, shards: list[np.ndarray]):
-        self._shards = shards
-        self._starts = np.cumsum([0] + [s.shape[0] for s in shards])
-        self.shape = (int(self._starts[-1]), shards[0].shape[1] if shards else 0)
-        self.dtype = shards[0].dtype if shards else np.dtype("float32")
+    Each access memory-maps the shard(s) it needs and copies the rows out, so resident memory stays
+    bounded by what the caller keeps, however large the store (see ``shard(i)`` for a zero-copy view)."""
+
+    def __init__(self, paths: list[Path], shapes: list[tuple[int, int]], dtype: np.dtype):
+        self._paths = list(paths)
+        self._starts = np.cumsum([0] + [s[0] for s in shapes])
+        self.shape = (int(self._starts[-1]), shapes[0][1] if shapes else 0)
+        self.dtype = np.dtype(dtype)
         self.ndim = 2
 
     def __len__(self) -> int:
         return self.shape[0]
 
+    @property
+    def n_shards(self) -> int:
+        return len(self._paths)
+
+    def shard(self, i: int) -> np.ndarray:
+        """Shard ``i`` as a read-only memory map (zero-copy)."""
+        return np.load(self._paths[i], mmap_mode="r")
+
     def rows(self, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) as an array (a view when they lie in one shard)."""
+        """Rows [start, stop) as a new in-memory array."""
         start, stop = max(0, start), min(self.shape[0], stop)
-        parts = []
+        if start >= stop:
+            return np.empty((0, self.shape[1]), dtype=self.dtype)
+        out = np.empty((stop - start, self.shape[1]), dtype=self.dtype)
+        pos = 0
         i = int(np.searchsorted(self._starts, start, side="right") - 1)
         while start < stop:
-            s0 = self._starts[i]
-            take = min(stop, self._starts[i + 1]) - start
-            parts.append(self._shards[i][start - s0 : start - s0 + take])
+            s0 = int(self._starts[i])
+            take = min(stop, int(self._starts[i + 1])) - start
+            m = self.shard(i)
+            out[pos : pos + take] = m[start - s0 : start - s0 + take]
+            del m  # unmap: pages read through it leave this process's resident set
             start += take
+            pos += take
             i += 1
-        if not parts:
-            return np.empty((0, self.shape[1]), dtype=self.dtype)
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, 0)
+        return out
 
     def __getitem__(self, key):
         if isinstance(key, tuple):
@@ -204,7 +219,7 @@ class ShardedMatrix:
 
     def __array__(self, dtype=None, copy=None):
         out = self.rows(0, self.shape[0])
-        return out.astype(dtype) if dtype is not None else np.array(out)
+        return out.astype(dtype, copy=False) if dtype is not None else out
 
 
 @dataclass
@@ -253,7 +268,7 @@ def open_store(root: str | Path, *, verify: bool = False, allow_incomplete: bool
     ids = json.loads((root / "ids.json").read_text())
     if hashlib.sha256(json.dumps(ids).encode()).hexdigest() != manifest["ids_sha256"]:
         raise StoreError(f"{root / 'ids.json'}: does not match the manifest (corrupted?)")
-    arrays = []
+    paths, shapes = [], []
     expected = 0
     for s in sorted(manifest["shards"], key=lambda s: s["index"]):
         p = root / "shards" / s["file"]
@@ -269,10 +284,17 @@ def open_store(root: str | Path, *, verify: bool = False, allow_incomplete: bool
             arr = np.load(p, mmap_mode="r")
         except ValueError as e:
             raise StoreError(f"{p}: unreadable shard ({e})") from None
-        if arr.shape[0] != s["stop"] - s["start"]:
-            raise StoreError(f"{p}: has {arr.shape[0]} rows, manifest says {s['stop'] - s['start']}")
-        arrays.append(arr)
+        if arr.ndim != 2 or arr.shape[0] != s["stop"] - s["start"]:
+            raise StoreError(f"{p}: has shape {arr.shape}, manifest says {s['stop'] - s['start']} rows")
+        if shapes and arr.shape[1] != shapes[0][1]:
+            raise StoreError(f"{p}: has {arr.shape[1]} columns, other shards {shapes[0][1]}")
+        paths.append(p)
+        shapes.append(arr.shape)
+        dtype = arr.dtype
+        del arr
         expected = s["stop"]
     if not allow_incomplete and expected != len(ids):
         raise StoreError(f"{root}: shards hold {expected} rows but there are {len(ids)} ids")
-    return GradientStore(root, manifest, ids, ShardedMatrix(arrays))
+    if not paths:
+        raise StoreError(f"{root}: store has no shards")
+    return GradientStore(root, manifest, ids, ShardedMatrix(paths, shapes, dtype))
