@@ -108,7 +108,7 @@ def test_influence_matches_dense_cosine_and_refuses_mixing(tiny_model_dir, sampl
     ref = (P / np.linalg.norm(P, axis=1, keepdims=True)) @ (Q / np.linalg.norm(Q, axis=1, keepdims=True)).T
     np.testing.assert_allclose(L.matrix, ref, rtol=1e-5, atol=1e-6)
     assert L.matrix.dtype == np.float32 and L.pool_ids == open_store(pool).ids and L.query_ids == open_store(q).ids
-    uncached = compute_influence(pool, q, tmp_path / "lab2.npy", pool_block=4, query_block=3, query_cache_mb=0, progress=False)
+    uncached = compute_influence(pool, q, tmp_path / "lab2.npy", pool_block=3, query_block=2, query_cache_mb=0, progress=False)
     assert np.array_equal(np.load(uncached), np.asarray(L.matrix))
     other = stock(_cfg(tiny_model_dir, sample_jsonl, tmp_path / "o", seed=1, limit=4), progress=False)
     with pytest.raises(StoreError, match="different"):
