@@ -16,6 +16,17 @@ Forward hooks on each ``lora_A`` / ``lora_B`` linear keep its input activations 
 hook on its output catches ∂L/∂y (B, T, out); the per-example weight gradient is
 ``Σ_t ∂L/∂y_t ⊗ x_t`` = ``einsum("bto,bti->boi")``. The LM head is applied only at response positions.
 
+Fast path (used whenever the adapted layer is a plain ``nn.Linear`` with one vanilla LoRA adapter): the
+peft module's forward is swapped, for the duration of one :meth:`LoraGradients.pieces` call, for one
+fused autograd function that computes ``y = W x (+ s·B(A x) when B ≠ 0)``, keeps only ``A x`` (B, T, r)
+and, in its backward, returns ``∂L/∂x = gᵀW (+ s·(g B) A)`` and writes the per-example gradients
+``s·Σ_t g_t ⊗ (A x_t)`` (B) and ``s·Σ_t (B^T g_t) ⊗ x_t`` (A). Same mathematics as autograd through
+peft, minus the skinny matmuls, scaling and additions of an all-zero branch. The LM head and the
+cross-entropy run in row chunks inside one autograd function that returns ∂CE/∂h directly, so the
+(response tokens × vocabulary) logits are never kept for backward. With right padding the causal mask
+alone is exact (padding comes after every real token and carries no loss), so no attention mask is
+built. Everything is checked against one-backward-per-example through peft in tests/test_gradients.py.
+
 With peft's default initialisation (B = 0) every ``lora_A`` gradient is exactly zero; by default those
 coordinates are left out of the gradient (``include_lora_a="auto"``), which changes no cosine.
 """
@@ -94,19 +105,154 @@ def block_linear_names(model: nn.Module, suffixes: tuple[str, ...] | None = None
     return names
 
 
-def per_example_losses(hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
-    """Mean response-token cross-entropy per example, computing logits only at response positions."""
+LM_HEAD_CHUNK = 1024
+"""Response positions whose logits are materialised at once (1024 × 49,152 fp32 logits ≈ 200 MB)."""
+
+
+class _ChunkedLinearCE(torch.autograd.Function):
+    """Per-row cross-entropy of ``h @ Wᵀ`` against ``targets``, computed in row chunks.
+
+    The forward also forms ∂CE_i/∂h_i = (softmax(z_i) − onehot(y_i)) W for each row and saves only that
+    (rows × hidden), so no logits survive the chunk that made them. Backward scales it by the incoming
+    per-row gradient. ``W`` gets no gradient (it is frozen; for tied models it is the embedding)."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, chunk, lowp):
+        rows = h.shape[0]
+        ce = torch.empty(rows, dtype=torch.float32)
+        dh = torch.empty(rows, h.shape[1], dtype=h.dtype)
+        w = weight.to(lowp) if lowp is not None else weight
+        for r0 in range(0, rows, chunk):
+            r1 = min(rows, r0 + chunk)
+            hc = h[r0:r1]
+            z = (hc.to(lowp) @ w.t()).float() if lowp is not None else hc.float() @ w.t().float()
+            lse = torch.logsumexp(z, dim=1)
+            idx = torch.arange(r1 - r0)
+            t = targets[r0:r1]
+            ce[r0:r1] = lse - z[idx, t]
+            p = z.sub_(lse.unsqueeze(1)).exp_()
+            p[idx, t] -= 1.0
+            g = (p.to(lowp) @ w).float() if lowp is not None else p @ w.float()
+            dh[r0:r1] = g.to(h.dtype)
+        ctx.save_for_backward(dh)
+        return ce
+
+    @staticmethod
+    def backward(ctx, grad_ce):
+        (dh,) = ctx.saved_tensors
+        return dh * grad_ce.to(dh.dtype).unsqueeze(1), None, None, None, None
+
+
+def per_example_losses(hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Module, *, chunk: int | None = LM_HEAD_CHUNK) -> torch.Tensor:
+    """Mean response-token cross-entropy per example, computing logits only at response positions.
+
+    With ``chunk`` (and a bias-free linear LM head) the logits are made ``chunk`` rows at a time and
+    never kept for backward; ``chunk=None`` is the plain autograd version (the reference)."""
     lab = labels[:, 1:]
     mask = lab != -100
     h = hidden[:, :-1][mask]
-    logits = lm_head(h).float()
-    ce = F.cross_entropy(logits, lab[mask], reduction="none")
-    owner = torch.arange(labels.shape[0]).unsqueeze(1).expand_as(lab)[mask]
-    total = torch.zeros(labels.shape[0], dtype=torch.float32).index_add(0, owner, ce)
+    targets = lab[mask]
     count = mask.sum(1)
     if bool((count == 0).any()):
         raise ValueError("an example in the batch has no response token")
+    fast = chunk is not None and isinstance(lm_head, nn.Linear) and lm_head.bias is None
+    if fast:
+        lowp = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        with torch.autocast("cpu", enabled=False):
+            ce = _ChunkedLinearCE.apply(h, lm_head.weight, targets, int(chunk), lowp)
+    else:
+        logits = lm_head(h).float()
+        ce = F.cross_entropy(logits, targets, reduction="none")
+    owner = torch.arange(labels.shape[0]).unsqueeze(1).expand_as(lab)[mask]
+    total = torch.zeros(labels.shape[0], dtype=torch.float32).index_add(0, owner, ce)
     return total / count
+
+
+class _FusedLoraLinear(torch.autograd.Function):
+    """``y = x Wᵀ + b (+ s·(x Aᵀ) Bᵀ when B ≠ 0)`` whose backward also writes per-example LoRA gradients."""
+
+    @staticmethod
+    def forward(ctx, x, layer, sink):
+        base = layer.base_layer
+        a = layer.lora_A["default"].weight
+        b = layer.lora_B["default"].weight
+        s = float(layer.scaling["default"])
+        y = F.linear(x, base.weight, base.bias)
+        xa = F.linear(x, a)
+        b_zero = sink.b_zero[id(layer)]
+        if not b_zero:
+            y = y + F.linear(xa, b) * s
+        ctx.layer, ctx.sink, ctx.s, ctx.b_zero = layer, sink, s, b_zero
+        ctx.x_dtype = x.dtype
+        ctx.autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        keep_x = sink.want_a
+        ctx.save_for_backward(xa, x if keep_x else None)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        xa, x = ctx.saved_tensors
+        layer, sink, s = ctx.layer, ctx.sink, ctx.s
+        w = layer.base_layer.weight
+        a = layer.lora_A["default"].weight
+        b = layer.lora_B["default"].weight
+        lowp = ctx.autocast
+        cast = (lambda t: sink.lowp(t, lowp)) if lowp is not None else (lambda t: t)
+        gl = g.to(lowp) if lowp is not None else g
+        gx = gl @ cast(w)
+        gb = None
+        if not ctx.b_zero or x is not None:
+            gb = gl @ cast(b)  # (B, T, r) = Bᵀ g per token
+            if not ctx.b_zero:
+                gx = gx + (gb @ cast(a)) * s
+        name = sink.names[id(layer)]
+        gf = g.float()
+        # per-example gradient of lora_B: s · Σ_t g_t ⊗ (A x_t)   -> (B, out, r)
+        sink.grads[name + ".lora_B"] = torch.bmm(gf.transpose(1, 2), xa.float()).mul_(s)
+        if x is not None:
+            # per-example gradient of lora_A: s · Σ_t (Bᵀ g_t) ⊗ x_t  -> (B, r, in)
+            sink.grads[name + ".lora_A"] = torch.bmm(gb.float().transpose(1, 2), x.float()).mul_(s)
+        return gx.to(ctx.x_dtype), None, None
+
+
+def _fusable(m: nn.Module) -> bool:
+    """A peft LoRA layer over a plain nn.Linear with exactly one vanilla adapter named 'default'."""
+    base = getattr(m, "base_layer", None)
+    return (
+        type(base) is nn.Linear
+        and list(m.lora_A.keys()) == ["default"]
+        and not getattr(m, "lora_variant", {})
+        and not getattr(m, "merged_adapters", [])
+        and not getattr(m, "fan_in_fan_out", False)
+        and not getattr(m, "disable_adapters", False)
+        and getattr(m.lora_B["default"], "bias", None) is None
+        and isinstance(m.lora_dropout["default"], nn.Identity)
+    )
+
+
+class _Sink:
+    def __init__(self):
+        self.grads: dict[str, torch.Tensor] = {}
+        self.names: dict[int, str] = {}
+        self.b_zero: dict[int, bool] = {}
+        self.want_a = False
+        self._lowp: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+
+    def lowp(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``t.to(dtype)``, cached for the duration of one backward (weights are frozen)."""
+        key = (id(t), dtype)
+        hit = self._lowp.get(key)
+        if hit is None:
+            hit = self._lowp[key] = t.to(dtype)
+        return hit
+
+
+def _right_padded(mask: torch.Tensor) -> bool:
+    """True when every row of the attention mask is ones followed by zeros (or no padding at all)."""
+    if mask is None:
+        return True
+    lengths = mask.sum(1, keepdim=True)
+    return bool((mask == (torch.arange(mask.shape[1]) < lengths).to(mask.dtype)).all())
 
 
 @dataclass
@@ -126,6 +272,8 @@ class LoraGradients:
         *,
         dtype: str = "float32",
         adapter_path: str | None = None,
+        fused: bool = True,
+        lm_head_chunk: int | None = LM_HEAD_CHUNK,
     ):
         from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -133,6 +281,10 @@ class LoraGradients:
             raise ValueError("dtype must be float32 or bfloat16")
         self.settings = settings
         self.dtype = dtype
+        self.fused = fused
+        """Use the fused LoRA autograd function (else peft's forward plus hooks; same numbers)."""
+        self.lm_head_chunk = lm_head_chunk
+        """Rows of response-position logits made at once (None: plain autograd LM head + CE)."""
         targets = block_linear_names(model, settings.target_modules)
         if adapter_path:
             self.peft = PeftModel.from_pretrained(model, adapter_path, is_trainable=False)
@@ -178,7 +330,14 @@ class LoraGradients:
             b = m.lora_B["default"]
             self.slots.append(_Slot(f"{name}.lora_B", b, tuple(b.weight.shape)))
         self.dim = sum(s.shape[0] * s.shape[1] for s in self.slots)
-        self._handles = [s.module.register_forward_hook(self._make_hook(s.name)) for s in self.slots]
+        # fused fast path for plain LoRA linears, forward hooks for anything else
+        self._fused = {name: m for name, m in pairs if self.fused and _fusable(m)}
+        self._handles = [s.module.register_forward_hook(self._make_hook(s.name)) for s in self.slots
+                         if s.name.rsplit(".", 1)[0] not in self._fused]
+        self._sink = _Sink()
+        self._sink.want_a = want_a
+        for name, m in self._fused.items():
+            self._sink.names[id(m)] = name
 
     # ------------------------------------------------------------------ hooks
     def _make_hook(self, name: str):
@@ -222,22 +381,40 @@ class LoraGradients:
             emb = self.embed(batch.input_ids).detach()
             if track:
                 emb.requires_grad_(True)
+            mask = batch.attention_mask
+            if _right_padded(mask):
+                mask = None  # causal masking alone is exact: padding follows every real token, carries no loss
             with self.autocast():
                 out = self.decoder(
                     inputs_embeds=emb,
-                    attention_mask=batch.attention_mask,
+                    attention_mask=mask,
                     position_ids=batch.position_ids,
                     use_cache=False,
                 )
-                return per_example_losses(out.last_hidden_state, batch.labels, self.lm_head)
+                return per_example_losses(out.last_hidden_state, batch.labels, self.lm_head, chunk=self.lm_head_chunk)
+
+    @contextlib.contextmanager
+    def _fused_forwards(self):
+        """Swap each fusable peft layer's forward for the fused autograd function (restored on exit)."""
+        sink = self._sink
+        for m in self._fused.values():
+            sink.b_zero[id(m)] = not bool(m.lora_B["default"].weight.any())  # re-read: adapters may change
+            m.forward = (lambda layer: (lambda x, *a, **k: _FusedLoraLinear.apply(x, layer, sink)))(m)
+        try:
+            yield
+        finally:
+            for m in self._fused.values():
+                del m.forward
+            sink._lowp.clear()
 
     def pieces(self, batch: Batch) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per-example gradients as a list of (B, out·in) pieces in :meth:`layout` order, and the losses."""
-        self._grads = {}
+        self._grads = self._sink.grads = {}
         self._active = True
         try:
-            losses = self.losses(batch, track=True)
-            losses.sum().backward()
+            with self._fused_forwards():
+                losses = self.losses(batch, track=True)
+                losses.sum().backward()
         finally:
             self._active = False
         n = batch.input_ids.shape[0]
