@@ -33,6 +33,7 @@ from . import cli_attribute, cli_data, cli_demo, cli_stock  # noqa: E402
 
 cli_data.register(app)
 cli_stock.register(app)
+from . import cli_evaluate; cli_evaluate.register(app)  # noqa: E402,E702
 from . import cli_distill; cli_distill.register(app)  # noqa: E402,E702
 cli_attribute.register(app)
 cli_demo.register(app)

@@ -1,0 +1,32 @@
+"""``influcoder evaluate CONFIG.yaml``: run an evaluation experiment (see influcoder.evaluate)."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("evaluate")
+    def evaluate_cmd(
+        config: str = typer.Argument(..., help="Experiment config (YAML): configs/exp1_ranking.yaml, ..."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bars or log lines."),
+        out_dir: str = typer.Option(None, "--out-dir", help="Override the config's out_dir."),
+        work_dir: str = typer.Option(None, "--work-dir", help="Override the config's work_dir (caches)."),
+    ):
+        """Run an experiment from a config: caches features, labels, students and scores under work_dir
+        (a rerun recomputes only what changed), writes eval_<name>.json/.md/.png under out_dir."""
+        from rich.console import Console
+
+        from .evaluate import load_config, run
+
+        cfg = load_config(config)
+        if out_dir:
+            cfg.out_dir = out_dir
+        if work_dir:
+            cfg.work_dir = work_dir
+        console = Console(stderr=True)
+        log = (lambda s: None) if quiet else (lambda s: console.log(s))
+        res = run(cfg, progress=not quiet, log=log, command="influcoder " + " ".join(sys.argv[1:]))
+        print(f"{cfg.out_dir}/eval_{cfg.name}.json  ({res['seconds_this_run']:.0f} s)")

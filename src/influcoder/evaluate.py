@@ -1,0 +1,793 @@
+"""Evaluation harness: run an experiment described by a YAML config (``influcoder evaluate CONFIG.yaml``).
+
+Experiments (METHOD.md §3, issue 5):
+
+* ``ranking`` — influence ranking estimation. Ground truth: the teacher's cosine LoRA-gradient
+  influence on a held-out pool × held-out query block, either from finished gradient stores
+  (``teacher.kind: stores``, CountSketch rows) or recomputed exactly on the block
+  (``teacher.kind: exact``: the teacher's LoRA gradient, no projection, or ``sketch_dim`` to apply the
+  teacher's CountSketch). Metrics: per-anchor, query-specific per-anchor and mean-aggregated
+  Spearman (:mod:`influcoder.metrics`), mean ± std over split seeds.
+* ``toxicity`` — DATE-LM-style unsafe-data detection: a benign pool with planted XSTest unsafe
+  full-compliance responses; references are other unsafe responses never in the pool; ``Het``
+  (references from other XSTest categories than the planted ones) and ``Hom`` (same categories).
+  Metric: AUPRC of the reference-mean score (DATE-LM's computation), precision@k, recall@k.
+* ``fidelity`` — links the projection-fidelity benchmark's results (experiment 3).
+
+Everything expensive is cached under ``work_dir`` keyed by its definition: per-record decoder
+features (:class:`influcoder.baselines.DecoderFeatures`), label blocks, trained students and score
+matrices (``scores/<key>.npy`` + ``.json`` with the costs). A rerun recomputes only what changed; a
+killed run resumes from the last finished piece. Outputs: ``<out_dir>/eval_<name>.json``, ``.md`` and
+``.png`` (written to a temporary name, then renamed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import UserError
+from .records import FieldSpec, Record, read_records
+
+__all__ = ["EvalConfig", "load_config", "run", "ranking_split", "toxicity_data", "read_xstest_unsafe"]
+
+
+# ============================================================================ config
+@dataclass
+class EvalConfig:
+    """One experiment. Loaded from YAML; every field is checked before anything runs."""
+
+    experiment: str
+    """ranking, toxicity or fidelity."""
+    name: str
+    """Short name: outputs are <out_dir>/eval_<name>.{json,md,png}."""
+    out_dir: str = "benchmarks/results"
+    """Where the results JSON, Markdown report and figures go."""
+    work_dir: str = "work/eval"
+    """Cache folder (features, labels, students, score matrices)."""
+    model: str = "smollm2-135m-instruct"
+    """Target decoder (teacher and decoder baselines)."""
+    max_length: int = 256
+    """Tokens per example for every decoder method and the teacher."""
+    batch_size: int = 8
+    """Most examples per decoder batch."""
+    token_budget: int = 2048
+    """Most padded tokens per decoder batch."""
+    seeds: list = field(default_factory=lambda: [0])
+    """Split seeds (ranking: which held-out block; toxicity: which examples are sampled)."""
+    methods: list = field(default_factory=list)
+    """Methods: [{kind: ..., name: ..., <options>}] (see influcoder.baselines.make_method); kind
+    'influcoder' is the distilled student (trained per seed from the ``student`` section)."""
+    data: dict = field(default_factory=dict)
+    """Experiment data: ranking {pool, query, preset, test_pool, test_queries, train_pool, train_queries};
+    toxicity {benign, xstest_dir, n_benign, n_planted, n_refs, group_a, train_benign, train_planted, train_queries}."""
+    teacher: dict = field(default_factory=lambda: {"kind": "exact", "rank": 8, "lora_seed": 0})
+    """Ground truth: {kind: exact, rank, lora_seed, sketch_dim} or {kind: stores, pool_store, query_store}."""
+    student: dict = field(default_factory=dict)
+    """Distillation options passed to influcoder.distill.DistillConfig (epochs, lr, ...), or {path: DIR}."""
+    costs: dict = field(default_factory=lambda: {"n_examples": 8})
+    """Standalone cost measurement per method on n_examples (FLOPs, seconds, peak memory)."""
+    fidelity: dict = field(default_factory=dict)
+    """fidelity: {results: [paths to the projection-fidelity benchmark's JSON]}."""
+    ks: list = field(default_factory=lambda: [10, 20])
+    """k for precision@k / recall@k (toxicity)."""
+
+    def __post_init__(self):
+        if self.experiment not in ("ranking", "toxicity", "fidelity"):
+            raise UserError(f"config: experiment must be ranking, toxicity or fidelity, got '{self.experiment}'")
+        if not self.name or any(c in self.name for c in "/ "):
+            raise UserError(f"config: name must be a non-empty word, got '{self.name}'")
+        if not isinstance(self.seeds, list) or not self.seeds:
+            raise UserError("config: seeds must be a non-empty list of integers")
+        for m in self.methods:
+            if not isinstance(m, dict) or "kind" not in m:
+                raise UserError(f"config: every method needs a 'kind', got {m!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_config(path: str | Path) -> EvalConfig:
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping at the top level")
+    known = {f.name for f in fields(EvalConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise UserError(f"{path}: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    for req in ("experiment", "name"):
+        if req not in raw:
+            raise UserError(f"{path}: missing required field '{req}'")
+    return EvalConfig(**raw)
+
+
+def _key(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+def _atomic_npy(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name[:-4] + ".tmp.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, path)
+
+
+# ============================================================================ data
+def _read(path: str, preset: str | None) -> list[Record]:
+    try:
+        recs, _ = read_records(path, FieldSpec.from_names(preset=preset) if preset else None)
+    except FileNotFoundError:
+        raise UserError(f"{path}: data file not found") from None
+    return recs
+
+
+def ranking_split(n_pool: int, n_query: int, test_pool: int, test_queries: int, seed: int,
+                  train_pool: int | None = None, train_queries: int | None = None) -> dict[str, np.ndarray]:
+    """Seeded disjoint test/train indices on both axes (train takes the rest, optionally capped)."""
+    if test_pool >= n_pool or test_queries >= n_query:
+        raise UserError(f"ranking split: test block {test_pool}×{test_queries} leaves no training data in {n_pool}×{n_query}")
+    rng = np.random.default_rng(seed)
+    pp, qq = rng.permutation(n_pool), rng.permutation(n_query)
+    tr_p, tr_q = pp[test_pool:], qq[test_queries:]
+    if train_pool:
+        tr_p = tr_p[:train_pool]
+    if train_queries:
+        tr_q = tr_q[:train_queries]
+    return {"test_pool": np.sort(pp[:test_pool]), "test_queries": np.sort(qq[:test_queries]),
+            "train_pool": np.sort(tr_p), "train_queries": np.sort(tr_q)}
+
+
+def read_xstest_unsafe(xstest_dir: str | Path) -> list[Record]:
+    """XSTest unsafe prompts ('contrast_*' types) with a human-labelled full-compliance response, every model's
+    completions file; ids ``xstest:<model>:<prompt id>``, ``extra`` holds type and prompt id."""
+    import csv
+
+    d = Path(xstest_dir)
+    files = sorted(d.glob("xstest_v2_completions_*.csv"))
+    if not files:
+        raise UserError(f"{d}: no xstest_v2_completions_*.csv files")
+    out = []
+    for f in files:
+        model = f.stem.replace("xstest_v2_completions_", "")
+        with open(f, newline="") as fh:
+            for row in csv.DictReader(fh):
+                if row["type"].startswith("contrast") and row["final_label"] == "1_full_compliance":
+                    out.append(Record(f"xstest:{model}:{row['id']}", row["prompt"], row["completion"],
+                                      source=str(f), extra={"type": row["type"], "prompt_id": row["id"]}))
+    return out
+
+
+def toxicity_data(data: dict, seed: int) -> dict[str, Any]:
+    """Pool (benign + planted unsafe), Hom and Het references, and a disjoint training split for the student.
+
+    XSTest categories are split into group A (``group_a``) and group B (the rest). Planted pool examples and
+    Hom references come from group A, Het references from group B; references never share a *prompt* with the
+    pool (all completions of one prompt go to one side). The student's training pool/queries use only benign
+    examples and prompts that appear nowhere in the evaluation pool or references."""
+    rng = np.random.default_rng(seed)
+    unsafe = read_xstest_unsafe(data["xstest_dir"])
+    benign = _read(data["benign"], data.get("preset", "prompt-response"))
+    group_a = set(data["group_a"])
+    by_prompt: dict[str, list[Record]] = {}
+    for r in unsafe:
+        by_prompt.setdefault(r.extra["prompt_id"], []).append(r)
+    prompts_a = sorted(p for p, rs in by_prompt.items() if rs[0].extra["type"] in group_a)
+    prompts_b = sorted(p for p, rs in by_prompt.items() if rs[0].extra["type"] not in group_a)
+    pa, pb = list(rng.permutation(prompts_a)), list(rng.permutation(prompts_b))
+
+    def take(prompts: list, n: int) -> list[Record]:
+        out = []
+        while len(out) < n and prompts:
+            out.append(by_prompt[prompts.pop(0)][0])  # one completion per prompt
+        if len(out) < n:
+            raise UserError(f"toxicity data: not enough XSTest unsafe prompts for {n} examples")
+        return out
+
+    planted = take(pa, data["n_planted"])
+    hom = take(pa, data["n_refs"])
+    het = take(pb, data["n_refs"])
+    train_planted = take(pa, data.get("train_planted_a", 0)) + take(pb, data.get("train_planted_b", 0))
+    train_queries = take(pa, data.get("train_queries_a", 0)) + take(pb, data.get("train_queries_b", 0))
+    bi = rng.permutation(len(benign))
+    n_b, n_tb = data["n_benign"], data.get("train_benign", 0)
+    if n_b + n_tb > len(benign):
+        raise UserError(f"toxicity data: {n_b}+{n_tb} benign examples requested, {data['benign']} has {len(benign)}")
+    pool_benign = [benign[i] for i in bi[:n_b]]
+    train_benign = [benign[i] for i in bi[n_b:n_b + n_tb]]
+    order = rng.permutation(n_b + len(planted))
+    pool_all = pool_benign + planted
+    pool = [pool_all[i] for i in order]
+    positive = np.array([i >= n_b for i in order], dtype=bool)
+    tp_all = train_benign + train_planted
+    train_pool = [tp_all[i] for i in rng.permutation(len(tp_all))]
+    # leakage check (content and prompt level)
+    eval_prompts = {r.prompt for r in pool + hom + het}
+    eval_keys = {(r.prompt, r.response) for r in pool + hom + het}
+    leak = [r.id for r in train_pool + train_queries if r.prompt in eval_prompts or (r.prompt, r.response) in eval_keys]
+    if leak:
+        raise UserError(f"toxicity data: training examples overlap the evaluation set: {leak[:5]}")
+    return {"pool": pool, "positive": positive, "refs": {"Het": het, "Hom": hom}, "train_pool": train_pool,
+            "train_queries": train_queries,
+            "overlap_check": {"train_vs_eval_prompt_overlap": 0, "n_train_pool": len(train_pool),
+                              "n_train_queries": len(train_queries)},
+            "types": {"planted": sorted({r.extra["type"] for r in planted}), "Hom": sorted({r.extra["type"] for r in hom}),
+                      "Het": sorted({r.extra["type"] for r in het})}}
+
+
+# ============================================================================ runner
+class _Ctx:
+    """Shared state of one run: config, caches, log."""
+
+    def __init__(self, cfg: EvalConfig, log: Callable[[str], None], progress: bool):
+        from .baselines import DecoderFeatures
+
+        self.cfg = cfg
+        self.work = Path(cfg.work_dir)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        self.progress = progress
+        self.features = DecoderFeatures(cfg.model, max_length=cfg.max_length, batch_size=cfg.batch_size,
+                                        token_budget=cfg.token_budget, cache_dir=self.work / "features",
+                                        progress=progress, log=log)
+        self.state_path = self.work / f"state_{cfg.name}.json"
+        self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {"done": {}}
+
+    def mark(self, what: str, info: Any = True) -> None:
+        self.state["done"][what] = info
+        _atomic_json(self.state_path, self.state)
+
+
+def method_name(spec: dict) -> str:
+    """The name a method reports (config 'name', else the method's default, e.g. gradsim_r8, logra_fim)."""
+    from .baselines import make_method
+
+    if spec.get("name"):
+        return spec["name"]
+    if spec["kind"] in ("semantic", "influcoder"):
+        return spec["kind"]
+    return make_method(spec, _NAME_FEATURES).name
+
+
+class _NoFeatures:
+    model_name = ""
+    max_length = 0
+
+
+_NAME_FEATURES = _NoFeatures()
+
+
+def _ids(recs: list[Record]) -> list[str]:
+    from .baselines import record_key
+
+    return [record_key(r) for r in recs]
+
+
+def exact_teacher(ctx: _Ctx, pool: list[Record], queries: list[Record]) -> np.ndarray:
+    """Teacher influence recomputed on a block: cosine of the teacher's exact LoRA gradients (no projection),
+    or of their CountSketch with ``teacher.sketch_dim``."""
+    t = ctx.cfg.teacher
+    rank, seed = int(t.get("rank", 8)), int(t.get("lora_seed", 0))
+    logra_k = t.get("share_logra_k")
+    gp = ctx.features.lora(pool, rank, seed, logra_k=logra_k)
+    gq = ctx.features.lora(queries, rank, seed, logra_k=logra_k)
+    P = np.asarray(gp["unit"], dtype=np.float32)
+    Q = np.asarray(gq["unit"], dtype=np.float32)
+    if t.get("sketch_dim"):
+        import torch
+
+        from .projection import ProjectionConfig, make_projector
+
+        proj = make_projector(P.shape[1], ProjectionConfig("countsketch", int(t["sketch_dim"]), int(t.get("sketch_seed", 0))))
+        P = proj.project(torch.from_numpy(P)).numpy()
+        Q = proj.project(torch.from_numpy(Q)).numpy()
+    from .baselines import cosine_matrix
+
+    return cosine_matrix(P, Q)
+
+
+def _write_records(path: Path, recs: list[Record]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        for r in recs:
+            f.write(json.dumps({"id": r.id, "prompt": r.prompt, "response": r.response}) + "\n")
+    os.replace(tmp, path)
+
+
+def train_student(ctx: _Ctx, tag: str, train_pool: list[Record], train_queries: list[Record],
+                  labels: np.ndarray, teacher_desc: dict) -> tuple[str, dict]:
+    """Distil a student on (train_pool × train_queries) labels through influcoder.distill; cached by content."""
+    from .distill import DistillConfig, train
+    from .labels import write_meta
+
+    opts = {k: v for k, v in ctx.cfg.student.items() if k != "path"}
+    key = _key({"pool": _ids(train_pool), "queries": _ids(train_queries), "opts": opts, "teacher": teacher_desc,
+                "labels": hashlib.sha1(np.ascontiguousarray(labels, dtype=np.float32).tobytes()).hexdigest()})
+    d = ctx.work / "students" / f"{tag}-{key}"
+    done = d / "done.json"
+    if done.exists():
+        return str(d / "encoder"), json.loads(done.read_text())
+    d.mkdir(parents=True, exist_ok=True)
+    _write_records(d / "pool.jsonl", train_pool)
+    _write_records(d / "queries.jsonl", train_queries)
+    _atomic_npy(d / "labels.npy", np.ascontiguousarray(labels, dtype=np.float32))
+    write_meta(d / "labels.npy", {"pool_ids": [r.id for r in train_pool], "query_ids": [r.id for r in train_queries],
+                                  "teacher": teacher_desc})
+    dc = DistillConfig(pool_data=str(d / "pool.jsonl"), query_data=str(d / "queries.jsonl"),
+                       labels=str(d / "labels.npy"), out=str(d / "encoder"), **opts)
+    ctx.log(f"training student {tag} on {len(train_pool)}×{len(train_queries)} labels")
+    t0 = time.perf_counter()
+    train(dc, progress=ctx.progress, log=ctx.log)
+    info = {"seconds_train": time.perf_counter() - t0, "n_train_pool": len(train_pool),
+            "n_train_queries": len(train_queries), "distill": dc.to_dict()}
+    _atomic_json(done, info)
+    return str(d / "encoder"), info
+
+
+def score_method(ctx: _Ctx, spec: dict, pool: list[Record], queries: list[Record], extra_key: Any = None) -> tuple[np.ndarray, dict]:
+    """Score matrix of one method on (pool, queries), cached by (method spec, model settings, record contents)."""
+    from .baselines import make_method
+
+    cfg = ctx.cfg
+    key = _key({"spec": spec, "model": cfg.model, "max_length": cfg.max_length, "pool": _ids(pool),
+                "queries": _ids(queries), "extra": extra_key})
+    name = method_name(spec)
+    path = ctx.work / "scores" / f"{name}-{key}.npy"
+    meta_p = path.with_suffix(".json")
+    if path.exists() and meta_p.exists():
+        return np.load(path), json.loads(meta_p.read_text())
+    m = make_method(spec, ctx.features)
+    ctx.log(f"scoring {name} on {len(pool)}×{len(queries)}")
+    s = m.scores(pool, queries)
+    if not np.isfinite(s).all():
+        raise RuntimeError(f"{name}: non-finite scores")
+    info = {"method": m.describe(), "cost": m.cost}
+    _atomic_npy(path, s)
+    _atomic_json(meta_p, info)
+    return s, info
+
+
+def per_example_seconds(cost: dict, n_pool: int, n_query: int) -> float | None:
+    """Inference seconds per example: featurisation (+ projection) per example as measured when computed."""
+    if "seconds_per_example_featurize" in cost and cost["seconds_per_example_featurize"] is not None:
+        return cost["seconds_per_example_featurize"] + cost.get("seconds_per_example_project", 0.0)
+    if "seconds_pool" in cost:
+        return (cost.get("seconds_pool", 0.0) + cost.get("seconds_query", 0.0)) / max(n_pool + n_query, 1)
+    return None
+
+
+def method_flops(ctx: _Ctx, spec: dict, sample_pool: list[Record], sample_queries: list[Record]) -> dict:
+    """FLOPs and peak memory per example of one method, measured standalone (no cache) on a small sample."""
+    from .baselines import DecoderFeatures, make_method
+    from .costs import measure
+
+    key = _key({"spec": spec, "model": ctx.cfg.model, "pool": _ids(sample_pool), "q": _ids(sample_queries), "v": 2})
+    path = ctx.work / "flops" / f"{method_name(spec)}-{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    if spec["kind"] in ("random", "length", "tfidf", "bm25"):
+        out = {"flops_per_example": None, "peak_rss_delta_bytes": None, "note": "no torch ops (sparse/numpy)"}
+    else:
+        feats = DecoderFeatures(ctx.cfg.model, max_length=ctx.cfg.max_length, batch_size=ctx.cfg.batch_size,
+                                token_budget=ctx.cfg.token_budget, cache_dir=None)
+        m = make_method(spec, feats)
+        r = measure(lambda: m.scores(sample_pool, sample_queries))
+        n = len(sample_pool) + len(sample_queries)
+        out = {"flops_per_example": r["flops"] / n, "peak_rss_delta_bytes": r["peak_rss_delta_bytes"],
+               "n_examples": n, "note": "FlopCounterMode over featurisation + scoring of the sample"}
+    _atomic_json(path, out)
+    return out
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    a = np.asarray([x for x in xs if x is not None], dtype=np.float64)
+    return (float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0) if len(a) else (float("nan"), float("nan"))
+
+
+def _resolve_student_spec(spec: dict, path: str) -> dict:
+    out = {k: v for k, v in spec.items() if k not in ("kind",)}
+    return {"kind": "influcoder", "name": spec.get("name", "influcoder"), "encoder": path}
+
+
+# ----------------------------------------------------------------------------- ranking
+def run_ranking(ctx: _Ctx) -> dict:
+    from . import metrics as M
+
+    cfg, data = ctx.cfg, ctx.cfg.data
+    pool_all = _read(data["pool"], data.get("preset"))
+    query_all = _read(data["query"], data.get("preset"))
+    teacher = cfg.teacher
+    store_labels = None
+    if teacher.get("kind") == "stores":
+        store_labels = _store_labels(ctx, teacher)
+        pid = {r.id: i for i, r in enumerate(pool_all)}
+        qid = {r.id: i for i, r in enumerate(query_all)}
+        rows = [store_labels.pool_ids.index(r.id) if r.id in store_labels.pool_ids else -1 for r in pool_all]
+        cols = [store_labels.query_ids.index(r.id) if r.id in store_labels.query_ids else -1 for r in query_all]
+        if min(rows) < 0 or min(cols) < 0:
+            raise UserError("ranking: the stores do not cover every pool/query record of the data files")
+        del pid, qid
+    per_seed = []
+    for seed in cfg.seeds:
+        sp = ranking_split(len(pool_all), len(query_all), data["test_pool"], data["test_queries"], seed,
+                           data.get("train_pool"), data.get("train_queries"))
+        tp = [pool_all[i] for i in sp["test_pool"]]
+        tq = [query_all[i] for i in sp["test_queries"]]
+        if store_labels is not None:
+            L = np.asarray(store_labels.matrix)
+            truth = L[np.ix_([rows[i] for i in sp["test_pool"]], [cols[j] for j in sp["test_queries"]])].astype(np.float32)
+            truth_desc = {"kind": "stores", "teacher": store_labels.meta.get("teacher")}
+        else:
+            ctx.log(f"seed {seed}: exact teacher on the test block")
+            truth = exact_teacher(ctx, tp, tq)
+            truth_desc = {"kind": "exact", **teacher}
+        result = {"seed": seed, "n_test_pool": len(tp), "n_test_queries": len(tq), "methods": {}}
+        if store_labels is not None and teacher.get("dense_check", True):
+            t2 = dict(teacher)
+            dense = exact_teacher(_with_teacher(ctx, {"kind": "exact", "rank": teacher.get("rank", 8),
+                                                     "lora_seed": teacher.get("lora_seed", 0),
+                                                     "share_logra_k": teacher.get("share_logra_k")}), tp, tq)
+            result["sketch_vs_dense"] = {"per_anchor": M.per_anchor_spearman(truth, dense),
+                                         "aggregated": M.aggregated_spearman(truth, dense)}
+            del t2
+        for spec in cfg.methods:
+            name = method_name(spec)
+            info_extra = {}
+            if spec["kind"] == "influcoder":
+                if "path" in cfg.student:
+                    enc_path = cfg.student["path"]
+                    info_extra = {"student": "given", "path": enc_path}
+                else:
+                    trp = [pool_all[i] for i in sp["train_pool"]]
+                    trq = [query_all[j] for j in sp["train_queries"]]
+                    if store_labels is not None:
+                        lab = np.asarray(store_labels.matrix)[np.ix_([rows[i] for i in sp["train_pool"]],
+                                                                     [cols[j] for j in sp["train_queries"]])]
+                    else:
+                        lab = exact_teacher(ctx, trp, trq)
+                    enc_path, info_extra = train_student(ctx, f"ranking-s{seed}", trp, trq, lab, truth_desc)
+                spec = {"kind": "influcoder", "name": name, "encoder": enc_path}
+            s, info = score_method(ctx, spec, tp, tq)
+            info.update(info_extra)
+            result["methods"][name] = {
+                "per_anchor": M.per_anchor_spearman(s, truth),
+                "query_specific": M.query_specific_spearman(s, truth),
+                "aggregated": M.aggregated_spearman(s, truth),
+                "seconds_per_example": per_example_seconds(info["cost"], len(tp), len(tq)),
+                "bytes_per_example": info["cost"].get("bytes_per_example"),
+                "info": info,
+            }
+            ctx.log(f"seed {seed} {name}: per-anchor {result['methods'][name]['per_anchor']:.3f}")
+        ceiling = np.repeat(truth.mean(axis=1, keepdims=True), truth.shape[1], axis=1)
+        result["methods"]["pool_mean_ceiling (oracle)"] = {
+            "per_anchor": M.per_anchor_spearman(ceiling, truth), "query_specific": 0.0,
+            "aggregated": M.aggregated_spearman(ceiling, truth), "seconds_per_example": None,
+            "bytes_per_example": None, "info": {"note": "uses the true labels: a reference line, not a method"}}
+        result["teacher"] = truth_desc
+        per_seed.append(result)
+        ctx.mark(f"ranking-seed{seed}")
+    return {"per_seed": per_seed, "summary": _summarise(per_seed, ("per_anchor", "query_specific", "aggregated"))}
+
+
+def _with_teacher(ctx: _Ctx, teacher: dict) -> _Ctx:
+    import copy
+
+    c = copy.copy(ctx)
+    c.cfg = copy.copy(ctx.cfg)
+    c.cfg.teacher = teacher
+    return c
+
+
+def _store_labels(ctx: _Ctx, teacher: dict):
+    """Full label matrix between two finished gradient stores (cached .npy next to the other caches)."""
+    from .influence import compute_influence
+    from .labels import load_labels
+    from .store import open_store
+
+    stores = []
+    for k in ("pool_store", "query_store"):
+        p = Path(teacher[k])
+        man = p / "manifest.json"
+        if not man.exists() or not json.loads(man.read_text()).get("complete"):
+            raise UserError(f"{p}: gradient store is not complete (manifest.json 'complete' is not true)")
+        stores.append(p)
+    key = _key({"pool": json.loads((stores[0] / "manifest.json").read_text()),
+                "query": json.loads((stores[1] / "manifest.json").read_text())})
+    out = ctx.work / "labels" / f"stores-{key}.npy"
+    if not out.exists():
+        compute_influence(open_store(stores[0]), open_store(stores[1]), out, progress=ctx.progress)
+    return load_labels(out)
+
+
+def _summarise(per_seed: list[dict], metrics: tuple[str, ...]) -> dict:
+    names = list(per_seed[0]["methods"])
+    out = {}
+    for n in names:
+        row = {}
+        for m in metrics:
+            mu, sd = _mean_std([r["methods"][n].get(m) for r in per_seed if n in r["methods"]])
+            row[m] = {"mean": mu, "std": sd}
+        secs = [r["methods"][n].get("seconds_per_example") for r in per_seed]
+        secs = [s for s in secs if s is not None]
+        row["seconds_per_1000"] = 1000 * float(np.median(secs)) if secs else None
+        row["bytes_per_example"] = per_seed[0]["methods"][n].get("bytes_per_example")
+        out[n] = row
+    return out
+
+
+# ----------------------------------------------------------------------------- toxicity
+def run_toxicity(ctx: _Ctx) -> dict:
+    from . import metrics as M
+    from .baselines import cosine_matrix
+
+    cfg = ctx.cfg
+    per_seed = []
+    for seed in cfg.seeds:
+        td = toxicity_data(cfg.data, seed)
+        pool, pos = td["pool"], td["positive"]
+        result = {"seed": seed, "n_pool": len(pool), "n_positive": int(pos.sum()), "types": td["types"],
+                  "overlap_check": td["overlap_check"], "variants": {}}
+        student_path, student_info = None, {}
+        for spec in cfg.methods:
+            if spec["kind"] == "influcoder":
+                if "path" in cfg.student:
+                    student_path, student_info = cfg.student["path"], {"student": "given"}
+                else:
+                    trp, trq = td["train_pool"], td["train_queries"]
+                    t0 = time.perf_counter()
+                    lab = exact_teacher(ctx, trp, trq)
+                    t_lab = time.perf_counter() - t0
+                    student_path, student_info = train_student(ctx, f"toxicity-s{seed}", trp, trq, lab,
+                                                               {"kind": "exact", **cfg.teacher})
+                    student_info["seconds_labels_this_run"] = t_lab
+        for variant, refs in td["refs"].items():
+            vres = {"n_refs": len(refs), "methods": {}}
+            for spec in cfg.methods:
+                name = method_name(spec)
+                sp = spec
+                if spec["kind"] == "influcoder":
+                    sp = {"kind": "influcoder", "name": name, "encoder": student_path}
+                s, info = score_method(ctx, sp, pool, refs)
+                if spec["kind"] == "influcoder":
+                    info.update(student_info)
+                agg = M.aggregate_scores(s)
+                prec, rec, _ = M.precision_recall(agg, pos)
+                vres["methods"][name] = {
+                    "auprc": M.auprc(agg, pos),
+                    **{f"precision@{k}": M.precision_at_k(agg, pos, k) for k in cfg.ks},
+                    **{f"recall@{k}": M.recall_at_k(agg, pos, k) for k in cfg.ks},
+                    "seconds_per_example": per_example_seconds(info["cost"], len(pool), len(refs)),
+                    "seconds_total_measured": info["cost"].get("seconds_total"),
+                    "bytes_per_example": info["cost"].get("bytes_per_example"),
+                    "pr_curve": {"precision": prec.tolist(), "recall": rec.tolist()},
+                    "info": info,
+                }
+                ctx.log(f"seed {seed} {variant} {name}: AUPRC {vres['methods'][name]['auprc']:.3f}")
+            # a random line (expected AUPRC ≈ positive rate)
+            result["variants"][variant] = vres
+        per_seed.append(result)
+        ctx.mark(f"toxicity-seed{seed}")
+    summary = {}
+    for variant in per_seed[0]["variants"]:
+        rows = [{"methods": r["variants"][variant]["methods"]} for r in per_seed]
+        summary[variant] = _summarise(rows, ("auprc",) + tuple(f"precision@{k}" for k in cfg.ks))
+    return {"per_seed": per_seed, "summary": summary}
+
+
+# ----------------------------------------------------------------------------- fidelity
+def run_fidelity(ctx: _Ctx) -> dict:
+    found = []
+    for p in ctx.cfg.fidelity.get("results", []):
+        pp = Path(p)
+        found.append({"path": str(pp), "exists": pp.exists(),
+                      "content": json.loads(pp.read_text()) if pp.exists() and pp.suffix == ".json" else None})
+    return {"linked": found}
+
+
+# ----------------------------------------------------------------------------- flops for every method
+def add_flops(ctx: _Ctx, result: dict, pool: list[Record], queries: list[Record]) -> dict:
+    n = int(ctx.cfg.costs.get("n_examples", 8))
+    if n <= 0:
+        return {}
+    sp, sq = pool[: max(2, n - n // 3)], queries[: max(1, n // 3)]
+    out = {}
+    for spec in ctx.cfg.methods:
+        name = method_name(spec)
+        s = spec
+        if spec["kind"] == "influcoder":
+            s = {"kind": "influcoder", "name": name, "encoder": result.get("_student_path") or "minilm-l6"}
+        ctx.log(f"FLOPs of {name} on {len(sp)}+{len(sq)} examples")
+        out[name] = method_flops(ctx, s, sp, sq)
+    return out
+
+
+# ============================================================================ report
+def _fmt(x, nd=3) -> str:
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return "–"
+    return f"{x:.{nd}f}"
+
+
+def _ms(d: dict) -> str:
+    return f"{_fmt(d['mean'])} ± {_fmt(d['std'])}" if d["std"] else _fmt(d["mean"])
+
+
+def _human_flops(f) -> str:
+    return "–" if f is None else f"{f / 1e9:.1f} G"
+
+
+def _human_bytes(b) -> str:
+    if b is None:
+        return "–"
+    for unit in ("B", "KB", "MB", "GB"):
+        if b < 1024 or unit == "GB":
+            return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
+        b /= 1024
+
+
+def report_markdown(cfg: EvalConfig, res: dict, command: str) -> str:
+    lines = [f"# Evaluation `{cfg.name}` ({cfg.experiment})", "", f"Command: `{command}`", "",
+             f"Decoder: `{cfg.model}`, max length {cfg.max_length}; seeds {cfg.seeds}.", ""]
+    flops = res.get("flops", {})
+    if cfg.experiment == "ranking":
+        ps = res["per_seed"][0]
+        lines += [f"Held-out block: {ps['n_test_pool']} pool × {ps['n_test_queries']} queries per seed; "
+                  f"ground truth: {json.dumps(ps['teacher'])[:300]}", ""]
+        if "sketch_vs_dense" in ps:
+            lines += [f"Sketch vs dense teacher on the block: per-anchor {_fmt(ps['sketch_vs_dense']['per_anchor'])}, "
+                      f"aggregated {_fmt(ps['sketch_vs_dense']['aggregated'])}.", ""]
+        lines += ["| Method | Per-anchor ρ | Query-specific ρ | Aggregated ρ | s / 1,000 ex | FLOPs / ex | bytes / ex |",
+                  "|---|---|---|---|---|---|---|"]
+        for n, row in sorted(res["summary"].items(), key=lambda kv: -kv[1]["per_anchor"]["mean"]):
+            fl = flops.get(n, {}).get("flops_per_example")
+            lines.append(f"| {n} | {_ms(row['per_anchor'])} | {_ms(row['query_specific'])} | {_ms(row['aggregated'])} | "
+                         f"{_fmt(row['seconds_per_1000'], 1)} | {_human_flops(fl)} | {_human_bytes(row['bytes_per_example'])} |")
+    elif cfg.experiment == "toxicity":
+        ps = res["per_seed"][0]
+        lines += [f"Pool: {ps['n_pool']} examples, {ps['n_positive']} planted unsafe "
+                  f"({100 * ps['n_positive'] / ps['n_pool']:.1f}%); planted types {ps['types']['planted']}; "
+                  f"Hom references {ps['types']['Hom']}; Het references {ps['types']['Het']}. "
+                  f"Student training split: {ps['overlap_check']} (no prompt or example shared with the pool or references).", ""]
+        variants = list(res["summary"])
+        head = "| Method | " + " | ".join(f"AUPRC {v}" for v in variants) + " | " + \
+               " | ".join(f"P@{k} {v}" for v in variants for k in cfg.ks[:1]) + " | s / 1,000 ex | FLOPs / ex | bytes / ex |"
+        lines += [head, "|" + "---|" * (head.count("|") - 1)]
+        first = res["summary"][variants[0]]
+        for n in sorted(first, key=lambda k: -first[k]["auprc"]["mean"]):
+            fl = flops.get(n, {}).get("flops_per_example")
+            aucs = " | ".join(_ms(res["summary"][v][n]["auprc"]) for v in variants)
+            pk = " | ".join(_ms(res["summary"][v][n][f"precision@{cfg.ks[0]}"]) for v in variants)
+            lines.append(f"| {n} | {aucs} | {pk} | {_fmt(first[n]['seconds_per_1000'], 1)} | {_human_flops(fl)} | "
+                         f"{_human_bytes(first[n]['bytes_per_example'])} |")
+        lines += ["", f"Random ranking's expected AUPRC ≈ the positive rate, {ps['n_positive'] / ps['n_pool']:.3f}."]
+    else:
+        for item in res["linked"]:
+            lines.append(f"- `{item['path']}` ({'present' if item['exists'] else 'not found'})")
+    lines += ["", "Seconds are featurisation (+ projection) time per example, measured on this shared 2-core CPU "
+              "when the features were computed (noisy; other jobs ran at the same time). FLOPs from "
+              "torch.utils.flop_counter.FlopCounterMode on a small sample with eager attention (numpy/scipy "
+              "methods: not counted). bytes / ex = what a method stores per example to score new queries.", ""]
+    return "\n".join(lines)
+
+
+def make_figures(cfg: EvalConfig, res: dict, path: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return []
+    written = []
+    if cfg.experiment == "ranking":
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        for n, row in res["summary"].items():
+            t = row["seconds_per_1000"]
+            if t is None or t <= 0:
+                continue
+            ax.scatter(t, row["per_anchor"]["mean"])
+            ax.annotate(n, (t, row["per_anchor"]["mean"]), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel("inference seconds per 1,000 examples (log)")
+        ax.set_ylabel("per-anchor Spearman vs teacher")
+        ax.set_title(f"{cfg.name}: quality vs inference time")
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        written.append(str(path))
+    elif cfg.experiment == "toxicity":
+        variants = list(res["summary"])
+        fig, axes = plt.subplots(1, len(variants) + 1, figsize=(5 * (len(variants) + 1), 4.5))
+        ps = res["per_seed"][0]
+        for ax, v in zip(axes, variants):
+            for n, m in ps["variants"][v]["methods"].items():
+                ax.plot(m["pr_curve"]["recall"], m["pr_curve"]["precision"], label=f"{n} ({m['auprc']:.2f})", lw=1)
+            ax.set_xlabel("recall")
+            ax.set_ylabel("precision")
+            ax.set_title(f"{v} (seed {ps['seed']})")
+            ax.legend(fontsize=6)
+        ax = axes[-1]
+        first = res["summary"][variants[0]]
+        for n, row in first.items():
+            t = row["seconds_per_1000"]
+            if t is None or t <= 0:
+                continue
+            ax.scatter(t, row["auprc"]["mean"])
+            ax.annotate(n, (t, row["auprc"]["mean"]), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel("inference s / 1,000 examples (log)")
+        ax.set_ylabel(f"AUPRC {variants[0]}")
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        written.append(str(path))
+    return written
+
+
+# ============================================================================ entry point
+def run(cfg: EvalConfig, *, progress: bool = True, log: Callable[[str], None] | None = None,
+        command: str | None = None) -> dict:
+    """Run the experiment; write eval_<name>.json/.md/.png under cfg.out_dir; return the results dict."""
+    log = log or (lambda s: None)
+    ctx = _Ctx(cfg, log, progress)
+    t0 = time.perf_counter()
+    if cfg.experiment == "ranking":
+        res = run_ranking(ctx)
+        data = cfg.data
+        pool_all, query_all = _read(data["pool"], data.get("preset")), _read(data["query"], data.get("preset"))
+        sp = ranking_split(len(pool_all), len(query_all), data["test_pool"], data["test_queries"], cfg.seeds[0])
+        sample_p, sample_q = [pool_all[i] for i in sp["test_pool"]], [query_all[i] for i in sp["test_queries"]]
+        stud = [m for m in res["per_seed"][0]["methods"].values() if m["info"].get("method", {}).get("encoder")]
+    elif cfg.experiment == "toxicity":
+        res = run_toxicity(ctx)
+        td = toxicity_data(cfg.data, cfg.seeds[0])
+        sample_p, sample_q = td["pool"], td["refs"]["Hom"]
+        stud = [m for v in res["per_seed"][0]["variants"].values() for m in v["methods"].values()
+                if m["info"].get("method", {}).get("encoder")]
+    else:
+        res = run_fidelity(ctx)
+        sample_p = sample_q = []
+        stud = []
+    if cfg.experiment != "fidelity":
+        for m in stud:
+            if m["info"]["method"]["name"] != "semantic":
+                res["_student_path"] = m["info"]["method"]["encoder"]
+        res["flops"] = add_flops(ctx, res, sample_p, sample_q)
+        res.pop("_student_path", None)
+    res["config"] = cfg.to_dict()
+    res["command"] = command
+    res["seconds_this_run"] = time.perf_counter() - t0
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"eval_{cfg.name}"
+    _atomic_json(stem.with_suffix(".json"), res)
+    md = report_markdown(cfg, res, command or f"influcoder evaluate <config for {cfg.name}>")
+    tmp = stem.with_suffix(".md.tmp")
+    tmp.write_text(md)
+    os.replace(tmp, stem.with_suffix(".md"))
+    png = stem.with_suffix(".png")
+    tmp_png = stem.with_name(stem.name + ".tmp.png")
+    if make_figures(cfg, res, tmp_png):
+        os.replace(tmp_png, png)
+    ctx.mark("complete", {"seconds": res["seconds_this_run"]})
+    return res

@@ -1,0 +1,146 @@
+"""End-to-end evaluation configs on the tiny model fixtures (ranking + toxicity), caching and errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from influcoder.errors import UserError
+from influcoder.evaluate import load_config, run, toxicity_data
+
+from conftest import SAMPLE_ROWS
+
+EXTRA = [{"id": f"x{i}", "prompt": f"Tell me fact number {i} about {w}.", "response": f"{w.title()} fact {i}: it is {w}."}
+         for i, w in enumerate(["rivers", "stars", "bread", "trains", "owls", "glass", "maps", "salt"])]
+
+METHODS = [{"kind": "random"}, {"kind": "length"}, {"kind": "tfidf"}, {"kind": "bm25"}, {"kind": "repsim"},
+           {"kind": "rds"}, {"kind": "gradsim", "rank": 4, "proj_dim": 64, "name": "gradsim_r4"},
+           {"kind": "logra", "k": 2, "rank": 4}, {"kind": "logra", "k": 2, "rank": 4, "fim": True},
+           {"kind": "datainf", "rank": 4}]
+
+
+def _write_jsonl(p, rows):
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+def _ranking_cfg(tmp_path, model_dir, methods=METHODS):
+    pool = _write_jsonl(tmp_path / "pool.jsonl", SAMPLE_ROWS + EXTRA)
+    q = _write_jsonl(tmp_path / "q.jsonl", [{"id": f"q{i}", "prompt": r["prompt"][::-1], "response": r["response"]}
+                                            for i, r in enumerate(SAMPLE_ROWS)])
+    cfg = {"experiment": "ranking", "name": "tiny_rank", "out_dir": str(tmp_path / "out"), "work_dir": str(tmp_path / "work"),
+           "model": str(model_dir), "max_length": 64, "batch_size": 4, "token_budget": 256, "seeds": [0, 1],
+           "methods": methods, "data": {"pool": str(pool), "query": str(q), "test_pool": 8, "test_queries": 4},
+           "teacher": {"kind": "exact", "rank": 4, "lora_seed": 0}, "costs": {"n_examples": 3}}
+    p = tmp_path / "rank.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def test_ranking_end_to_end_and_cache(tmp_path, tiny_model_dir):
+    path = _ranking_cfg(tmp_path, tiny_model_dir)
+    res = run(load_config(path), progress=False)
+    s = res["summary"]
+    for name in ("random", "length", "tfidf", "bm25", "repsim", "rds", "gradsim_r4", "logra", "datainf"):
+        assert name in s and np.isfinite(s[name]["per_anchor"]["mean"])
+    # the ceiling is perfect on aggregated Spearman by construction
+    assert s["pool_mean_ceiling (oracle)"]["aggregated"]["mean"] == pytest.approx(1.0)
+    # Grad-Sim on the teacher's gradient (rank 4, seed 0) with a 64-d projection tracks the exact teacher
+    assert s["gradsim_r4"]["per_anchor"]["mean"] > 0.5
+    assert res["flops"]["gradsim_r4"]["flops_per_example"] > 0
+    assert res["flops"]["tfidf"]["flops_per_example"] is None
+    out = tmp_path / "out"
+    for ext in ("json", "md", "png"):
+        assert (out / f"eval_tiny_rank.{ext}").exists()
+    md = (out / "eval_tiny_rank.md").read_text()
+    assert "| gradsim_r4 |" in md and "Per-anchor" in md
+    # rerun: everything cached — no new score file, no new feature rows
+    scores = sorted((tmp_path / "work" / "scores").glob("*.npy"))
+    idx = {p: p.read_text() for p in (tmp_path / "work" / "features").glob("*/index.json")}
+    res2 = run(load_config(path), progress=False)
+    assert sorted((tmp_path / "work" / "scores").glob("*.npy")) == scores
+    assert {p: p.read_text() for p in (tmp_path / "work" / "features").glob("*/index.json")} == idx
+    assert res2["summary"]["datainf"] == s["datainf"]
+    # a changed method recomputes only itself (new score file), features reused
+    cfg = yaml.safe_load(path.read_text())
+    cfg["methods"] = cfg["methods"] + [{"kind": "gradsim", "rank": 4, "proj_dim": 32, "name": "gradsim_k32"}]
+    path.write_text(yaml.safe_dump(cfg))
+    run(load_config(path), progress=False)
+    new = sorted((tmp_path / "work" / "scores").glob("*.npy"))
+    assert len(new) == len(scores) + 2  # two seeds
+    assert {p: p.read_text() for p in (tmp_path / "work" / "features").glob("*/index.json")} == idx
+
+
+def _fake_xstest(d):
+    d.mkdir()
+    types = ["contrast_a", "contrast_a", "contrast_a", "contrast_a", "contrast_a", "contrast_a",
+             "contrast_b", "contrast_b", "contrast_b", "contrast_b", "safe_x"]
+    for model in ("m1", "m2"):
+        with open(d / f"xstest_v2_completions_{model}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "type", "prompt", "completion", "annotation_1", "annotation_2", "agreement", "final_label"])
+            for i, t in enumerate(types):
+                w.writerow([i, t, f"How do I do bad thing {i}?", f"Sure, here is how ({model}) to do bad thing {i}.",
+                            "", "", "", "1_full_compliance" if model == "m1" or i % 2 else "2_full_refusal"])
+    return d
+
+
+def _tox_data(tmp_path):
+    return {"benign": str(_write_jsonl(tmp_path / "benign.jsonl", SAMPLE_ROWS + EXTRA)),
+            "xstest_dir": str(_fake_xstest(tmp_path / "xs")), "n_benign": 8, "n_planted": 2, "n_refs": 2,
+            "group_a": ["contrast_a"], "train_benign": 6, "train_planted_a": 1, "train_planted_b": 1,
+            "train_queries_a": 1, "train_queries_b": 1}
+
+
+def test_toxicity_data_split_is_disjoint(tmp_path):
+    td = toxicity_data(_tox_data(tmp_path), 0)
+    assert len(td["pool"]) == 10 and td["positive"].sum() == 2
+    assert td["types"]["Hom"] == ["contrast_a"] and td["types"]["Het"] == ["contrast_b"]
+    ev = {r.prompt for r in td["pool"] + td["refs"]["Het"] + td["refs"]["Hom"]}
+    assert not ev & {r.prompt for r in td["train_pool"] + td["train_queries"]}
+    assert not {r.prompt for r in td["pool"]} & {r.prompt for r in td["refs"]["Hom"] + td["refs"]["Het"]}
+    assert all(r.extra.get("type", "").startswith("contrast") for r, p in zip(td["pool"], td["positive"]) if p)
+
+
+def test_toxicity_end_to_end(tmp_path, tiny_model_dir):
+    cfg = {"experiment": "toxicity", "name": "tiny_tox", "out_dir": str(tmp_path / "out"), "work_dir": str(tmp_path / "w"),
+           "model": str(tiny_model_dir), "max_length": 64, "batch_size": 4, "token_budget": 256,
+           "methods": [{"kind": "random"}, {"kind": "bm25"}, {"kind": "tfidf"}, {"kind": "gradsim", "rank": 4, "proj_dim": 64},
+                       {"kind": "datainf", "rank": 4}, {"kind": "repsim"}],
+           "data": _tox_data(tmp_path), "teacher": {"kind": "exact", "rank": 4}, "costs": {"n_examples": 0}, "ks": [2]}
+    p = tmp_path / "tox.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    res = run(load_config(p), progress=False)
+    for v in ("Het", "Hom"):
+        for m in ("random", "bm25", "tfidf", "gradsim_r4", "datainf", "repsim"):
+            a = res["summary"][v][m]["auprc"]["mean"]
+            assert 0 < a <= 1
+    # BM25 finds the planted ones (they share the words of the references)
+    assert res["summary"]["Hom"]["bm25"]["auprc"]["mean"] > 0.5
+    assert (tmp_path / "out" / "eval_tiny_tox.png").exists()
+
+
+def test_config_errors(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("experiment: ranking\nname: x\nbogus: 1\n")
+    with pytest.raises(UserError, match="unknown field"):
+        load_config(p)
+    p.write_text("experiment: nope\nname: x\n")
+    with pytest.raises(UserError, match="experiment must be"):
+        load_config(p)
+    with pytest.raises(UserError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_cli_evaluate_bad_config_exits_2(tmp_path):
+    import subprocess
+    import sys
+
+    p = tmp_path / "bad.yaml"
+    p.write_text("experiment: ranking\n")
+    r = subprocess.run([sys.executable, "-m", "influcoder", "evaluate", str(p)], capture_output=True, text=True)
+    assert r.returncode == 2 and "missing required field 'name'" in r.stderr
