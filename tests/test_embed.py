@@ -34,7 +34,7 @@ def make_tiny_encoder(d: Path, seed: int = 0, hidden: int = 32) -> Path:
     tok = BertTokenizerFast(vocab_file=str(raw / "vocab.txt"), do_lower_case=False)
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=2 * hidden, max_position_embeddings=512)
+                     intermediate_size=2 * hidden, max_position_embeddings=512, initializer_range=0.5)
     BertModel(cfg).save_pretrained(raw)
     tok.save_pretrained(raw)
     st = SentenceTransformer(modules=[M.Transformer(str(raw), max_seq_length=256), M.Pooling(hidden, "mean"), M.Normalize()],

@@ -212,9 +212,13 @@ def recall_at_k(approx_rows: np.ndarray, exact_rows: np.ndarray, k: int) -> floa
     return float(np.mean(hits) / k)
 
 
-def check_recall(index, vectors_or_blocks, queries: np.ndarray, k: int, *, exclude: np.ndarray | None = None) -> dict:
+def check_recall(index, vectors_or_blocks, queries: np.ndarray, k: int, *, exclude: np.ndarray | None = None,
+                 lookup=None, tie_tol: float = 1e-5) -> dict:
     """recall@k of ``index`` against exact search for ``queries``; ``exclude[i]`` (a row id) is removed
-    from both result lists of query i (used when the queries are stored vectors themselves)."""
+    from both result lists of query i (used when the queries are stored vectors themselves).
+
+    With ``lookup(rows) -> vectors``, the check is tie-aware: an approximate result whose true score is
+    within ``tie_tol`` of the exact k-th score counts as a hit even if exact search returned a tied row."""
     extra = 1 if exclude is not None else 0
     t0 = time.perf_counter()
     _, approx = index.search(np.ascontiguousarray(queries, dtype=np.float32), k + extra)
@@ -229,10 +233,23 @@ def check_recall(index, vectors_or_blocks, queries: np.ndarray, k: int, *, exclu
         return np.stack([np.array([r for r in row if r != ex][:k] + [-1] * max(0, k - len([r for r in row if r != ex])))
                          for row, ex in zip(rows, exclude)])
 
+    a, e = drop(approx), drop(exact)
+    if lookup is None:
+        recall = recall_at_k(a, e, k)
+    else:
+        hits = []
+        for qi in range(len(queries)):
+            ev, av = lookup(e[qi][e[qi] >= 0]), lookup(a[qi][a[qi] >= 0])
+            kth = float(np.min(ev @ queries[qi])) if len(ev) else np.inf
+            exact_set = set(e[qi].tolist())
+            true = av @ queries[qi] if len(av) else np.zeros(0)
+            hits.append(sum(1 for r, t in zip(a[qi][a[qi] >= 0], true) if r in exact_set or t >= kth - tie_tol))
+        recall = float(np.mean(hits) / k)
     return {
         "k": k,
         "queries": int(len(queries)),
-        "recall": recall_at_k(drop(approx), drop(exact), k),
+        "recall": recall,
+        "tie_aware": lookup is not None,
         "index_ms_per_query_batched": 1000 * t_index / max(1, len(queries)),
         "exact_ms_per_query_batched": 1000 * t_exact / max(1, len(queries)),
         "self_match_excluded": exclude is not None,
@@ -310,7 +327,8 @@ def build_index(cfg: IndexConfig, *, progress: bool = True) -> Path:
     if cfg.check:
         rng = np.random.default_rng(cfg.seed + 1)
         qrows = np.sort(rng.choice(n, size=min(n, cfg.check_queries), replace=False))
-        check = check_recall(index, store.iter_blocks(cfg.add_block), _gather(store, qrows), cfg.check_k, exclude=qrows)
+        check = check_recall(index, store.iter_blocks(cfg.add_block), _gather(store, qrows), cfg.check_k, exclude=qrows,
+                             lookup=lambda rows: _gather_any(store, rows))
         check["kind"] = cfg.kind
         check["nprobe"] = cfg.nprobe if cfg.kind.startswith("ivf") else None
         check["ef_search"] = cfg.ef_search if cfg.kind == "hnsw" else None
@@ -355,6 +373,12 @@ def _gather(store: EmbeddingStore, rows: np.ndarray) -> np.ndarray:
             j = k
         start = stop
     return out
+
+
+def _gather_any(store: EmbeddingStore, rows) -> np.ndarray:
+    """Like :func:`_gather` for rows in any order (distinct)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    return _gather(store, np.sort(rows))[np.argsort(np.argsort(rows))]
 
 
 def open_index(root: str | Path) -> FaissIndex:
