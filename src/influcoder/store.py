@@ -22,7 +22,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -70,13 +70,20 @@ def check_compatible(a: dict, b: dict, what_a: str = "pool store", what_b: str =
 
 
 class StoreWriter:
-    """Creates or resumes a store. ``header`` holds everything that defines the store's content."""
+    """Creates or resumes a store. ``header`` holds everything that defines the store's content.
 
-    def __init__(self, root: str | Path, header: dict, ids: list[str], shard_size: int, dtype: str = "float32"):
+    Several processes (ranks) can write one store: shard ``i`` belongs to rank ``i % world_size``; each
+    rank records its finished shards in ``parts/rank-R.json`` and rank 0 merges them into the manifest
+    in :meth:`finish`. ``barrier`` synchronises the ranks (e.g. ``torch.distributed.barrier``)."""
+
+    def __init__(self, root: str | Path, header: dict, ids: list[str], shard_size: int, dtype: str = "float32",
+                 *, rank: int = 0, world_size: int = 1, barrier: Callable[[], None] | None = None):
         self.root = Path(root)
         self.shard_size = int(shard_size)
         self.dtype = np.dtype(dtype)
         self.ids = list(ids)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self._barrier = barrier or (lambda: None)
         if len(set(self.ids)) != len(self.ids):
             raise StoreError("duplicate example ids")
         self.header = dict(header)
@@ -89,26 +96,31 @@ class StoreWriter:
             ids_sha256=hashlib.sha256(json.dumps(self.ids).encode()).hexdigest(),
         )
         self.header = json.loads(json.dumps(self.header))  # as it reads back from disk (tuples → lists)
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "shards").mkdir(exist_ok=True)
         mpath = self.root / MANIFEST
-        if mpath.exists():
-            old = json.loads(mpath.read_text())
-            old_header = {k: v for k, v in old.items() if k not in ("shards", "complete", "stats")}
-            new_header = {k: v for k, v in self.header.items()}
-            if old_header != new_header:
-                diff = sorted(k for k in set(old_header) | set(new_header) if old_header.get(k) != new_header.get(k))
-                raise StoreError(
-                    f"{self.root} already holds a store made with other settings (differs in: {', '.join(diff)}); "
-                    "use another --out folder or --overwrite"
-                )
-            self.shards = [s for s in old["shards"] if self._shard_ok(s)]
-            self.stats = old.get("stats", {})
-        else:
-            self.shards = []
-            self.stats = {}
-            (self.root / "ids.json").write_text(json.dumps(self.ids))
-            self._write_manifest()
+        if self.rank == 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+            (self.root / "shards").mkdir(exist_ok=True)
+            (self.root / "parts").mkdir(exist_ok=True)
+            if not mpath.exists():
+                (self.root / "ids.json").write_text(json.dumps(self.ids))
+                self.shards, self.stats = [], {}
+                self._write_manifest()
+        self._barrier()
+        old = json.loads(mpath.read_text())
+        old_header = {k: v for k, v in old.items() if k not in ("shards", "complete", "stats")}
+        if old_header != self.header:
+            diff = sorted(k for k in set(old_header) | set(self.header) if old_header.get(k) != self.header.get(k))
+            raise StoreError(
+                f"{self.root} already holds a store made with other settings (differs in: {', '.join(diff)}); "
+                "use another --out folder or --overwrite"
+            )
+        self.stats = old.get("stats", {})
+        entries = {s["index"]: s for s in old["shards"]}
+        for part in sorted((self.root / "parts").glob("rank-*.json")):
+            for s in json.loads(part.read_text())["shards"]:
+                entries[s["index"]] = s
+        self.shards = [s for s in entries.values() if self._shard_ok(s)]
+        self._mine: list[dict] = []  # shards this rank wrote in this run (multi-rank mode)
 
     @property
     def n_shards(self) -> int:
@@ -121,6 +133,11 @@ class StoreWriter:
     def done(self) -> set[int]:
         return {s["index"] for s in self.shards}
 
+    def todo(self) -> list[int]:
+        """Shards this rank still has to write, in order."""
+        done = self.done()
+        return [i for i in range(self.n_shards) if i % self.world_size == self.rank and i not in done]
+
     def _shard_ok(self, s: dict) -> bool:
         p = self.root / "shards" / s["file"]
         return p.exists() and p.stat().st_size == s["bytes"] and _sha256_file(p) == s["sha256"]
@@ -132,13 +149,18 @@ class StoreWriter:
         m["stats"] = self.stats
         _atomic_write_text(self.root / MANIFEST, json.dumps(m, indent=1))
 
+    def _part_path(self) -> Path:
+        return self.root / "parts" / f"rank-{self.rank:05d}.json"
+
     def write_shard(self, index: int, rows: np.ndarray) -> None:
+        if index % self.world_size != self.rank:
+            raise ValueError(f"shard {index} belongs to rank {index % self.world_size}, not {self.rank}")
         start, stop = self.shard_rows(index)
         if rows.shape[0] != stop - start:
             raise ValueError(f"shard {index} needs {stop - start} rows, got {rows.shape[0]}")
         name = f"shard-{index:05d}.npy"
         final = self.root / "shards" / name
-        tmp = final.with_name(name + ".tmp")
+        tmp = final.with_name(name + f".tmp{self.rank}")
         with open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(rows, dtype=self.dtype))
             f.flush()
@@ -147,15 +169,38 @@ class StoreWriter:
         entry = {"index": index, "file": name, "start": start, "stop": stop,
                  "bytes": final.stat().st_size, "sha256": _sha256_file(final)}
         self.shards = [s for s in self.shards if s["index"] != index] + [entry]
-        self._write_manifest()
+        if self.world_size == 1:
+            self._write_manifest()
+        else:
+            part = self._part_path()
+            previous = json.loads(part.read_text())["shards"] if part.exists() else []
+            merged = {s["index"]: s for s in previous}
+            merged[index] = entry
+            _atomic_write_text(part, json.dumps({"rank": self.rank, "shards": list(merged.values())}))
 
     def finish(self, stats: dict | None = None) -> None:
-        if self.done() != set(range(self.n_shards)):
+        """Mark the store complete (rank 0, after every rank reached this point)."""
+        if stats and self.world_size > 1:
+            _atomic_write_text(self.root / "parts" / f"stats-{self.rank:05d}.json", json.dumps(stats))
+        self._barrier()
+        if self.rank == 0:
+            entries = {s["index"]: s for s in self.shards}
+            for part in sorted((self.root / "parts").glob("rank-*.json")):
+                for s in json.loads(part.read_text())["shards"]:
+                    entries[s["index"]] = s
+            self.shards = list(entries.values())
             missing = sorted(set(range(self.n_shards)) - self.done())
-            raise StoreError(f"cannot finish {self.root}: shards {missing[:10]} missing")
-        if stats:
-            self.stats.update(stats)
-        self._write_manifest(complete=True)
+            if missing:
+                raise StoreError(f"cannot finish {self.root}: shards {missing[:10]} missing")
+            if self.world_size > 1:
+                per_rank = [json.loads(p.read_text()) for p in sorted((self.root / "parts").glob("stats-*.json"))]
+                self.stats.update({"ranks": per_rank, "world_size": self.world_size})
+            elif stats:
+                self.stats.update(stats)
+            self._write_manifest(complete=True)
+            for p in (self.root / "parts").glob("*.json"):
+                p.unlink()
+        self._barrier()
 
 
 class ShardedMatrix:
