@@ -155,7 +155,8 @@ def per_example_losses(hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.M
     count = mask.sum(1)
     if bool((count == 0).any()):
         raise ValueError("an example in the batch has no response token")
-    fast = chunk is not None and isinstance(lm_head, nn.Linear) and lm_head.bias is None
+    fast = (chunk is not None and isinstance(lm_head, nn.Linear) and lm_head.bias is None
+            and not lm_head.weight.requires_grad)  # the chunked function gives the head no gradient
     if fast:
         lowp = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
         with torch.autocast("cpu", enabled=False):
