@@ -189,6 +189,8 @@ def test_end_to_end_train_load_and_sentence_transformers(tmp_path, tiny_bert_dir
     out = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "enc", projection_dim=16, query_prefix="q: "), progress=False)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2] and rows[0]["model"] == "untrained"
+    assert rows[2]["loss"] != rows[0]["loss"]  # training moved the model
+    assert rows[2]["train_loss"] < rows[1]["train_loss"] + 0.05
     for r in rows:
         for k in ("per_anchor_spearman", "aggregated_spearman", "query_specific_spearman", "loss"):
             assert np.isfinite(r[k])
