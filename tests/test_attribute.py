@@ -1,0 +1,209 @@
+"""attribute / filter / OOD: results equal brute-force cosine, output formats, encoder mismatch refused,
+command-line texts, OOD flags."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from test_embed import make_rows, other_encoder, tiny_encoder, write_jsonl  # noqa: F401  (fixtures)
+
+
+@pytest.fixture
+def built(tmp_path, tiny_encoder):
+    from influcoder.embed import EmbedConfig, embed_file
+    from influcoder.index import IndexConfig, build_index
+
+    pool = write_jsonl(tmp_path / "pool.jsonl", make_rows(40))
+    queries = write_jsonl(tmp_path / "queries.jsonl", make_rows(4, seed=5))
+    emb = embed_file(EmbedConfig(str(tiny_encoder), str(pool), str(tmp_path / "emb"), dtype="float32"), progress=False)
+    idx = build_index(IndexConfig(str(emb), str(tmp_path / "idx")))
+    return pool, queries, emb, idx
+
+
+def brute(encoder_dir, pool_rows, query_items):
+    from influcoder.encoder import InfluenceEncoder
+    from influcoder.records import Record
+
+    enc = InfluenceEncoder.from_pretrained(str(encoder_dir))
+    P = enc.encode([Record(r["id"], r["prompt"], r["response"]) for r in pool_rows], side="pool")
+    Q = enc.encode(query_items, side="query")
+    return P @ Q.T  # pool × query cosine
+
+
+def test_attribute_equals_bruteforce_and_writes_jsonl_and_csv(tmp_path, tiny_encoder, built):
+    from influcoder.attribute import AttributeConfig, attribute
+    from influcoder.records import Record, record_to_text
+
+    pool, queries, _, idx = built
+    prow = [json.loads(l) for l in pool.read_text().splitlines()]
+    qrow = [json.loads(l) for l in queries.read_text().splitlines()]
+    out = tmp_path / "attr.jsonl"
+    recs = attribute(AttributeConfig(str(tiny_encoder), str(idx), queries=str(queries), top_k=5, out=str(out),
+                                     ood={"enabled": False}))
+    assert [json.loads(l) for l in out.read_text().splitlines()] == recs
+    S = brute(tiny_encoder, prow, [Record(r["id"], r["prompt"], r["response"]) for r in qrow])
+    texts = {r["id"]: record_to_text(Record(r["id"], r["prompt"], r["response"])) for r in prow}
+    assert len(recs) == 4 * 5
+    for j, q in enumerate(qrow):
+        got = [r for r in recs if r["query_id"] == q["id"]]
+        assert [r["rank"] for r in got] == [1, 2, 3, 4, 5]
+        best = np.sort(S[:, j])[::-1][:5]
+        np.testing.assert_allclose([r["score"] for r in got], best, atol=1e-4)
+        ids = [p["id"] for p in prow]
+        for r in got:
+            assert abs(S[ids.index(r["id"]), j] - r["score"]) < 1e-4
+            assert r["text"] == texts[r["id"]] and r["row"] == ids.index(r["id"])
+    attribute(AttributeConfig(str(tiny_encoder), str(idx), queries=str(queries), top_k=5, out=str(tmp_path / "a.csv"),
+                              csv=True, ood={"enabled": False}))
+    rows = list(csv.DictReader(open(tmp_path / "a.csv")))
+    assert [(r["query_id"], int(r["rank"]), r["id"]) for r in rows] == [(r["query_id"], r["rank"], r["id"]) for r in recs]
+    np.testing.assert_allclose([float(r["score"]) for r in rows], [r["score"] for r in recs], rtol=1e-6)
+
+
+def test_encoder_mismatch_is_refused(tmp_path, tiny_encoder, other_encoder, built):
+    from influcoder.attribute import AttributeConfig, FilterConfig, attribute, filter_pool
+    from influcoder.embed import EmbedConfig, embed_file
+    from influcoder.errors import UserError
+
+    pool, queries, emb, idx = built
+    with pytest.raises(UserError, match="not the encoder the index"):
+        attribute(AttributeConfig(str(other_encoder), str(idx), queries=str(queries)))
+    # query embeddings made with another encoder
+    qemb = embed_file(EmbedConfig(str(other_encoder), str(queries), str(tmp_path / "qemb"), side="query"), progress=False)
+    with pytest.raises(UserError, match="made with encoder"):
+        attribute(AttributeConfig(str(tiny_encoder), str(idx), queries=str(qemb)))
+    with pytest.raises(UserError, match="made with encoder"):
+        filter_pool(FilterConfig(str(other_encoder), str(tmp_path / "f"), data=str(pool), pool_embeddings=str(emb),
+                                 queries=str(queries)), progress=False)
+
+
+def test_query_text_on_command_line(tmp_path, tiny_encoder, built):
+    from typer.testing import CliRunner
+
+    from influcoder.cli import app
+
+    _, _, _, idx = built
+    out = tmp_path / "a.jsonl"
+    r = CliRunner().invoke(app, ["attribute", "--encoder", str(tiny_encoder), "--index", str(idx), "--query-text",
+                                 "alpha beta", "--query-text", "python code", "--top-k", "3", "--out", str(out), "--no-ood"])
+    assert r.exit_code == 0, r.output
+    recs = [json.loads(l) for l in out.read_text().splitlines()]
+    assert {r["query_id"] for r in recs} == {"text:0", "text:1"} and len(recs) == 6
+    assert recs[0]["query_text"] == "alpha beta"
+
+
+def test_bad_query_file_names_file_row_field(tmp_path, tiny_encoder, built):
+    from influcoder.attribute import AttributeConfig, attribute
+    from influcoder.records import RecordError
+
+    _, _, _, idx = built
+    rows = make_rows(3)
+    rows[2]["prompt"] = 7
+    bad = write_jsonl(tmp_path / "q.jsonl", rows)
+    with pytest.raises(RecordError, match=r"q\.jsonl, row 2, field 'prompt'"):
+        attribute(AttributeConfig(str(tiny_encoder), str(idx), queries=str(bad)))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet", "json"])
+@pytest.mark.parametrize("aggregate", ["mean", "max"])
+def test_filter_scores_and_filtered_copy(tmp_path, tiny_encoder, fmt, aggregate):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from influcoder.attribute import FilterConfig, filter_pool
+    from influcoder.records import Record, iter_rows
+
+    rows = [{k: v for k, v in r.items()} for r in make_rows(30)]
+    qrows = make_rows(3, seed=7)
+    src = tmp_path / f"pool.{fmt}"
+    if fmt == "jsonl":
+        write_jsonl(src, rows)
+    elif fmt == "csv":
+        with open(src, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    elif fmt == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows), src)
+    else:
+        src.write_text(json.dumps({"examples": rows}))
+    qf = write_jsonl(tmp_path / "q.jsonl", qrows)
+    out = tmp_path / "out"
+    filter_pool(FilterConfig(str(tiny_encoder), str(out), data=str(src), queries=str(qf), aggregate=aggregate,
+                             fraction=0.2, ood={"enabled": False}), progress=False)
+    S = brute(tiny_encoder, rows, [Record(r["id"], r["prompt"], r["response"]) for r in qrows])
+    expect = S.mean(1) if aggregate == "mean" else S.max(1)
+    scores = [json.loads(l) for l in (out / "scores.jsonl").read_text().splitlines()]
+    assert len(scores) == 30 and set(scores[0]) == {"id", "score"}
+    assert all(a["score"] >= b["score"] for a, b in zip(scores, scores[1:]))
+    ids = [r["id"] for r in rows]
+    for s in scores:  # float16 storage of the pool embeddings
+        assert abs(s["score"] - expect[ids.index(s["id"])]) < 2e-3
+    top = {s["id"] for s in scores[:6]}
+    kept = [obj for _, obj in iter_rows(out / f"filtered.{fmt}")]
+    assert len(kept) == 24 and not top & {str(r["id"]) for r in kept}
+    assert set(kept[0]) == set(rows[0])  # all original fields, same format
+    ranked = [json.loads(l) for l in (out / "ranked.jsonl").read_text().splitlines()]
+    assert [r["rank"] for r in ranked] == list(range(1, 31)) and sum(r["selected"] for r in ranked) == 6
+    # --keep with a threshold keeps exactly the examples above it
+    t = scores[9]["score"]
+    filter_pool(FilterConfig(str(tiny_encoder), str(tmp_path / "k"), data=str(src), queries=str(qf), aggregate=aggregate,
+                             threshold=t, keep=True, ood={"enabled": False}), progress=False)
+    kept = {str(obj["id"]) for _, obj in iter_rows(tmp_path / "k" / f"filtered.{fmt}")}
+    assert kept == {s["id"] for s in scores if s["score"] > t}
+
+
+def test_filter_pool_as_texts(tmp_path, tiny_encoder):
+    from influcoder.attribute import FilterConfig, filter_pool
+
+    out = filter_pool(FilterConfig(str(tiny_encoder), str(tmp_path / "o"), pool_texts=["alpha beta", "cat dog", "rain"],
+                                   query_texts=["alpha"], fraction=1 / 3, ood={"enabled": False}), progress=False)
+    kept = [json.loads(l) for l in (out / "filtered.jsonl").read_text().splitlines()]
+    assert len(kept) == 2 and set(kept[0]) == {"id", "text"}
+
+
+def test_ood_flags_far_items_and_not_reference_copies(tmp_path, tiny_encoder, built):
+    from influcoder.attribute import AttributeConfig, FilterConfig, filter_pool, run_attribute
+
+    pool, queries, _, idx = built
+    ref = write_jsonl(tmp_path / "ref.jsonl", make_rows(60, seed=11))
+    ref_rows = [json.loads(l) for l in ref.read_text().splitlines()]
+    far = "ZZZZZZZZZZZZZZZZZZZZZ"  # far from the reference under the tiny encoder (NN cosine ≈ 0.72 vs ≥ 0.88)
+    recs, rep = run_attribute(AttributeConfig(
+        str(tiny_encoder), str(idx), query_texts=[ref_rows[0]["prompt"] + "\n" + ref_rows[0]["response"], far], top_k=2,
+        ood={"reference": [str(ref)]}))
+    q = {r["id"]: r for r in rep["query_ood"]}
+    assert q["text:0"]["nn_similarity"] > 0.999 and q["text:0"]["ood"] is False
+    assert q["text:1"]["ood"] is True and q["text:1"]["nn_similarity"] < rep["ood_reference"]["query"]["threshold"]
+    assert all(r["pool_nn_similarity"] is not None for r in recs)
+    # filter: pool items are compared with the reference too; an explicit threshold is honoured
+    pf = write_jsonl(tmp_path / "p.jsonl", ref_rows[:5] + [{"id": "far", "prompt": "", "response": far}])
+    out = filter_pool(FilterConfig(str(tiny_encoder), str(tmp_path / "f"), data=str(pf), query_texts=["alpha"],
+                                   ood={"reference": [str(ref)]}), progress=False)
+    ood = {(r["side"], r["id"]): r for r in map(json.loads, (out / "ood.jsonl").read_text().splitlines())}
+    assert ood[("pool", "far")]["ood"] is True
+    assert all(not ood[("pool", r["id"])]["ood"] for r in ref_rows[:5])
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["pool_ood"] >= 1 and rep["ood_reference"]["pool"]["calibrated"] is True
+
+
+def test_ood_without_reference_says_so(tmp_path, tiny_encoder, built):
+    from influcoder.attribute import AttributeConfig, run_attribute
+
+    _, queries, _, idx = built
+    recs, rep = run_attribute(AttributeConfig(str(tiny_encoder), str(idx), queries=str(queries), top_k=1))
+    assert recs[0]["query_ood"] is None and any("--reference" in n for n in rep["notes"])
+
+
+def test_reference_found_in_encoder_metadata(tmp_path):
+    from influcoder.attribute import find_reference_data
+
+    p = write_jsonl(tmp_path / "pool.jsonl", make_rows(3))
+    q = write_jsonl(tmp_path / "q.jsonl", make_rows(3))
+    meta = {"training": {"config": {"pool_data": str(p), "query_data": str(q), "query_preset": "bbh"}}}
+    found = find_reference_data(meta)
+    assert [f for f, _ in found["pool"]] == [str(p)] and found["query"][0][1].prompt == ("input",)
