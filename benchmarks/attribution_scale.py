@@ -271,7 +271,7 @@ def bench_int8(args, work: Path) -> dict:
     from influcoder.encoder import InfluenceEncoder
     from influcoder.records import read_records
 
-    enc_name = args.int8_encoder or str(find_trained_encoder() or args.encoder)
+    enc_name = args.int8_encoder or args.encoder
     trained = enc_name != args.encoder
     pool, _ = read_records(work / "pool.jsonl")
     queries, _ = read_records(make_queries(work, args.int8_queries))
@@ -399,7 +399,7 @@ def main():
     ap.add_argument("--pool-examples", type=int, default=240)
     ap.add_argument("--stock-examples", type=int, default=48)
     ap.add_argument("--encoder", default="minilm-l6")
-    ap.add_argument("--int8-encoder", default=None, help="encoder for the int8 comparison (default: a trained one under work/, else --encoder)")
+    ap.add_argument("--int8-encoder", default=None, help="encoder for the int8 comparison (default: --encoder)")
     ap.add_argument("--int8-queries", type=int, default=40)
     ap.add_argument("--encoder-reps", type=int, default=3)
     ap.add_argument("--teacher", default="smollm2-135m-instruct")
@@ -412,6 +412,7 @@ def main():
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-int8", action="store_true")
     ap.add_argument("--quick", action="store_true", help="fewer queries/reps (smoke run)")
+    ap.add_argument("--merge", action="store_true", help="update only the parts run in an existing results JSON")
     args = ap.parse_args()
     if args.quick:
         args.queries, args.single_reps, args.encoder_reps = 200, 50, 1
@@ -423,6 +424,13 @@ def main():
            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared), Python {platform.python_version()}"}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge and out.with_suffix(".json").exists():
+        old = json.loads(out.with_suffix(".json").read_text())
+        cmds = old.get("commands", [old.get("command")])
+        old.update({k: res[k] for k in ("started", "machine")})
+        old["commands"] = cmds + [res["command"]]
+        old["command"] = " && ".join(old["commands"])
+        res = old
 
     def save():
         res["seconds"] = time.perf_counter() - t0
@@ -433,7 +441,8 @@ def main():
     if not args.skip_speed:
         res["speed"] = bench_speed(args, work)
         save()
-    res["bytes"] = bench_bytes(res.get("speed"), args.dim)
+    if not (args.merge and args.skip_speed and "bytes" in res):
+        res["bytes"] = bench_bytes(res.get("speed"), args.dim)
     save()
     if not args.skip_int8:
         if not (work / "pool.jsonl").exists():
