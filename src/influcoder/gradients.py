@@ -119,15 +119,15 @@ class _ChunkedLinearCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, targets, chunk, lowp):
         rows = h.shape[0]
-        ce = torch.empty(rows, dtype=torch.float32)
-        dh = torch.empty(rows, h.shape[1], dtype=h.dtype)
+        ce = torch.empty(rows, dtype=torch.float32, device=h.device)
+        dh = torch.empty(rows, h.shape[1], dtype=h.dtype, device=h.device)
         w = weight.to(lowp) if lowp is not None else weight
         for r0 in range(0, rows, chunk):
             r1 = min(rows, r0 + chunk)
             hc = h[r0:r1]
             z = (hc.to(lowp) @ w.t()).float() if lowp is not None else hc.float() @ w.t().float()
             lse = torch.logsumexp(z, dim=1)
-            idx = torch.arange(r1 - r0)
+            idx = torch.arange(r1 - r0, device=h.device)
             t = targets[r0:r1]
             ce[r0:r1] = lse - z[idx, t]
             p = z.sub_(lse.unsqueeze(1)).exp_()
@@ -158,14 +158,15 @@ def per_example_losses(hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.M
     fast = (chunk is not None and isinstance(lm_head, nn.Linear) and lm_head.bias is None
             and not lm_head.weight.requires_grad)  # the chunked function gives the head no gradient
     if fast:
-        lowp = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
-        with torch.autocast("cpu", enabled=False):
+        dev = h.device.type
+        lowp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+        with torch.autocast(dev, enabled=False):
             ce = _ChunkedLinearCE.apply(h, lm_head.weight, targets, int(chunk), lowp)
     else:
         logits = lm_head(h).float()
         ce = F.cross_entropy(logits, targets, reduction="none")
-    owner = torch.arange(labels.shape[0]).unsqueeze(1).expand_as(lab)[mask]
-    total = torch.zeros(labels.shape[0], dtype=torch.float32).index_add(0, owner, ce)
+    owner = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(lab)[mask]
+    total = torch.zeros(labels.shape[0], dtype=torch.float32, device=ce.device).index_add(0, owner, ce)
     return total / count
 
 
@@ -185,7 +186,8 @@ class _FusedLoraLinear(torch.autograd.Function):
             y = y + F.linear(xa, b) * s
         ctx.layer, ctx.sink, ctx.s, ctx.b_zero = layer, sink, s, b_zero
         ctx.x_dtype = x.dtype
-        ctx.autocast = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        dev = x.device.type
+        ctx.autocast = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
         keep_x = sink.want_a
         ctx.save_for_backward(xa, x if keep_x else None)
         return y
@@ -253,7 +255,7 @@ def _right_padded(mask: torch.Tensor) -> bool:
     if mask is None:
         return True
     lengths = mask.sum(1, keepdim=True)
-    return bool((mask == (torch.arange(mask.shape[1]) < lengths).to(mask.dtype)).all())
+    return bool((mask == (torch.arange(mask.shape[1], device=mask.device) < lengths).to(mask.dtype)).all())
 
 
 @dataclass
@@ -372,7 +374,7 @@ class LoraGradients:
 
     def autocast(self):
         if self.dtype == "bfloat16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
+            return torch.autocast(self.embed.weight.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     # ------------------------------------------------------------------ compute
