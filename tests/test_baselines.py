@@ -249,3 +249,22 @@ def test_semantic_encoder_method_real_minilm():
     m = B.EncoderMethod("minilm-l6")
     s = m.scores(recs[:5], recs[5:])
     assert s.shape == (5, 5) and np.isfinite(s).all() and m.cost["bytes_per_example"] == 384 * 4
+
+
+def test_feature_cache_two_writers_keep_each_others_rows(tmp_path):
+    """Two cache objects (as two processes would) filling one folder: neither drops the other's rows."""
+    recs = _records()
+    calls = []
+
+    def compute(rs):
+        calls.append(len(rs))
+        return {"x": np.array([[len(r.response)] for r in rs], np.float32)}
+
+    a, b = B._FeatureCache(tmp_path), B._FeatureCache(tmp_path)
+    a.get("k", recs[:3], compute, ("x",))
+    b.get("k", recs[3:6], compute, ("x",))
+    a.get("k", recs[6:8], compute, ("x",))  # a's in-memory index is stale: it must re-read before merging
+    c = B._FeatureCache(tmp_path)
+    out = c.get("k", recs[:8], compute, ("x",))
+    assert calls == [3, 3, 2]
+    assert out["x"][:, 0].tolist() == [len(r.response) for r in recs[:8]]

@@ -78,7 +78,7 @@ def test_ranking_end_to_end_and_cache(tmp_path, tiny_model_dir):
 def _fake_xstest(d):
     d.mkdir()
     types = ["contrast_a", "contrast_a", "contrast_a", "contrast_a", "contrast_a", "contrast_a",
-             "contrast_b", "contrast_b", "contrast_b", "contrast_b", "safe_x"]
+             "contrast_b", "contrast_b", "contrast_b", "contrast_b", "safe_x", "contrast_b", "contrast_b"]
     for model in ("m1", "m2"):
         with open(d / f"xstest_v2_completions_{model}.csv", "w", newline="") as f:
             w = csv.writer(f)
@@ -144,3 +144,24 @@ def test_cli_evaluate_bad_config_exits_2(tmp_path):
     p.write_text("experiment: ranking\n")
     r = subprocess.run([sys.executable, "-m", "influcoder", "evaluate", str(p)], capture_output=True, text=True)
     assert r.returncode == 2 and "missing required field 'name'" in r.stderr
+
+
+@pytest.mark.slow
+def test_toxicity_with_distilled_student_real_minilm(tmp_path, tiny_model_dir):
+    """The student path: exact teacher labels on the training split → influcoder.distill → scored like the rest."""
+    cfg = {"experiment": "toxicity", "name": "tiny_tox_student", "out_dir": str(tmp_path / "out"),
+           "work_dir": str(tmp_path / "w"), "model": str(tiny_model_dir), "max_length": 64, "batch_size": 4,
+           "token_budget": 256, "methods": [{"kind": "influcoder"}, {"kind": "semantic"}, {"kind": "bm25"}],
+           "data": {**_tox_data(tmp_path), "train_benign": 8, "train_planted_a": 0, "train_queries_a": 2,
+                    "train_queries_b": 2},
+           "teacher": {"kind": "exact", "rank": 4},
+           "student": {"encoder": "minilm-l6", "epochs": 1, "queries_per_batch": 2, "candidates": 4, "max_length": 64,
+                       "val_queries": 2},
+           "costs": {"n_examples": 3}, "ks": [2]}
+    p = tmp_path / "tox.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    res = run(load_config(p), progress=False)
+    info = res["per_seed"][0]["variants"]["Het"]["methods"]["influcoder"]["info"]
+    assert info["n_train_pool"] == 9 and info["n_train_queries"] == 4 and "seconds_train" in info
+    assert res["flops"]["influcoder"]["flops_per_example"] > 0
+    assert 0 < res["summary"]["Hom"]["influcoder"]["auprc"]["mean"] <= 1

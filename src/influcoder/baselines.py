@@ -277,10 +277,10 @@ class _FeatureCache:
         return None if self.root is None else self.root / key
 
     def _load_index(self, key: str) -> dict:
-        if key in self.meta:
-            return self.meta[key]
         d = self._dir(key)
-        meta = {"rows": {}, "seconds": 0.0, "count": 0, "shards": 0}
+        if key in self.meta and (d is None or not (d / "index.json").exists()):
+            return self.meta[key]
+        meta = {"rows": {}, "seconds": 0.0, "count": 0}
         if d is not None and (d / "index.json").exists():
             meta = json.loads((d / "index.json").read_text())
         self.meta[key] = meta
@@ -299,42 +299,62 @@ class _FeatureCache:
             t0 = time.perf_counter()
             new = compute(missing)
             dt = time.perf_counter() - t0
-            shard = meta["shards"]
+            shard = f"{int(time.time() * 1000)}-{os.getpid()}"
             d = self._dir(key)
             if d is not None:
                 d.mkdir(parents=True, exist_ok=True)
                 for p in parts:
-                    tmp = d / f"shard_{shard:05d}.{p}.tmp.npy"
+                    tmp = d / f"{_shard_file(shard, p)}.tmp.npy"
                     np.save(tmp, new[p])
-                    os.replace(tmp, d / f"shard_{shard:05d}.{p}.npy")
+                    os.replace(tmp, d / f"{_shard_file(shard, p)}.npy")
+                meta = self._merge_on_disk(key, d, missing, shard, dt)
             else:
-                self.mem.setdefault(key, {})[f"shard_{shard}"] = new
-            for i, r in enumerate(missing):
-                meta["rows"][record_key(r)] = [shard, i]
-            meta["shards"] = shard + 1
-            meta["seconds"] += dt
-            meta["count"] += len(missing)
-            if d is not None:
-                tmp = d / "index.json.tmp"
-                tmp.write_text(json.dumps(meta))
-                os.replace(tmp, d / "index.json")
+                self.mem.setdefault(key, {})[shard] = new
+                for i, r in enumerate(missing):
+                    meta["rows"][record_key(r)] = [shard, i]
+                meta["seconds"] += dt
+                meta["count"] += len(missing)
         out = {}
         for p in parts:
-            cache: dict[int, np.ndarray] = {}
+            cache: dict = {}
             rows = []
             for k in keys:
                 s, i = meta["rows"][k]
                 if s not in cache:
                     d = self._dir(key)
-                    cache[s] = (np.load(d / f"shard_{s:05d}.{p}.npy", mmap_mode="r") if d is not None
-                                else self.mem[key][f"shard_{s}"][p])
+                    cache[s] = (np.load(d / f"{_shard_file(s, p)}.npy", mmap_mode="r") if d is not None
+                                else self.mem[key][s][p])
                 rows.append(cache[s][i])
             out[p] = np.stack(rows) if rows else np.zeros((0,), np.float32)
         return out
 
+    def _merge_on_disk(self, key: str, d: Path, missing, shard: str, dt: float) -> dict:
+        """Add the new rows to index.json under an exclusive lock, re-reading it first, so that several
+        processes filling the same cache never drop each other's rows."""
+        import fcntl
+
+        with open(d / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            meta = {"rows": {}, "seconds": 0.0, "count": 0}
+            if (d / "index.json").exists():
+                meta = json.loads((d / "index.json").read_text())
+            for i, r in enumerate(missing):
+                meta["rows"][record_key(r)] = [shard, i]
+            meta["seconds"] += dt
+            meta["count"] += len(missing)
+            tmp = d / f"index.json.{os.getpid()}.tmp"
+            tmp.write_text(json.dumps(meta))
+            os.replace(tmp, d / "index.json")
+        self.meta[key] = meta
+        return meta
+
     def seconds_per_example(self, key: str) -> float | None:
         meta = self._load_index(key)
         return meta["seconds"] / meta["count"] if meta["count"] else None
+
+
+def _shard_file(shard, part: str) -> str:
+    return f"shard_{shard:05d}.{part}" if isinstance(shard, int) else f"shard_{shard}.{part}"
 
 
 def _slug(d: dict) -> str:
