@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -61,11 +62,16 @@ def stock_cmd(
         shard_size=shard_size, overwrite=overwrite,
     )
     path = stock(cfg, progress=not quiet)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun, rank 0 reports for everyone
     from .store import open_store
 
     s = open_store(path)
     stats = s.manifest.get("stats", {})
-    console.print(f"stored {len(s)} × {s.dim} gradients in {path} ({stats.get('examples_per_s_last_run') or 0:.2f} ex/s, peak {stats.get('peak_rss_mb')} MB)")
+    ranks = stats.get("ranks") or [stats]
+    rate = sum(r.get("examples_per_s_last_run") or 0 for r in ranks)
+    peak = max((r.get("peak_rss_mb") or 0) for r in ranks)
+    console.print(f"stored {len(s)} × {s.dim} gradients in {path} ({rate:.2f} ex/s over {len(ranks)} process(es), peak {peak} MB per process)")
     if s.manifest.get("n_invalid"):
         console.print(f"[yellow]{s.manifest['n_invalid']} invalid rows skipped; see {path / 'invalid.jsonl'}[/]")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import resource
 import shutil
 import time
@@ -20,6 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .distributed import context
 from .errors import UserError
 from .gradients import LoraGradients, LoraSettings
 from .projection import ProjectionConfig, make_projector
@@ -94,6 +96,8 @@ class StockConfig:
     """Rows per shard: the unit of atomic writing and of resume."""
     overwrite: bool = False
     """Delete an existing store at ``out`` first."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N, or auto (this rank's GPU when there is one, else cpu)."""
 
     def __post_init__(self):
         errs = []
@@ -133,6 +137,12 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _atomic_save(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, path)
+
+
 def _prepare(cfg: StockConfig, tokenizer) -> tuple[list[Record], list[Encoded], list[InvalidRow]]:
     records, invalid = read_records(cfg.data, cfg.field_spec(), skip_invalid=cfg.skip_invalid)
     kept_r, kept_e = [], []
@@ -158,21 +168,26 @@ def stock(cfg: StockConfig, *, progress: bool = True, on_shard: Callable[[int], 
     from .models import load_decoder, state_dict_hash
 
     t_start = time.perf_counter()
+    ctx = context(cfg.device)  # torchrun: each rank stocks shards i with i % world_size == rank
     out = Path(cfg.out)
-    if cfg.overwrite and out.exists():
+    if cfg.overwrite and out.exists() and ctx.is_main:
         shutil.rmtree(out)
     model, tokenizer, resolved = load_decoder(cfg.model)
     model_hash = state_dict_hash(model)
     records, encoded, invalid = _prepare(cfg, tokenizer)
+    ctx.barrier()
     out.mkdir(parents=True, exist_ok=True)
-    if invalid:
+    if invalid and ctx.is_main:
         with open(out / "invalid.jsonl", "w") as f:
             for row in invalid:
                 f.write(json.dumps(dataclasses.asdict(row)) + "\n")
 
     adapter = cfg.adapter
     adapter_dir = out / "adapter"
-    if cfg.warmup_steps and (adapter_dir / "adapter_config.json").exists():
+    if cfg.warmup_steps and not ctx.is_main:
+        ctx.barrier()  # rank 0 warms up and saves the adapter; every other rank loads exactly that
+        adapter = str(adapter_dir)
+    elif cfg.warmup_steps and (adapter_dir / "adapter_config.json").exists():
         adapter = str(adapter_dir)  # resumed run: reuse the warmed-up adapter saved before the kill
     lg = LoraGradients(model, cfg.lora_settings(), dtype=cfg.dtype, adapter_path=adapter)
     warmup_losses = None
@@ -185,6 +200,8 @@ def stock(cfg: StockConfig, *, progress: bool = True, on_shard: Callable[[int], 
         lg.peft.save_pretrained(tmp)
         shutil.rmtree(adapter_dir, ignore_errors=True)
         tmp.rename(adapter_dir)
+    if cfg.warmup_steps and ctx.is_main:
+        ctx.barrier()
     projector = make_projector(lg.dim, cfg.projection_config())
     layout = lg.layout()
     header = {
@@ -205,10 +222,13 @@ def stock(cfg: StockConfig, *, progress: bool = True, on_shard: Callable[[int], 
         "chat_template": bool(getattr(tokenizer, "chat_template", None)) if cfg.chat_template is None else cfg.chat_template,
         "n_invalid": len(invalid),
     }
-    writer = StoreWriter(out, header, [r.id for r in records], cfg.shard_size, cfg.store_dtype)
-    (out / "layout.json").write_text(json.dumps(layout))
-    (out / "stock_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-    todo = [i for i in range(writer.n_shards) if i not in writer.done()]
+    writer = StoreWriter(out, header, [r.id for r in records], cfg.shard_size, cfg.store_dtype,
+                         rank=ctx.rank, world_size=ctx.world_size, barrier=ctx.barrier)
+    if ctx.is_main:
+        (out / "layout.json").write_text(json.dumps(layout))
+        (out / "stock_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    (out / "losses").mkdir(exist_ok=True)
+    todo = writer.todo()
     n_todo = sum(writer.shard_rows(i)[1] - writer.shard_rows(i)[0] for i in todo)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -218,13 +238,13 @@ def stock(cfg: StockConfig, *, progress: bool = True, on_shard: Callable[[int], 
     t0 = time.perf_counter()
     done_rows = 0
     tokens = 0
-    losses = {}
-    with Progress(*columns, disable=not progress, transient=False) as bar:
+    with Progress(*columns, disable=not (progress and ctx.is_main), transient=False) as bar:
         task = bar.add_task("stock", total=n_todo, rate="-")
         for shard in todo:
             start, stop = writer.shard_rows(shard)
             enc = encoded[start:stop]
             rows = np.zeros((stop - start, projector.output_dim), dtype=np.float32)
+            shard_losses = np.zeros(stop - start, dtype=np.float32)
             for b in pack_by_tokens([len(e) for e in enc], cfg.batch_size, cfg.token_budget):
                 batch = collate([enc[i] for i in b], tokenizer.pad_token_id, cfg.padding_side)
                 pieces, loss = lg.pieces(batch)
@@ -234,12 +254,13 @@ def stock(cfg: StockConfig, *, progress: bool = True, on_shard: Callable[[int], 
                     if not torch.isfinite(norms[j]) or float(norms[j]) == 0.0:
                         r = records[start + i]
                         raise UserError(f"{cfg.data}, row {r.row} (id '{r.id}'): gradient is {'zero' if torch.isfinite(norms[j]) else 'not finite'}; refusing to store it")
-                    losses[records[start + i].id] = float(loss[j])
+                    shard_losses[i] = float(loss[j])
                 rows[b] = projected.numpy()
                 tokens += batch.n_tokens
                 done_rows += len(b)
                 rate = done_rows / max(time.perf_counter() - t0, 1e-9)
                 bar.update(task, advance=len(b), rate=f"{rate:.2f}")
+            _atomic_save(out / "losses" / f"loss-{shard:05d}.npy", shard_losses)
             writer.write_shard(shard, rows)
             if on_shard is not None:
                 on_shard(shard)
@@ -251,10 +272,6 @@ def stock(cfg: StockConfig, *, progress: bool = True, on_shard: Callable[[int], 
         "seconds_last_run": round(time.perf_counter() - t_start, 2),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "warmup_losses": warmup_losses,
+        "rank": ctx.rank,
     })
-    if losses:
-        loss_path = out / "losses.jsonl"
-        with open(loss_path, "a") as f:
-            for k, v in losses.items():
-                f.write(json.dumps({"id": k, "loss": v}) + "\n")
     return out

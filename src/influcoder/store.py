@@ -289,6 +289,13 @@ class GradientStore:
         for start in range(0, len(self), block_rows):
             yield start, self.matrix.rows(start, start + block_rows)
 
+    def losses(self) -> np.ndarray | None:
+        """Each row's training loss (mean response-token CE) at stocking time, if recorded."""
+        files = [self.root / "losses" / f"loss-{s['index']:05d}.npy" for s in sorted(self.manifest["shards"], key=lambda s: s["index"])]
+        if not files or not all(f.exists() for f in files):
+            return None
+        return np.concatenate([np.load(f) for f in files])
+
     def teacher(self) -> dict:
         """The settings that define the gradients (what downstream artefacts record)."""
         return {k: self.manifest.get(k) for k in ("model", "model_hash", "adapter_hash", "lora", "projection", "dtype", "loss")}
@@ -335,11 +342,11 @@ def open_store(root: str | Path, *, verify: bool = False, allow_incomplete: bool
             raise StoreError(f"{p}: has {arr.shape[1]} columns, other shards {shapes[0][1]}")
         paths.append(p)
         shapes.append(arr.shape)
-        dtype = arr.dtype
         del arr
         expected = s["stop"]
     if not allow_incomplete and expected != len(ids):
         raise StoreError(f"{root}: shards hold {expected} rows but there are {len(ids)} ids")
-    if not paths:
+    if not paths and not allow_incomplete:
         raise StoreError(f"{root}: store has no shards")
+    dtype = np.dtype(manifest.get("store_dtype", "float32"))
     return GradientStore(root, manifest, ids, ShardedMatrix(paths, shapes, dtype))
