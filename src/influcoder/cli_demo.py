@@ -11,12 +11,16 @@ def register(app: typer.Typer) -> None:
 
 def demo_cmd(
     workdir: str = typer.Option("work/demo", "--workdir", help="Where artefacts go."),
-    pool_size: int = typer.Option(64, "--pool-size", help="Training-pool examples."),
-    n_queries: int = typer.Option(8, "--queries", help="BBH queries."),
+    pool_size: int = typer.Option(160, "--pool-size", help="Training-pool examples to stock."),
+    n_queries: int = typer.Option(40, "--queries", help="BBH queries to stock."),
+    epochs: int = typer.Option(3, "--epochs", help="Distillation epochs."),
+    decoder: str = typer.Option("smollm2-135m-instruct", "--decoder", help="Teacher decoder."),
+    encoder: str = typer.Option("minilm-l6", "--encoder", help="Student encoder."),
     dtype: str = typer.Option("bfloat16", "--dtype", help="Stocking precision."),
     seed: int = typer.Option(0, "--seed"),
 ):
-    """Run the pipeline end to end on real data and print the most influential training examples."""
+    """Run the whole pipeline on real data: stock → influence → train → embed → index → attribute."""
     from .demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(workdir=workdir, pool_size=pool_size, n_queries=n_queries, dtype=dtype, seed=seed))
+    run_demo(DemoConfig(workdir=workdir, pool_size=pool_size, n_queries=n_queries, epochs=epochs, decoder=decoder,
+                        encoder=encoder, dtype=dtype, seed=seed))

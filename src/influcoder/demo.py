@@ -1,10 +1,12 @@
 """The main job (`make demo` / `influcoder demo`): the pipeline end to end on the packaged models and real data.
 
-Steps (each reuses its output if a previous run left it complete):
+Steps (stocking and embedding resume from what a previous run left):
   1. mix a real training pool (Alpaca / Dolly / Code-Alpaca) and BBH queries from ``$INFLUCODER_DATA``;
   2. stock LoRA gradients of SmolLM2-135M-Instruct for both (CountSketch);
-  3. compute cosine influence labels;
-  4. print, for a few queries, the most influential training examples.
+  3. compute cosine influence labels (the teacher);
+  4. distil them into the MiniLM encoder (held-out pool and queries for validation);
+  5. embed the pool with the trained encoder and index it with FAISS;
+  6. attribute: for a few held-out queries, the top training examples by the encoder, next to the teacher's.
 """
 
 from __future__ import annotations
@@ -34,10 +36,14 @@ class DemoConfig:
     """Where every artefact goes (stores, labels, reports)."""
     decoder: str = "smollm2-135m-instruct"
     """Teacher decoder."""
-    pool_size: int = 64
+    pool_size: int = 160
     """Training-pool examples to stock."""
-    n_queries: int = 8
+    n_queries: int = 40
     """BBH queries to stock."""
+    encoder: str = "minilm-l6"
+    """Student encoder to distil into."""
+    epochs: int = 3
+    """Distillation epochs."""
     proj_dim: int = 8192
     """CountSketch dimension."""
     max_length: int = 256
@@ -58,6 +64,11 @@ def _pool_sources(root: Path) -> list[str]:
         f"dolly={root / 'dolly' / 'databricks-dolly-15k-safety-only.jsonl'}",
         f"alpaca={root / 'code_alpaca' / 'code_alpaca_2k.json'}",
     ]
+
+
+def queries_by_id(path: Path) -> dict[str, dict]:
+    """Rows of a mixed JSONL file by id."""
+    return {r["id"]: r for r in map(json.loads, Path(path).read_text().splitlines())}
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -91,24 +102,65 @@ def run_demo(cfg: DemoConfig) -> dict:
     timings["influence_s"] = time.perf_counter() - t
     labels = load_labels(labels_path)
 
-    pool = {json.loads(l)["id"]: json.loads(l) for l in pool_file.read_text().splitlines()}
-    queries = {json.loads(l)["id"]: json.loads(l) for l in query_file.read_text().splitlines()}
-    for j, qid in enumerate(labels.query_ids[: cfg.show_queries]):
+    from .attribute import AttributeConfig, run_attribute
+    from .distill import DistillConfig, train
+    from .embed import EmbedConfig, embed_file
+    from .index import IndexConfig, build_index
+
+    console.rule("stage 3: distil the influence rankings into an encoder")
+    t = time.perf_counter()
+    encoder_dir = train(DistillConfig(pool_data=str(pool_file), query_data=str(query_file), labels=str(labels_path),
+                                      out=str(work / "encoder"), encoder=cfg.encoder, epochs=cfg.epochs, seed=cfg.seed),
+                        log=console.print)
+    timings["train_s"] = time.perf_counter() - t
+    enc_meta = json.loads((Path(encoder_dir) / "influcoder_encoder.json").read_text()) if (Path(encoder_dir) / "influcoder_encoder.json").exists() else {}
+
+    console.rule("stage 4: embed and index the pool")
+    t = time.perf_counter()
+    emb_dir = embed_file(EmbedConfig(encoder=str(encoder_dir), data=str(pool_file), out=str(work / "embeddings"), overwrite=True))
+    index_dir = build_index(IndexConfig(embeddings=str(emb_dir), out=str(work / "index"), overwrite=True), progress=False)
+    timings["embed_index_s"] = time.perf_counter() - t
+
+    console.rule("stage 5: attribute held-out queries with the encoder")
+    split = json.loads((Path(encoder_dir) / "split.json").read_text()) if (Path(encoder_dir) / "split.json").exists() else {}
+    held_out = split.get("val_query_ids") or labels.query_ids
+    shown = held_out[: cfg.show_queries]
+    t = time.perf_counter()
+    held_file = write_mix([queries_by_id(query_file)[q] for q in shown], work / "demo_queries.jsonl")
+    rows, _ = run_attribute(AttributeConfig(encoder=str(encoder_dir), index=str(index_dir), queries=str(held_file),
+                                            top_k=cfg.top_k, data=str(pool_file), out=str(work / "attribution.jsonl")))
+    timings["attribute_s"] = time.perf_counter() - t
+
+    pool = queries_by_id(pool_file)
+    queries = queries_by_id(query_file)
+    for qid in shown:
+        j = labels.query_ids.index(qid)
         col = np.asarray(labels.matrix[:, j])
-        top = np.argsort(-col, kind="stable")[: cfg.top_k]
-        table = Table(title=f"query {qid}: {queries[qid]['prompt'][:90]!r}", show_lines=False)
+        teacher_top = np.argsort(-col, kind="stable")[: cfg.top_k]
+        mine = [r for r in rows if r["query_id"] == qid]
+        table = Table(title=f"held-out query {qid}: {queries[qid]['prompt'][:90]!r}", show_lines=False)
         table.add_column("rank")
-        table.add_column("influence")
-        table.add_column("training example")
-        for r, i in enumerate(top, 1):
+        table.add_column("encoder (score: training example)")
+        table.add_column("teacher, gradient cosine (score: training example)")
+        for r in range(cfg.top_k):
+            e = mine[r] if r < len(mine) else None
+            i = teacher_top[r]
             pid = labels.pool_ids[i]
-            table.add_row(str(r), f"{col[i]:+.3f}", f"{pid}: {pool[pid]['prompt'][:80]!r}")
+            table.add_row(str(r + 1),
+                          f"{e['score']:+.3f} {e['id']}: {pool[e['id']]['prompt'][:50]!r}" if e else "",
+                          f"{col[i]:+.3f} {pid}: {pool[pid]['prompt'][:50]!r}")
         console.print(table)
     summary = {
         "workdir": str(work),
         "pool_store": str(pool_store),
         "query_store": str(query_store),
         "labels": str(labels_path),
+        "encoder": str(encoder_dir),
+        "encoder_validation_trained": enc_meta.get("validation"),
+        "encoder_validation_untrained": enc_meta.get("validation_untrained"),
+        "embeddings": str(emb_dir),
+        "index": str(index_dir),
+        "attribution": str(work / "attribution.jsonl"),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }
     (work / "summary.json").write_text(json.dumps(summary, indent=1))
