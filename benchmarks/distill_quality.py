@@ -39,39 +39,43 @@ def load_side(path, ids):
     return [by[i] for i in ids]
 
 
-def prefix_labels(pool_s, query_s, work: Path):
-    """Cosine labels for the finished contiguous prefix of an unfinished pool store (same maths as
-    influcoder.influence: row-normalised pool gradients @ row-normalised query gradients)."""
-    from influcoder.labels import write_meta
-    from influcoder.store import check_compatible
-
-    check_compatible(pool_s.manifest, query_s.manifest)
-    shards = sorted(pool_s.manifest["shards"], key=lambda e: e["index"])
+def finished_prefix(store):
+    """(rows, n): the gradients of the contiguous run of finished shards from row 0 of a store."""
+    shards = sorted(store.manifest["shards"], key=lambda e: e["index"])
     done = []
     for i, e in enumerate(shards):
         if e["index"] != i:
             break
         done.append(e)
     if not done:
-        raise SystemExit(f"{pool_s.root}: no finished shard yet")
-    n = done[-1]["stop"]
-    out = work / f"labels-prefix{n}.npy"
+        raise SystemExit(f"{store.root}: no finished shard yet")
+    return np.concatenate([np.load(store.root / "shards" / e["file"]) for e in done]), done[-1]["stop"]
+
+
+def prefix_labels(pool_s, query_s, work: Path):
+    """Cosine labels for the finished contiguous prefixes of stores still being stocked (same maths as
+    influcoder.influence: row-normalised pool gradients @ row-normalised query gradients)."""
+    from influcoder.labels import write_meta
+    from influcoder.store import check_compatible
+
+    check_compatible(pool_s.manifest, query_s.manifest)
+    P, n = finished_prefix(pool_s)
+    Q, m = finished_prefix(query_s)
+    out = work / f"labels-prefix{n}x{m}.npy"
     if out.exists() and out.with_name(out.name[:-4] + ".meta.json").exists():
-        return out, n
+        return out, n, m
 
-    def unit(m):
-        m = np.asarray(m, dtype=np.float64)
-        return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-30)
+    def unit(x):
+        x = np.asarray(x, dtype=np.float64)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
 
-    P = unit(np.concatenate([np.load(pool_s.root / "shards" / e["file"]) for e in done]))
-    Q = unit(np.asarray(query_s.matrix))
     tmp = work / (out.name + ".tmp.npy")
-    np.save(tmp, (P @ Q.T).astype(np.float32))
+    np.save(tmp, (unit(P) @ unit(Q).T).astype(np.float32))
     os.replace(tmp, out)
-    write_meta(out, {"pool_ids": pool_s.ids[:n], "query_ids": list(query_s.ids), "teacher": pool_s.teacher(),
-                     "pool_store": {"path": str(pool_s.root), "rows_used": n, "complete": False},
-                     "query_store": {"path": str(query_s.root)}})
-    return out, n
+    write_meta(out, {"pool_ids": pool_s.ids[:n], "query_ids": list(query_s.ids[:m]), "teacher": pool_s.teacher(),
+                     "pool_store": {"path": str(pool_s.root), "rows_used": n, "complete": bool(pool_s.manifest.get("complete"))},
+                     "query_store": {"path": str(query_s.root), "rows_used": m, "complete": bool(query_s.manifest.get("complete"))}})
+    return out, n, m
 
 
 def baselines(pool_recs, query_recs, true):
@@ -121,8 +125,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", default="", help="Suffix for the model folders (to keep several variants).")
     ap.add_argument("--out-json", default="benchmarks/results/distill_quality.json")
     ap.add_argument("--out-md", default="benchmarks/results/distill_quality.md")
-    ap.add_argument("--allow-incomplete-pool", action="store_true",
-                    help="If the pool store is still being stocked, use its finished contiguous prefix of shards.")
+    ap.add_argument("--allow-incomplete", action="store_true",
+                    help="If a store is still being stocked, use its finished contiguous prefix of shards.")
     ap.add_argument("--stock-log", default=None, help="Optional file with 'name rc=.. seconds=..' lines from the stocking run.")
     args = ap.parse_args(argv)
 
@@ -141,23 +145,25 @@ def main(argv=None) -> int:
                     "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
                     "stores": {}, "seeds": {}}
     for side, d in (("pool", args.pool_store), ("query", args.query_store)):
-        s = open_store(d, allow_incomplete=side == "pool" and args.allow_incomplete_pool)
+        s = open_store(d, allow_incomplete=args.allow_incomplete)
         result["stores"][side] = {"path": d, "n": len(s), "dim": s.dim, "teacher": s.teacher(),
                                   "stats": s.manifest.get("stats", {}), "complete": s.manifest.get("complete")}
     if args.stock_log and Path(args.stock_log).exists():
         result["stocking_log"] = Path(args.stock_log).read_text().strip().splitlines()
 
-    pool_s = open_store(args.pool_store, allow_incomplete=args.allow_incomplete_pool)
-    if pool_s.manifest.get("complete"):
+    pool_s = open_store(args.pool_store, allow_incomplete=args.allow_incomplete)
+    query_s = open_store(args.query_store, allow_incomplete=args.allow_incomplete)
+    if pool_s.manifest.get("complete") and query_s.manifest.get("complete"):
         labels_path = work / "labels.npy"
         t = time.time()
         if not (labels_path.exists() and (work / "labels.meta.json").exists()):
             compute_influence(args.pool_store, args.query_store, labels_path, progress=False)
             result["influence_seconds"] = time.time() - t
     else:
-        labels_path, n_used = prefix_labels(pool_s, open_store(args.query_store), work)
-        result["pool_store_incomplete"] = {"rows_used": n_used, "of": len(pool_s)}
-        print(f"pool store incomplete: using its first {n_used} of {len(pool_s)} rows", flush=True)
+        labels_path, n_used, m_used = prefix_labels(pool_s, query_s, work)
+        result["stores_incomplete"] = {"pool_rows_used": n_used, "pool_rows": len(pool_s),
+                                       "query_rows_used": m_used, "query_rows": len(query_s)}
+        print(f"stores incomplete: using the first {n_used} of {len(pool_s)} pool rows and {m_used} of {len(query_s)} query rows", flush=True)
     L = load_labels(labels_path)
     full = np.asarray(L.matrix, dtype=np.float64)
     result["labels"] = {"path": str(labels_path), "shape": list(full.shape), "mean": float(full.mean()),
