@@ -47,6 +47,7 @@ def stock_cmd(
     padding_side: str = typer.Option("right", "--padding-side"),
     shard_size: int = typer.Option(256, "--shard-size", help="Rows per shard (unit of resume)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing store at --out first."),
+    device: str = typer.Option("auto", "--device", help="cpu | cuda | cuda:N | auto (under torchrun: this rank's GPU)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ):
     """Stock per-example LoRA gradients (response tokens only), projected, into a resumable store."""
@@ -59,7 +60,7 @@ def stock_cmd(
         lora_rank=lora_rank, lora_alpha=lora_alpha, target_modules=target_modules, include_lora_a=include_lora_a,
         adapter=str(adapter) if adapter else None, warmup_steps=warmup_steps, warmup_lr=warmup_lr, dtype=dtype,
         store_dtype=store_dtype, batch_size=batch_size, token_budget=token_budget, padding_side=padding_side,
-        shard_size=shard_size, overwrite=overwrite,
+        shard_size=shard_size, overwrite=overwrite, device=device,
     )
     path = stock(cfg, progress=not quiet)
     if os.environ.get("RANK", "0") != "0":

@@ -369,7 +369,7 @@ class LoraGradients:
                 for part in ("lora_A", "lora_B"):
                     w = getattr(m, part)["default"].weight.detach().contiguous()
                     h.update(f"{name}.{part}{tuple(w.shape)}".encode())
-                    h.update(w.float().numpy().tobytes())
+                    h.update(w.float().cpu().numpy().tobytes())
         return h.hexdigest()
 
     def autocast(self):

@@ -86,7 +86,7 @@ class Projector:
         for piece in pieces:
             piece = piece.to(torch.float32)
             if out is None:
-                out = torch.zeros(piece.shape[0], self.output_dim, dtype=torch.float32)
+                out = torch.zeros(piece.shape[0], self.output_dim, dtype=torch.float32, device=piece.device)
             pos = 0
             width = piece.shape[1]
             offset += width
@@ -118,21 +118,21 @@ class CountSketch(Projector):
 
     def __init__(self, input_dim: int, config: ProjectionConfig):
         super().__init__(input_dim, config)
-        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _hash_block(self, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-        hit = self._cache.get(block)
+    def _hash_block(self, block: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        hit = self._cache.get((block, str(device)))
         if hit is None:
             size = min(BLOCK, self.input_dim - block * BLOCK)
             rng = _block_generator(self.config.seed, block, 1)
             buckets = rng.integers(0, self.config.dim, size=size, dtype=np.int64)
             signs = rng.integers(0, 2, size=size, dtype=np.int8).astype(np.float32) * 2 - 1
-            hit = (torch.from_numpy(buckets), torch.from_numpy(signs))
-            self._cache[block] = hit  # d/BLOCK blocks × 12 bytes per coordinate: ~29 MB for 2.4M LoRA dims
+            hit = (torch.from_numpy(buckets).to(device), torch.from_numpy(signs).to(device))
+            self._cache[(block, str(device))] = hit  # d/BLOCK blocks × 12 bytes per coordinate: ~29 MB for 2.4M LoRA dims
         return hit
 
     def _project_block(self, x, block, out):
-        buckets, signs = self._hash_block(block)
+        buckets, signs = self._hash_block(block, x.device)
         # index_add_ on CPU accumulates sequentially per output row: deterministic, bit-identical across runs
         out.index_add_(1, buckets, x * signs)
 
@@ -153,7 +153,7 @@ class DenseProjector(Projector):
                 m = (m * 2 - 1) * scale
             else:
                 m = rng.standard_normal(size=(r1 - r0, k), dtype=np.float32) * scale
-            out.add_(x[:, r0:r1] @ torch.from_numpy(m))
+            out.add_(x[:, r0:r1] @ torch.from_numpy(m).to(x.device))
 
 
 class Identity(Projector):

@@ -174,6 +174,7 @@ def stock(cfg: StockConfig, *, progress: bool = True, on_shard: Callable[[int], 
         shutil.rmtree(out)
     model, tokenizer, resolved = load_decoder(cfg.model)
     model_hash = state_dict_hash(model)
+    model.to(ctx.device)
     records, encoded, invalid = _prepare(cfg, tokenizer)
     ctx.barrier()
     out.mkdir(parents=True, exist_ok=True)
@@ -192,7 +193,7 @@ def stock(cfg: StockConfig, *, progress: bool = True, on_shard: Callable[[int], 
     lg = LoraGradients(model, cfg.lora_settings(), dtype=cfg.dtype, adapter_path=adapter)
     warmup_losses = None
     if cfg.warmup_steps and adapter is None:
-        batches = [collate([encoded[i] for i in b], tokenizer.pad_token_id, cfg.padding_side)
+        batches = [collate([encoded[i] for i in b], tokenizer.pad_token_id, cfg.padding_side).to(ctx.device)
                    for b in pack_by_tokens([len(e) for e in encoded], cfg.batch_size, cfg.token_budget)]
         warmup_losses = lg.warmup(batches, cfg.warmup_steps, cfg.warmup_lr, cfg.seed)
         tmp = out / "adapter.tmp"
@@ -246,7 +247,7 @@ def stock(cfg: StockConfig, *, progress: bool = True, on_shard: Callable[[int], 
             rows = np.zeros((stop - start, projector.output_dim), dtype=np.float32)
             shard_losses = np.zeros(stop - start, dtype=np.float32)
             for b in pack_by_tokens([len(e) for e in enc], cfg.batch_size, cfg.token_budget):
-                batch = collate([enc[i] for i in b], tokenizer.pad_token_id, cfg.padding_side)
+                batch = collate([enc[i] for i in b], tokenizer.pad_token_id, cfg.padding_side).to(ctx.device)
                 pieces, loss = lg.pieces(batch)
                 projected = projector.project_pieces(pieces)
                 norms = projected.norm(dim=1)
@@ -255,7 +256,7 @@ def stock(cfg: StockConfig, *, progress: bool = True, on_shard: Callable[[int], 
                         r = records[start + i]
                         raise UserError(f"{cfg.data}, row {r.row} (id '{r.id}'): gradient is {'zero' if torch.isfinite(norms[j]) else 'not finite'}; refusing to store it")
                     shard_losses[i] = float(loss[j])
-                rows[b] = projected.numpy()
+                rows[b] = projected.cpu().numpy()
                 tokens += batch.n_tokens
                 done_rows += len(b)
                 rate = done_rows / max(time.perf_counter() - t0, 1e-9)

@@ -111,6 +111,9 @@ class Batch:
     def n_tokens(self) -> int:
         return int(self.attention_mask.sum())
 
+    def to(self, device: str | torch.device) -> "Batch":
+        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels, self.position_ids)))
+
 
 def collate(examples: list[Encoded], pad_id: int, padding_side: str = "right") -> Batch:
     """Pad to the longest example. Position ids count real tokens only, so padding never moves RoPE."""
