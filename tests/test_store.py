@@ -129,3 +129,16 @@ def test_skip_invalid_reports_rows(tiny_model_dir, tmp_path):
     assert len(open_store(out)) == 4
     report = [json.loads(l) for l in (out / "invalid.jsonl").read_text().splitlines()]
     assert [(r["row"], r["field"]) for r in report] == [(4, "response"), (5, "response")]
+
+
+def test_warmup_adapter_is_saved_reused_for_queries_and_checked(tiny_model_dir, sample_jsonl, tmp_path):
+    pool = stock(_cfg(tiny_model_dir, sample_jsonl, tmp_path / "p", warmup_steps=2, warmup_lr=1e-2), progress=False)
+    assert (pool / "adapter" / "adapter_config.json").exists()
+    pm = open_store(pool).manifest
+    assert pm["lora"]["includes_lora_a"] and pm["stats"]["warmup_losses"] and len(pm["stats"]["warmup_losses"]) == 2
+    q = stock(_cfg(tiny_model_dir, sample_jsonl, tmp_path / "q", limit=3, adapter=str(pool / "adapter")), progress=False)
+    assert open_store(q).manifest["adapter_hash"] == pm["adapter_hash"]
+    compute_influence(pool, q, tmp_path / "l.npy", progress=False)
+    fresh = stock(_cfg(tiny_model_dir, sample_jsonl, tmp_path / "f", limit=3), progress=False)
+    with pytest.raises(StoreError, match="different adapter_hash"):
+        compute_influence(pool, fresh, tmp_path / "bad.npy", progress=False)

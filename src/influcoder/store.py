@@ -37,6 +37,9 @@ FORMAT = "influcoder-gradient-store/1"
 COMPAT_KEYS = ("model_hash", "adapter_hash", "lora", "projection", "gradient_dim", "layout_hash", "dtype", "loss")
 """Manifest entries that must agree for two stores' gradients to be compared."""
 
+LORA_PROVENANCE = ("adapter", "warmup_steps", "warmup_lr")
+"""Entries of the manifest's ``lora`` block that record where the adapter came from, not what it is."""
+
 
 class StoreError(UserError):
     """A store that is missing, incomplete, corrupted or incompatible."""
@@ -62,7 +65,12 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def check_compatible(a: dict, b: dict, what_a: str = "pool store", what_b: str = "query store") -> None:
     """Raise :class:`StoreError` naming the first setting in which two manifests differ."""
     for key in COMPAT_KEYS:
-        if a.get(key) != b.get(key):
+        va, vb = a.get(key), b.get(key)
+        if key == "lora" and isinstance(va, dict) and isinstance(vb, dict):
+            # where the adapter came from (a warm-up here, or --adapter there) is provenance; the adapter
+            # weights themselves are compared through adapter_hash
+            va, vb = ({k: v for k, v in d.items() if k not in LORA_PROVENANCE} for d in (va, vb))
+        if va != vb:
             raise StoreError(
                 f"{what_a} and {what_b} were made with different {key}: {json.dumps(a.get(key))[:200]} vs "
                 f"{json.dumps(b.get(key))[:200]}; influence between them would be meaningless"
