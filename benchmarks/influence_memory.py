@@ -101,7 +101,31 @@ def _child_stock(args) -> dict:
     return {"seconds": time.perf_counter() - t0}
 
 
-CHILDREN = {"write": _child_write, "influence": _child_influence, "load-model": _child_load_model, "stock": _child_stock}
+def _child_prepare(args) -> dict:
+    """RSS taken by stocking's up-front read + tokenisation of all records (stock._prepare), no model."""
+    import gc
+
+    import psutil
+
+    from influcoder.models import resolve_decoder
+    from influcoder.stock import StockConfig, _prepare
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(resolve_decoder(args.model)))
+    cfg = StockConfig(model=args.model, data=args.prepare_data, out="unused", preset=args.prepare_preset,
+                      limit=args.stock_n, max_length=args.stock_max_length)
+    gc.collect()
+    before = psutil.Process().memory_info().rss
+    t0 = time.perf_counter()
+    records, encoded, _ = _prepare(cfg, tok)
+    gc.collect()
+    after = psutil.Process().memory_info().rss
+    return {"n": len(records), "seconds": time.perf_counter() - t0, "rss_before_bytes": before, "rss_after_bytes": after,
+            "held_bytes_per_example": (after - before) / len(records),
+            "mean_tokens": float(np.mean([len(e) for e in encoded]))}
+
+
+CHILDREN = {"prepare": _child_prepare, "write": _child_write, "influence": _child_influence, "load-model": _child_load_model, "stock": _child_stock}
 
 
 # ------------------------------------------------------------------------------------------- parent
@@ -166,6 +190,11 @@ def main() -> None:
     ap.add_argument("--stock-shard", type=int, default=16)
     ap.add_argument("--stock-batch", type=int, default=8)
     ap.add_argument("--stock-max-length", type=int, default=128)
+    ap.add_argument("--prepare-sizes", default="", help="also measure stocking's up-front tokenisation at these sizes")
+    ap.add_argument("--prepare-data", default=os.path.join(os.environ.get("INFLUCODER_DATA", "../shared/data"),
+                                                           "dolly", "databricks-dolly-15k-safety-only.jsonl"))
+    ap.add_argument("--prepare-preset", default="dolly")
+    ap.add_argument("--merge", action="store_true", help="update the parts run in an existing results JSON")
     ap.add_argument("--out", default=str(RESULTS / "influence_memory"), help="results path stem (.json/.md)")
     ap.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     ap.add_argument("--stock-n", type=int, help=argparse.SUPPRESS)
@@ -192,6 +221,10 @@ def main() -> None:
     work = Path(args.workdir)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge and out.with_suffix(".json").exists():
+        old = json.loads(out.with_suffix(".json").read_text())
+        report = dict(old, **{k: v for k, v in report.items() if k != "command"},
+                      commands=old.get("commands", [old["command"]]) + [command])
 
     def save():  # after each part, so a later failure keeps what was measured
         report["load_after"] = load()
@@ -282,6 +315,14 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
+    if args.prepare_sizes:
+        pr = {"data": args.prepare_data, "preset": args.prepare_preset, "max_length": args.stock_max_length, "runs": []}
+        for n in [int(x) for x in args.prepare_sizes.split(",")]:
+            print(f"tokenising {n} examples as stocking does ...", flush=True)
+            pr["runs"].append(run_child("prepare", common + ["--model", args.model, "--prepare-data", args.prepare_data,
+                                                            "--prepare-preset", args.prepare_preset, "--stock-n", str(n),
+                                                            "--stock-max-length", str(args.stock_max_length)]))
+        report["stock_prepare"] = pr
     save()
     print(markdown(report))
 
@@ -329,6 +370,18 @@ def markdown(r: dict) -> str:
             lines += ["", f"Peak RSS growth per extra example stocked: {s['rss_growth_bytes_per_extra_example'] / 1e3:+.1f} kB "
                       "(same shard and batch size)."]
         lines.append("")
+    if "stock_prepare" in r:
+        p = r["stock_prepare"]
+        lines += ["## Stocking's up-front tokenisation (held for the whole run)", "",
+                  f"`stock._prepare` (read + tokenise every record before the first batch) on `{Path(p['data']).name}` "
+                  f"({p['preset']}), max_length {p['max_length']}; RSS after minus before, in one process.", "",
+                  "| examples | mean tokens | RSS held | per example |", "|---|---|---|---|"]
+        for x in p["runs"]:
+            lines.append(f"| {x['n']:,} | {x['mean_tokens']:.0f} | {(x['rss_after_bytes'] - x['rss_before_bytes']) / 1e6:.1f} MB "
+                         f"| {x['held_bytes_per_example'] / 1e3:.1f} kB |")
+        lines.append("")
+    if r.get("commands"):
+        lines += ["All commands merged into this file: " + "; ".join(f"`{c}`" for c in r["commands"]), ""]
     return "\n".join(lines) + "\n"
 
 

@@ -145,3 +145,24 @@ def test_missing_ray_one_sentence(tmp_path):
             "try:\n    require_ray()\nexcept UserError as e:\n    print(e)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install influcoder[ray]" in r.stdout
+
+
+def test_cli_ray_option(ray_local, encoder, alpaca_files, tmp_path):
+    """`--ray` with no value (followed by another option) runs on the Ray instance already started here, and
+    `embed --ray` / `filter --ray` write what the API writes."""
+    from typer.testing import CliRunner
+
+    from influcoder.cli import app
+
+    data = str(alpaca_files["jsonl"])
+    r = CliRunner().invoke(app, ["embed", "--encoder", encoder, "--data", data, "--out", str(tmp_path / "e"),
+                                 "--ray", "--ray-actors", "1", "--preset", "alpaca", "--float32"])
+    assert r.exit_code == 0, r.output
+    got = open_ray_embeddings(tmp_path / "e")
+    assert len(got.ids) == N and got.manifest["dtype"] == "float32"
+    r = CliRunner().invoke(app, ["filter", "--encoder", encoder, "--data", data, "--queries", str(alpaca_files["queries"]),
+                                 "--preset", "alpaca", "--query-preset", "alpaca", "--out", str(tmp_path / "f"),
+                                 "--fraction", "0.1", "--ray", "local", "--ray-actors", "1"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "f" / "report.json").read_text())
+    assert rep["n_pool"] == N and rep["n_selected"] == 3 and rep["ray"]["address"] == "local"

@@ -36,14 +36,30 @@ def embed_cmd(
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip bad rows (listed in OUT/invalid.jsonl)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing store at --out first."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    ray: Optional[str] = typer.Option(None, "--ray", is_flag=False, flag_value="local", metavar="[ADDRESS]",
+                                      help="Run on Ray Data: a cluster ADDRESS (host:6379, ray://host:10001, auto) or, "
+                                           "with no value, RAY_ADDRESS or a local instance. Needs pip install influcoder[ray]."),
+    ray_actors: int = typer.Option(2, "--ray-actors", help="With --ray: encoder actors (one model load each)."),
+    ray_cpus: float = typer.Option(1.0, "--ray-cpus", help="With --ray: CPUs per encoder actor."),
+    ray_gpus: float = typer.Option(0.0, "--ray-gpus", help="With --ray: GPUs per encoder actor (0 = CPU)."),
+    ray_batch_rows: int = typer.Option(1024, "--ray-batch-rows", help="With --ray: rows per map_batches call."),
 ):
-    """Embed a records file with an influence encoder into a sharded, resumable store."""
+    """Embed a records file with an influence encoder into a sharded, resumable store (or Parquet shards on Ray)."""
     from .embed import EmbedConfig, embed_file, open_embeddings
 
     cfg = EmbedConfig(encoder=encoder, data=str(data), out=str(out), side=side, preset=preset, prompt_field=prompt_field,
                       response_field=response_field, messages_field=messages_field, id_field=id_field, limit=limit,
                       skip_invalid=skip_invalid, dtype="float32" if float32 else "float16", batch_size=batch_size,
                       shard_size=shard_size, overwrite=overwrite)
+    if ray is not None:
+        from .ray_backend import embed_with_ray
+
+        rcfg = _ray_cfg(ray, ray_actors, ray_cpus, ray_gpus, ray_batch_rows)
+        path = embed_with_ray(cfg, rcfg)
+        m = json.loads((path / "manifest.json").read_text())
+        console.print(f"embedded {m['n']} × {m['dim']} ({m['dtype']}) on Ray into {path / 'shards'} "
+                      f"({m['seconds']:.1f} s, {m['n_invalid']} invalid rows skipped)")
+        return
     path = embed_file(cfg, progress=not quiet)
     s = open_embeddings(path)
     st = s.manifest.get("stats", {})
@@ -87,6 +103,13 @@ def index_cmd(
         print(json.dumps(c))
         console.print(f"recall@{c['k']} vs exact on {c['queries']} sampled vectors: {c['recall']:.4f} "
                       f"({c['index_ms_per_query_batched']:.3f} ms/query vs exact {c['exact_ms_per_query_batched']:.3f})")
+
+
+def _ray_cfg(address, actors, cpus, gpus, batch_rows):
+    from .ray_backend import RayConfig
+
+    return RayConfig(address=address, num_actors=actors, cpus_per_actor=cpus, gpus_per_actor=gpus,
+                     rows_per_batch=batch_rows)
 
 
 def _ood_opts(reference, reference_preset, ood_threshold, no_ood):
@@ -160,6 +183,13 @@ def filter_cmd(
     ood_threshold: Optional[float] = typer.Option(None, "--ood-threshold"),
     no_ood: bool = typer.Option(False, "--no-ood"),
     quiet: bool = typer.Option(False, "--quiet"),
+    ray: Optional[str] = typer.Option(None, "--ray", is_flag=False, flag_value="local", metavar="[ADDRESS]",
+                                      help="Run on Ray Data: a cluster ADDRESS (host:6379, ray://host:10001, auto) or, "
+                                           "with no value, RAY_ADDRESS or a local instance. Needs pip install influcoder[ray]."),
+    ray_actors: int = typer.Option(2, "--ray-actors", help="With --ray: encoder actors (one model load each)."),
+    ray_cpus: float = typer.Option(1.0, "--ray-cpus", help="With --ray: CPUs per encoder actor."),
+    ray_gpus: float = typer.Option(0.0, "--ray-gpus", help="With --ray: GPUs per encoder actor (0 = CPU)."),
+    ray_batch_rows: int = typer.Option(1024, "--ray-batch-rows", help="With --ray: rows per map_batches call."),
 ):
     """Score a pool by influence aggregated over queries; write scores, ranking and a filtered copy."""
     from .attribute import FilterConfig, filter_pool
@@ -172,7 +202,12 @@ def filter_cmd(
                        query_prompt_field=query_prompt_field, query_response_field=query_response_field,
                        dtype="float32" if float32 else "float16", batch_size=batch_size,
                        ood=_ood_opts(reference, reference_preset, ood_threshold, no_ood))
-    path = filter_pool(cfg, progress=not quiet)
+    if ray is not None:
+        from .ray_backend import filter_with_ray
+
+        path = filter_with_ray(cfg, _ray_cfg(ray, ray_actors, ray_cpus, ray_gpus, ray_batch_rows))
+    else:
+        path = filter_pool(cfg, progress=not quiet)
     rep = json.loads((path / "report.json").read_text())
     console.print(f"scored {rep['n_pool']} pool examples over {rep['n_queries']} queries ({aggregate}); "
                   f"{rep['n_selected']} selected, {rep['n_written']} written ({rep['mode']}) → {', '.join(rep['outputs'])}")
