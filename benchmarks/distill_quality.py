@@ -122,6 +122,7 @@ def main(argv=None) -> int:
     ap.add_argument("--hard-fraction", type=float, default=0.0)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--max-train-seconds", type=float, default=None, help="Training time budget per seed.")
     ap.add_argument("--tag", default="", help="Suffix for the model folders (to keep several variants).")
     ap.add_argument("--out-json", default="benchmarks/results/distill_quality.json")
     ap.add_argument("--out-md", default="benchmarks/results/distill_quality.md")
@@ -178,7 +179,8 @@ def main(argv=None) -> int:
         cfg = DistillConfig(pool_data=args.pool_data, query_data=args.query_data, labels=str(labels_path), out=str(out),
                             encoder=args.encoder, epochs=args.epochs, seed=seed, val_pool=args.val_pool,
                             val_queries=args.val_queries, tau=args.tau, lr=args.lr, hard_fraction=args.hard_fraction,
-                            max_length=args.max_length, bf16=args.bf16)
+                            max_length=args.max_length, bf16=args.bf16,
+                            max_train_seconds=args.max_train_seconds)
         t0 = time.time()
         train(cfg, progress=sys.stderr.isatty(), log=lambda s: print(s, flush=True))
         train_wall = time.time() - t0
@@ -200,7 +202,8 @@ def main(argv=None) -> int:
         result["seeds"][str(seed)] = {
             "methods": res, "epochs_log": log, "best_epoch": md["selection"]["best_epoch"],
             "select_metric": md["selection"]["metric"], "train_seconds": md["train_seconds"],
-            "train_wall_seconds_incl_validation": train_wall, "split": md["split"], "config": md["training_config"],
+            "train_wall_seconds_incl_validation": train_wall, "steps": md.get("steps"),
+            "stopped_by_time_budget": md.get("stopped_by_time_budget"), "split": md["split"], "config": md["training_config"],
             "peak_rss_mb_so_far": peak_rss_mb(),
         }
         for name, r in res.items():

@@ -271,6 +271,15 @@ def test_training_never_reads_held_out_labels(tmp_path, tiny_bert_dir):
     assert rc[1]["train_loss"] != ra2[1]["train_loss"]
 
 
+def test_time_budget_stops_early(tmp_path, tiny_bert_dir):
+    pf, qf, lf = _write_problem(tmp_path)
+    out = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "tb", epochs=5, max_train_seconds=1e-6), progress=False)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1] and rows[1]["partial"] and rows[1]["steps_this_epoch"] == 0
+    md = json.loads((out / "influcoder_encoder.json").read_text())
+    assert md["stopped_by_time_budget"] and md["steps"] == 0
+
+
 def test_missing_id_is_clear_error(tmp_path, tiny_bert_dir):
     pf, qf, lf = _write_problem(tmp_path)
     lines = pf.read_text().splitlines()

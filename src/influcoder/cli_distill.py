@@ -55,6 +55,7 @@ def train_cmd(
     val_pool: float = typer.Option(0.2, "--val-pool", help="Held-out pool: fraction (< 1) or count."),
     val_queries: float = typer.Option(0.2, "--val-queries", help="Held-out queries: fraction (< 1) or count."),
     select_metric: str = typer.Option("per_anchor_spearman", "--select-metric", help="per_anchor_spearman | aggregated_spearman | query_specific_spearman | loss."),
+    max_train_seconds: Optional[float] = typer.Option(None, "--max-train-seconds", help="Stop training (after validating) once this many seconds of steps are spent."),
     limit_pool: Optional[int] = typer.Option(None, "--limit-pool"),
     limit_queries: Optional[int] = typer.Option(None, "--limit-queries"),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
@@ -73,7 +74,7 @@ def train_cmd(
         hard_fraction=hard_fraction, hard_top_k=hard_top_k, lr=lr, weight_decay=weight_decay,
         warmup_ratio=warmup_ratio, max_grad_norm=max_grad_norm, epochs=epochs, grad_accum=grad_accum, seed=seed,
         bf16=bf16, val_pool=val_pool, val_queries=val_queries, select_metric=select_metric,
-        limit_pool=limit_pool, limit_queries=limit_queries,
+        max_train_seconds=max_train_seconds, limit_pool=limit_pool, limit_queries=limit_queries,
     )
     path = train(cfg, progress=not quiet, log=lambda s: console.print(s, highlight=False))
     console.print(f"encoder saved to {path}")

@@ -123,6 +123,9 @@ class DistillConfig:
     """Validation metric that picks the saved epoch (higher is better; for 'loss' lower is better)."""
     eval_batch_size: int = 64
     """Texts per forward pass when embedding the held-out sets."""
+    max_train_seconds: float | None = None
+    """Wall-clock budget for the optimisation steps: when spent, the current epoch stops early, is validated
+    (logged with ``"partial": true``) and training ends. The learning-rate schedule is not shortened."""
     limit_pool: int | None = None
     """Use only the first N pool rows of the label file (quick runs)."""
     limit_queries: int | None = None
@@ -158,6 +161,8 @@ class DistillConfig:
             bad(f"pooling must be mean, cls or max, got {self.pooling!r}")
         if self.projection_dim is not None and self.projection_dim < 1:
             bad(f"projection_dim must be ≥ 1, got {self.projection_dim}")
+        if self.max_train_seconds is not None and not self.max_train_seconds > 0:
+            bad(f"max_train_seconds must be > 0, got {self.max_train_seconds}")
         if self.max_length < 8 or self.eval_batch_size < 1:
             bad("need max_length ≥ 8 and eval_batch_size ≥ 1")
 
@@ -435,7 +440,17 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
             order = rng.permutation(n_tp)
             run_loss, run_p, run_k, n_steps = 0.0, 0.0, 0.0, 0
             opt.zero_grad(set_to_none=True)
+            partial = False
             for s in range(steps_per_epoch):
+                if cfg.max_train_seconds is not None and train_seconds + (time.time() - te) > cfg.max_train_seconds:
+                    partial = True
+                    if (s % cfg.grad_accum) != 0:  # apply the gradients already accumulated
+                        if cfg.max_grad_norm > 0:
+                            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                        opt.step()
+                        sched.step()
+                        opt.zero_grad(set_to_none=True)
+                    break
                 chunk = order[s * C:(s + 1) * C]
                 if len(chunk) < 2:
                     chunk = np.concatenate([chunk, rng.choice(order[: s * C], 2 - len(chunk), replace=False)])
@@ -472,9 +487,9 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
             tv = time.time()
             train_seconds += tv - te
             m = validate()
-            row = {"epoch": epoch, "step": step, "split": "val", "model": "trained", **m,
-                   "train_loss": run_loss / n_steps, "train_loss_pearson": run_p / n_steps,
-                   "train_loss_kl": run_k / n_steps, "lr": sched.get_last_lr()[0],
+            row = {"epoch": epoch, "step": step, "split": "val", "model": "trained", **m, "partial": partial,
+                   "steps_this_epoch": n_steps, "train_loss": run_loss / max(1, n_steps), "train_loss_pearson": run_p / max(1, n_steps),
+                   "train_loss_kl": run_k / max(1, n_steps), "lr": sched.get_last_lr()[0],
                    "train_seconds": tv - te, "val_seconds": time.time() - tv}
             writer.write(row)
             history.append(row)
@@ -484,6 +499,9 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
             if _better(cfg.select_metric, m[cfg.select_metric], best_val):
                 best_val, best_epoch, best_metrics = m[cfg.select_metric], epoch, m
                 best_state = copy.deepcopy(enc.model.state_dict())
+            if partial:
+                say(f"training budget of {cfg.max_train_seconds:.0f} s spent after {n_steps} steps of epoch {epoch}")
+                break
     writer.close()
 
     enc.model.load_state_dict(best_state)
@@ -512,6 +530,8 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         "validation_untrained": m0,
         "validation": best_metrics,
         "train_seconds": train_seconds,
+        "steps": step,
+        "stopped_by_time_budget": any(r.get("partial") for r in history),
         "total_seconds": time.time() - t_start,
         "pooling": cfg.pooling,
         "projection_dim": cfg.projection_dim,
