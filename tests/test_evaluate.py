@@ -72,7 +72,10 @@ def test_ranking_end_to_end_and_cache(tmp_path, tiny_model_dir):
     run(load_config(path), progress=False)
     new = sorted((tmp_path / "work" / "scores").glob("*.npy"))
     assert len(new) == len(scores) + 2  # two seeds
-    assert {p: p.read_text() for p in (tmp_path / "work" / "features").glob("*/index.json")} == idx
+    # gradient features untouched; only the new projection's cache appears
+    assert {p: p.read_text() for p in idx} == idx
+    added = set((tmp_path / "work" / "features").glob("*/index.json")) - set(idx)
+    assert len(added) == 1 and next(iter(added)).parent.name.startswith("rademacher-")
 
 
 def _fake_xstest(d):

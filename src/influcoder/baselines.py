@@ -606,18 +606,31 @@ class GradSimMethod(_DecoderMethod):
             out[s:s + 256] = proj.project(g).numpy()
         return out
 
+    def _proj_key(self) -> str:
+        return self.features.key("rademacher", rank=self.rank, lora_seed=self.lora_seed, logra_k=self.logra_k,
+                                 dim=self.proj_dim, seed=self.seed)
+
+    def prepare(self, records: Sequence[Record]) -> None:
+        """Project every missing record in one call (the dense matrix is generated once per call)."""
+        f = self.features
+        f.cache.get(self._proj_key(), list(records),
+                    lambda rs: {"proj": self.project(f.lora(rs, self.rank, self.lora_seed, self.logra_k))}, ("proj",))
+
     def _scores(self, pool, queries):
         f = self.features
         gp, tp = self._time(lambda r: f.lora(r, self.rank, self.lora_seed, self.logra_k), pool)
         gq, tq = self._time(lambda r: f.lora(r, self.rank, self.lora_seed, self.logra_k), queries)
         t0 = time.perf_counter()
-        P, Q = self.project(gp), self.project(gq)
+        self.prepare(list(pool) + list(queries))
+        pk = self._proj_key()
+        P = f.cache.get(pk, list(pool), None, ("proj",))["proj"]
+        Q = f.cache.get(pk, list(queries), None, ("proj",))["proj"]
         t1 = time.perf_counter()
         s = cosine_matrix(P, Q)
         self.cost.update(seconds_pool=tp, seconds_query=tq, seconds_project=t1 - t0,
                          seconds_score=time.perf_counter() - t1, gradient_dim=int(gp["unit"].shape[1]),
                          seconds_per_example_featurize=gp["seconds_per_example"],
-                         seconds_per_example_project=(t1 - t0) / max(len(pool) + len(queries), 1),
+                         seconds_per_example_project=f.cache.seconds_per_example(pk),
                          bytes_per_example=float(self.proj_dim * 4))
         return s
 
