@@ -216,6 +216,9 @@ def toxicity_data(data: dict, seed: int) -> dict[str, Any]:
         raise UserError(f"toxicity data: {n_b}+{n_tb} benign examples requested, {data['benign']} has {len(benign)}")
     pool_benign = [benign[i] for i in bi[:n_b]]
     train_benign = [benign[i] for i in bi[n_b:n_b + n_tb]]
+    if data.get("train_benign_file"):
+        # an explicit benign training file (e.g. shared with another experiment); overlap is checked below
+        train_benign = train_benign + _read(data["train_benign_file"], "prompt-response")
     order = rng.permutation(n_b + len(planted))
     pool_all = pool_benign + planted
     pool = [pool_all[i] for i in order]
@@ -473,6 +476,14 @@ def run_ranking(ctx: _Ctx) -> dict:
                 else:
                     trp = [pool_all[i] for i in sp["train_pool"]]
                     trq = [query_all[j] for j in sp["train_queries"]]
+                    if data.get("train_pool_file"):
+                        trp = _read(data["train_pool_file"], "prompt-response")
+                    if data.get("train_query_file"):
+                        trq = _read(data["train_query_file"], "prompt-response")
+                    test_keys = {(r.prompt, r.response) for r in tp + tq}
+                    bad = [r.id for r in trp + trq if (r.prompt, r.response) in test_keys]
+                    if bad:
+                        raise UserError(f"ranking: student training examples are in the test block: {bad[:5]}")
                     if store_labels is not None:
                         lab = np.asarray(store_labels.matrix)[np.ix_([rows[i] for i in sp["train_pool"]],
                                                                      [cols[j] for j in sp["train_queries"]])]
