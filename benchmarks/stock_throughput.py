@@ -303,7 +303,8 @@ def report(args, info: dict, results: dict, out: Path) -> None:
         if m.startswith("bergson"):
             note = "CLI wall time incl. start-up"
         if m.startswith("ours"):
-            note = "batch loop (grads+projection+store); stock() call: " + ", ".join(f"{x['stock_call_s']} s" for x in v["reps"])
+            note = "batch loop (grads+projection+store)" + (
+                "; stock() call: " + ", ".join(f"{x['stock_call_s']} s" for x in v["reps"]) if v.get("reps") else "")
         if m.startswith("floor"):
             note = f"FLOPs {v['flops']:.3e}"
         lines.append(f"| {m} | {med[m]:.3f} | {', '.join(f'{x:.3f}' for x in v['ex_per_s'])} | {v['peak_rss_mb']:.0f} | {note} |")
@@ -375,6 +376,7 @@ def main():
     ap.add_argument("--bergson-min-free-gb", type=float, default=13.0, help="Bergson peaked at 8-12 GB here")
     ap.add_argument("--workdir", default=str(ROOT / "work" / "bench_stock"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "stock_throughput"))
+    ap.add_argument("--reuse", action="store_true", help="reuse result-<mode>.json files already in --workdir (same settings!)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     work = Path(args.workdir)
@@ -388,7 +390,12 @@ def main():
     results = {"_load": [os.getloadavg()[0], None]}
     env = os.environ.copy() | {"OMP_NUM_THREADS": str(args.threads)}
     # each child runs all its reps (one model load); children run one after another
-    for mode in modes:
+    for i, mode in enumerate(modes):
+        saved = work / f"result-{mode}.json"
+        if args.reuse and saved.exists():
+            results[mode] = json.loads(saved.read_text()) | {"reused_from": str(saved)}
+            print(f"{mode}: reused {saved}", flush=True)
+            continue
         need = args.bergson_min_free_gb if mode.startswith("bergson") else args.min_free_gb
         deadline = time.time() + args.wait_memory_s
         while _available_gb() < need and time.time() < deadline:
@@ -404,9 +411,14 @@ def main():
         line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
         results[mode] = json.loads(line[-1][7:]) if line else {"error": f"exit {p.returncode}: {p.stderr[-800:]}"}
         results[mode]["child_wall_s"] = round(time.perf_counter() - t, 1)
-        print(f"{mode}: {json.dumps({k: v for k, v in results[mode].items() if k not in ('reps',)})[:400]}", flush=True)
-    results["_load"][1] = os.getloadavg()[0]
-    report(args, info, results, Path(args.out))
+        if "error" not in results[mode]:
+            tmp = saved.with_suffix(".tmp")
+            tmp.write_text(json.dumps(results[mode]))
+            os.replace(tmp, saved)
+        print(f"{mode}: {json.dumps(results[mode])}", flush=True)
+        results["_load"][1] = os.getloadavg()[0]
+        partial = dict(results) | {m: {"skipped": "pending (run interrupted before this mode)"} for m in modes[i + 1:]}
+        report(args, info, partial, Path(args.out))  # rewritten after every mode: an interrupted run keeps what it measured
 
 
 if __name__ == "__main__":
