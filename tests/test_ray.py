@@ -67,12 +67,13 @@ def alpaca_files(tmp_path_factory) -> dict[str, Path]:
     return {"jsonl": d / "pool.jsonl", "parquet": d / "pool.parquet", "queries": d / "queries.jsonl"}
 
 
-RCFG = RayConfig(num_actors=2, cpus_per_actor=1, rows_per_batch=7, read_blocks=3)
+RCFG = RayConfig(num_actors=2, cpus_per_actor=1, rows_per_batch=7, read_blocks=3)  # a pool of 2 actors
+RCFG1 = RayConfig(num_actors=1, cpus_per_actor=1, rows_per_batch=7, read_blocks=3)
+# Each Ray pipeline starts actor processes that import torch (slow on a loaded machine): 5 pipelines in all.
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
-def test_embed_ray_equals_local(ray_local, encoder, alpaca_files, tmp_path, fmt):
-    data = str(alpaca_files[fmt])
+def test_embed_ray_equals_local_jsonl(ray_local, encoder, alpaca_files, tmp_path):
+    data = str(alpaca_files["jsonl"])
     local = open_embeddings(embed_file(EmbedConfig(encoder=encoder, data=data, out=str(tmp_path / "local"),
                                                    preset="alpaca", dtype="float32", batch_size=5, shard_size=11),
                                        progress=False))
@@ -81,54 +82,103 @@ def test_embed_ray_equals_local(ray_local, encoder, alpaca_files, tmp_path, fmt)
     assert len(local) == N
     assert remote.ids == local.ids
     assert remote.rows.tolist() == local.rows.tolist()
+    assert remote.rows[-1] == N  # the blank line counts as a row, as in records.iter_rows
     np.testing.assert_allclose(remote.matrix, local.matrix(), atol=2e-5)
     assert remote.manifest["encoder"]["fingerprint"] == local.fingerprint
     assert remote.manifest["fields"] == local.manifest["fields"]
-    # an embedding that differs at all from its neighbours: the comparison is not vacuous
+    # embeddings differ between examples: the comparison is not vacuous
     assert np.abs(local.matrix()[0] - local.matrix()[1]).max() > 1e-3
 
 
-def test_embed_ray_float16_and_limit(ray_local, encoder, alpaca_files, tmp_path):
-    data = str(alpaca_files["jsonl"])
+def test_embed_ray_parquet_float16_limit(ray_local, encoder, alpaca_files, tmp_path):
+    data = str(alpaca_files["parquet"])
     local = open_embeddings(embed_file(EmbedConfig(encoder=encoder, data=data, out=str(tmp_path / "local"),
-                                                   preset="alpaca", limit=12), progress=False))
+                                                   preset="alpaca", limit=23), progress=False))
     remote = open_ray_embeddings(embed_with_ray(EmbedConfig(encoder=encoder, data=data, out=str(tmp_path / "ray"),
-                                                            preset="alpaca", limit=12), RCFG))
-    assert remote.manifest["dtype"] == "float16" and remote.ids == local.ids and len(remote.ids) == 12
+                                                            preset="alpaca", limit=23), RCFG1))
+    assert remote.manifest["dtype"] == "float16" and len(remote.ids) == 23
+    assert remote.ids == local.ids and remote.rows.tolist() == local.rows.tolist()
     np.testing.assert_allclose(remote.matrix, local.matrix(), atol=2e-3)
 
 
-@pytest.mark.parametrize("aggregate", ["mean", "max"])
-def test_filter_ray_same_ranking(ray_local, encoder, alpaca_files, tmp_path, aggregate):
+def test_filter_ray_same_ranking(ray_local, encoder, alpaca_files, tmp_path):
     data = str(alpaca_files["jsonl"])
     common = dict(encoder=encoder, data=data, queries=str(alpaca_files["queries"]), preset="alpaca",
-                  query_preset="alpaca", aggregate=aggregate, fraction=0.2, batch_size=4)
+                  query_preset="alpaca", aggregate="mean", fraction=0.2, batch_size=4)
     local = filter_pool(FilterConfig(out=str(tmp_path / "local"), **common), progress=False)
     remote = filter_with_ray(FilterConfig(out=str(tmp_path / "ray"), **common), RCFG)
     lr = [json.loads(x) for x in (local / "ranked.jsonl").read_text().splitlines()]
     rr = [json.loads(x) for x in (remote / "ranked.jsonl").read_text().splitlines()]
     assert len(lr) == len(rr) == N
-    np.testing.assert_allclose([r["score"] for r in rr], [r["score"] for r in lr], atol=2e-5)
-    # same ranking: identical order wherever local scores are not within tolerance of a tie
+    local_score = {r["id"]: r["score"] for r in lr}
+    np.testing.assert_allclose([r["score"] for r in rr], [local_score[r["id"]] for r in rr], atol=1e-5)
     ls = np.array([r["score"] for r in lr])
-    if np.all(np.abs(np.diff(ls)) > 1e-4):
-        assert [r["id"] for r in rr] == [r["id"] for r in lr]
-    else:
-        assert sorted(r["id"] for r in rr[:6]) == sorted(r["id"] for r in lr[:6])
-    assert [r["selected"] for r in rr] == [r["selected"] for r in lr]
-    assert (remote / "filtered.jsonl").read_text() == (local / "filtered.jsonl").read_text()
+    assert np.ptp(ls) > 0.01  # the scores spread: the ranking comparison is not vacuous
+    # same ranking: Ray's order never puts an example above one that scores higher locally (beyond ties of 1e-5)
+    assert np.all(np.diff([local_score[r["id"]] for r in rr]) <= 1e-5)
+    k = int(round(0.2 * N))
+    if ls[k - 1] - ls[k] > 1e-5:  # the selection boundary is not a tie
+        assert [r["id"] for r in rr if r["selected"]] == [r["id"] for r in lr if r["selected"]]
+        assert (remote / "filtered.jsonl").read_text() == (local / "filtered.jsonl").read_text()
     ids, rows, scores = read_ray_scores(remote)
     assert len(ids) == N and np.all(np.diff(rows) > 0)
 
 
-def test_invalid_row_named(ray_local, encoder, tmp_path):
+def test_invalid_rows(ray_local, encoder, tmp_path):
+    from influcoder.ray_backend import _read_parquet_dir, _split_errors
+    from influcoder.records import RecordError
+
     p = tmp_path / "bad.jsonl"
-    p.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')
-    with pytest.raises(UserError, match=r"row 1.*response"):
-        embed_with_ray(EmbedConfig(encoder=encoder, data=str(p), out=str(tmp_path / "o")), RCFG)
-    out = embed_with_ray(EmbedConfig(encoder=encoder, data=str(p), out=str(tmp_path / "o2"), skip_invalid=True), RCFG)
+    p.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n{"id": "0", "prompt": "d", "response": "e"}\n'
+                 '{"prompt": "f", "response": "g"}\n')
+    out = embed_with_ray(EmbedConfig(encoder=encoder, data=str(p), out=str(tmp_path / "o"), skip_invalid=True), RCFG1)
     got = open_ray_embeddings(out)
-    assert got.ids == ["0"] and (out / "invalid.jsonl").exists()
+    assert got.ids == ["0", "3"]  # row 1 has no response; row 2 repeats id "0"
+    bad = [json.loads(x) for x in (out / "invalid.jsonl").read_text().splitlines()]
+    assert [(b["row"], b["field"]) for b in bad] == [(1, "response"), (2, "id")]
+    # without --skip-invalid the first bad row is an error naming file, row and field (as locally)
+    table = _read_parquet_dir(out / "shards", ["id", "row", "error"])
+    with pytest.raises(RecordError, match=r"row 1.*response"):
+        _split_errors(table, str(p), False, None)
+    with pytest.raises(RecordError, match=r"row 1"):
+        embed_file(EmbedConfig(encoder=encoder, data=str(p), out=str(tmp_path / "loc")), progress=False)
+    assert _split_errors(table, str(p), False, 1)[0].num_rows == 1  # rows after the limit are not looked at
+
+
+def test_cli_ray_option(ray_local, encoder, alpaca_files, tmp_path):
+    """`--ray ADDRESS` runs `filter` on Ray (the instance started here); `--ray` with no value before another
+    option takes the default address and leaves that option alone."""
+    from typer.testing import CliRunner
+
+    from influcoder.cli import app
+
+    data = str(alpaca_files["jsonl"])
+    for ray_args, address in ((["--ray", "--ray-actors", "0"], "local"), (["--ray-actors", "0", "--ray"], "local"),
+                              (["--ray", "auto", "--ray-actors", "0"], "auto"), (["--ray=ray://h:1", "--ray-actors", "0"], "ray://h:1")):
+        r = CliRunner().invoke(app, ["embed", "--encoder", encoder, "--data", data, "--out", str(tmp_path / "e"),
+                                     "--preset", "alpaca"] + ray_args)
+        # RayConfig rejects 0 actors, so nothing runs; the message shows --ray-actors was parsed as an option
+        assert isinstance(r.exception, UserError) and "num_actors must be" in str(r.exception), (ray_args, r.output)
+    from influcoder.ray_backend import RayConfig as RC
+
+    seen = []
+    orig = RC.__post_init__
+    try:
+        RC.__post_init__ = lambda self: (seen.append(self.address), orig(self))[1]
+        for ray_args, address in ((["--ray", "--ray-actors", "0"], "local"), (["--ray-actors", "0", "--ray"], "local"),
+                                  (["--ray", "auto", "--ray-actors", "0"], "auto"),
+                                  (["--ray=ray://h:1", "--ray-actors", "0"], "ray://h:1")):
+            CliRunner().invoke(app, ["embed", "--encoder", encoder, "--data", data, "--out", str(tmp_path / "e")] + ray_args)
+            assert seen[-1] == address, ray_args
+    finally:
+        RC.__post_init__ = orig
+    r = CliRunner().invoke(app, ["filter", "--encoder", encoder, "--data", data, "--queries", str(alpaca_files["queries"]),
+                                 "--preset", "alpaca", "--query-preset", "alpaca", "--out", str(tmp_path / "f"),
+                                 "--fraction", "0.1", "--aggregate", "max", "--ray", "local", "--ray-actors", "1"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "f" / "report.json").read_text())
+    assert rep["n_pool"] == N and rep["n_selected"] == 3 and rep["ray"]["address"] == "local"
+    assert (tmp_path / "f" / "filtered.jsonl").read_text().count("\n") == N - 3
 
 
 def test_core_does_not_import_ray(tmp_path):
@@ -146,23 +196,3 @@ def test_missing_ray_one_sentence(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install influcoder[ray]" in r.stdout
 
-
-def test_cli_ray_option(ray_local, encoder, alpaca_files, tmp_path):
-    """`--ray` with no value (followed by another option) runs on the Ray instance already started here, and
-    `embed --ray` / `filter --ray` write what the API writes."""
-    from typer.testing import CliRunner
-
-    from influcoder.cli import app
-
-    data = str(alpaca_files["jsonl"])
-    r = CliRunner().invoke(app, ["embed", "--encoder", encoder, "--data", data, "--out", str(tmp_path / "e"),
-                                 "--ray", "--ray-actors", "1", "--preset", "alpaca", "--float32"])
-    assert r.exit_code == 0, r.output
-    got = open_ray_embeddings(tmp_path / "e")
-    assert len(got.ids) == N and got.manifest["dtype"] == "float32"
-    r = CliRunner().invoke(app, ["filter", "--encoder", encoder, "--data", data, "--queries", str(alpaca_files["queries"]),
-                                 "--preset", "alpaca", "--query-preset", "alpaca", "--out", str(tmp_path / "f"),
-                                 "--fraction", "0.1", "--ray", "local", "--ray-actors", "1"])
-    assert r.exit_code == 0, r.output
-    rep = json.loads((tmp_path / "f" / "report.json").read_text())
-    assert rep["n_pool"] == N and rep["n_selected"] == 3 and rep["ray"]["address"] == "local"

@@ -8,15 +8,29 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
 
 console = Console(stderr=True)
 
 
+class _OptionalRayValue(TyperCommand):
+    """Lets ``--ray`` be given without a value (``--ray`` alone = RAY_ADDRESS or a local instance):
+    a bare ``--ray`` (last, or followed by another option) gets the value ``local``."""
+
+    def parse_args(self, ctx, args):
+        fixed = []
+        for i, a in enumerate(args):
+            fixed.append(a)
+            if a == "--ray" and (i + 1 == len(args) or args[i + 1].startswith("-")):
+                fixed.append("local")
+        return super().parse_args(ctx, fixed)
+
+
 def register(app: typer.Typer) -> None:
-    app.command("embed")(embed_cmd)
+    app.command("embed", cls=_OptionalRayValue)(embed_cmd)
     app.command("index")(index_cmd)
     app.command("attribute")(attribute_cmd)
-    app.command("filter")(filter_cmd)
+    app.command("filter", cls=_OptionalRayValue)(filter_cmd)
 
 
 def embed_cmd(
@@ -36,7 +50,7 @@ def embed_cmd(
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip bad rows (listed in OUT/invalid.jsonl)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing store at --out first."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
-    ray: Optional[str] = typer.Option(None, "--ray", is_flag=False, flag_value="local", metavar="[ADDRESS]",
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]",
                                       help="Run on Ray Data: a cluster ADDRESS (host:6379, ray://host:10001, auto) or, "
                                            "with no value, RAY_ADDRESS or a local instance. Needs pip install influcoder[ray]."),
     ray_actors: int = typer.Option(2, "--ray-actors", help="With --ray: encoder actors (one model load each)."),
@@ -183,7 +197,7 @@ def filter_cmd(
     ood_threshold: Optional[float] = typer.Option(None, "--ood-threshold"),
     no_ood: bool = typer.Option(False, "--no-ood"),
     quiet: bool = typer.Option(False, "--quiet"),
-    ray: Optional[str] = typer.Option(None, "--ray", is_flag=False, flag_value="local", metavar="[ADDRESS]",
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]",
                                       help="Run on Ray Data: a cluster ADDRESS (host:6379, ray://host:10001, auto) or, "
                                            "with no value, RAY_ADDRESS or a local instance. Needs pip install influcoder[ray]."),
     ray_actors: int = typer.Option(2, "--ray-actors", help="With --ray: encoder actors (one model load each)."),

@@ -253,6 +253,8 @@ class _EncoderActor:
             full[: len(recs)] = emb.astype(self.dtype)
             cols["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(full.reshape(-1)), dim)
         else:
+            # as the local filter: scores come from the stored (dtype-rounded) embeddings, re-normalised
+            emb = normalise(emb.astype(self.dtype))
             if self.aggregate == "mean":
                 scores = emb.astype(np.float64) @ self.q_mean
             else:
@@ -311,7 +313,7 @@ def _read_parquet_dir(folder: Path, columns: list[str]):
     return pq.read_table(files, columns=columns) if len(files) > 1 else pq.read_table(files[0], columns=columns)
 
 
-def _split_errors(table, data: str, skip_invalid: bool, limit: int | None):
+def _split_errors(table, data: str, skip_invalid: bool, limit: int | None, id_field: str = "id"):
     """Rows in file order, validated like :func:`records.iter_records` (first bad row or duplicate id raises
     unless ``skip_invalid``; rows after the first ``limit`` valid ones are not looked at). Returns
     ``(table of valid rows, invalid rows)``."""
@@ -333,7 +335,7 @@ def _split_errors(table, data: str, skip_invalid: bool, limit: int | None):
             e = json.loads(err[i])
             field, problem = e["field"], e["problem"]
         elif ids[i] in seen:
-            field, problem = None, f"duplicate id '{ids[i]}'"
+            field, problem = id_field, f"duplicate id '{ids[i]}'"
         else:
             seen.add(ids[i])
             keep[i] = True
@@ -388,7 +390,7 @@ def embed_with_ray(cfg, rcfg: RayConfig) -> Path:
     table = _read_parquet_dir(out / "shards", ["id", "row", "error"])
     if table is None or table.num_rows == 0:
         raise UserError(f"{cfg.data}: no valid records to embed")
-    valid, invalid = _split_errors(table, cfg.data, cfg.skip_invalid, cfg.limit)
+    valid, invalid = _split_errors(table, cfg.data, cfg.skip_invalid, cfg.limit, spec.id)
     if valid.num_rows == 0:
         raise UserError(f"{cfg.data}: no valid records to embed ({len(invalid)} invalid rows)")
     if invalid:
@@ -425,7 +427,7 @@ def open_ray_embeddings(root: str | Path) -> RayEmbeddings:
     if m.get("format") != RAY_EMBED_FORMAT or not m.get("complete"):
         raise UserError(f"{root}: not a complete Ray embedding output")
     t = _read_parquet_dir(root / "shards", ["id", "row", "error", "embedding"])
-    valid, _ = _split_errors(t, m["data"]["path"], True, m.get("limit"))
+    valid, _ = _split_errors(t, m["data"]["path"], True, m.get("limit"), m["fields"]["id"])
     emb = valid.column("embedding").combine_chunks()
     mat = np.asarray(emb.values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(emb), m["dim"])
     from .embed import normalise
@@ -464,7 +466,7 @@ def filter_with_ray(cfg, rcfg: RayConfig) -> Path:
     started = _connect(ray, rcfg)
     try:
         _run_pipeline(ray, cfg.data, rcfg, dict(encoder=cfg.encoder, spec=header["fields"], side="pool",
-                                                batch_size=cfg.batch_size, dtype="float32", data_label=str(cfg.data),
+                                                batch_size=cfg.batch_size, dtype=cfg.dtype, data_label=str(cfg.data),
                                                 mode="score", queries=q_emb, aggregate=cfg.aggregate), out / "scores")
     finally:
         if started:
@@ -472,7 +474,7 @@ def filter_with_ray(cfg, rcfg: RayConfig) -> Path:
     table = _read_parquet_dir(out / "scores", ["id", "row", "error", "score"])
     if table is None:
         raise UserError(f"{cfg.data}: no valid records to score")
-    valid, invalid = _split_errors(table, cfg.data, False, None)
+    valid, invalid = _split_errors(table, cfg.data, False, None, spec.id)
     ids = valid.column("id").to_pylist()
     rows = np.asarray(valid.column("row").to_numpy(), dtype=np.int64)
     scores = np.asarray(valid.column("score").to_numpy(), dtype=np.float64)
