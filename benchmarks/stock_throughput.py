@@ -332,6 +332,13 @@ def report(args, info: dict, results: dict, out: Path) -> None:
         lines += ["", f"Matmul rate (2048×576 @ 576×1536, best of 20): fp32 {fl['matmul_flop_per_s']['float32'] / 1e9:.1f} GFLOP/s, "
                   f"bf16 {fl['matmul_flop_per_s']['bfloat16'] / 1e9:.1f} GFLOP/s; forward+backward FLOPs of the plain LoRA pass: {fl['flops']:.3e}."]
     lines += ["", "| ratio | value |", "|---|---:|"] + [f"| {k} | {v:.3f} |" for k, v in ratios.items()]
+    load = [x for x in results.get("_load", []) if isinstance(x, (int, float))]
+    cores = os.cpu_count() or 1
+    if load and max(load) > cores:
+        lines += ["", f"**Warning:** load average up to {max(load):.1f} on {cores} cores during this run: every mode got a small, "
+                  "varying share of the CPU. Absolute rates are not comparable with figures measured on a quiet machine, so "
+                  "ratios against EXTERNAL (PEERS-MEASURED.md) figures say nothing about speed; same-run ratios are indicative only "
+                  "(modes ran one after another, not simultaneously). Peak RSS figures are unaffected by CPU contention."]
     if "bergson-fp32" in r and "cmd" in r["bergson-fp32"]:
         lines += ["", f"Bergson command: `{r['bergson-fp32']['cmd']}`"]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -377,9 +384,19 @@ def main():
     ap.add_argument("--workdir", default=str(ROOT / "work" / "bench_stock"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "stock_throughput"))
     ap.add_argument("--reuse", action="store_true", help="reuse result-<mode>.json files already in --workdir (same settings!)")
+    ap.add_argument("--report-only", action="store_true", help="only rebuild the report from result files in --workdir")
+    ap.add_argument("--missing-reason", default="no result file (see the run's log)", help="text for modes without a result file")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     work = Path(args.workdir)
+    if args.report_only:  # rebuild the report from result-<mode>.json files of an earlier run
+        info = json.loads((work / "info.json").read_text())
+        results = {"_load": json.loads((work / "load.json").read_text()) if (work / "load.json").exists() else [None, None]}
+        for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+            f = work / f"result-{mode}.json"
+            results[mode] = json.loads(f.read_text()) if f.exists() else {"skipped": args.missing_reason}
+        report(args, info, results, Path(args.out))
+        return
     if args.child:
         res = run_child(args, work, args.child)
         print("RESULT " + json.dumps(res))
@@ -417,6 +434,8 @@ def main():
             os.replace(tmp, saved)
         print(f"{mode}: {json.dumps(results[mode])}", flush=True)
         results["_load"][1] = os.getloadavg()[0]
+        results["_load"] = [results["_load"][0], max(results["_load"][1], *(os.getloadavg()))]
+        (work / "load.json").write_text(json.dumps(results["_load"]))
         partial = dict(results) | {m: {"skipped": "pending (run interrupted before this mode)"} for m in modes[i + 1:]}
         report(args, info, partial, Path(args.out))  # rewritten after every mode: an interrupted run keeps what it measured
 
