@@ -113,16 +113,21 @@ def _child_prepare(args) -> dict:
 
     tok = AutoTokenizer.from_pretrained(str(resolve_decoder(args.model)))
     cfg = StockConfig(model=args.model, data=args.prepare_data, out="unused", preset=args.prepare_preset,
-                      limit=args.stock_n, max_length=args.stock_max_length)
+                      limit=args.stock_n, max_length=args.stock_max_length, skip_invalid=True)
     gc.collect()
     before = psutil.Process().memory_info().rss
     t0 = time.perf_counter()
     records, encoded, _ = _prepare(cfg, tok)
     gc.collect()
     after = psutil.Process().memory_info().rss
+    from influcoder.tokenization import pack_by_tokens
+
+    lengths = [len(e) for e in encoded]
+    packs = pack_by_tokens(lengths, cfg.batch_size, cfg.token_budget)
     return {"n": len(records), "seconds": time.perf_counter() - t0, "rss_before_bytes": before, "rss_after_bytes": after,
-            "held_bytes_per_example": (after - before) / len(records),
-            "mean_tokens": float(np.mean([len(e) for e in encoded]))}
+            "held_bytes_per_example": (after - before) / len(records), "mean_tokens": float(np.mean(lengths)),
+            "max_tokens": int(max(lengths)), "batch_size": cfg.batch_size,
+            "max_padded_batch_tokens": int(max(len(b) * max(lengths[i] for i in b) for b in packs))}
 
 
 CHILDREN = {"prepare": _child_prepare, "write": _child_write, "influence": _child_influence, "load-model": _child_load_model, "stock": _child_stock}
@@ -322,7 +327,7 @@ def main() -> None:
             pr["runs"].append(run_child("prepare", common + ["--model", args.model, "--prepare-data", args.prepare_data,
                                                             "--prepare-preset", args.prepare_preset, "--stock-n", str(n),
                                                             "--stock-max-length", str(args.stock_max_length)]))
-        report["stock_prepare"] = pr
+        report["stock_prepare"] = [x for x in report.get("stock_prepare", []) if x["data"] != pr["data"]] + [pr]
     save()
     print(markdown(report))
 
@@ -370,15 +375,18 @@ def markdown(r: dict) -> str:
             lines += ["", f"Peak RSS growth per extra example stocked: {s['rss_growth_bytes_per_extra_example'] / 1e3:+.1f} kB "
                       "(same shard and batch size)."]
         lines.append("")
-    if "stock_prepare" in r:
-        p = r["stock_prepare"]
+    if r.get("stock_prepare"):
         lines += ["## Stocking's up-front tokenisation (held for the whole run)", "",
-                  f"`stock._prepare` (read + tokenise every record before the first batch) on `{Path(p['data']).name}` "
-                  f"({p['preset']}), max_length {p['max_length']}; RSS after minus before, in one process.", "",
-                  "| examples | mean tokens | RSS held | per example |", "|---|---|---|---|"]
-        for x in p["runs"]:
-            lines.append(f"| {x['n']:,} | {x['mean_tokens']:.0f} | {(x['rss_after_bytes'] - x['rss_before_bytes']) / 1e6:.1f} MB "
-                         f"| {x['held_bytes_per_example'] / 1e3:.1f} kB |")
+                  "`stock._prepare` reads and tokenises every record before the first batch; RSS after minus before, "
+                  "in one process without the model. The largest padded batch (batch size × its longest example, "
+                  "as `pack_by_tokens` packs them) is what the batch activations scale with.", "",
+                  "| data | examples | mean / max tokens | largest padded batch (tokens) | RSS held | per example |",
+                  "|---|---|---|---|---|---|"]
+        for p in r["stock_prepare"]:
+            for x in p["runs"]:
+                lines.append(f"| `{Path(p['data']).name}` (max_length {p['max_length']}) | {x['n']:,} | {x['mean_tokens']:.0f} / "
+                             f"{x.get('max_tokens', '?')} | {x.get('max_padded_batch_tokens', '?')} | "
+                             f"{(x['rss_after_bytes'] - x['rss_before_bytes']) / 1e6:.1f} MB | {x['held_bytes_per_example'] / 1e3:.1f} kB |")
         lines.append("")
     if r.get("commands"):
         lines += ["All commands merged into this file: " + "; ".join(f"`{c}`" for c in r["commands"]), ""]
