@@ -652,7 +652,8 @@ def add_flops(ctx: _Ctx, result: dict, pool: list[Record], queries: list[Record]
     n = int(ctx.cfg.costs.get("n_examples", 8))
     if n <= 0:
         return {}
-    sp, sq = pool[: max(2, n - n // 3)], queries[: max(1, n // 3)]
+    nq = max(1, n // 3)
+    sp, sq = pool[: max(1, n - nq)], queries[:nq]
     out = {}
     for spec in ctx.cfg.methods:
         name = method_name(spec)
