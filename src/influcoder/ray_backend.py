@@ -5,9 +5,9 @@ and nothing else in the package imports this module at import time.
 
 Pipeline (both commands): Ray Data reads the input (JSONL lines with ``read_text``, Parquet with
 ``read_parquet``; a local path or any URL pyarrow or fsspec understands, e.g. ``s3://``, ``gs://``,
-``memory://``), every row gets its 0-based source row number (the same numbering as
+``file://``), every row gets its 0-based source row number (the same numbering as
 :func:`influcoder.records.iter_rows`), and ``map_batches`` sends batches to a pool of encoder actors
-(class-based UDF: one model load per actor, ``num_actors`` actors with ``cpus_per_actor`` /
+(class-based UDF: one model load per actor, ``ActorPoolStrategy(size=num_actors)``, ``cpus_per_actor`` /
 ``gpus_per_actor`` each). An actor turns rows into :class:`Record` s with the same validation and text
 formatting as the local path, encodes them with :func:`influcoder.embed.encode_sorted` (length-sorted
 batches) and normalises them in float32 exactly as :func:`influcoder.embed.embed_file` does. Results are
@@ -68,7 +68,7 @@ class RayConfig:
     address: str | None = None
     """Cluster address (``ray://host:10001``, ``host:6379`` or ``auto``); None or ``local``: RAY_ADDRESS or a local instance."""
     num_actors: int = 2
-    """Encoder actors (each loads the model once): ``concurrency`` of ``map_batches``."""
+    """Encoder actors (each loads the model once): the size of ``map_batches``' actor pool."""
     cpus_per_actor: float = 1.0
     """CPUs reserved per encoder actor."""
     gpus_per_actor: float = 0.0
@@ -279,7 +279,8 @@ def _run_pipeline(ray, data: str, rcfg: RayConfig, actor_kwargs: dict, out_dir: 
     ds = _read_numbered(ray, data, rcfg)
     device = "cuda" if rcfg.gpus_per_actor > 0 else "cpu"
     ds = ds.map_batches(_EncoderActor, fn_constructor_kwargs=dict(actor_kwargs, device=device),
-                        batch_size=rcfg.rows_per_batch, batch_format="pyarrow", concurrency=rcfg.num_actors,
+                        batch_size=rcfg.rows_per_batch, batch_format="pyarrow",
+                        compute=ray.data.ActorPoolStrategy(size=rcfg.num_actors),
                         num_cpus=rcfg.cpus_per_actor, num_gpus=rcfg.gpus_per_actor or None)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
