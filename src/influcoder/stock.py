@@ -1,8 +1,10 @@
 """Stage 1: stock per-example LoRA gradients of a decoder, projected, into a resumable store.
 
-``stock(StockConfig(...))`` is what ``influcoder stock`` runs: read and validate the records, tokenise
-them (response-only labels), compute exact per-example gradients batch by batch (sorted by length,
-packed by tokens), project them (CountSketch by default) and write them shard by shard.
+``stock(StockConfig(...))`` is what ``influcoder stock`` runs. Pass 1 streams the file, validates and
+tokenises every record (bad input stops the run before any compute) and keeps only ids and source
+rows. Pass 2 streams it again shard by shard: tokenise the shard (response-only labels), compute exact
+per-example gradients batch by batch (sorted by length, packed by tokens), project them (CountSketch
+by default) and write the shard. Memory: the model, one batch and one shard, whatever the data size.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from .distributed import context
 from .errors import UserError
 from .gradients import LoraGradients, LoraSettings
 from .projection import ProjectionConfig, make_projector
-from .records import FieldSpec, InvalidRow, Record, RecordError, file_fingerprint, read_records
+from .records import FieldSpec, InvalidRow, Record, RecordError, file_fingerprint, iter_records
 from .store import StoreWriter
 from .tokenization import Encoded, collate, encode_record, pack_by_tokens
 
@@ -143,24 +145,68 @@ def _atomic_save(path: Path, arr: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _prepare(cfg: StockConfig, tokenizer) -> tuple[list[Record], list[Encoded], list[InvalidRow]]:
-    records, invalid = read_records(cfg.data, cfg.field_spec(), skip_invalid=cfg.skip_invalid)
-    kept_r, kept_e = [], []
-    for r in records:
-        try:
-            e = encode_record(tokenizer, r, cfg.max_length, cfg.chat_template)
-        except RecordError as err:
-            if not cfg.skip_invalid:
-                raise
-            invalid.append(InvalidRow(err.path, err.row if err.row is not None else r.row, err.field, err.problem))
+@dataclass
+class _Plan:
+    """What pass 1 keeps of the data: ids and source rows of the valid records, never their tokens
+    (except the first few for a warm-up), so memory does not grow with the data's text."""
+
+    ids: list[str]
+    rows: np.ndarray
+    invalid: list[InvalidRow]
+    first: list[Encoded]
+
+
+def _encode_or_skip(cfg: StockConfig, tokenizer, r: Record, invalid: list[InvalidRow]) -> Encoded | None:
+    try:
+        return encode_record(tokenizer, r, cfg.max_length, cfg.chat_template)
+    except RecordError as err:
+        if not cfg.skip_invalid:
+            raise
+        invalid.append(InvalidRow(err.path, err.row if err.row is not None else r.row, err.field, err.problem))
+        return None
+
+
+def _validate(cfg: StockConfig, tokenizer, keep_first: int = 0) -> _Plan:
+    """Pass 1: stream every row, validate and tokenise it (bad input stops here, before any compute)."""
+    invalid: list[InvalidRow] = []
+    ids, rows, first = [], [], []
+    for r in iter_records(cfg.data, cfg.field_spec(), skip_invalid=cfg.skip_invalid, invalid=invalid):
+        e = _encode_or_skip(cfg, tokenizer, r, invalid)
+        if e is None:
             continue
-        kept_r.append(r)
-        kept_e.append(e)
-        if cfg.limit is not None and len(kept_r) >= cfg.limit:
+        ids.append(r.id)
+        rows.append(r.row)
+        if len(first) < keep_first:
+            first.append(e)
+        if cfg.limit is not None and len(ids) >= cfg.limit:
             break
-    if not kept_r:
-        raise UserError(f"{cfg.data}: no valid records to stock")
-    return kept_r, kept_e, invalid
+    if not ids:
+        raise UserError(f"{cfg.data}: no valid records to stock" + (f" ({len(invalid)} invalid rows)" if invalid else ""))
+    return _Plan(ids, np.asarray(rows, dtype=np.int64), invalid, first)
+
+
+def _shards(cfg: StockConfig, tokenizer, plan: _Plan, shard_size: int, wanted: list[int]):
+    """Pass 2: stream the file again and yield ``(shard, records, encodings)`` for each wanted shard, in
+    order; rows of other shards are parsed but not tokenised. Holds one shard of records at a time."""
+    wanted_set = set(wanted)
+    n = len(plan.ids)
+    k = 0  # index among valid records
+    buf: list[Record] = []
+    for r in iter_records(cfg.data, cfg.field_spec(), skip_invalid=True):
+        if k >= n:
+            break
+        if r.row != plan.rows[k]:
+            continue  # a row pass 1 found invalid
+        shard = k // shard_size
+        if shard in wanted_set:
+            buf.append(r)
+            if k == min(n, (shard + 1) * shard_size) - 1:
+                encoded = [encode_record(tokenizer, x, cfg.max_length, cfg.chat_template) for x in buf]
+                yield shard, buf, encoded
+                buf = []
+        k += 1
+    if k < n:
+        raise UserError(f"{cfg.data} changed while stocking: {n - k} valid rows no longer found")
 
 
 def stock(cfg: StockConfig, *, progress: bool = True, on_shard: Callable[[int], None] | None = None) -> Path:
@@ -175,7 +221,8 @@ def stock(cfg: StockConfig, *, progress: bool = True, on_shard: Callable[[int], 
     model, tokenizer, resolved = load_decoder(cfg.model)
     model_hash = state_dict_hash(model)
     model.to(ctx.device)
-    records, encoded, invalid = _prepare(cfg, tokenizer)
+    plan = _validate(cfg, tokenizer, keep_first=cfg.warmup_steps * cfg.batch_size)
+    invalid = plan.invalid
     ctx.barrier()
     out.mkdir(parents=True, exist_ok=True)
     if invalid and ctx.is_main:
@@ -193,8 +240,9 @@ def stock(cfg: StockConfig, *, progress: bool = True, on_shard: Callable[[int], 
     lg = LoraGradients(model, cfg.lora_settings(), dtype=cfg.dtype, adapter_path=adapter)
     warmup_losses = None
     if cfg.warmup_steps and adapter is None:
-        batches = [collate([encoded[i] for i in b], tokenizer.pad_token_id, cfg.padding_side).to(ctx.device)
-                   for b in pack_by_tokens([len(e) for e in encoded], cfg.batch_size, cfg.token_budget)]
+        first = plan.first
+        batches = [collate([first[i] for i in b], tokenizer.pad_token_id, cfg.padding_side).to(ctx.device)
+                   for b in pack_by_tokens([len(e) for e in first], cfg.batch_size, cfg.token_budget)]
         warmup_losses = lg.warmup(batches, cfg.warmup_steps, cfg.warmup_lr, cfg.seed)
         tmp = out / "adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -223,7 +271,7 @@ def stock(cfg: StockConfig, *, progress: bool = True, on_shard: Callable[[int], 
         "chat_template": bool(getattr(tokenizer, "chat_template", None)) if cfg.chat_template is None else cfg.chat_template,
         "n_invalid": len(invalid),
     }
-    writer = StoreWriter(out, header, [r.id for r in records], cfg.shard_size, cfg.store_dtype,
+    writer = StoreWriter(out, header, plan.ids, cfg.shard_size, cfg.store_dtype,
                          rank=ctx.rank, world_size=ctx.world_size, barrier=ctx.barrier)
     if ctx.is_main:
         (out / "layout.json").write_text(json.dumps(layout))
@@ -241,9 +289,8 @@ def stock(cfg: StockConfig, *, progress: bool = True, on_shard: Callable[[int], 
     tokens = 0
     with Progress(*columns, disable=not (progress and ctx.is_main), transient=False) as bar:
         task = bar.add_task("stock", total=n_todo, rate="-")
-        for shard in todo:
+        for shard, shard_records, enc in _shards(cfg, tokenizer, plan, cfg.shard_size, todo):
             start, stop = writer.shard_rows(shard)
-            enc = encoded[start:stop]
             rows = np.zeros((stop - start, projector.output_dim), dtype=np.float32)
             shard_losses = np.zeros(stop - start, dtype=np.float32)
             for b in pack_by_tokens([len(e) for e in enc], cfg.batch_size, cfg.token_budget):
@@ -253,7 +300,7 @@ def stock(cfg: StockConfig, *, progress: bool = True, on_shard: Callable[[int], 
                 norms = projected.norm(dim=1)
                 for j, i in enumerate(b):
                     if not torch.isfinite(norms[j]) or float(norms[j]) == 0.0:
-                        r = records[start + i]
+                        r = shard_records[i]
                         raise UserError(f"{cfg.data}, row {r.row} (id '{r.id}'): gradient is {'zero' if torch.isfinite(norms[j]) else 'not finite'}; refusing to store it")
                     shard_losses[i] = float(loss[j])
                 rows[b] = projected.cpu().numpy()
