@@ -90,7 +90,7 @@ class StockConfig:
     """Storage precision: float32 or float16."""
     batch_size: int = 8
     """Most examples per batch."""
-    token_budget: int = 4096
+    token_budget: int = 1024
     """Most padded tokens per batch (batch size × longest example)."""
     padding_side: str = "right"
     """Padding side (results do not depend on it)."""
