@@ -41,7 +41,7 @@ from .embed import (
 )
 from .errors import UserError
 from .index import FaissIndex, exact_search, open_index
-from .records import PRESETS, FieldSpec, Record, iter_records, iter_rows, read_records, record_to_text
+from .records import PRESETS, FieldSpec, Record, iter_records, read_records, record_to_text
 
 __all__ = [
     "AttributeConfig",

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from contextlib import contextmanager
 from typing import Any, Callable
 
 __all__ = ["rss_bytes", "PeakRSS", "count_flops", "measure"]

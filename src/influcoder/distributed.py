@@ -56,7 +56,6 @@ def _pick_device(requested: str | None, local_rank: int) -> str:
 def context(device: str | None = None) -> DistContext:
     """The job's context from torchrun's environment variables (single process when they are absent)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = _pick_device(device, local_rank)
     if world <= 1:

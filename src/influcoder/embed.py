@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -35,6 +34,9 @@ import numpy as np
 
 from . import __version__
 from .errors import UserError
+from .fileio import atomic_write as _atomic_write_bytes
+from .fileio import atomic_write_text
+from .fileio import sha256_file as _sha256_file
 from .records import FieldSpec, InvalidRow, Record, file_fingerprint, iter_records, record_to_text
 
 __all__ = [
@@ -230,28 +232,6 @@ class EmbedConfig:
 
 
 # ------------------------------------------------------------------------------------------ store
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, mode) as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temporary file, fsync, then rename over ``path``."""
-    _atomic_write_bytes(Path(path), lambda f: f.write(text), mode="w")
 
 
 @dataclass

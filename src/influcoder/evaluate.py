@@ -580,7 +580,6 @@ def _prefetch(ctx: _Ctx, records: list[Record]) -> None:
 # ----------------------------------------------------------------------------- toxicity
 def run_toxicity(ctx: _Ctx) -> dict:
     from . import metrics as M
-    from .baselines import cosine_matrix
 
     cfg = ctx.cfg
     per_seed = []

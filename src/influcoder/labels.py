@@ -12,13 +12,14 @@ last, so a label file without its metadata is never mistaken for a complete one.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .fileio import atomic_write_text
+from .fileio import sha256_file as file_sha256
 
 __all__ = ["Labels", "meta_path", "load_labels", "write_meta", "file_sha256"]
 
@@ -27,14 +28,6 @@ def meta_path(npy_path: str | Path) -> Path:
     p = Path(npy_path)
     stem = p.name[:-4] if p.name.endswith(".npy") else p.name
     return p.with_name(stem + ".meta.json")
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -83,7 +76,5 @@ def load_labels(path: str | Path) -> Labels:
 
 def write_meta(npy_path: str | Path, meta: dict) -> Path:
     mp = meta_path(npy_path)
-    tmp = mp.with_name(mp.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, mp)
+    atomic_write_text(mp, json.dumps(meta, indent=1))
     return mp

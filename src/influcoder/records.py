@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import io
 import json
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import UserError
+from .fileio import sha256_file
 
 __all__ = [
     "FieldSpec",
@@ -153,11 +153,7 @@ def _open_text(path: Path):
 def file_fingerprint(path: str | Path) -> dict[str, Any]:
     """sha256, size and name of a data file: recorded in manifests so stores can be matched to data."""
     path = Path(path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return {"path": str(path), "name": path.name, "bytes": path.stat().st_size, "sha256": h.hexdigest()}
+    return {"path": str(path), "name": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def iter_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -12,11 +12,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import resource
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +24,7 @@ import torch
 
 from .distributed import context
 from .errors import UserError
+from .fileio import atomic_save_npy
 from .gradients import LoraGradients, LoraSettings
 from .projection import ProjectionConfig, make_projector
 from .records import FieldSpec, InvalidRow, Record, RecordError, file_fingerprint, iter_records
@@ -137,12 +137,6 @@ class StockConfig:
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _atomic_save(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -308,7 +302,7 @@ def stock(cfg: StockConfig, *, progress: bool = True, on_shard: Callable[[int], 
                 done_rows += len(b)
                 rate = done_rows / max(time.perf_counter() - t0, 1e-9)
                 bar.update(task, advance=len(b), rate=f"{rate:.2f}")
-            _atomic_save(out / "losses" / f"loss-{shard:05d}.npy", shard_losses)
+            atomic_save_npy(out / "losses" / f"loss-{shard:05d}.npy", shard_losses)
             writer.write_shard(shard, rows)
             if on_shard is not None:
                 on_shard(shard)

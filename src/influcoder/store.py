@@ -28,6 +28,8 @@ import numpy as np
 
 from . import __version__
 from .errors import UserError
+from .fileio import atomic_write_text as _atomic_write_text
+from .fileio import sha256_file as _sha256_file
 
 __all__ = ["StoreError", "StoreWriter", "GradientStore", "open_store", "COMPAT_KEYS", "check_compatible"]
 
@@ -43,23 +45,6 @@ LORA_PROVENANCE = ("adapter", "warmup_steps", "warmup_lr")
 
 class StoreError(UserError):
     """A store that is missing, incomplete, corrupted or incompatible."""
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def check_compatible(a: dict, b: dict, what_a: str = "pool store", what_b: str = "query store") -> None:
