@@ -470,6 +470,19 @@ class FilterConfig:
         return asdict(self)
 
 
+def select_examples(scores: np.ndarray, threshold: float | None, fraction: float, keep: bool):
+    """Rank by score (highest first, ties by position) and select above ``threshold``, else the top
+    ``fraction``. Returns ``(order, selected, kept)``; ``kept`` is ``selected`` with ``keep``, else its complement."""
+    n = len(scores)
+    order = np.lexsort((np.arange(n), -scores))
+    if threshold is not None:
+        selected = scores > threshold
+    else:
+        selected = np.zeros(n, dtype=bool)
+        selected[order[: int(round(fraction * n))]] = True
+    return order, selected, (selected if keep else ~selected)
+
+
 def filter_pool(cfg: FilterConfig, *, encoder=None, progress: bool = True) -> Path:
     """Run the filter described by ``cfg``; returns the output folder."""
     t0 = time.perf_counter()
@@ -530,13 +543,7 @@ def filter_pool(cfg: FilterConfig, *, encoder=None, progress: bool = True) -> Pa
         pool_ood += ood_report(refs, "pool", p_ids[start : start + len(block)], block)
     query_ood = ood_report(refs, "query", q_ids, q_emb)
 
-    order = np.lexsort((np.arange(n), -scores))
-    if cfg.threshold is not None:
-        selected = scores > cfg.threshold
-    else:
-        selected = np.zeros(n, dtype=bool)
-        selected[order[: int(round(cfg.fraction * n))]] = True
-    kept = selected if cfg.keep else ~selected
+    order, selected, kept = select_examples(scores, cfg.threshold, cfg.fraction, cfg.keep)
 
     atomic_write_text(out / "scores.jsonl", "".join(json.dumps({"id": p_ids[i], "score": float(scores[i])}) + "\n" for i in order))
     atomic_write_text(out / "ranked.jsonl", "".join(

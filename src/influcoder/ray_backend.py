@@ -446,7 +446,7 @@ def filter_with_ray(cfg, rcfg: RayConfig) -> Path:
     the queries, exactly as the local path) and written as Parquet shards; the driver ranks the scores
     (highest first, ties in file order) and writes ranked.jsonl, scores.jsonl, a filtered copy (local input)
     and report.json. The OOD report is not computed on Ray (use the local path on a sample)."""
-    from .attribute import _query_embeddings, _spec, write_filtered_copy
+    from .attribute import _query_embeddings, _spec, select_examples, write_filtered_copy
     from .embed import atomic_write_text, encoder_fingerprint, load_encoder
 
     ray = require_ray()
@@ -480,13 +480,7 @@ def filter_with_ray(cfg, rcfg: RayConfig) -> Path:
     rows = np.asarray(valid.column("row").to_numpy(), dtype=np.int64)
     scores = np.asarray(valid.column("score").to_numpy(), dtype=np.float64)
     n = len(ids)
-    order = np.lexsort((np.arange(n), -scores))
-    if cfg.threshold is not None:
-        selected = scores > cfg.threshold
-    else:
-        selected = np.zeros(n, dtype=bool)
-        selected[order[: int(round(cfg.fraction * n))]] = True
-    kept = selected if cfg.keep else ~selected
+    order, selected, kept = select_examples(scores, cfg.threshold, cfg.fraction, cfg.keep)
     atomic_write_text(out / "scores.jsonl", "".join(json.dumps({"id": ids[i], "score": float(scores[i])}) + "\n" for i in order))
     atomic_write_text(out / "ranked.jsonl", "".join(
         json.dumps({"rank": r + 1, "id": ids[i], "score": float(scores[i]), "row": int(rows[i]),
