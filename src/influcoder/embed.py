@@ -35,7 +35,7 @@ import numpy as np
 from . import __version__
 from .errors import UserError
 from .fileio import atomic_write as _atomic_write_bytes
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, read_manifest
 from .fileio import sha256_file as _sha256_file
 from .records import FieldSpec, InvalidRow, Record, file_fingerprint, iter_records, record_to_text
 
@@ -281,16 +281,8 @@ def normalise(x: np.ndarray) -> np.ndarray:
 
 
 def _read_manifest(root: Path) -> dict:
-    mpath = root / MANIFEST
-    if not mpath.exists():
-        raise EmbeddingStoreError(f"{root}: not an embedding store (no {MANIFEST}); make one with `influcoder embed`")
-    try:
-        m = json.loads(mpath.read_text())
-    except json.JSONDecodeError as e:
-        raise EmbeddingStoreError(f"{mpath}: corrupted manifest ({e})") from None
-    if m.get("format") != FORMAT:
-        raise EmbeddingStoreError(f"{root}: unknown embedding store format {m.get('format')!r}")
-    return m
+    return read_manifest(root, MANIFEST, FORMAT, EmbeddingStoreError, "embedding store",
+                         f"not an embedding store (no {MANIFEST}); make one with `influcoder embed`")
 
 
 def open_embeddings(root: str | Path, *, verify: bool = False) -> EmbeddingStore:

@@ -7,9 +7,11 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+import json
+
 import numpy as np
 
-__all__ = ["sha256_file", "atomic_write", "atomic_write_text", "atomic_save_npy"]
+__all__ = ["sha256_file", "atomic_write", "atomic_write_text", "atomic_save_npy", "read_manifest"]
 
 
 def sha256_file(path: str | Path) -> str:
@@ -41,3 +43,19 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_save_npy(path: str | Path, arr: np.ndarray) -> None:
     """``np.save`` atomically (see :func:`atomic_write`)."""
     atomic_write(path, lambda f: np.save(f, arr))
+
+
+def read_manifest(root: str | Path, name: str, fmt: str, error: type[Exception], what: str, missing_hint: str) -> dict:
+    """Read the JSON manifest ``root/name`` and check its ``format``; every problem raises ``error``
+    with a message naming the file (``missing_hint`` finishes the message for a missing manifest)."""
+    root = Path(root)
+    mpath = root / name
+    if not mpath.exists():
+        raise error(f"{root}: {missing_hint}")
+    try:
+        m = json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        raise error(f"{mpath}: corrupted manifest ({e})") from None
+    if m.get("format") != fmt:
+        raise error(f"{root}: unknown {what} format {m.get('format')!r}")
+    return m

@@ -29,6 +29,7 @@ import numpy as np
 from . import __version__
 from .errors import UserError
 from .fileio import atomic_write_text as _atomic_write_text
+from .fileio import read_manifest
 from .fileio import sha256_file as _sha256_file
 
 __all__ = ["StoreError", "StoreWriter", "GradientStore", "open_store", "COMPAT_KEYS", "check_compatible"]
@@ -297,15 +298,7 @@ class GradientStore:
 def open_store(root: str | Path, *, verify: bool = False, allow_incomplete: bool = False) -> GradientStore:
     """Open a store; ``verify`` re-checks every shard's sha256 (sizes are always checked)."""
     root = Path(root)
-    mpath = root / MANIFEST
-    if not mpath.exists():
-        raise StoreError(f"{root}: not a gradient store (no {MANIFEST})")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as e:
-        raise StoreError(f"{mpath}: corrupted manifest ({e})") from None
-    if manifest.get("format") != FORMAT:
-        raise StoreError(f"{root}: unknown store format {manifest.get('format')!r}")
+    manifest = read_manifest(root, MANIFEST, FORMAT, StoreError, "store", f"not a gradient store (no {MANIFEST})")
     if not manifest.get("complete") and not allow_incomplete:
         raise StoreError(
             f"{root}: store is incomplete ({len(manifest['shards'])} shards written); rerun the same `influcoder stock` command to finish it"
