@@ -26,6 +26,16 @@ class _OptionalRayValue(TyperCommand):
         return super().parse_args(ctx, fixed)
 
 
+# --ray options shared by `embed` and `filter`
+_RAY = typer.Option(None, "--ray", metavar="[ADDRESS]",
+                    help="Run on Ray Data: a cluster ADDRESS (host:6379, ray://host:10001, auto) or, "
+                         "with no value, RAY_ADDRESS or a local instance. Needs pip install influcoder[ray].")
+_RAY_ACTORS = typer.Option(2, "--ray-actors", help="With --ray: encoder actors (one model load each).")
+_RAY_CPUS = typer.Option(1.0, "--ray-cpus", help="With --ray: CPUs per encoder actor.")
+_RAY_GPUS = typer.Option(0.0, "--ray-gpus", help="With --ray: GPUs per encoder actor (0 = CPU).")
+_RAY_BATCH_ROWS = typer.Option(1024, "--ray-batch-rows", help="With --ray: rows per map_batches call.")
+
+
 def register(app: typer.Typer) -> None:
     app.command("embed", cls=_OptionalRayValue)(embed_cmd)
     app.command("index")(index_cmd)
@@ -50,13 +60,11 @@ def embed_cmd(
     skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip bad rows (listed in OUT/invalid.jsonl)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing store at --out first."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
-    ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]",
-                                      help="Run on Ray Data: a cluster ADDRESS (host:6379, ray://host:10001, auto) or, "
-                                           "with no value, RAY_ADDRESS or a local instance. Needs pip install influcoder[ray]."),
-    ray_actors: int = typer.Option(2, "--ray-actors", help="With --ray: encoder actors (one model load each)."),
-    ray_cpus: float = typer.Option(1.0, "--ray-cpus", help="With --ray: CPUs per encoder actor."),
-    ray_gpus: float = typer.Option(0.0, "--ray-gpus", help="With --ray: GPUs per encoder actor (0 = CPU)."),
-    ray_batch_rows: int = typer.Option(1024, "--ray-batch-rows", help="With --ray: rows per map_batches call."),
+    ray: Optional[str] = _RAY,
+    ray_actors: int = _RAY_ACTORS,
+    ray_cpus: float = _RAY_CPUS,
+    ray_gpus: float = _RAY_GPUS,
+    ray_batch_rows: int = _RAY_BATCH_ROWS,
 ):
     """Embed a records file with an influence encoder into a sharded, resumable store (or Parquet shards on Ray)."""
     from .embed import EmbedConfig, embed_file, open_embeddings
@@ -197,13 +205,11 @@ def filter_cmd(
     ood_threshold: Optional[float] = typer.Option(None, "--ood-threshold"),
     no_ood: bool = typer.Option(False, "--no-ood"),
     quiet: bool = typer.Option(False, "--quiet"),
-    ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]",
-                                      help="Run on Ray Data: a cluster ADDRESS (host:6379, ray://host:10001, auto) or, "
-                                           "with no value, RAY_ADDRESS or a local instance. Needs pip install influcoder[ray]."),
-    ray_actors: int = typer.Option(2, "--ray-actors", help="With --ray: encoder actors (one model load each)."),
-    ray_cpus: float = typer.Option(1.0, "--ray-cpus", help="With --ray: CPUs per encoder actor."),
-    ray_gpus: float = typer.Option(0.0, "--ray-gpus", help="With --ray: GPUs per encoder actor (0 = CPU)."),
-    ray_batch_rows: int = typer.Option(1024, "--ray-batch-rows", help="With --ray: rows per map_batches call."),
+    ray: Optional[str] = _RAY,
+    ray_actors: int = _RAY_ACTORS,
+    ray_cpus: float = _RAY_CPUS,
+    ray_gpus: float = _RAY_GPUS,
+    ray_batch_rows: int = _RAY_BATCH_ROWS,
 ):
     """Score a pool by influence aggregated over queries; write scores, ranking and a filtered copy."""
     from .attribute import FilterConfig, filter_pool
