@@ -268,3 +268,19 @@ def test_feature_cache_two_writers_keep_each_others_rows(tmp_path):
     out = c.get("k", recs[:8], compute, ("x",))
     assert calls == [3, 3, 2]
     assert out["x"][:, 0].tolist() == [len(r.response) for r in recs[:8]]
+
+
+def test_feature_cache_writes_in_one_millisecond_do_not_collide(tmp_path, monkeypatch):
+    """Two writes by one process within the same clock tick get distinct shard files (a fast CI machine
+    once overwrote the first shard with the second)."""
+    recs = _records()
+    monkeypatch.setattr(B.time, "time", lambda: 1_000_000.0)
+
+    def compute(rs):
+        return {"x": np.array([[len(r.response)] for r in rs], np.float32)}
+
+    a = B._FeatureCache(tmp_path)
+    a.get("k", recs[:3], compute, ("x",))
+    a.get("k", recs[3:5], compute, ("x",))
+    out = B._FeatureCache(tmp_path).get("k", recs[:5], compute, ("x",))
+    assert out["x"][:, 0].tolist() == [len(r.response) for r in recs[:5]]

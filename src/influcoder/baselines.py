@@ -52,6 +52,7 @@ import hashlib
 import json
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -299,7 +300,8 @@ class _FeatureCache:
             t0 = time.perf_counter()
             new = compute(missing)
             dt = time.perf_counter() - t0
-            shard = f"{int(time.time() * 1000)}-{os.getpid()}"
+            # unique per write: two writes in the same millisecond (same process) must not share a name
+            shard = f"{int(time.time() * 1000)}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
             d = self._dir(key)
             if d is not None:
                 d.mkdir(parents=True, exist_ok=True)
