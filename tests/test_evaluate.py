@@ -168,3 +168,32 @@ def test_toxicity_with_distilled_student_real_minilm(tmp_path, tiny_model_dir):
     assert info["n_train_pool"] == 9 and info["n_train_queries"] == 4 and "seconds_train" in info
     assert res["flops"]["influcoder"]["flops_per_example"] > 0
     assert 0 < res["summary"]["Hom"]["influcoder"]["auprc"]["mean"] <= 1
+
+
+def test_ranking_with_store_teacher_matches_exact_teacher(tmp_path, tiny_model_dir):
+    """teacher: {kind: stores}: labels come from two finished gradient stores. Stocked without projection and
+    with the same LoRA (rank 4, seed 0), they must reproduce the exact teacher that the dense check recomputes
+    on the test block, and the student's training labels must be the store rows of the training split."""
+    from influcoder.stock import StockConfig, stock
+
+    cfg_path = _ranking_cfg(tmp_path, tiny_model_dir, methods=[{"kind": "length"}, {"kind": "random"}])
+    cfg = yaml.safe_load(cfg_path.read_text())
+    for side in ("pool", "query"):
+        stock(StockConfig(model=str(tiny_model_dir), data=cfg["data"][side], out=str(tmp_path / f"store_{side}"),
+                          preset="prompt-response", projection="none", lora_rank=4, seed=0, max_length=64,
+                          shard_size=5), progress=False)
+    cfg["teacher"] = {"kind": "stores", "pool_store": str(tmp_path / "store_pool"),
+                      "query_store": str(tmp_path / "store_query"), "rank": 4, "lora_seed": 0}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    res = run(load_config(cfg_path), progress=False)
+    for r in res["per_seed"]:
+        assert r["teacher"]["kind"] == "stores"
+        assert r["sketch_vs_dense"]["per_anchor"] == pytest.approx(1.0, abs=1e-6)
+        assert np.isfinite(r["methods"]["length"]["per_anchor"])
+    # an incomplete store is refused with a clear error
+    man = tmp_path / "store_query" / "manifest.json"
+    m = json.loads(man.read_text())
+    m["complete"] = False
+    man.write_text(json.dumps(m))
+    with pytest.raises(UserError, match="not complete"):
+        run(load_config(cfg_path), progress=False)
