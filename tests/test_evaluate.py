@@ -109,6 +109,18 @@ def test_toxicity_data_split_is_disjoint(tmp_path):
     assert all(r.extra.get("type", "").startswith("contrast") for r, p in zip(td["pool"], td["positive"]) if p)
 
 
+def test_toxicity_data_drops_benign_duplicates_of_the_pool(tmp_path):
+    """A benign file that repeats every example (as real data sets do) still gives a leak-free split."""
+    d = _tox_data(tmp_path)
+    rows = SAMPLE_ROWS + EXTRA
+    d["benign"] = str(_write_jsonl(tmp_path / "dup.jsonl", rows + [{**r, "id": r["id"] + "-dup"} for r in rows]))
+    d["train_benign"] = 2 * len(rows) - d["n_benign"]  # every other row: the pool's twins are all drawn
+    td = toxicity_data(d, 0)
+    pool_prompts = {r.prompt for r in td["pool"]}
+    assert not pool_prompts & {r.prompt for r in td["train_pool"]}
+    assert td["overlap_check"]["benign_training_duplicates_of_eval_dropped"] > 0
+
+
 def test_toxicity_end_to_end(tmp_path, tiny_model_dir):
     cfg = {"experiment": "toxicity", "name": "tiny_tox", "out_dir": str(tmp_path / "out"), "work_dir": str(tmp_path / "w"),
            "model": str(tiny_model_dir), "max_length": 64, "batch_size": 4, "token_budget": 256,
@@ -197,3 +209,20 @@ def test_ranking_with_store_teacher_matches_exact_teacher(tmp_path, tiny_model_d
     man.write_text(json.dumps(m))
     with pytest.raises(UserError, match="not complete"):
         run(load_config(cfg_path), progress=False)
+
+
+def test_ranking_split_keeps_duplicates_of_test_rows_out_of_training():
+    """Real pools repeat examples: a training row with the same content as a test row would leak it."""
+    from influcoder.evaluate import ranking_split
+
+    keys = [f"k{i % 7}" for i in range(20)]          # every content appears ~3 times
+    qkeys = [f"q{i}" for i in range(10)]             # no duplicates among queries
+    plain = ranking_split(20, 10, 5, 3, seed=4)
+    sp = ranking_split(20, 10, 5, 3, seed=4, pool_keys=keys, query_keys=qkeys)
+    assert sp["test_pool"].tolist() == plain["test_pool"].tolist()        # the test block does not move
+    assert sp["test_queries"].tolist() == plain["test_queries"].tolist()
+    test_keys = {keys[i] for i in sp["test_pool"]}
+    assert not test_keys & {keys[i] for i in sp["train_pool"]}
+    assert set(sp["train_pool"]) <= set(plain["train_pool"])
+    assert sp["dropped_duplicates"]["pool"] == len(plain["train_pool"]) - len(sp["train_pool"]) > 0
+    assert sp["dropped_duplicates"]["queries"] == 0 and sp["train_queries"].tolist() == plain["train_queries"].tolist()

@@ -29,7 +29,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -144,19 +144,36 @@ def _read(path: str, preset: str | None) -> list[Record]:
 
 
 def ranking_split(n_pool: int, n_query: int, test_pool: int, test_queries: int, seed: int,
-                  train_pool: int | None = None, train_queries: int | None = None) -> dict[str, np.ndarray]:
-    """Seeded disjoint test/train indices on both axes (train takes the rest, optionally capped)."""
+                  train_pool: int | None = None, train_queries: int | None = None,
+                  pool_keys: Sequence[str] | None = None, query_keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Seeded disjoint test/train indices on both axes (train takes the rest, optionally capped).
+
+    With ``pool_keys`` / ``query_keys`` (content keys, one per row), rows whose content duplicates a test row
+    are left out of training too (real data sets repeat examples; a duplicate would leak the test block).
+    The test block itself depends only on the seed and the sizes; ``dropped_duplicates`` counts what was left out."""
     if test_pool >= n_pool or test_queries >= n_query:
         raise UserError(f"ranking split: test block {test_pool}×{test_queries} leaves no training data in {n_pool}×{n_query}")
     rng = np.random.default_rng(seed)
     pp, qq = rng.permutation(n_pool), rng.permutation(n_query)
     tr_p, tr_q = pp[test_pool:], qq[test_queries:]
+    dropped = {"pool": 0, "queries": 0}
+    for side, keys, test, n_test in (("pool", pool_keys, pp, test_pool), ("queries", query_keys, qq, test_queries)):
+        if keys is None:
+            continue
+        seen = {keys[i] for i in test[:n_test]}
+        tr = tr_p if side == "pool" else tr_q
+        keep = np.array([keys[i] not in seen for i in tr], dtype=bool)
+        dropped[side] = int((~keep).sum())
+        if side == "pool":
+            tr_p = tr_p[keep]
+        else:
+            tr_q = tr_q[keep]
     if train_pool:
         tr_p = tr_p[:train_pool]
     if train_queries:
         tr_q = tr_q[:train_queries]
     return {"test_pool": np.sort(pp[:test_pool]), "test_queries": np.sort(qq[:test_queries]),
-            "train_pool": np.sort(tr_p), "train_queries": np.sort(tr_q)}
+            "train_pool": np.sort(tr_p), "train_queries": np.sort(tr_q), "dropped_duplicates": dropped}
 
 
 def read_xstest_unsafe(xstest_dir: str | Path) -> list[Record]:
@@ -223,17 +240,22 @@ def toxicity_data(data: dict, seed: int) -> dict[str, Any]:
     pool_all = pool_benign + planted
     pool = [pool_all[i] for i in order]
     positive = np.array([i >= n_b for i in order], dtype=bool)
+    # benign data sets repeat examples: a benign training row equal to (or sharing a prompt with) an evaluation
+    # example is left out rather than leaking it (unsafe rows are split by prompt above, so they cannot repeat)
+    eval_prompts = {r.prompt for r in pool + hom + het}
+    eval_keys = {(r.prompt, r.response) for r in pool + hom + het}
+    n_tb_before = len(train_benign)
+    train_benign = [r for r in train_benign if r.prompt not in eval_prompts and (r.prompt, r.response) not in eval_keys]
     tp_all = train_benign + train_planted
     train_pool = [tp_all[i] for i in rng.permutation(len(tp_all))]
     # leakage check (content and prompt level)
-    eval_prompts = {r.prompt for r in pool + hom + het}
-    eval_keys = {(r.prompt, r.response) for r in pool + hom + het}
     leak = [r.id for r in train_pool + train_queries if r.prompt in eval_prompts or (r.prompt, r.response) in eval_keys]
     if leak:
         raise UserError(f"toxicity data: training examples overlap the evaluation set: {leak[:5]}")
     return {"pool": pool, "positive": positive, "refs": {"Het": het, "Hom": hom}, "train_pool": train_pool,
             "train_queries": train_queries,
             "overlap_check": {"train_vs_eval_prompt_overlap": 0, "n_train_pool": len(train_pool),
+                              "benign_training_duplicates_of_eval_dropped": n_tb_before - len(train_benign),
                               "n_train_queries": len(train_queries)},
             "types": {"planted": sorted({r.extra["type"] for r in planted}), "Hom": sorted({r.extra["type"] for r in hom}),
                       "Het": sorted({r.extra["type"] for r in het})}}
@@ -420,11 +442,6 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     return (float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0) if len(a) else (float("nan"), float("nan"))
 
 
-def _resolve_student_spec(spec: dict, path: str) -> dict:
-    out = {k: v for k, v in spec.items() if k not in ("kind",)}
-    return {"kind": "influcoder", "name": spec.get("name", "influcoder"), "encoder": path}
-
-
 # ----------------------------------------------------------------------------- ranking
 def run_ranking(ctx: _Ctx) -> dict:
     from . import metrics as M
@@ -436,17 +453,15 @@ def run_ranking(ctx: _Ctx) -> dict:
     store_labels = None
     if teacher.get("kind") == "stores":
         store_labels = _store_labels(ctx, teacher)
-        pid = {r.id: i for i, r in enumerate(pool_all)}
-        qid = {r.id: i for i, r in enumerate(query_all)}
         rows = [store_labels.pool_ids.index(r.id) if r.id in store_labels.pool_ids else -1 for r in pool_all]
         cols = [store_labels.query_ids.index(r.id) if r.id in store_labels.query_ids else -1 for r in query_all]
         if min(rows) < 0 or min(cols) < 0:
             raise UserError("ranking: the stores do not cover every pool/query record of the data files")
-        del pid, qid
     per_seed = []
     for seed in cfg.seeds:
         sp = ranking_split(len(pool_all), len(query_all), data["test_pool"], data["test_queries"], seed,
-                           data.get("train_pool"), data.get("train_queries"))
+                           data.get("train_pool"), data.get("train_queries"),
+                           pool_keys=_ids(pool_all), query_keys=_ids(query_all))
         tp = [pool_all[i] for i in sp["test_pool"]]
         tq = [query_all[i] for i in sp["test_queries"]]
         if store_labels is not None:
@@ -457,15 +472,14 @@ def run_ranking(ctx: _Ctx) -> dict:
             ctx.log(f"seed {seed}: exact teacher on the test block")
             truth = exact_teacher(ctx, tp, tq)
             truth_desc = {"kind": "exact", **teacher}
-        result = {"seed": seed, "n_test_pool": len(tp), "n_test_queries": len(tq), "methods": {}}
+        result = {"seed": seed, "n_test_pool": len(tp), "n_test_queries": len(tq), "methods": {},
+                  "train_dropped_duplicates_of_test": sp["dropped_duplicates"]}
         if store_labels is not None and teacher.get("dense_check", True):
-            t2 = dict(teacher)
             dense = exact_teacher(_with_teacher(ctx, {"kind": "exact", "rank": teacher.get("rank", 8),
                                                      "lora_seed": teacher.get("lora_seed", 0),
                                                      "share_logra_k": teacher.get("share_logra_k")}), tp, tq)
             result["sketch_vs_dense"] = {"per_anchor": M.per_anchor_spearman(truth, dense),
                                          "aggregated": M.aggregated_spearman(truth, dense)}
-            del t2
         for spec in cfg.methods:
             name = method_name(spec)
             info_extra = {}
