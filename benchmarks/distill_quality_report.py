@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--stores", nargs="*", default=[])
     ap.add_argument("--time-logs", nargs="*", default=[], help="`/usr/bin/time -v` logs of the stocking and evaluation runs.")
     ap.add_argument("--out", default="benchmarks/results/distill_quality_full")
+    ap.add_argument("--note", action="append", default=[], help="A line for the Notes section (repeatable).")
     a = ap.parse_args()
 
     r = json.loads(Path(a.eval_json).read_text())
@@ -140,6 +141,10 @@ def main() -> None:
         if v["peak_rss_gb"] is not None:
             md.append(f"- `{log}`: wall {v['wall']}, peak RSS {v['peak_rss_gb']:.2f} GB")
     md.append("")
+    if a.note:
+        md += ["## Notes", ""] + [f"- {n}" for n in a.note] + [""]
+    res["notes"] = a.note
+    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print(out.with_suffix(".md"))
 

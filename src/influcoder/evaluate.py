@@ -702,6 +702,17 @@ def _human_bytes(b) -> str:
         b /= 1024
 
 
+def _teacher_desc(t: dict) -> str:
+    """One readable line for a ground-truth description (stores' teacher settings, or the exact teacher's)."""
+    if t.get("kind") == "stores":
+        m = t.get("teacher") or {}
+        lora, proj = m.get("lora") or {}, m.get("projection") or {}
+        return (f"gradient stores of `{m.get('model')}` (LoRA r {lora.get('rank')}, alpha {lora.get('alpha')}, seed "
+                f"{lora.get('seed')}; {proj.get('kind')} {proj.get('dim')}; {m.get('dtype')}), cosine")
+    return "exact LoRA-gradient cosine recomputed on the block (" + \
+        ", ".join(f"{k} {v}" for k, v in t.items() if k != "kind") + ")"
+
+
 def report_markdown(cfg: EvalConfig, res: dict, command: str) -> str:
     lines = [f"# Evaluation `{cfg.name}` ({cfg.experiment})", "", f"Command: `{command}`", "",
              f"Decoder: `{cfg.model}`, max length {cfg.max_length}; seeds {cfg.seeds}.", ""]
@@ -709,10 +720,17 @@ def report_markdown(cfg: EvalConfig, res: dict, command: str) -> str:
     if cfg.experiment == "ranking":
         ps = res["per_seed"][0]
         lines += [f"Held-out block: {ps['n_test_pool']} pool × {ps['n_test_queries']} queries per seed; "
-                  f"ground truth: {json.dumps(ps['teacher'])[:300]}", ""]
-        if "sketch_vs_dense" in ps:
-            lines += [f"Sketch vs dense teacher on the block: per-anchor {_fmt(ps['sketch_vs_dense']['per_anchor'])}, "
-                      f"aggregated {_fmt(ps['sketch_vs_dense']['aggregated'])}.", ""]
+                  f"ground truth: {_teacher_desc(ps['teacher'])}.", ""]
+        sd = [(p["seed"], p["sketch_vs_dense"]) for p in res["per_seed"] if "sketch_vs_dense" in p]
+        if sd:
+            lines += ["Sketched vs unprojected teacher on each test block (the sketch's own error): " +
+                      "; ".join(f"seed {sd_seed}: per-anchor {_fmt(v['per_anchor'])}, aggregated {_fmt(v['aggregated'])}"
+                                for sd_seed, v in sd) + ".", ""]
+        drops = [(p["seed"], p["train_dropped_duplicates_of_test"]) for p in res["per_seed"]
+                 if any((p.get("train_dropped_duplicates_of_test") or {}).values())]
+        if drops:
+            lines += ["Training rows left out because their text duplicates a test row: " +
+                      "; ".join(f"seed {d_seed}: {d['pool']} pool, {d['queries']} queries" for d_seed, d in drops) + ".", ""]
         lines += ["| Method | Per-anchor ρ | Query-specific ρ | Aggregated ρ | s / 1,000 ex | FLOPs / ex | bytes / ex |",
                   "|---|---|---|---|---|---|---|"]
         for n, row in sorted(res["summary"].items(), key=lambda kv: -kv[1]["per_anchor"]["mean"]):
@@ -740,8 +758,8 @@ def report_markdown(cfg: EvalConfig, res: dict, command: str) -> str:
     else:
         for item in res["linked"]:
             lines.append(f"- `{item['path']}` ({'present' if item['exists'] else 'not found'})")
-    lines += ["", "Seconds are featurisation (+ projection) time per example, measured on this shared 2-core CPU "
-              "when the features were computed (noisy; other jobs ran at the same time). FLOPs from "
+    lines += ["", "Seconds are featurisation (+ projection) time per example, measured when the features were "
+              "computed (single runs on this machine: noisy). FLOPs from "
               "torch.utils.flop_counter.FlopCounterMode on a small sample with eager attention (numpy/scipy "
               "methods: not counted). bytes / ex = what a method stores per example to score new queries.", ""]
     return "\n".join(lines)
