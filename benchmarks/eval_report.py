@@ -141,7 +141,7 @@ def main() -> None:
         for item in r["linked"]:
             out.append(f"- `{item['path']}`: {'present' if item['exists'] else 'not found when this report was built'}")
         out.append("")
-        md = Path("benchmarks/results/projection_fidelity.md")
+        md = Path("benchmarks/results/projection_fidelity_256.md")
         if md.exists():
             text = md.read_text().splitlines()
             out += [ln for ln in text if ln.startswith("Command:") or ln.startswith("|")][:8]
