@@ -226,3 +226,15 @@ def test_ranking_split_keeps_duplicates_of_test_rows_out_of_training():
     assert set(sp["train_pool"]) <= set(plain["train_pool"])
     assert sp["dropped_duplicates"]["pool"] == len(plain["train_pool"]) - len(sp["train_pool"]) > 0
     assert sp["dropped_duplicates"]["queries"] == 0 and sp["train_queries"].tolist() == plain["train_queries"].tolist()
+
+
+@pytest.mark.parametrize("name", ["exp1_ranking", "exp2_toxicity", "exp3_fidelity"])
+def test_committed_experiment_configs_are_valid(name):
+    """The configs the README and reports point to parse and validate (their data files are made by commands
+    written in each config's header, so only the config itself is checked here)."""
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
+    assert cfg.name == name
+    if cfg.experiment == "ranking":
+        assert cfg.data["test_pool"] == 200 and cfg.data["test_queries"] == 200 and len(cfg.seeds) == 3
