@@ -94,7 +94,6 @@ def main() -> None:
         "query_specific_positive": tr["query_specific"]["mean"] > 0,
     }
     out = Path(a.out)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
 
     def ms(d):
         return f"{d['mean']:+.3f} ± {d['std']:.3f}"

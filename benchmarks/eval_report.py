@@ -66,23 +66,18 @@ def goal_checks() -> list[str]:
 
 def teacher_line(r: dict) -> str:
     """How experiment 1's ground truth was made, from the results themselves."""
-    ps = r["per_seed"][0]
-    t = ps.get("teacher") or {}
+    from influcoder.evaluate import teacher_description
+
+    line = teacher_description(r["per_seed"][0].get("teacher") or {})
     cfg_t = r["config"].get("teacher", {})
-    if t.get("kind") == "stores":
-        meta = t.get("teacher") or {}
-        proj = meta.get("projection") or {}
-        line = (f"cosine of SmolLM2-135M-Instruct LoRA (rank {cfg_t.get('rank', 8)}, seed {cfg_t.get('lora_seed', 0)}) "
-                f"gradients of the mean response-token cross-entropy from the stores `{cfg_t.get('pool_store')}` × "
-                f"`{cfg_t.get('query_store')}` ({proj.get('kind', '?')} {proj.get('dim', '?')}, {meta.get('dtype', '?')})")
-        sd = [p["sketch_vs_dense"] for p in r["per_seed"] if p.get("sketch_vs_dense")]
-        if sd:
-            line += ("; the sketch's own error on each test block, Spearman of sketched vs unprojected teacher: per-anchor "
-                     + ", ".join(f"{x['per_anchor']:.3f}" for x in sd) + ", aggregated "
-                     + ", ".join(f"{x['aggregated']:.3f}" for x in sd))
-        return line
-    return ("cosine of SmolLM2-135M-Instruct LoRA (rank 8, seed 0) gradients of the mean response-token "
-            "cross-entropy, computed exactly (no projection) on the test block")
+    if cfg_t.get("kind") == "stores":
+        line += f" of the stores `{cfg_t.get('pool_store')}` × `{cfg_t.get('query_store')}`"
+    sd = [p["sketch_vs_dense"] for p in r["per_seed"] if p.get("sketch_vs_dense")]
+    if sd:
+        line += ("; the sketch's own error on each test block, Spearman of sketched vs unprojected teacher: per-anchor "
+                 + ", ".join(f"{x['per_anchor']:.3f}" for x in sd) + ", aggregated "
+                 + ", ".join(f"{x['aggregated']:.3f}" for x in sd))
+    return line
 
 
 def main() -> None:

@@ -60,6 +60,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .fileio import atomic_save_npy, atomic_write_text
 from .records import Record, record_to_text
 
 __all__ = [
@@ -306,9 +307,7 @@ class _FeatureCache:
             if d is not None:
                 d.mkdir(parents=True, exist_ok=True)
                 for p in parts:
-                    tmp = d / f"{_shard_file(shard, p)}.tmp.npy"
-                    np.save(tmp, new[p])
-                    os.replace(tmp, d / f"{_shard_file(shard, p)}.npy")
+                    atomic_save_npy(d / f"{_shard_file(shard, p)}.npy", new[p])
                 meta = self._merge_on_disk(key, d, missing, shard, dt)
             else:
                 self.mem.setdefault(key, {})[shard] = new
@@ -344,9 +343,7 @@ class _FeatureCache:
                 meta["rows"][record_key(r)] = [shard, i]
             meta["seconds"] += dt
             meta["count"] += len(missing)
-            tmp = d / f"index.json.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps(meta))
-            os.replace(tmp, d / "index.json")
+            atomic_write_text(d / "index.json", json.dumps(meta))  # under the lock: one writer at a time
         self.meta[key] = meta
         return meta
 

@@ -34,6 +34,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import UserError
+from .fileio import atomic_save_npy, atomic_write_text
 from .records import FieldSpec, Record, read_records
 
 __all__ = ["EvalConfig", "load_config", "run", "ranking_split", "toxicity_data", "read_xstest_unsafe"]
@@ -122,16 +123,12 @@ def _key(obj: Any) -> str:
 
 def _atomic_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, default=float))
 
 
 def _atomic_npy(path: Path, arr: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name[:-4] + ".tmp.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, path)
+    atomic_save_npy(path, arr)
 
 
 # ============================================================================ data
@@ -141,6 +138,15 @@ def _read(path: str, preset: str | None) -> list[Record]:
     except FileNotFoundError:
         raise UserError(f"{path}: data file not found") from None
     return recs
+
+
+def _without_duplicates_of(train: np.ndarray, test: np.ndarray, keys: Sequence[str] | None) -> tuple[np.ndarray, int]:
+    """``train`` minus the rows whose content key equals a test row's; also how many were left out."""
+    if keys is None:
+        return train, 0
+    seen = {keys[i] for i in test}
+    keep = np.array([keys[i] not in seen for i in train], dtype=bool)
+    return train[keep], int((~keep).sum())
 
 
 def ranking_split(n_pool: int, n_query: int, test_pool: int, test_queries: int, seed: int,
@@ -156,24 +162,14 @@ def ranking_split(n_pool: int, n_query: int, test_pool: int, test_queries: int, 
     rng = np.random.default_rng(seed)
     pp, qq = rng.permutation(n_pool), rng.permutation(n_query)
     tr_p, tr_q = pp[test_pool:], qq[test_queries:]
-    dropped = {"pool": 0, "queries": 0}
-    for side, keys, test, n_test in (("pool", pool_keys, pp, test_pool), ("queries", query_keys, qq, test_queries)):
-        if keys is None:
-            continue
-        seen = {keys[i] for i in test[:n_test]}
-        tr = tr_p if side == "pool" else tr_q
-        keep = np.array([keys[i] not in seen for i in tr], dtype=bool)
-        dropped[side] = int((~keep).sum())
-        if side == "pool":
-            tr_p = tr_p[keep]
-        else:
-            tr_q = tr_q[keep]
+    tr_p, drop_p = _without_duplicates_of(tr_p, pp[:test_pool], pool_keys)
+    tr_q, drop_q = _without_duplicates_of(tr_q, qq[:test_queries], query_keys)
     if train_pool:
         tr_p = tr_p[:train_pool]
     if train_queries:
         tr_q = tr_q[:train_queries]
     return {"test_pool": np.sort(pp[:test_pool]), "test_queries": np.sort(qq[:test_queries]),
-            "train_pool": np.sort(tr_p), "train_queries": np.sort(tr_q), "dropped_duplicates": dropped}
+            "train_pool": np.sort(tr_p), "train_queries": np.sort(tr_q), "dropped_duplicates": {"pool": drop_p, "queries": drop_q}}
 
 
 def read_xstest_unsafe(xstest_dir: str | Path) -> list[Record]:
@@ -334,11 +330,8 @@ def exact_teacher(ctx: _Ctx, pool: list[Record], queries: list[Record]) -> np.nd
 
 def _write_records(path: Path, recs: list[Record]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        for r in recs:
-            f.write(json.dumps({"id": r.id, "prompt": r.prompt, "response": r.response}) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps({"id": r.id, "prompt": r.prompt, "response": r.response}) + "\n"
+                                    for r in recs))
 
 
 def train_student(ctx: _Ctx, tag: str, train_pool: list[Record], train_queries: list[Record],
@@ -702,7 +695,7 @@ def _human_bytes(b) -> str:
         b /= 1024
 
 
-def _teacher_desc(t: dict) -> str:
+def teacher_description(t: dict) -> str:
     """One readable line for a ground-truth description (stores' teacher settings, or the exact teacher's)."""
     if t.get("kind") == "stores":
         m = t.get("teacher") or {}
@@ -720,7 +713,7 @@ def report_markdown(cfg: EvalConfig, res: dict, command: str) -> str:
     if cfg.experiment == "ranking":
         ps = res["per_seed"][0]
         lines += [f"Held-out block: {ps['n_test_pool']} pool × {ps['n_test_queries']} queries per seed; "
-                  f"ground truth: {_teacher_desc(ps['teacher'])}.", ""]
+                  f"ground truth: {teacher_description(ps['teacher'])}.", ""]
         sd = [(p["seed"], p["sketch_vs_dense"]) for p in res["per_seed"] if "sketch_vs_dense" in p]
         if sd:
             lines += ["Sketched vs unprojected teacher on each test block (the sketch's own error): " +
