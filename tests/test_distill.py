@@ -332,3 +332,78 @@ def test_real_minilm_trains_a_few_steps(tmp_path):
     enc = InfluenceEncoder.from_pretrained(out)
     assert enc.dim == 384 and enc.metadata["base_encoder"] == "minilm-l6"
     assert enc.encode(["hello"]).shape == (1, 384)
+
+
+# ------------------------------------------------------------------------------------------ cheap-training levers
+def test_layer_cache_matches_full_forward(tiny_bert_dir):
+    """The cached path (frozen lower layers run once, top layers on the cache) gives the full forward's
+    embeddings, with padding from batches of different lengths and a side prefix."""
+    from influcoder import InfluenceEncoder
+    from influcoder.layer_cache import LayerCache
+
+    enc = InfluenceEncoder.from_pretrained(tiny_bert_dir, projection_dim=8, query_prefix="q: ")
+    enc.eval()
+    texts = ["hello world this is a longer text than the others", "hi", "paris is the capital", "2 3 5 7 11 13"]
+    for k in (1, 2):
+        c = LayerCache(enc, k)
+        c.add("q", texts, "query", batch_size=3)
+        with torch.no_grad():
+            ref = enc.embed([texts[i] for i in (3, 0, 1)], side="query")
+            got = c.embed("q", [3, 0, 1])
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+        wrong = enc.embed([texts[i] for i in (3, 0, 1)], side="pool")  # the prefix matters: can fail
+        assert (wrong - got).abs().max() > 1e-3
+
+
+def test_freeze_layers_trains_only_the_top(tmp_path, tiny_bert_dir):
+    from safetensors.numpy import load_file
+
+    from influcoder.layer_cache import freeze_lower
+
+    pf, qf, lf = _write_problem(tmp_path)
+    out = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "fz", epochs=2, freeze_layers=1), progress=False)
+    w0 = load_file(str(Path(tiny_bert_dir) / "model.safetensors"))
+    w1 = load_file(str(out / "model.safetensors"))
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train_loss"] == rows[-1]["train_loss"] and len(rows) == 3
+
+    def same(sub):
+        ks = [k for k in w1 if sub in k]
+        assert ks, sub
+        return all(np.array_equal(w1[k], w0[[j for j in w0 if j.endswith(k.split("auto_model.")[-1]) or j == k][0]]) for k in ks)
+
+    best = json.loads((out / "influcoder_encoder.json").read_text())["selection"]["best_epoch"]
+    if best > 0:  # the saved weights moved only above the frozen layer
+        assert same("layer.0.") and same("word_embeddings")
+        assert not same("layer.1.")
+    from influcoder import InfluenceEncoder
+
+    with pytest.raises(UserError, match="freeze_layers must be in"):
+        freeze_lower(InfluenceEncoder.from_pretrained(tiny_bert_dir), 99)
+
+
+def test_centred_pearson_and_pool_mean_term():
+    pred = torch.tensor([[1.0, 2.0, 3.0], [11.0, 12.0, 13.0]])
+    true = torch.tensor([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
+    # flattened Pearson is hurt by the row offset; centring rows removes it
+    assert float(pearson_loss(pred, true)) > 0.5
+    assert float(pearson_loss(pred, true, center_rows=True)) == pytest.approx(0.0, abs=1e-6)
+    # hand value: centred rows (-1,0,1),(−1,0,1) vs true (-1,0,1),(1,0,-1) → r = 0
+    true2 = torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
+    assert float(pearson_loss(pred, true2, center_rows=True)) == pytest.approx(1.0, abs=1e-6)
+    # pool-mean term: predicted column means (6,7,8) vs true pool means (3,2,1): Pearson −1 → term 2, weighted
+    l0, p0 = distill_loss(pred, true, 0.5, 0.5)
+    l1, p1 = distill_loss(pred, true, 0.5, 0.5, pool_mean=torch.tensor([3.0, 2.0, 1.0]), pool_mean_weight=0.25)
+    assert float(p1["pool_mean"]) == pytest.approx(2.0, abs=1e-6)
+    assert float(l1) == pytest.approx(float(l0) + 0.25 * 2.0, abs=1e-6)
+
+
+def test_patience_stops_training(tmp_path, tiny_bert_dir):
+    pf, qf, lf = _write_problem(tmp_path)
+    # lr tiny: validation cannot improve by chance for long; patience 1 stops after the first non-improving epoch
+    out = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "pt", epochs=8, patience=1, lr=1e-9), progress=False)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    md = json.loads((out / "influcoder_encoder.json").read_text())
+    assert len(rows) < 9 and md["stopped_early"] and md["epochs_run"] == len(rows) - 1
+    best = max(range(len(rows)), key=lambda i: (rows[i]["per_anchor_spearman"], -i))
+    assert len(rows) - 1 == best + 1  # stopped exactly one epoch after the best

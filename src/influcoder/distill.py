@@ -18,6 +18,7 @@ paired with the next ``queries_per_batch`` (B) queries of a shuffled, cycling qu
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -130,6 +131,16 @@ class DistillConfig:
     """Use only the first N pool rows of the label file (quick runs)."""
     limit_queries: int | None = None
     """Use only the first N query columns of the label file (quick runs)."""
+    freeze_layers: int = 0
+    """Freeze the word embeddings and the first N transformer layers; their outputs are computed once per
+    training text and cached, so each step runs only the top layers (much cheaper; see layer_cache.py)."""
+    center_queries: bool = False
+    """Pearson term on per-query centred blocks (each query's mean removed from predicted and true rows)."""
+    pool_mean_weight: float = 0.0
+    """Weight of an extra term 1 − Pearson over the step's candidates between the predicted mean over the step's
+    queries and the candidate's true mean influence over *all* training queries (the pool factor)."""
+    patience: int | None = None
+    """Early stopping: end training after this many epochs without a better validation score."""
 
     def __post_init__(self) -> None:
         def bad(msg: str):
@@ -165,6 +176,12 @@ class DistillConfig:
             bad(f"max_train_seconds must be > 0, got {self.max_train_seconds}")
         if self.max_length < 8 or self.eval_batch_size < 1:
             bad("need max_length ≥ 8 and eval_batch_size ≥ 1")
+        if self.freeze_layers < 0:
+            bad(f"freeze_layers must be ≥ 0, got {self.freeze_layers}")
+        if self.pool_mean_weight < 0:
+            bad(f"pool_mean_weight must be ≥ 0, got {self.pool_mean_weight}")
+        if self.patience is not None and self.patience < 1:
+            bad(f"patience must be ≥ 1, got {self.patience}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -179,8 +196,12 @@ class DistillConfig:
 
 
 # ---------------------------------------------------------------------------------------------- loss
-def pearson_loss(pred, true, eps: float = 1e-8):
-    """1 − Pearson correlation of the flattened matrices (a scalar tensor)."""
+def pearson_loss(pred, true, eps: float = 1e-8, center_rows: bool = False):
+    """1 − Pearson correlation of the flattened matrices (a scalar tensor); with ``center_rows`` each row
+    (query) has its own mean removed first, so only the within-query ordering of the candidates counts."""
+    if center_rows:
+        pred = pred.float() - pred.float().mean(dim=-1, keepdim=True)
+        true = true.float() - true.float().mean(dim=-1, keepdim=True)
     p = pred.reshape(-1).float()
     t = true.reshape(-1).float()
     p = p - p.mean()
@@ -199,13 +220,22 @@ def kl_loss(pred, true, tau: float):
     return kl_rows.mean()
 
 
-def distill_loss(pred, true, alpha: float = 0.5, tau: float = 0.05):
-    """``α·(1 − Pearson(vec Î, vec I)) + (1 − α)·mean_q KL(softmax(I_q/τ) ‖ softmax(Î_q/τ))``.
+def distill_loss(pred, true, alpha: float = 0.5, tau: float = 0.05, center_queries: bool = False,
+                 pool_mean=None, pool_mean_weight: float = 0.0):
+    """``α·(1 − Pearson(vec Î, vec I)) + (1 − α)·mean_q KL(softmax(I_q/τ) ‖ softmax(Î_q/τ))``
+    ``+ w·(1 − Pearson(mean_q Î, m))`` when ``pool_mean`` m (one true pool-factor value per candidate) and
+    ``pool_mean_weight`` w > 0 are given.
 
-    ``pred`` and ``true`` are (B queries × C candidates). Returns ``(loss, {"pearson": .., "kl": ..})``."""
-    lp = pearson_loss(pred, true)
+    ``pred`` and ``true`` are (B queries × C candidates). Returns ``(loss, {"pearson": .., "kl": .., "pool_mean": ..})``."""
+    lp = pearson_loss(pred, true, center_rows=center_queries)
     lk = kl_loss(pred, true, tau)
-    return alpha * lp + (1.0 - alpha) * lk, {"pearson": lp.detach(), "kl": lk.detach()}
+    loss = alpha * lp + (1.0 - alpha) * lk
+    parts = {"pearson": lp.detach(), "kl": lk.detach()}
+    if pool_mean is not None and pool_mean_weight > 0:
+        lm = pearson_loss(pred.float().mean(dim=0), pool_mean)
+        loss = loss + pool_mean_weight * lm
+        parts["pool_mean"] = lm.detach()
+    return loss, parts
 
 
 # ---------------------------------------------------------------------------------------------- split
@@ -371,6 +401,18 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         cfg.encoder, pooling=cfg.pooling, projection_dim=cfg.projection_dim, max_length=cfg.max_length,
         pool_prefix=cfg.pool_prefix, query_prefix=cfg.query_prefix, seed=cfg.seed,
     )
+    cache = None
+    if cfg.freeze_layers > 0:
+        from .encoder import _texts
+        from .layer_cache import LayerCache, freeze_lower
+
+        freeze_lower(enc, cfg.freeze_layers)
+        tc = time.time()
+        cache = LayerCache(enc, cfg.freeze_layers)
+        cache.add("pool", _texts(train_pool_recs), "pool", cfg.eval_batch_size)
+        cache.add("query", _texts(train_query_recs), "query", cfg.eval_batch_size)
+        say(f"cached the {cfg.freeze_layers} frozen layers' output for {len(train_pool_recs)} pool and "
+            f"{len(train_query_recs)} query texts in {time.time() - tc:.0f} s ({cache.nbytes() / 2**20:.0f} MiB)")
     out.mkdir(parents=True, exist_ok=True)
     (out / "distill_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     split_doc = {
@@ -423,6 +465,8 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
     best_state = copy.deepcopy(enc.model.state_dict())
     history = [row0]
 
+    pool_mean_t = torch.from_numpy(train_block.mean(axis=1).astype(np.float32))  # pool factor over all train queries
+    since_best = 0
     top_cache: dict[int, np.ndarray] = {}
     q_order = rng.permutation(n_tq)
     q_pos = 0
@@ -460,15 +504,16 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
                 q_pos += B
                 cands = sample_candidates(rng, chunk, qs, train_block, cfg.hard_fraction, cfg.hard_top_k, top_cache)
                 true = torch.from_numpy(train_block[np.ix_(cands, qs)].T.copy())  # B × C
-                if autocast is not None:
-                    with autocast:
+                with (autocast if autocast is not None else contextlib.nullcontext()):
+                    if cache is not None:
+                        eq = cache.embed("query", qs)
+                        ep = cache.embed("pool", cands)
+                    else:
                         eq = enc.embed([train_query_recs[j] for j in qs], side="query")
                         ep = enc.embed([train_pool_recs[i] for i in cands], side="pool")
-                else:
-                    eq = enc.embed([train_query_recs[j] for j in qs], side="query")
-                    ep = enc.embed([train_pool_recs[i] for i in cands], side="pool")
                 pred = eq.float() @ ep.float().T  # cosine (embeddings are normalised), B × C
-                loss, parts = distill_loss(pred, true, cfg.alpha, cfg.tau)
+                loss, parts = distill_loss(pred, true, cfg.alpha, cfg.tau, cfg.center_queries,
+                                           pool_mean_t[cands], cfg.pool_mean_weight)
                 (loss / cfg.grad_accum).backward()
                 step += 1
                 last = s == steps_per_epoch - 1
@@ -499,6 +544,13 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
             if _better(cfg.select_metric, m[cfg.select_metric], best_val):
                 best_val, best_epoch, best_metrics = m[cfg.select_metric], epoch, m
                 best_state = copy.deepcopy(enc.model.state_dict())
+                since_best = 0
+            else:
+                since_best += 1
+            if cfg.patience is not None and since_best >= cfg.patience and epoch < cfg.epochs:
+                say(f"early stop: no better validation {cfg.select_metric} for {since_best} epochs")
+                history[-1]["early_stop"] = True
+                break
             if partial:
                 say(f"training budget of {cfg.max_train_seconds:.0f} s spent after {n_steps} steps of epoch {epoch}")
                 break
@@ -532,6 +584,8 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         "train_seconds": train_seconds,
         "steps": step,
         "stopped_by_time_budget": any(r.get("partial") for r in history),
+        "stopped_early": any(r.get("early_stop") for r in history),
+        "epochs_run": len(history) - 1,
         "total_seconds": time.time() - t_start,
         "pooling": cfg.pooling,
         "projection_dim": cfg.projection_dim,

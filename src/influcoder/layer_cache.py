@@ -1,0 +1,122 @@
+"""Frozen lower encoder layers, computed once per text: the cheap training path of stage 3.
+
+With ``DistillConfig.freeze_layers = k`` the student's word embeddings and its first ``k`` transformer
+layers are frozen. Their output for a text never changes during training, so :class:`LayerCache` runs them
+once per training text (no gradients) and keeps the hidden states; each training step then runs only the
+top ``n − k`` layers, the pooling and the head on the cached states. The result is the same embedding
+as the full forward of :meth:`InfluenceEncoder.embed` (tested to float tolerance), at a fraction of the cost,
+and the saved model is the ordinary full encoder (validation and inference use the full forward).
+
+Supported students: BERT-style Hugging Face encoders whose transformer exposes ``encoder.layer`` (a list
+of layers called as ``layer(hidden, attention_mask=mask)``) and ``_create_attention_masks`` (MiniLM, BERT,
+RoBERTa, MPNet-style BGE/E5 checkpoints). Others get a clear error; train them with ``freeze_layers = 0``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import UserError
+
+__all__ = ["LayerCache", "encoder_layers", "freeze_lower"]
+
+
+def _hf(enc):
+    tr = enc.model[0]
+    hf = getattr(tr, "auto_model", None) or getattr(tr, "model", None)
+    if hf is None:
+        raise UserError("freeze_layers: the student's first module has no Hugging Face model")
+    return hf
+
+
+def encoder_layers(enc) -> Any:
+    """The student's list of transformer layers (BERT-style ``encoder.layer``)."""
+    hf = _hf(enc)
+    layers = getattr(getattr(hf, "encoder", None), "layer", None)
+    if layers is None or not hasattr(hf, "_create_attention_masks"):
+        raise UserError(f"freeze_layers: {type(hf).__name__} is not a BERT-style encoder (no encoder.layer); "
+                        "use freeze_layers 0")
+    return layers
+
+
+def freeze_lower(enc, k: int) -> int:
+    """Freeze word/position embeddings and the first ``k`` layers; return the number of layers."""
+    layers = encoder_layers(enc)
+    n = len(layers)
+    if not 0 <= k < n:
+        raise UserError(f"freeze_layers must be in [0, {n - 1}] for this student ({n} layers), got {k}")
+    if k == 0:
+        return n
+    hf = _hf(enc)
+    for p in hf.embeddings.parameters():
+        p.requires_grad_(False)
+    for layer in layers[:k]:
+        for p in layer.parameters():
+            p.requires_grad_(False)
+    return n
+
+
+class LayerCache:
+    """Hidden states after the first ``k`` layers for a fixed list of texts (float32, one tensor per text)."""
+
+    def __init__(self, enc, k: int):
+        if k < 1:
+            raise ValueError("LayerCache needs k ≥ 1 frozen layers")
+        self.enc, self.k = enc, k
+        self.layers = encoder_layers(enc)
+        self.hf = _hf(enc)
+        self.states: dict[str, list] = {}
+
+    def _features(self, texts: list[str], side: str) -> dict:
+        prefix = self.enc.prefix(side)
+        return self.enc.model.preprocess(texts, prompt=prefix or None)
+
+    def add(self, name: str, texts: Sequence[str], side: str, batch_size: int = 32) -> None:
+        """Run embeddings + first k layers (eval mode, no grad) on ``texts``; keep one (len, hidden) tensor each."""
+        import torch
+
+        was = self.enc.model.training
+        self.enc.model.eval()
+        out = [None] * len(texts)
+        order = np.argsort([-len(t) for t in texts], kind="stable")  # length-sorted batches: little padding
+        try:
+            with torch.no_grad():
+                for s in range(0, len(texts), batch_size):
+                    idx = order[s:s + batch_size]
+                    f = self._features([texts[i] for i in idx], side)
+                    kwargs = {k: f[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in f}
+                    hs = self.hf(**kwargs, output_hidden_states=True).hidden_states[self.k]
+                    lens = f["attention_mask"].sum(dim=1).tolist()
+                    for j, i in enumerate(idx):
+                        out[i] = hs[j, : int(lens[j])].float().clone()
+        finally:
+            self.enc.model.train(was)
+        self.states[name] = out
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * 4 for v in self.states.values() for t in v)
+
+    def embed(self, name: str, idx: Sequence[int]):
+        """Differentiable sentence embeddings of cached texts ``idx`` of ``name``: top layers + pooling + head."""
+        import torch
+
+        seqs = [self.states[name][int(i)] for i in idx]
+        L = max(int(t.shape[0]) for t in seqs)
+        H = int(seqs[0].shape[1])
+        h = torch.zeros(len(seqs), L, H)
+        am = torch.zeros(len(seqs), L, dtype=torch.long)
+        for j, t in enumerate(seqs):
+            h[j, : t.shape[0]] = t
+            am[j, : t.shape[0]] = 1
+        mask = self.hf._create_attention_masks(attention_mask=am, encoder_attention_mask=None, embedding_output=h,
+                                               encoder_hidden_states=None, cache=None)[0]
+        for layer in self.layers[self.k:]:
+            o = layer(h, attention_mask=mask)
+            h = o[0] if isinstance(o, tuple) else o
+        feats = {"token_embeddings": h, "attention_mask": am}
+        mods = list(self.enc.model._modules.values())
+        for m in mods[1:]:
+            feats = m(feats)
+        return feats["sentence_embedding"]
