@@ -407,3 +407,69 @@ def test_patience_stops_training(tmp_path, tiny_bert_dir):
     assert len(rows) < 9 and md["stopped_early"] and md["epochs_run"] == len(rows) - 1
     best = max(range(len(rows)), key=lambda i: (rows[i]["per_anchor_spearman"], -i))
     assert len(rows) - 1 == best + 1  # stopped exactly one epoch after the best
+
+
+def test_pool_prior_saves_and_scores_as_one_inner_product(tmp_path, tiny_bert_dir):
+    """With a prior the vectors carry b(p): pool [E(p), b(p)], query [E(q), 1]; their inner product is cos + b
+    exactly (so a FAISS inner-product index ranks by it), and it survives save/load."""
+    import shutil
+
+    from influcoder import InfluenceEncoder
+    from influcoder.encoder import build_prior
+
+    enc = InfluenceEncoder.from_pretrained(tiny_bert_dir)
+    enc.prior = build_prior(enc.embedding_dim, 8, seed=1)
+    with torch.no_grad():
+        enc.prior[2].weight.normal_()  # a non-trivial prior (it starts at zero)
+    enc.save(tmp_path / "e", {"base_encoder": "tiny"})
+    enc2 = InfluenceEncoder.from_pretrained(tmp_path / "e")
+    assert enc2.prior is not None and enc2.dim == enc2.embedding_dim + 1 and enc2.metadata["prior"]["hidden"] == 8
+    texts = ["paris", "blue cat sat", "2 3 and 5", "hello there", "a b c d e f"]
+    P, Q = enc2.encode(texts[:4]), enc2.encode(texts[4:], side="query")
+    assert P.shape == (4, enc2.dim) and np.allclose(Q[:, -1], 1.0)
+    np.testing.assert_allclose(np.linalg.norm(P[:, :-1], axis=1), 1.0, atol=1e-5)
+    b = P[:, -1]
+    with torch.no_grad():
+        b_ref = enc.prior(torch.from_numpy(P[:, :-1])).squeeze(-1).numpy()
+    np.testing.assert_allclose(b, b_ref, atol=1e-5)
+    assert np.abs(b).max() > 1e-3
+    cos = Q[:, :-1] @ P[:, :-1].T
+    np.testing.assert_allclose(enc2.similarity(Q, P), cos + b[None, :], atol=1e-5)
+    np.testing.assert_allclose(InfluenceEncoder.similarity(Q[:, :-1], P[:, :-1]), cos, atol=1e-5)  # class: cosine
+    # without its prior file the folder is a plain bi-encoder again (the file is what carries b)
+    shutil.copytree(tmp_path / "e", tmp_path / "plain")
+    (tmp_path / "plain" / "influcoder_prior.safetensors").unlink()
+    assert InfluenceEncoder.from_pretrained(tmp_path / "plain").dim == enc.embedding_dim
+
+
+def test_pool_prior_is_trained(tmp_path, tiny_bert_dir):
+    """The prior's weights are optimised with the encoder (its last layer leaves zero) and saved with it."""
+    from safetensors.torch import load_file
+
+    pf, qf, lf = _write_problem(tmp_path)
+    # a pool factor in the labels that only the prior can take up quickly; select on training progress (loss)
+    M = np.load(lf)
+    M = M + 3.0 * np.linspace(-1, 1, M.shape[0])[:, None].astype(np.float32)
+    np.save(lf, M.astype(np.float32))
+    seen = {}
+    import influcoder.distill as D
+
+    orig = D.distill_loss
+
+    def spy(pred, true, *a, **k):
+        seen["n"] = seen.get("n", 0) + 1
+        return orig(pred, true, *a, **k)
+
+    D.distill_loss = spy
+    try:
+        out = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "pr", epochs=2, pool_prior=True, prior_hidden=8,
+                         lr=1e-2), progress=False)
+    finally:
+        D.distill_loss = orig
+    assert seen["n"] > 0
+    md = json.loads((out / "influcoder_encoder.json").read_text())
+    w = load_file(str(out / "influcoder_prior.safetensors"))
+    assert md["selection"]["best_epoch"] > 0 and md["pool_prior"]
+    assert float(w["2.weight"].abs().sum()) > 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[md["selection"]["best_epoch"]]["aggregated_spearman"] > rows[0]["aggregated_spearman"]

@@ -141,6 +141,11 @@ class DistillConfig:
     queries and the candidate's true mean influence over *all* training queries (the pool factor)."""
     patience: int | None = None
     """Early stopping: end training after this many epochs without a better validation score."""
+    pool_prior: bool = False
+    """Learn a pool-side prior: predicted influence = cos(E(q), E(p)) + b(p), b a small MLP on the pool
+    embedding, carried as one extra coordinate of the saved vectors (exact under an inner-product index)."""
+    prior_hidden: int = 256
+    """Hidden width of the pool prior's MLP."""
 
     def __post_init__(self) -> None:
         def bad(msg: str):
@@ -180,6 +185,8 @@ class DistillConfig:
             bad(f"freeze_layers must be ≥ 0, got {self.freeze_layers}")
         if self.pool_mean_weight < 0:
             bad(f"pool_mean_weight must be ≥ 0, got {self.pool_mean_weight}")
+        if self.prior_hidden < 1:
+            bad(f"prior_hidden must be ≥ 1, got {self.prior_hidden}")
         if self.patience is not None and self.patience < 1:
             bad(f"patience must be ≥ 1, got {self.patience}")
 
@@ -401,6 +408,10 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         cfg.encoder, pooling=cfg.pooling, projection_dim=cfg.projection_dim, max_length=cfg.max_length,
         pool_prefix=cfg.pool_prefix, query_prefix=cfg.query_prefix, seed=cfg.seed,
     )
+    if cfg.pool_prior:
+        from .encoder import build_prior
+
+        enc.prior = build_prior(enc.embedding_dim, cfg.prior_hidden, seed=cfg.seed)
     cache = None
     if cfg.freeze_layers > 0:
         from .encoder import _texts
@@ -462,7 +473,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
     say(f"untrained: per-anchor {m0['per_anchor_spearman']:.3f}, aggregated {m0['aggregated_spearman']:.3f}, "
         f"query-specific {m0['query_specific_spearman']:.3f}, loss {m0['loss']:.4f}")
     best_val, best_epoch, best_metrics = m0[cfg.select_metric], 0, m0
-    best_state = copy.deepcopy(enc.model.state_dict())
+    best_state = copy.deepcopy(enc.state_dict())
     history = [row0]
 
     pool_mean_t = torch.from_numpy(train_block.mean(axis=1).astype(np.float32))  # pool factor over all train queries
@@ -512,6 +523,8 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
                         eq = enc.embed([train_query_recs[j] for j in qs], side="query")
                         ep = enc.embed([train_pool_recs[i] for i in cands], side="pool")
                 pred = eq.float() @ ep.float().T  # cosine (embeddings are normalised), B × C
+                if enc.prior is not None:
+                    pred = pred + enc.prior_scores(ep.float())[None, :]
                 loss, parts = distill_loss(pred, true, cfg.alpha, cfg.tau, cfg.center_queries,
                                            pool_mean_t[cands], cfg.pool_mean_weight)
                 (loss / cfg.grad_accum).backward()
@@ -543,7 +556,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
                 f"loss {m['loss']:.4f}")
             if _better(cfg.select_metric, m[cfg.select_metric], best_val):
                 best_val, best_epoch, best_metrics = m[cfg.select_metric], epoch, m
-                best_state = copy.deepcopy(enc.model.state_dict())
+                best_state = copy.deepcopy(enc.state_dict())
                 since_best = 0
             else:
                 since_best += 1
@@ -556,7 +569,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
                 break
     writer.close()
 
-    enc.model.load_state_dict(best_state)
+    enc.load_state_dict(best_state)
     enc.eval()
     teacher = labels.meta.get("teacher") or {}
     metadata = {
@@ -587,6 +600,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         "stopped_early": any(r.get("early_stop") for r in history),
         "epochs_run": len(history) - 1,
         "total_seconds": time.time() - t_start,
+        "pool_prior": bool(cfg.pool_prior),
         "pooling": cfg.pooling,
         "projection_dim": cfg.projection_dim,
         "max_length": cfg.max_length,

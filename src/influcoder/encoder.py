@@ -22,10 +22,55 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["InfluenceEncoder", "METADATA_FILE", "SIDES"]
+from .errors import UserError
+
+__all__ = ["InfluenceEncoder", "METADATA_FILE", "PRIOR_FILE", "SIDES", "build_prior"]
 
 METADATA_FILE = "influcoder_encoder.json"
+PRIOR_FILE = "influcoder_prior.safetensors"
 SIDES = ("pool", "query")
+
+
+def build_prior(dim: int, hidden: int, seed: int = 0):
+    """The pool-side prior b(p): a small MLP on the normalised pool embedding → one scalar per example.
+
+    Predicted influence becomes ``cos(E(q), E(p)) + b(p)``. Its last layer starts at zero, so an untrained
+    prior changes nothing. It is carried as one extra coordinate (pool vector ``[E(p), b(p)]``, query vector
+    ``[E(q), 1]``), so an inner-product index answers the full score exactly."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    first = torch.nn.Linear(dim, hidden)
+    with torch.no_grad():
+        first.weight.copy_(torch.randn(hidden, dim, generator=g) / dim ** 0.5)
+        first.bias.zero_()
+    last = torch.nn.Linear(hidden, 1)
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+    return torch.nn.Sequential(first, torch.nn.GELU(), last)
+
+
+class _hybridmethod:
+    """``InfluenceEncoder.similarity(a, b)`` on the class is plain cosine; on an instance it is that encoder's
+    predicted influence (the inner product of the vectors ``encode`` returned, which carry the prior)."""
+
+    def __init__(self, cls_fn, inst_fn):
+        self.cls_fn, self.inst_fn = cls_fn, inst_fn
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self.cls_fn
+        return self.inst_fn.__get__(obj, objtype)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity matrix (len(a) × len(b)) = predicted influence of a-rows on b-rows."""
+    a = np.atleast_2d(np.asarray(a, dtype=np.float32))
+    b = np.atleast_2d(np.asarray(b, dtype=np.float32))
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return a @ b.T
 
 
 def _modules():
@@ -55,11 +100,13 @@ def _texts(items: Sequence[Any] | str) -> list[str]:
 class InfluenceEncoder:
     """Shared-weight bi-encoder for influence embeddings; predicted influence = cos(E(pool), E(query))."""
 
-    def __init__(self, st_model, metadata: dict | None = None):
+    def __init__(self, st_model, metadata: dict | None = None, prior=None):
         self.model = st_model
         """The underlying ``SentenceTransformer`` (Transformer, Pooling, [Dense], Normalize)."""
         self.metadata: dict = dict(metadata or {})
         """Influcoder metadata (teacher, labels, training config, validation metrics); saved as JSON."""
+        self.prior = prior
+        """Optional pool-side prior b(p) (:func:`build_prior`); None for a plain cosine bi-encoder."""
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -84,7 +131,6 @@ class InfluenceEncoder:
         import torch
         from sentence_transformers import SentenceTransformer
 
-        from .errors import UserError
         from .models import ModelNotAvailable, resolve_encoder
 
         if pooling not in ("mean", "cls", "max"):
@@ -132,16 +178,32 @@ class InfluenceEncoder:
         if max_length is not None:
             model.max_seq_length = int(max_length)
         model.eval()
-        enc = cls(model, metadata)
+        prior = None
+        if (p / PRIOR_FILE).exists():
+            from safetensors.torch import load_file
+
+            spec = metadata.get("prior") or {}
+            try:
+                prior = build_prior(int(spec["dim"]), int(spec["hidden"]))
+                prior.load_state_dict(load_file(str(p / PRIOR_FILE)))
+            except (KeyError, RuntimeError) as e:
+                raise UserError(f"{p / PRIOR_FILE}: pool prior does not match {METADATA_FILE}'s 'prior' entry ({e})") from None
+            prior.eval()
+        enc = cls(model, metadata, prior)
         enc.metadata.setdefault("base_encoder", str(name_or_dir))
         return enc
 
     # ------------------------------------------------------------------ properties
     @property
-    def dim(self) -> int:
-        """Embedding dimension."""
+    def embedding_dim(self) -> int:
+        """Dimension of the normalised text embedding (the cosine part)."""
         m = self.model
         return int(m.get_embedding_dimension() if hasattr(m, "get_embedding_dimension") else m.get_sentence_embedding_dimension())
+
+    @property
+    def dim(self) -> int:
+        """Width of the vectors :meth:`encode` returns: the embedding, plus the prior's coordinate if any."""
+        return self.embedding_dim + (1 if self.prior is not None else 0)
 
     @property
     def max_length(self) -> int:
@@ -155,11 +217,46 @@ class InfluenceEncoder:
         return (self.model.prompts or {}).get(side, "")
 
     def parameters(self):
-        return self.model.parameters()
+        import itertools
+
+        return itertools.chain(self.model.parameters(), self.prior.parameters() if self.prior is not None else ())
+
+    def state_dict(self) -> dict:
+        """Weights of the encoder and the prior (for checkpoints)."""
+        return {"model": self.model.state_dict(), "prior": self.prior.state_dict() if self.prior is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        if self.prior is not None and state.get("prior") is not None:
+            self.prior.load_state_dict(state["prior"])
 
     def train(self, mode: bool = True) -> "InfluenceEncoder":
         self.model.train(mode)
+        if self.prior is not None:
+            self.prior.train(mode)
         return self
+
+    def prior_scores(self, pool_emb):
+        """b(p) for normalised pool embeddings (torch, (n, embedding_dim) → (n,)); zeros without a prior."""
+        import torch
+
+        if self.prior is None:
+            return torch.zeros(pool_emb.shape[0], dtype=pool_emb.dtype)
+        return self.prior(pool_emb.float()).squeeze(-1)
+
+    def score_vectors(self, emb: np.ndarray, side: str) -> np.ndarray:
+        """Normalised embeddings → the vectors whose inner product is the predicted influence:
+        pool ``[E(p), b(p)]``, query ``[E(q), 1]`` with a prior; unchanged without one."""
+        if self.prior is None:
+            return emb
+        import torch
+
+        if side == "pool":
+            with torch.no_grad():
+                extra = self.prior_scores(torch.from_numpy(np.ascontiguousarray(emb))).numpy()[:, None]
+        else:
+            extra = np.ones((emb.shape[0], 1), dtype=np.float32)
+        return np.hstack([emb, extra.astype(np.float32)])
 
     def eval(self) -> "InfluenceEncoder":
         return self.train(False)
@@ -187,16 +284,16 @@ class InfluenceEncoder:
                                     show_progress_bar=show_progress_bar)
         finally:
             self.model.train(was_training)
-        return np.asarray(emb, dtype=np.float32)
+        return self.score_vectors(np.asarray(emb, dtype=np.float32), side)
 
-    @staticmethod
-    def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Cosine similarity matrix (len(a) × len(b)) = predicted influence of a-rows on b-rows."""
-        a = np.atleast_2d(np.asarray(a, dtype=np.float32))
-        b = np.atleast_2d(np.asarray(b, dtype=np.float32))
-        a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-        b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-        return a @ b.T
+    def _similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if self.prior is None:
+            return _cosine(a, b)
+        return np.atleast_2d(np.asarray(a, dtype=np.float32)) @ np.atleast_2d(np.asarray(b, dtype=np.float32)).T
+
+    similarity = _hybridmethod(_cosine, _similarity)
+    """Predicted influence matrix (len(a) × len(b)) of the vectors :meth:`encode` returned (query rows ×
+    pool rows): cosine, plus the pool prior b(p) when the encoder has one. On the class: plain cosine."""
 
     # ------------------------------------------------------------------ saving
     def save(self, out_dir: str | os.PathLike, metadata: dict | None = None) -> Path:
@@ -211,10 +308,17 @@ class InfluenceEncoder:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:
             self.model.save(str(tmp), create_model_card=False)
+            if self.prior is not None:
+                from safetensors.torch import save_file
+
+                save_file({k: v.detach().contiguous() for k, v in self.prior.state_dict().items()}, str(tmp / PRIOR_FILE))
+                first = self.prior[0]
+                self.metadata["prior"] = {"kind": "mlp", "dim": int(first.in_features), "hidden": int(first.out_features),
+                                          "file": PRIOR_FILE, "score": "cos(E(q), E(p)) + b(p)"}
             (tmp / METADATA_FILE).write_text(json.dumps(self.metadata, indent=1, default=str))
             if out.exists():
                 for child in out.iterdir():  # keep files beside the model that save() does not own
-                    if not (tmp / child.name).exists():
+                    if not (tmp / child.name).exists() and child.name != PRIOR_FILE:
                         os.replace(child, tmp / child.name)
                 old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
                 os.replace(out, old / "x")

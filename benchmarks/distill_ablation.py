@@ -1,0 +1,335 @@
+"""Distillation study (issue 9): which levers make the student reproduce the teacher's rankings.
+
+Data: experiment 1's inputs (``configs/exp1_ranking.yaml``: 1,350 Alpaca/Dolly/Code-Alpaca pool examples and
+440 BBH queries, SmolLM2-135M LoRA gradients, CountSketch 65,536). For split seed S the test block is drawn
+exactly as ``influcoder evaluate`` draws it (``evaluate.ranking_split``, 200 pool × 200 queries, duplicates of
+test rows dropped from training) and is **never read here**: only the training part (≈ 1,150 × 240) is used.
+Inside it a fixed *selection block* (``--sel-pool`` × ``--sel-queries``, seeded) is held out as well; every
+variant is trained on the rest, picks its epoch on distill's own validation split (inside the rest), and is
+then scored once on the selection block. Variants are compared on the selection block only, so the
+number that ranks variants is not the one that picked their epochs (issue 10's rule), and the test block
+stays untouched for experiment 1's final table.
+
+Every variant is a set of ``DistillConfig`` overrides on top of ``BASE`` (the frozen-layer, large-block
+training path) or of ``TODAY`` (the configuration experiment 1 used before this study). Each trains under the
+same wall-clock budget (``--budget`` seconds of optimisation steps, early stopping with patience), so the
+comparison is fidelity at equal compute; the machine's load is recorded per variant.
+
+Run (regenerates ``benchmarks/results/distill_ablation.{json,md,png}``; finished variants are cached under
+``--work`` and reused, so the command resumes after a kill):
+
+    python benchmarks/distill_ablation.py --pool-data work/full/pool.jsonl --query-data work/full/bbh.jsonl \\
+        --pool-store work/full/pool --query-store work/full/bbh --out benchmarks/results/distill_ablation
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+# the configuration experiment 1 used before this study (configs/exp1_ranking.yaml's student section)
+TODAY = dict(epochs=3, lr=2e-4, queries_per_batch=12, candidates=15, max_length=256, bf16=True)
+# the cheap path every other variant starts from: lower layers frozen and cached, large blocks, early stopping
+BASE = dict(epochs=40, lr=2e-4, queries_per_batch=48, candidates=48, max_length=256, bf16=True, freeze_layers=4,
+            patience=4)
+
+VARIANTS: dict[str, tuple[str, dict]] = {
+    # name: (starting point, overrides)
+    "today": ("TODAY", {}),
+    "base": ("BASE", {}),
+    "base_b12c15": ("BASE", {"queries_per_batch": 12, "candidates": 15}),
+    "freeze2": ("BASE", {"freeze_layers": 2}),
+    "freeze5": ("BASE", {"freeze_layers": 5}),
+    "len128": ("BASE", {"max_length": 128}),
+    "center": ("BASE", {"center_queries": True}),
+    "poolmean1": ("BASE", {"pool_mean_weight": 1.0}),
+    "lr5e-4": ("BASE", {"lr": 5e-4}),
+    "lr1e-4": ("BASE", {"lr": 1e-4}),
+    "alpha0.8": ("BASE", {"alpha": 0.8}),
+    "alpha0.2": ("BASE", {"alpha": 0.2}),
+    "tau0.02": ("BASE", {"tau": 0.02}),
+    "tau0.2": ("BASE", {"tau": 0.2}),
+    "wd0.1": ("BASE", {"weight_decay": 0.1}),
+    "proj256": ("BASE", {"projection_dim": 256}),
+    "prefixes": ("BASE", {"query_prefix": "query: ", "pool_prefix": "training example: "}),
+    "hard0.3": ("BASE", {"hard_fraction": 0.3}),
+}
+
+
+def machine_load() -> dict:
+    la = os.getloadavg()
+    procs = []
+    out = {"loadavg_1m": la[0], "loadavg_5m": la[1], "loadavg_15m": la[2], "cpus": os.cpu_count()}
+    # the busiest other processes, from /proc (cumulative CPU seconds are not load; take a 1-second sample)
+    try:
+        def snap():
+            d = {}
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit():
+                    continue
+                try:
+                    st = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+                    d[int(pid)] = int(st[11]) + int(st[12])
+                except (OSError, IndexError, ValueError):
+                    pass
+            return d
+        a = snap(); time.sleep(1.0); b = snap()
+        hz = os.sysconf("SC_CLK_TCK")
+        me = os.getpid()
+        busy = sorted(((b[p] - a.get(p, b[p])) / hz, p) for p in b if p != me)[::-1][:5]
+        for cpu, pid in busy:
+            if cpu <= 0.02:
+                continue
+            try:
+                cmd = open(f"/proc/{pid}/cmdline").read().replace("\0", " ")[:120]
+            except OSError:
+                cmd = "?"
+            procs.append({"pid": pid, "cpu_share_1s": round(cpu, 2), "cmd": cmd})
+    except Exception as e:  # pragma: no cover - /proc missing
+        procs.append({"error": str(e)})
+    out["other_processes_1s"] = procs
+    return out
+
+
+def exp1_training_part(pool_recs, query_recs, split_seed: int, test_pool: int, test_queries: int):
+    from influcoder import evaluate as E
+    from influcoder.evaluate import ranking_split
+
+    sp = ranking_split(len(pool_recs), len(query_recs), test_pool, test_queries, split_seed,
+                       pool_keys=E._ids(pool_recs), query_keys=E._ids(query_recs))
+    return sp
+
+
+def write_problem(d: Path, pool, queries, L: np.ndarray, meta: dict) -> tuple[str, str, str]:
+    from influcoder.fileio import atomic_save_npy, atomic_write_text
+    from influcoder.labels import write_meta
+
+    d.mkdir(parents=True, exist_ok=True)
+    for name, recs in (("pool.jsonl", pool), ("queries.jsonl", queries)):
+        atomic_write_text(d / name, "".join(json.dumps({"id": r.id, "prompt": r.prompt, "response": r.response}) + "\n"
+                                            for r in recs))
+    atomic_save_npy(d / "labels.npy", np.ascontiguousarray(L, dtype=np.float32))
+    write_meta(d / "labels.npy", {"pool_ids": [r.id for r in pool], "query_ids": [r.id for r in queries], **meta})
+    return str(d / "pool.jsonl"), str(d / "queries.jsonl"), str(d / "labels.npy")
+
+
+def score_block(enc_dir: str, pool, queries, truth: np.ndarray) -> dict:
+    from influcoder import InfluenceEncoder, metrics as M
+
+    enc = InfluenceEncoder.from_pretrained(enc_dir)
+    P = enc.encode(pool, side="pool", batch_size=64)
+    Q = enc.encode(queries, side="query", batch_size=64)
+    S = enc.similarity(Q, P).T if hasattr(enc, "similarity") else P @ Q.T
+    return {"per_anchor": M.per_anchor_spearman(S, truth), "aggregated": M.aggregated_spearman(S, truth),
+            "query_specific": M.query_specific_spearman(S, truth)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pool-data", required=True)
+    ap.add_argument("--query-data", required=True)
+    ap.add_argument("--pool-store", required=True)
+    ap.add_argument("--query-store", required=True)
+    ap.add_argument("--out", default="benchmarks/results/distill_ablation")
+    ap.add_argument("--work", default="work/ablation")
+    ap.add_argument("--split-seed", type=int, default=0)
+    ap.add_argument("--test-pool", type=int, default=200)
+    ap.add_argument("--test-queries", type=int, default=200)
+    ap.add_argument("--sel-pool", type=int, default=250, help="selection block: pool rows held out of training")
+    ap.add_argument("--sel-queries", type=int, default=60, help="selection block: queries held out of training")
+    ap.add_argument("--val-pool", type=int, default=120, help="distill's own epoch-picking split (inside the rest)")
+    ap.add_argument("--val-queries", type=int, default=30)
+    ap.add_argument("--budget", type=float, default=300.0, help="seconds of optimisation steps per variant")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names (see VARIANTS)")
+    ap.add_argument("--curve", default="", help="pool sizes for the fidelity-vs-stocked-examples curve, e.g. 250,500,1000")
+    ap.add_argument("--curve-base", default="base", help="variant whose recipe the curve uses")
+    args = ap.parse_args()
+
+    from influcoder.distill import DistillConfig, train
+    from influcoder.influence import compute_influence
+    from influcoder.labels import load_labels
+    from influcoder.records import FieldSpec, read_records
+    from influcoder.store import open_store
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    spec = FieldSpec.from_names(preset="prompt-response")
+    pool_all, _ = read_records(args.pool_data, spec)
+    query_all, _ = read_records(args.query_data, spec)
+    lab_path = work / "labels_full.npy"
+    if not lab_path.exists():
+        compute_influence(open_store(args.pool_store), open_store(args.query_store), lab_path, progress=False)
+    labels = load_labels(lab_path)
+    prow = {i: k for k, i in enumerate(labels.pool_ids)}
+    qcol = {i: k for k, i in enumerate(labels.query_ids)}
+    Lfull = np.asarray(labels.matrix)
+
+    sp = exp1_training_part(pool_all, query_all, args.split_seed, args.test_pool, args.test_queries)
+    tr_p, tr_q = sp["train_pool"], sp["train_queries"]
+    test_ids = {pool_all[i].id for i in sp["test_pool"]} | {query_all[j].id for j in sp["test_queries"]}
+    rng = np.random.default_rng(1000 + args.split_seed)
+    pp, qq = rng.permutation(tr_p), rng.permutation(tr_q)
+    sel_p, fit_p = np.sort(pp[:args.sel_pool]), np.sort(pp[args.sel_pool:])
+    sel_q, fit_q = np.sort(qq[:args.sel_queries]), np.sort(qq[args.sel_queries:])
+    assert not ({pool_all[i].id for i in np.concatenate([sel_p, fit_p])} |
+                {query_all[j].id for j in np.concatenate([sel_q, fit_q])}) & test_ids
+
+    def block(pi, qj):
+        return Lfull[np.ix_([prow[pool_all[i].id] for i in pi], [qcol[query_all[j].id] for j in qj])]
+
+    sel_truth = block(sel_p, sel_q)
+    sel_pool, sel_queries = [pool_all[i] for i in sel_p], [query_all[j] for j in sel_q]
+    meta = {"teacher": labels.meta.get("teacher")}
+
+    def run(name: str, start: str, over: dict, fit_pool_idx=fit_p) -> dict:
+        opts = dict(TODAY if start == "TODAY" else BASE)
+        opts.update(over)
+        if start == "TODAY":
+            opts.update(val_pool=args.val_pool, val_queries=args.val_queries)
+        else:
+            opts.setdefault("val_pool", args.val_pool)
+            opts.setdefault("val_queries", args.val_queries)
+        opts["max_train_seconds"] = args.budget
+        key = hashlib.sha1(json.dumps({"o": opts, "p": [int(i) for i in fit_pool_idx], "q": [int(j) for j in fit_q],
+                                       "s": args.split_seed}, sort_keys=True).encode()).hexdigest()[:12]
+        d = work / f"{name}-{key}"
+        done = d / "result.json"
+        if done.exists():
+            return json.loads(done.read_text())
+        pf, qf, lf = write_problem(d / "data", [pool_all[i] for i in fit_pool_idx], [query_all[j] for j in fit_q],
+                                   block(fit_pool_idx, fit_q), meta)
+        load_before = machine_load()
+        t0 = time.perf_counter()
+        enc_dir = train(DistillConfig(pool_data=pf, query_data=qf, labels=lf, out=str(d / "encoder"), **opts),
+                        progress=False, log=lambda s: print(f"[{name}] {s}", flush=True))
+        wall = time.perf_counter() - t0
+        md = json.loads((Path(enc_dir) / "influcoder_encoder.json").read_text())
+        hist = [json.loads(x) for x in (Path(enc_dir) / "metrics.jsonl").read_text().splitlines()]
+        res = {"name": name, "start": start, "overrides": over, "config": opts, "n_fit_pool": len(fit_pool_idx),
+               "n_fit_queries": len(fit_q), "selection_block": score_block(enc_dir, sel_pool, sel_queries, sel_truth),
+               "val_best": {k: md["validation"][k] for k in ("per_anchor_spearman", "aggregated_spearman",
+                                                             "query_specific_spearman")},
+               "best_epoch": md["selection"]["best_epoch"], "epochs_run": md.get("epochs_run"),
+               "steps": md["steps"], "train_seconds": md["train_seconds"], "wall_seconds": wall,
+               "stopped_by_budget": md["stopped_by_time_budget"], "stopped_early": md.get("stopped_early"),
+               "history": [{k: r.get(k) for k in ("epoch", "per_anchor_spearman", "aggregated_spearman",
+                                                   "query_specific_spearman", "train_loss", "train_seconds")} for r in hist],
+               "load_before": load_before, "load_after": machine_load()}
+        done.write_text(json.dumps(res, indent=1))
+        print(f"[{name}] selection block per-anchor {res['selection_block']['per_anchor']:.3f} "
+              f"aggregated {res['selection_block']['aggregated']:.3f} query-specific {res['selection_block']['query_specific']:.3f}",
+              flush=True)
+        return res
+
+    results = {}
+    for name in [v for v in args.variants.split(",") if v]:
+        if name not in VARIANTS:
+            raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+        start, over = VARIANTS[name]
+        results[name] = run(name, start, over)
+    curve = []
+    if args.curve:
+        start, over = VARIANTS[args.curve_base]
+        crng = np.random.default_rng(7)
+        order = crng.permutation(fit_p)
+        for n in [int(x) for x in args.curve.split(",")]:
+            if n > len(fit_p):
+                print(f"curve: {n} > {len(fit_p)} available training pool rows; skipped", flush=True)
+                continue
+            r = run(f"curve{n}", start, over, np.sort(order[:n]))
+            curve.append(r)
+
+    # untrained reference on the same selection block
+    untrained = score_block("minilm-l6", sel_pool, sel_queries, sel_truth)
+    from influcoder import metrics as M
+    ceiling = np.repeat(sel_truth.mean(axis=1, keepdims=True), sel_truth.shape[1], axis=1)
+    lengths = -np.array([len(r.response) for r in sel_pool], dtype=float)
+    length = np.repeat(lengths[:, None], sel_truth.shape[1], axis=1)
+    refs = {"untrained minilm-l6": untrained,
+            "shorter-response heuristic": {"per_anchor": M.per_anchor_spearman(length, sel_truth),
+                                           "aggregated": M.aggregated_spearman(length, sel_truth), "query_specific": 0.0},
+            "pool-mean ceiling (oracle)": {"per_anchor": M.per_anchor_spearman(ceiling, sel_truth),
+                                           "aggregated": M.aggregated_spearman(ceiling, sel_truth), "query_specific": 0.0}}
+    doc = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+           "split_seed": args.split_seed, "test_block_used": False,
+           "sizes": {"fit_pool": len(fit_p), "fit_queries": len(fit_q), "selection_pool": len(sel_p),
+                     "selection_queries": len(sel_q), "distill_val_pool": args.val_pool, "distill_val_queries": args.val_queries},
+           "budget_seconds": args.budget, "base": BASE, "today": TODAY, "variants": results, "curve": curve,
+           "references": refs}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
+    out.with_suffix(".md").write_text(markdown(doc))
+    if curve:
+        plot_curve(doc, out.with_suffix(".png"))
+    print(f"wrote {out.with_suffix('.md')}")
+
+
+def markdown(doc: dict) -> str:
+    s = doc["sizes"]
+    lines = [
+        "# Distillation study (issue 9)", "",
+        f"Command: `{doc['command']}`", "",
+        f"Experiment 1's data, split seed {doc['split_seed']}; its 200 × 200 test block is not read. Variants train on "
+        f"{s['fit_pool']} pool × {s['fit_queries']} query labels (epoch picked on distill's own {s['distill_val_pool']} × "
+        f"{s['distill_val_queries']} split inside them) and are scored once on a separate selection block of "
+        f"{s['selection_pool']} pool × {s['selection_queries']} queries. Budget: {doc['budget_seconds']:.0f} s of "
+        "optimisation per variant (early stopping, patience in the config).", "",
+        "| variant | overrides | selection per-anchor | aggregated | query-specific | distill-val per-anchor | epochs (best) | steps | train s | load 1m before |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    rows = sorted(doc["variants"].values(), key=lambda r: -r["selection_block"]["per_anchor"])
+    for r in rows:
+        sb = r["selection_block"]
+        ov = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or ("(experiment 1 before)" if r["start"] == "TODAY" else "(base)")
+        lines.append(f"| {r['name']} | {r['start'].lower()}: {ov} | **{sb['per_anchor']:.3f}** | {sb['aggregated']:.3f} | "
+                     f"{sb['query_specific']:.3f} | {r['val_best']['per_anchor_spearman']:.3f} | {r['epochs_run']} ({r['best_epoch']}) | "
+                     f"{r['steps']} | {r['train_seconds']:.0f} | {r['load_before']['loadavg_1m']:.1f} |")
+    lines += ["", "References on the same selection block:", "", "| reference | per-anchor | aggregated | query-specific |",
+              "|---|---|---|---|"]
+    for k, v in doc["references"].items():
+        lines.append(f"| {k} | {v['per_anchor']:.3f} | {v['aggregated']:.3f} | {v['query_specific']:.3f} |")
+    if doc["curve"]:
+        lines += ["", "## Fidelity vs stocked pool examples", "",
+                  "Same recipe, first N rows of a seeded permutation of the training pool (same queries).", "",
+                  "| pool rows | selection per-anchor | aggregated | query-specific | train s |", "|---|---|---|---|---|"]
+        for r in doc["curve"]:
+            sb = r["selection_block"]
+            lines.append(f"| {r['n_fit_pool']} | {sb['per_anchor']:.3f} | {sb['aggregated']:.3f} | {sb['query_specific']:.3f} | {r['train_seconds']:.0f} |")
+    base = doc["base"]
+    lines += ["", f"Base recipe: `{json.dumps(base)}`; experiment 1 before: `{json.dumps(doc['today'])}`.", ""]
+    return "\n".join(lines)
+
+
+def plot_curve(doc: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [r["n_fit_pool"] for r in doc["curve"]]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for k, lab in (("per_anchor", "per-anchor"), ("aggregated", "aggregated"), ("query_specific", "query-specific")):
+        ax.plot(xs, [r["selection_block"][k] for r in doc["curve"]], marker="o", label=lab)
+    ax.axhline(doc["references"]["shorter-response heuristic"]["per_anchor"], ls="--", c="grey", lw=1,
+               label="length heuristic (per-anchor)")
+    ax.set_xscale("log")
+    ax.set_xlabel("stocked training pool examples")
+    ax.set_ylabel("Spearman vs teacher (selection block)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
