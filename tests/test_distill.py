@@ -430,9 +430,13 @@ def test_pool_prior_saves_and_scores_as_one_inner_product(tmp_path, tiny_bert_di
     np.testing.assert_allclose(np.linalg.norm(P[:, :-1], axis=1), 1.0, atol=1e-5)
     b = P[:, -1]
     with torch.no_grad():
-        b_ref = enc.prior(torch.from_numpy(P[:, :-1])).squeeze(-1).numpy()
+        b_ref = enc.prior_scores(torch.from_numpy(P[:, :-1]), enc.length_features(texts[:4])).numpy()
     np.testing.assert_allclose(b, b_ref, atol=1e-5)
     assert np.abs(b).max() > 1e-3
+    # the length features are the untruncated token counts (log1p), response = whole text for strings
+    lf = enc.length_features(texts[:2])
+    n = [len(enc.model.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts[:2]]
+    np.testing.assert_allclose(lf, np.log1p(np.array([n, n]).T), atol=1e-6)
     cos = Q[:, :-1] @ P[:, :-1].T
     np.testing.assert_allclose(enc2.similarity(Q, P), cos + b[None, :], atol=1e-5)
     np.testing.assert_allclose(InfluenceEncoder.similarity(Q[:, :-1], P[:, :-1]), cos, atol=1e-5)  # class: cosine

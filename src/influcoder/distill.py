@@ -412,6 +412,11 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         from .encoder import build_prior
 
         enc.prior = build_prior(enc.embedding_dim, cfg.prior_hidden, seed=cfg.seed)
+    pool_len = None
+    if enc.prior is not None:
+        import torch as _t
+
+        pool_len = _t.from_numpy(enc.length_features(train_pool_recs))
     cache = None
     if cfg.freeze_layers > 0:
         from .encoder import _texts
@@ -524,7 +529,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
                         ep = enc.embed([train_pool_recs[i] for i in cands], side="pool")
                 pred = eq.float() @ ep.float().T  # cosine (embeddings are normalised), B × C
                 if enc.prior is not None:
-                    pred = pred + enc.prior_scores(ep.float())[None, :]
+                    pred = pred + enc.prior_scores(ep.float(), pool_len[cands])[None, :]
                 loss, parts = distill_loss(pred, true, cfg.alpha, cfg.tau, cfg.center_queries,
                                            pool_mean_t[cands], cfg.pool_mean_weight)
                 (loss / cfg.grad_accum).backward()

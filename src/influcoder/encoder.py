@@ -31,8 +31,15 @@ PRIOR_FILE = "influcoder_prior.safetensors"
 SIDES = ("pool", "query")
 
 
+PRIOR_FEATURES = ("embedding", "log1p_tokens", "log1p_response_tokens")
+"""What the prior reads: the normalised embedding, and the untruncated encoder-token counts of the whole
+text and of its response (a Record's or dict row's response; for a plain string, the whole string). The
+teacher's loss is a mean over response tokens, so response length carries much of the pool factor."""
+
+
 def build_prior(dim: int, hidden: int, seed: int = 0):
-    """The pool-side prior b(p): a small MLP on the normalised pool embedding → one scalar per example.
+    """The pool-side prior b(p): a small MLP on the normalised pool embedding and two length features
+    (:data:`PRIOR_FEATURES`; ``dim`` is the embedding dimension) → one scalar per example.
 
     Predicted influence becomes ``cos(E(q), E(p)) + b(p)``. Its last layer starts at zero, so an untrained
     prior changes nothing. It is carried as one extra coordinate (pool vector ``[E(p), b(p)]``, query vector
@@ -40,9 +47,9 @@ def build_prior(dim: int, hidden: int, seed: int = 0):
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    first = torch.nn.Linear(dim, hidden)
+    first = torch.nn.Linear(dim + 2, hidden)
     with torch.no_grad():
-        first.weight.copy_(torch.randn(hidden, dim, generator=g) / dim ** 0.5)
+        first.weight.copy_(torch.randn(hidden, dim + 2, generator=g) / dim ** 0.5)
         first.bias.zero_()
     last = torch.nn.Linear(hidden, 1)
     with torch.no_grad():
@@ -236,24 +243,50 @@ class InfluenceEncoder:
             self.prior.train(mode)
         return self
 
-    def prior_scores(self, pool_emb):
-        """b(p) for normalised pool embeddings (torch, (n, embedding_dim) → (n,)); zeros without a prior."""
+    def length_features(self, items: Sequence[Any] | str) -> np.ndarray:
+        """(n, 2) float32: log1p of the untruncated encoder-token counts of each item's text and of its response."""
+        from .records import Record
+
+        if isinstance(items, (str, Record, dict)):
+            items = [items]
+        items = list(items)
+        texts = _texts(items)
+        resp = []
+        for x, t in zip(items, texts):
+            if isinstance(x, Record):
+                resp.append(x.response)
+            elif isinstance(x, dict) and not isinstance(x, str):
+                resp.append(_texts([x])[0] if "response" not in x else str(x.get("response") or ""))
+            else:
+                resp.append(t)
+        tok = self.model.tokenizer
+        n_all = [len(ids) for ids in tok(texts, add_special_tokens=False, truncation=False)["input_ids"]]
+        n_resp = [len(ids) for ids in tok(resp, add_special_tokens=False, truncation=False)["input_ids"]]
+        return np.log1p(np.stack([n_all, n_resp], axis=1).astype(np.float32))
+
+    def prior_scores(self, pool_emb, lengths):
+        """b(p) for normalised pool embeddings and their :meth:`length_features` (torch → (n,)); zeros without a prior."""
         import torch
 
         if self.prior is None:
-            return torch.zeros(pool_emb.shape[0], dtype=pool_emb.dtype)
-        return self.prior(pool_emb.float()).squeeze(-1)
+            return torch.zeros(pool_emb.shape[0], dtype=torch.float32)
+        lengths = torch.as_tensor(lengths, dtype=torch.float32)
+        return self.prior(torch.cat([pool_emb.float(), lengths], dim=1)).squeeze(-1)
 
-    def score_vectors(self, emb: np.ndarray, side: str) -> np.ndarray:
+    def score_vectors(self, emb: np.ndarray, side: str, items: Sequence[Any] | None = None) -> np.ndarray:
         """Normalised embeddings → the vectors whose inner product is the predicted influence:
-        pool ``[E(p), b(p)]``, query ``[E(q), 1]`` with a prior; unchanged without one."""
+        pool ``[E(p), b(p)]`` (``items``: the pool items, for their lengths), query ``[E(q), 1]`` with a
+        prior; unchanged without one."""
         if self.prior is None:
             return emb
         import torch
 
         if side == "pool":
+            if items is None:
+                raise ValueError("score_vectors: the pool side needs its items (the prior reads their lengths)")
             with torch.no_grad():
-                extra = self.prior_scores(torch.from_numpy(np.ascontiguousarray(emb))).numpy()[:, None]
+                extra = self.prior_scores(torch.from_numpy(np.ascontiguousarray(emb)),
+                                          self.length_features(items)).numpy()[:, None]
         else:
             extra = np.ones((emb.shape[0], 1), dtype=np.float32)
         return np.hstack([emb, extra.astype(np.float32)])
@@ -284,7 +317,7 @@ class InfluenceEncoder:
                                     show_progress_bar=show_progress_bar)
         finally:
             self.model.train(was_training)
-        return self.score_vectors(np.asarray(emb, dtype=np.float32), side)
+        return self.score_vectors(np.asarray(emb, dtype=np.float32), side, items)
 
     def _similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         if self.prior is None:
@@ -313,8 +346,9 @@ class InfluenceEncoder:
 
                 save_file({k: v.detach().contiguous() for k, v in self.prior.state_dict().items()}, str(tmp / PRIOR_FILE))
                 first = self.prior[0]
-                self.metadata["prior"] = {"kind": "mlp", "dim": int(first.in_features), "hidden": int(first.out_features),
-                                          "file": PRIOR_FILE, "score": "cos(E(q), E(p)) + b(p)"}
+                self.metadata["prior"] = {"kind": "mlp", "dim": int(first.in_features) - 2, "hidden": int(first.out_features),
+                                          "features": list(PRIOR_FEATURES), "file": PRIOR_FILE,
+                                          "score": "cos(E(q), E(p)) + b(p)"}
             (tmp / METADATA_FILE).write_text(json.dumps(self.metadata, indent=1, default=str))
             if out.exists():
                 for child in out.iterdir():  # keep files beside the model that save() does not own
