@@ -39,26 +39,30 @@ sys.path.insert(0, str(ROOT / "src"))
 
 # the configuration experiment 1 used before this study (configs/exp1_ranking.yaml's student section)
 TODAY = dict(epochs=3, lr=2e-4, queries_per_batch=12, candidates=15, max_length=256, bf16=True)
-# the cheap path every other variant starts from: lower layers frozen and cached, large blocks, early stopping
-BASE = dict(epochs=40, lr=2e-4, queries_per_batch=48, candidates=48, max_length=256, bf16=True, freeze_layers=4,
-            patience=4)
+# the cheap path every other variant starts from: lower layers frozen and cached, large blocks, 128 tokens,
+# early stopping on distill's own validation split
+BASE = dict(epochs=40, lr=2e-4, queries_per_batch=48, candidates=48, max_length=128, bf16=True, freeze_layers=4,
+            patience=3)
 
 VARIANTS: dict[str, tuple[str, dict]] = {
     # name: (starting point, overrides)
     "today": ("TODAY", {}),
     "base": ("BASE", {}),
-    "base_b12c15": ("BASE", {"queries_per_batch": 12, "candidates": 15}),
+    "prior": ("BASE", {"pool_prior": True}),
+    "prior_poolmean": ("BASE", {"pool_prior": True, "pool_mean_weight": 1.0}),
+    "poolmean": ("BASE", {"pool_mean_weight": 1.0}),
+    "center": ("BASE", {"center_queries": True}),
+    "prior_center": ("BASE", {"pool_prior": True, "center_queries": True}),
+    "b12c15": ("BASE", {"queries_per_batch": 12, "candidates": 15}),
     "freeze2": ("BASE", {"freeze_layers": 2}),
     "freeze5": ("BASE", {"freeze_layers": 5}),
-    "len128": ("BASE", {"max_length": 128}),
-    "center": ("BASE", {"center_queries": True}),
-    "poolmean1": ("BASE", {"pool_mean_weight": 1.0}),
+    "len256": ("BASE", {"max_length": 256}),
     "lr5e-4": ("BASE", {"lr": 5e-4}),
     "lr1e-4": ("BASE", {"lr": 1e-4}),
     "alpha0.8": ("BASE", {"alpha": 0.8}),
     "alpha0.2": ("BASE", {"alpha": 0.2}),
-    "tau0.02": ("BASE", {"tau": 0.02}),
     "tau0.2": ("BASE", {"tau": 0.2}),
+    "tau0.02": ("BASE", {"tau": 0.02}),
     "wd0.1": ("BASE", {"weight_decay": 0.1}),
     "proj256": ("BASE", {"projection_dim": 256}),
     "prefixes": ("BASE", {"query_prefix": "query: ", "pool_prefix": "training example: "}),
@@ -99,6 +103,12 @@ def machine_load() -> dict:
         procs.append({"error": str(e)})
     out["other_processes_1s"] = procs
     return out
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def exp1_training_part(pool_recs, query_recs, split_seed: int, test_pool: int, test_queries: int):
@@ -224,7 +234,7 @@ def main() -> None:
                "stopped_by_budget": md["stopped_by_time_budget"], "stopped_early": md.get("stopped_early"),
                "history": [{k: r.get(k) for k in ("epoch", "per_anchor_spearman", "aggregated_spearman",
                                                    "query_specific_spearman", "train_loss", "train_seconds")} for r in hist],
-               "load_before": load_before, "load_after": machine_load()}
+               "load_before": load_before, "load_after": machine_load(), "torch_threads": _threads()}
         done.write_text(json.dumps(res, indent=1))
         print(f"[{name}] selection block per-anchor {res['selection_block']['per_anchor']:.3f} "
               f"aggregated {res['selection_block']['aggregated']:.3f} query-specific {res['selection_block']['query_specific']:.3f}",
