@@ -263,6 +263,13 @@ def test_bad_folders_are_refused(run_dir, tmp_path):
     assert p.returncode == 2, p.stderr
     lines = [l for l in p.stderr.splitlines() if l.strip() and not l.startswith("loading")]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "neither a run folder" in lines[0]
+    with socket.socket() as busy:  # a port already taken: said before anything is loaded
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        p = subprocess.run([sys.executable, "-m", "influcoder", "serve", str(run_dir), "--port", str(port)],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 2 and p.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port} (Address already in use)"
 
 
 def test_index_folder_serves_attribution_and_filters_with_queries(run_dir, tmp_path):

@@ -37,6 +37,7 @@ def serve_cmd(
     from .cli_attribute import _ood_opts
     from .serve import create_app
 
+    _check_port(host, port)  # before the (slow) loading
     console.print(f"loading {path} …")
     app = create_app(path, aggregate=aggregate, batch_size=batch_size,
                      ood=_ood_opts(reference, reference_preset, ood_threshold, no_ood),
@@ -47,3 +48,18 @@ def serve_cmd(
         console.print(f"[yellow]{note}[/]")
     console.print(f"serving {path} at http://{host}:{port}/ (Ctrl-C to stop)")
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _check_port(host: str, port: int) -> None:
+    """A clear one-line error (exit 2) when the address cannot be listened on."""
+    import socket
+
+    from .errors import UserError
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(addr)
+    except (OSError, OverflowError) as e:
+        raise UserError(f"cannot listen on {host}:{port} ({getattr(e, 'strerror', None) or e})") from None

@@ -68,11 +68,12 @@ async function search(params) {
 
 function renderResults(res) {
   const qi = $("#query-info");
-  qi.replaceChildren(
+  const parts = [
     el("span", {}, res.query.id ? `query ${res.query.id} · ` : "free-text query · "),
-    el("span", {}, "query "), oodBadge(res.query.ood, res.query.nn_similarity),
-    res.teacher ? el("span", { class: "teacher" }, ` · teacher ranks over ${res.teacher.n_labelled} labelled examples`) : null,
-  );
+    oodBadge(res.query.ood, res.query.nn_similarity),
+  ];
+  if (res.teacher) parts.push(el("span", { class: "teacher" }, ` · teacher ranks among ${res.teacher.n_labelled} labelled examples`));
+  qi.replaceChildren(...parts);
   const ol = $("#results");
   ol.replaceChildren();
   for (const r of res.results) {
