@@ -141,7 +141,7 @@ def resolve_source(path: str | Path, *, queries: str | None = None, query_preset
             meta = open_index(index_dir).meta
         except IndexError_ as e:
             raise ServeError(f"{mpath}, 'index': {e}") from None
-        emb = _rel(root, m.get("embeddings"))
+        emb = _rel(root, m.get("embeddings")) or _rel(root, meta.get("embeddings", {}).get("path"))
         pool, _, _ = _data_spec(m.get("pool"), "pool", mpath)
         q_path, q_spec, q_names = _data_spec(m.get("queries"), "queries", mpath)
         labels = _rel(root, m.get("labels"))
