@@ -54,6 +54,7 @@ __all__ = [
     "load_items",
     "write_filtered_copy",
     "find_reference_data",
+    "records_for_rows",
 ]
 
 
@@ -264,21 +265,27 @@ class AttributeConfig:
         return asdict(self)
 
 
-def _texts_for_rows(path: str, fields: dict, wanted: dict[int, str]) -> tuple[dict[int, str], str | None]:
-    """Texts of the given source rows (row → expected id) of a data file, read in one streaming pass."""
+def records_for_rows(path: str, fields: dict, wanted: dict[int, str]) -> tuple[dict[int, Record], str | None]:
+    """Records of the given source rows (row → expected id) of a data file, read in one streaming pass."""
     p = Path(path)
     if not p.exists():
         return {}, f"pool data {path} not found: texts omitted (give --data)"
     spec = FieldSpec(**{k: tuple(v) if k == "prompt" else v for k, v in fields.items()})
-    out: dict[int, str] = {}
+    out: dict[int, Record] = {}
     for rec in iter_records(p, spec, skip_invalid=True):
         if rec.row in wanted:
             if rec.id != wanted[rec.row]:
                 return {}, f"{path}, row {rec.row}: id '{rec.id}' but the index has '{wanted[rec.row]}' there; texts omitted (data changed?)"
-            out[rec.row] = record_to_text(rec)
+            out[rec.row] = rec
             if len(out) == len(wanted):
                 break
     return out, None
+
+
+def _texts_for_rows(path: str, fields: dict, wanted: dict[int, str]) -> tuple[dict[int, str], str | None]:
+    """Texts of the given source rows (row → expected id) of a data file, read in one streaming pass."""
+    recs, note = records_for_rows(path, fields, wanted)
+    return {row: record_to_text(rec) for row, rec in recs.items()}, note
 
 
 def _query_embeddings(cfg_queries, query_texts, spec, encoder, fp: str, batch_size: int, what_index: FaissIndex | None):
@@ -305,12 +312,17 @@ def attribute(cfg: AttributeConfig, *, encoder=None) -> list[dict]:
     return run_attribute(cfg, encoder=encoder)[0]
 
 
-def run_attribute(cfg: AttributeConfig, *, encoder=None) -> tuple[list[dict], dict]:
+def run_attribute(cfg: AttributeConfig, *, encoder=None, index: FaissIndex | None = None, fingerprint: str | None = None,
+                  references: tuple[dict, str | None] | None = None) -> tuple[list[dict], dict]:
     """Top-k pool examples per query. Returns one dict per (query, rank) with ``query_id``, ``rank``
     (1-based), ``id``, ``score``, ``row`` and (with ``with_text``) ``text``/``query_text``, plus the
-    query's and the pool example's OOD similarity and flag; writes them to ``cfg.out`` when set."""
-    index = open_index(cfg.index)
-    fp = encoder_fingerprint(cfg.encoder)["sha256"]
+    query's and the pool example's OOD similarity and flag; writes them to ``cfg.out`` when set.
+
+    A long-lived caller (``influcoder serve``) passes the loaded ``encoder``, the opened ``index`` (of
+    ``cfg.index``), the encoder's ``fingerprint`` and the OOD ``references`` (from
+    :func:`_build_references`) so that they are made once, not per call."""
+    index = index if index is not None else open_index(cfg.index)
+    fp = fingerprint or encoder_fingerprint(cfg.encoder)["sha256"]
     index.require_encoder(fp, f"encoder '{cfg.encoder}'")
     if encoder is None:
         encoder = load_encoder(cfg.encoder)
@@ -318,7 +330,7 @@ def run_attribute(cfg: AttributeConfig, *, encoder=None) -> tuple[list[dict], di
     q_ids, q_items, q_emb = _query_embeddings(cfg.queries, cfg.query_texts, spec, encoder, fp, cfg.batch_size, index)
     scores, pos = index.search(q_emb, cfg.top_k, nprobe=cfg.nprobe, ef_search=cfg.ef_search)
 
-    refs, ood_note = _build_references(encoder, cfg.ood, cfg.batch_size)
+    refs, ood_note = references if references is not None else _build_references(encoder, cfg.ood, cfg.batch_size)
     q_ood = ood_report(refs, "query", q_ids, q_emb)
     hit_pos = np.unique(pos[pos >= 0])
     p_ood: dict[int, dict] = {}
@@ -483,8 +495,10 @@ def select_examples(scores: np.ndarray, threshold: float | None, fraction: float
     return order, selected, (selected if keep else ~selected)
 
 
-def filter_pool(cfg: FilterConfig, *, encoder=None, progress: bool = True) -> Path:
-    """Run the filter described by ``cfg``; returns the output folder."""
+def filter_pool(cfg: FilterConfig, *, encoder=None, progress: bool = True,
+                references: tuple[dict, str | None] | None = None) -> Path:
+    """Run the filter described by ``cfg``; returns the output folder (``references``: as for
+    :func:`run_attribute`)."""
     t0 = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -533,7 +547,7 @@ def filter_pool(cfg: FilterConfig, *, encoder=None, progress: bool = True) -> Pa
     n = len(p_ids)
     scores = np.empty(n, dtype=np.float64)
     q_mean = q_emb.astype(np.float64).mean(0)
-    refs, ood_note = _build_references(encoder, cfg.ood, cfg.batch_size)
+    refs, ood_note = references if references is not None else _build_references(encoder, cfg.ood, cfg.batch_size)
     pool_ood: list[dict] = []
     for start, block in pool_blocks():
         if cfg.aggregate == "mean":
