@@ -42,6 +42,8 @@ __all__ = [
     "typer_params",
     "command_from",
     "flag_for",
+    "RunConfig",
+    "STEPS",
 ]
 
 
@@ -173,30 +175,34 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type, data: dict, *, where: str = "config") -> Any:
+def _at(where: str) -> str:
+    return f"{where}: " if where else ""
+
+
+def from_dict(cls: type, data: dict, *, where: str = "") -> Any:
     """Build ``cls`` from a mapping (nested mappings become nested sections). Unknown keys, missing
     required keys and wrong types raise :class:`ConfigError` naming ``where.key``; the dataclass's own
     validation (``__post_init__``) errors are prefixed with ``where``."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{_at(where)}expected a mapping, got {type(data).__name__}")
     hints = _hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [k for k in data if k not in known]
     if unknown:
-        raise ConfigError(f"{where}: unknown key '{unknown[0]}'" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
+        raise ConfigError(f"{_at(where)}unknown key '{unknown[0]}'" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
                           + f"; {cls.__name__} has: {', '.join(known)}")
     kwargs = {}
     for name, f in known.items():
         if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], f"{where}.{name}")
+            kwargs[name] = _coerce(data[name], hints[name], f"{where}.{name}" if where else name)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{where}: missing required key '{name}'")
+            raise ConfigError(f"{_at(where)}missing required key '{name}'")
     try:
         return cls(**kwargs)
     except ConfigError:
         raise
     except UserError as e:
-        raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError(f"{_at(where)}{e}") from None
 
 
 def to_dict(cfg: Any) -> dict:
@@ -226,10 +232,9 @@ def load_yaml(cls: type, path: str | Path) -> Any:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     try:
-        return from_dict(cls, raw, where=str(path))
+        return from_dict(cls, raw)
     except ConfigError as e:
-        msg = str(e)
-        raise ConfigError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def save_yaml(cfg: Any, path: str | Path, header: str = "") -> Path:
@@ -336,3 +341,173 @@ def command_from(cls: type, body: Callable[..., Any], *, flags: dict[str, str] |
     command.config_class = cls  # for tests: which dataclass the flags come from
     command.config_flags = {p.name: p.default for p in params}
     return command
+
+
+# ================================================================================== the run config tree
+# (built from the stages' own config classes, so the run and `influcoder stock/train/embed/index` share
+# every field, docstring and default)
+from dataclasses import dataclass, field  # noqa: E402
+
+from .attribute import AttributeConfig, FilterConfig  # noqa: E402
+from .distill import DistillConfig  # noqa: E402
+from .embed import EmbedConfig  # noqa: E402
+from .index import IndexConfig  # noqa: E402
+from .records import DataSpec  # noqa: E402
+from .stock import StockConfig  # noqa: E402
+
+_FIELD_OPTIONS = ("preset", "prompt_field", "response_field", "messages_field", "id_field", "limit", "skip_invalid")
+STEPS = ("mix", "sample", "stock", "labels", "train", "embed", "index", "attribute", "filter", "report")
+"""The steps of a run, in order."""
+
+
+def _checked_by(stage_cls: type, **placeholders):
+    """Validation of a section: build the stage's config from it (placeholder paths), so its checks apply."""
+    def check(section) -> None:
+        stage_cls(**placeholders, **{f.name: getattr(section, f.name) for f in dataclasses.fields(section)
+                                      if f.name in {g.name for g in dataclasses.fields(stage_cls)}})
+    return check
+
+
+TeacherConfig = section_of(
+    StockConfig, "TeacherConfig", exclude=("data", "out", "overwrite", *_FIELD_OPTIONS),
+    defaults={"model": "smollm2-135m-instruct"}, validate=_checked_by(StockConfig, data="-", out="-"),
+    doc="The teacher: how the decoder's LoRA gradients are stocked (influcoder.stock.StockConfig's fields).")
+StudentConfig = section_of(
+    DistillConfig, "StudentConfig",
+    exclude=("pool_data", "query_data", "labels", "out", "limit_pool", "limit_queries",
+             *[f"{s}_{k}" for s in ("pool", "query") for k in ("preset", "prompt_field", "response_field", "id_field")]),
+    validate=_checked_by(DistillConfig, pool_data="-", query_data="-", labels="-", out="-"),
+    doc="The student: how the encoder is distilled (influcoder.distill.DistillConfig's fields).")
+EmbedSection = section_of(
+    EmbedConfig, "EmbedSection", exclude=("encoder", "data", "out", "side", "overwrite", *_FIELD_OPTIONS),
+    validate=_checked_by(EmbedConfig, encoder="-", data="-", out="-"),
+    doc="Embedding the whole pool with the trained encoder (influcoder.embed.EmbedConfig's fields).")
+IndexSection = section_of(
+    IndexConfig, "IndexSection", exclude=("embeddings", "out", "overwrite"),
+    validate=_checked_by(IndexConfig, embeddings="-", out="-"),
+    doc="The FAISS index over the pool embeddings (influcoder.index.IndexConfig's fields).")
+AttributeSection = section_of(
+    AttributeConfig, "AttributeSection", include=("top_k", "with_text", "nprobe", "ef_search", "batch_size"),
+    extra=[("enabled", bool, True, "Run the attribute step: the top-k pool examples of every query, from the index.")],
+    validate=_checked_by(AttributeConfig, encoder="-", index="-"),
+    doc="Attribution of the queries against the index (influcoder.attribute.AttributeConfig's fields).")
+FilterSection = section_of(
+    FilterConfig, "FilterSection", include=("aggregate", "fraction", "threshold", "keep", "batch_size"),
+    extra=[("enabled", bool, False, "Run the filter step: score the pool by influence on the queries and write a filtered copy.")],
+    validate=_checked_by(FilterConfig, encoder="-", out="-", data="-"),
+    doc="Filtering the pool by aggregated influence (influcoder.attribute.FilterConfig's fields).")
+
+
+def _count_ok(v: float, what: str) -> None:
+    if not (0 < v < 1 or (v >= 1 and float(v).is_integer())):
+        raise UserError(f"{what} must be a fraction in (0, 1) or a whole count ≥ 1, got {v}")
+
+
+@dataclass
+class MixConfig:
+    """Optional: make the pool and/or the queries by mixing source files (``influcoder mix``) into the run."""
+
+    pool: list[str] = field(default_factory=list)
+    """PRESET=PATH sources (glob allowed; ${INFLUCODER_DATA} expands) mixed into OUT/data/pool.jsonl; empty: use pool.path."""
+    pool_n: int = 0
+    """Rows of the mixed pool."""
+    queries: list[str] = field(default_factory=list)
+    """PRESET=PATH sources mixed into OUT/data/queries.jsonl; empty: use queries.path."""
+    queries_n: int = 0
+    """Rows of the mixed queries."""
+    seed: int = 0
+    """Seed of the mix."""
+
+    def __post_init__(self):
+        for side in ("pool", "queries"):
+            if getattr(self, side) and getattr(self, f"{side}_n") < 1:
+                raise UserError(f"{side}_n must be ≥ 1 when {side} sources are given")
+
+
+@dataclass
+class SampleConfig:
+    """Which pool examples and queries are stocked, and which are held out for the fidelity report."""
+
+    n_stock: int = 200
+    """Pool examples whose gradients are stocked to train the encoder (the teacher labels them × the training queries)."""
+    method: str = "diverse"
+    """diverse: k-means (FAISS) on untrained-encoder embeddings, the example nearest each centre; random: a seeded uniform sample."""
+    holdout_pool: int = 40
+    """Pool examples stocked but never trained on (a uniform sample): the rows of the report's held-out block."""
+    holdout_queries: float = 0.25
+    """Queries never trained on (fraction < 1 or count): the columns of the report's held-out block."""
+    candidates: int = 5000
+    """diverse: at most this many pool examples (a seeded uniform sample) are embedded and clustered."""
+    seed: int = 0
+    """Seed of the hold-out draw and of the sample."""
+
+    def __post_init__(self):
+        if self.method not in ("diverse", "random"):
+            raise UserError(f"method must be diverse or random, got '{self.method}'")
+        if self.n_stock < 2 or self.holdout_pool < 2:
+            raise UserError("n_stock and holdout_pool must be ≥ 2")
+        if self.candidates < self.n_stock:
+            raise UserError(f"candidates ({self.candidates}) must be ≥ n_stock ({self.n_stock})")
+        _count_ok(self.holdout_queries, "holdout_queries")
+
+
+@dataclass
+class ReportSection:
+    """The fidelity report on the held-out block (student vs teacher, next to the untrained encoder and the length heuristic)."""
+
+    enabled: bool = True
+    """Write the report (report/fidelity.md, .json, .png)."""
+    top_k: int = 10
+    """k of the precision of the teacher's top-k among a method's top-k (per held-out query)."""
+    margin: float = 0.05
+    """Per-anchor Spearman gain over the best baseline that the verdict asks of the student."""
+    bootstrap: int = 2000
+    """Bootstrap resamples of the held-out queries for the confidence interval of that gain."""
+
+    def __post_init__(self):
+        if self.top_k < 1 or self.bootstrap < 100:
+            raise UserError("top_k must be ≥ 1 and bootstrap ≥ 100")
+
+
+@dataclass
+class RunConfig:
+    """`influcoder run RUN.yaml`: the whole job on one pool and one set of queries, from one config."""
+
+    out: str = "work/run"
+    """Run folder: every step's artefacts, the resolved config.yaml and run_manifest.json."""
+    pool: DataSpec = field(default_factory=DataSpec)
+    """The training pool (any size): its whole is embedded and indexed; a sample of it is stocked."""
+    queries: DataSpec = field(default_factory=DataSpec)
+    """The queries (reference examples of the behaviour): all of them are stocked."""
+    mix: MixConfig = field(default_factory=MixConfig)
+    """Optional: build the pool / queries by mixing source files."""
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    """The stocked sample and the held-out block."""
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    """Gradient stocking (teacher)."""
+    student: StudentConfig = field(default_factory=StudentConfig)
+    """Distillation (student encoder)."""
+    embed: EmbedSection = field(default_factory=EmbedSection)
+    """Embedding the whole pool."""
+    index: IndexSection = field(default_factory=IndexSection)
+    """Indexing the pool embeddings."""
+    attribute: AttributeSection = field(default_factory=AttributeSection)
+    """Top-k attribution of the queries."""
+    filter: FilterSection = field(default_factory=FilterSection)
+    """Filtering the pool by influence."""
+    report: ReportSection = field(default_factory=ReportSection)
+    """The fidelity report."""
+    steps: list[str] = field(default_factory=list)
+    """Steps to run (each with the steps it needs; comma-separated or repeated): mix, sample, stock, labels, train, embed, index, attribute, filter, report. Empty: all enabled steps."""
+
+    def __post_init__(self):
+        steps = [s.strip() for item in self.steps for s in str(item).split(",") if s.strip()]
+        bad = [s for s in steps if s not in STEPS]
+        if bad:
+            raise UserError(f"steps: unknown step '{bad[0]}' (choose from {', '.join(STEPS)})")
+        self.steps = steps
+        if not self.out:
+            raise UserError("out: the run folder may not be empty")
+        for side in ("pool", "queries"):
+            if not getattr(self, side).path and not getattr(self.mix, side):
+                raise UserError(f"{side}.path: give the {side} records file (or mix.{side} sources)")

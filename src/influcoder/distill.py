@@ -402,6 +402,18 @@ def _load_checkpoint(out: Path, key: str, say: Callable[[str], None]) -> dict | 
     return state
 
 
+def _data_specs(cfg: DistillConfig) -> dict[str, dict]:
+    """The typed data specs (records.DataSpec) of the training files, saved with the encoder so later
+    readers (the OOD reference of attribute/filter) read them with the same field mapping."""
+    from .records import DataSpec
+
+    return {side: DataSpec(path=str(Path(getattr(cfg, f"{side}_data")).resolve()), preset=getattr(cfg, f"{side}_preset"),
+                           prompt_field=getattr(cfg, f"{side}_prompt_field"),
+                           response_field=getattr(cfg, f"{side}_response_field"),
+                           id_field=getattr(cfg, f"{side}_id_field")).to_dict()
+            for side in ("pool", "query")}
+
+
 def _write_metrics(out: Path, history: list[dict]) -> None:
     """metrics.jsonl written whole and atomically from the rows logged (replaces the running .tmp log)."""
     from .fileio import atomic_write_text
@@ -658,6 +670,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         "labels": labels.fingerprint(),
         "pool_data": file_fingerprint(cfg.pool_data),
         "query_data": file_fingerprint(cfg.query_data),
+        "data_specs": _data_specs(cfg),
         "training_config": cfg.to_dict(),
         "split": {"n_train_pool": int(n_tp), "n_val_pool": int(len(split.val_pool)),
                   "n_train_queries": int(n_tq), "n_val_queries": int(len(split.val_queries)), "seed": cfg.seed},
