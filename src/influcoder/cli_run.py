@@ -10,13 +10,12 @@ import typer
 
 def _apply_overrides(cfg, values: dict, ctx) -> object:
     """The config with the flags given on the command line (not their defaults) written over it."""
-    from click.core import ParameterSource
-
     from .config import RunConfig, from_dict, to_dict
 
     d = to_dict(cfg)
     for name, value in values.items():
-        if ctx.get_parameter_source(name) is not ParameterSource.COMMANDLINE:
+        source = ctx.get_parameter_source(name)
+        if getattr(source, "name", None) != "COMMANDLINE":  # typer may vendor its own click: compare by name
             continue
         *sections, leaf = name.split("__")
         node = d
@@ -57,7 +56,7 @@ def register(app: typer.Typer) -> None:
         inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
                           default=typer.Option(False, "--quiet", help="No progress bars or log lines.")),
     ]
-    cmd = command_from(RunConfig, _run, extra=extra, context=True, doc=(
+    cmd = command_from(RunConfig, lambda values, extras: _run(values, extras), extra=extra, context=True, doc=(
         "Run the whole job from a config: sample → stock → labels → train → embed → index → attribute/filter → "
         "fidelity report. Every step is cached by its config and inputs; rerun the same command after an "
         "interruption to resume. Flags override the file's values."))

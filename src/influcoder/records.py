@@ -217,6 +217,8 @@ def file_fingerprint(path: str | Path) -> dict[str, Any]:
     """sha256, size and name of a data file: recorded in manifests so stores can be matched to data.
     A saved ``datasets`` folder is hashed over its state.json and Arrow files, in order."""
     path = Path(path)
+    if not path.exists():
+        raise RecordError(path, None, None, "file not found")
     if is_datasets_folder(path):
         import hashlib
 
