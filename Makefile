@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: setup
-	$(VENV)/bin/influcoder demo
+	$(VENV)/bin/influcoder run configs/demo.yaml
 
 test: setup
 	$(PY) -m pytest -q -ra

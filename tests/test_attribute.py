@@ -207,3 +207,27 @@ def test_reference_found_in_encoder_metadata(tmp_path):
     meta = {"training": {"config": {"pool_data": str(p), "query_data": str(q), "query_preset": "bbh"}}}
     found = find_reference_data(meta)
     assert [f for f, _ in found["pool"]] == [str(p)] and found["query"][0][1].prompt == ("input",)
+
+
+def test_reference_data_read_with_the_field_mapping_the_encoder_was_trained_with(tmp_path):
+    """An encoder trained with --pool-prompt-field etc.: its saved typed data specs (and, for older
+    encoders, the training config's field options) give the reference files their own field mapping."""
+    from influcoder.attribute import find_reference_data
+    from influcoder.distill import DistillConfig, _data_specs
+    from influcoder.records import read_records
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"key": f"k{i}", "question": f"q {i}", "answer": f"a {i}"}) + "\n" for i in range(3)))
+    queries = tmp_path / "queries.json"
+    queries.write_text(json.dumps([{"input": "x", "target": "y"}, {"input": "z", "target": "w"}]))
+    cfg = DistillConfig(pool_data=str(pool), query_data=str(queries), labels="l.npy", out="o",
+                        pool_prompt_field="question", pool_response_field="answer", pool_id_field="key",
+                        query_preset="bbh")
+    for meta in ({"data_specs": _data_specs(cfg)}, {"training_config": cfg.to_dict()}):
+        found = find_reference_data(meta)
+        (ppath, pspec), = found["pool"]
+        (qpath, qspec), = found["query"]
+        recs, _ = read_records(ppath, pspec)
+        assert [r.id for r in recs] == ["k0", "k1", "k2"] and recs[0].prompt == "q 0" and recs[0].response == "a 0"
+        qrecs, _ = read_records(qpath, qspec)
+        assert [r.response for r in qrecs] == ["y", "w"]

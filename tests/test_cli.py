@@ -86,3 +86,13 @@ def test_real_smollm2_stock_a_few_examples(tmp_path):
     # lora_B (out × r) of q, o, down (576), k, v (192), gate, up (1536) in each of 30 layers
     assert s.manifest["gradient_dim"] == 30 * 8 * (3 * 576 + 2 * 192 + 2 * 1536)
     assert not s.manifest["lora"]["includes_lora_a"] and s.manifest["chat_template"]
+
+
+@pytest.mark.parametrize("cmd", ["embed", "filter"])
+def test_missing_data_file_is_one_line_exit_2(cmd, tmp_path):
+    args = ["--encoder", "minilm-l6", "--data", tmp_path / "nope.jsonl", "--out", tmp_path / "o"]
+    if cmd == "filter":
+        args += ["--query-text", "hello"]
+    p = run(cmd, *args)
+    assert p.returncode == 2 and f"{tmp_path / 'nope.jsonl'}: --data file not found" in p.stderr
+    assert "Traceback" not in p.stderr and not (tmp_path / "o").exists()

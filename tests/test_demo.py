@@ -1,5 +1,5 @@
-"""The main job's code path end to end (mix → stock → influence → train → embed → index → attribute),
-on tiny random decoder/encoder fixtures and the real shared data, so `make demo` cannot silently rot."""
+"""The main job's code path (configs/demo.yaml through the pipeline) end to end, on tiny random
+decoder/encoder fixtures and the real shared data, so `make demo` cannot silently rot."""
 
 from __future__ import annotations
 
@@ -12,20 +12,22 @@ import pytest
 from test_embed import make_tiny_encoder
 
 
-def test_demo_pipeline_on_tiny_models(tiny_model_dir, tmp_path, monkeypatch):
+def test_demo_pipeline_on_tiny_models(tiny_model_dir, tmp_path):
     data = Path(os.environ.get("INFLUCODER_DATA", "../shared/data"))
     if not (data / "alpaca").exists():
         pytest.skip(f"{data} not found")
     from influcoder.demo import DemoConfig, run_demo
 
     enc = make_tiny_encoder(tmp_path / "enc")
-    cfg = DemoConfig(workdir=str(tmp_path / "demo"), decoder=str(tiny_model_dir), encoder=str(enc), pool_size=24,
-                     n_queries=10, epochs=1, proj_dim=64, max_length=128, dtype="float32", show_queries=2, top_k=2)
-    summary = run_demo(cfg)
-    for key in ("pool_store", "query_store", "labels", "encoder", "embeddings", "index", "attribution"):
-        assert Path(summary[key]).exists(), key
-    rows = [json.loads(l) for l in Path(summary["attribution"]).read_text().splitlines()]
-    assert len(rows) == 2 * 2 and {r["rank"] for r in rows} == {1, 2}
-    split = json.loads((Path(summary["encoder"]) / "split.json").read_text())
-    assert {r["query_id"] for r in rows} <= set(split["val_query_ids"])  # shown queries are held out
-    assert summary["encoder_validation_trained"] and summary["encoder_validation_untrained"]
+    cfg = DemoConfig(workdir=str(tmp_path / "demo"), decoder=str(tiny_model_dir), encoder=str(enc), pool_size=40,
+                     n_stock=12, holdout_pool=8, n_queries=12, holdout_queries=4, epochs=1, proj_dim=64,
+                     max_length=128, dtype="float32", top_k=2)
+    m = run_demo(cfg, progress=False)
+    root = Path(m["root"])
+    for key in ("encoder", "embeddings", "index", "labels", "report", "attribution"):
+        assert m[key] and (root / m[key]).exists(), key
+    rows = [json.loads(line) for line in (root / m["attribution"]).read_text().splitlines()]
+    assert len(rows) == 12 * 2 and {r["rank"] for r in rows} == {1, 2}
+    assert json.loads((root / "index" / "index_meta.json").read_text())["n"] == 40
+    rep = json.loads((root / "report" / "fidelity.json").read_text())
+    assert rep["block"] == {**rep["block"], "n_pool": 8, "n_queries": 4} and rep["verdict"]["line"]

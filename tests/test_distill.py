@@ -477,3 +477,87 @@ def test_pool_prior_is_trained(tmp_path, tiny_bert_dir):
     assert float(w["2.weight"].abs().sum()) > 0
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[md["selection"]["best_epoch"]]["aggregated_spearman"] > rows[0]["aggregated_spearman"]
+
+
+# ------------------------------------------------------------------------------------------ checkpoint / resume
+def test_train_resumes_from_the_last_epoch_checkpoint_with_the_same_result(tmp_path, tiny_bert_dir, monkeypatch):
+    """A run killed after epoch 1 (simulated: the process dies right after the checkpoint is written) and
+    rerun with the same config into the same folder ends with the same weights and metrics as a run
+    never interrupted; the rerun trains only epochs 2 and 3; the checkpoint is removed at the end."""
+    from influcoder import distill
+
+    pf, qf, lf = _write_problem(tmp_path)
+    ref = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "ref", epochs=3), progress=False)
+
+    class Killed(BaseException):
+        pass
+
+    real_save = distill._save_checkpoint
+    epochs_saved = []
+
+    def save_then_die(out, key, state):
+        real_save(out, key, state)
+        epochs_saved.append(state["epoch"])
+        if state["epoch"] == 1:
+            raise Killed()
+
+    monkeypatch.setattr(distill, "_save_checkpoint", save_then_die)
+    cfg = _cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "killed", epochs=3)
+    with pytest.raises(Killed):
+        train(cfg, progress=False)
+    out = Path(cfg.out)
+    assert (out / distill.CHECKPOINT_DIR / "state.pt").exists() and not (out / "metrics.jsonl").exists()
+    logs = []
+    train(cfg, progress=False, log=logs.append)
+    assert epochs_saved == [1, 2, 3]  # epoch 1 was not trained again
+    assert any("resuming from the checkpoint of epoch 1" in line for line in logs)
+    assert not (out / distill.CHECKPOINT_DIR).exists() and not (out / "metrics.jsonl.tmp").exists()
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    ref_rows = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    for a, b in zip(rows, ref_rows):
+        for k in ("per_anchor_spearman", "loss", "train_loss"):
+            if k in b:
+                assert a[k] == pytest.approx(b[k], abs=1e-6), (a["epoch"], k)
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(out / "model.safetensors")), load_file(str(ref / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_checkpoint_of_another_config_is_not_resumed(tmp_path, tiny_bert_dir, monkeypatch):
+    from influcoder import distill
+
+    pf, qf, lf = _write_problem(tmp_path)
+    cfg = _cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "o", epochs=2)
+
+    class Killed(BaseException):
+        pass
+
+    real_save = distill._save_checkpoint
+
+    def die(out, key, state):
+        real_save(out, key, state)
+        raise Killed()
+
+    monkeypatch.setattr(distill, "_save_checkpoint", die)
+    with pytest.raises(Killed):
+        train(cfg, progress=False)
+    monkeypatch.setattr(distill, "_save_checkpoint", real_save)
+    logs = []
+    train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "o", epochs=2, lr=2e-3), progress=False, log=logs.append)
+    assert any("another config" in line for line in logs)
+    assert [json.loads(x)["epoch"] for x in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+
+
+def test_rerun_into_a_folder_killed_mid_epoch_finishes(tmp_path, tiny_bert_dir):
+    """The folder of a run killed with -9 before any checkpoint (config, split and a partial metrics log):
+    the same command finishes instead of ending in FileNotFoundError on metrics.jsonl.tmp."""
+    pf, qf, lf = _write_problem(tmp_path)
+    cfg = _cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "o", epochs=1)
+    out = Path(cfg.out)
+    out.mkdir()
+    (out / "distill_config.json").write_text(json.dumps(cfg.to_dict()))
+    (out / "metrics.jsonl.tmp").write_text('{"epoch": 0}\n')
+    train(cfg, progress=False)
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]

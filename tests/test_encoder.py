@@ -205,3 +205,44 @@ def test_real_minilm_matches_sentence_transformers(tmp_path):
     np.testing.assert_allclose(SentenceTransformer(str(out), device="cpu").encode(TEXTS), ref, atol=1e-5)
     e = enc.encode(TEXTS)
     assert enc.similarity(e[:1], e[1:]).shape == (1, len(TEXTS) - 1)
+
+
+# ------------------------------------------------------------------------------------------ dict rows, wrappers
+def test_encode_accepts_dict_rows_like_the_cli(tiny_bert_dir, tmp_path):
+    from influcoder import InfluenceEncoder
+    from influcoder.records import RecordError, read_records
+
+    enc = InfluenceEncoder.from_pretrained(tiny_bert_dir, query_prefix="q: ")
+    rows = [{"id": "a", "prompt": "Say hi", "response": "Hi!"},
+            {"messages": [{"role": "user", "content": "name a dog"}, {"role": "assistant", "content": "rex"}]}]
+    f = tmp_path / "rows.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recs, _ = read_records(f)  # what `influcoder embed --data rows.jsonl` embeds
+    np.testing.assert_allclose(enc.encode(rows), enc.encode(recs), atol=1e-6)
+    np.testing.assert_allclose(enc.encode(rows), enc.encode([record_to_text(r) for r in recs]), atol=1e-6)
+    one = enc.encode(rows[0])  # a single dict is one row, not its keys
+    assert one.shape == (1, enc.dim)
+    np.testing.assert_allclose(one[0], enc.encode(recs)[0], atol=1e-6)
+    assert not np.allclose(one, enc.encode(["prompt"]), atol=1e-3)
+    np.testing.assert_allclose(enc.encode_query(rows), enc.encode(rows, side="query"), atol=1e-6)
+    np.testing.assert_allclose(enc.encode_document(rows), enc.encode(rows, side="pool"), atol=1e-6)
+    with pytest.raises(RecordError, match=r"row 0, field 'response': missing"):
+        enc.encode({"prompt": "no response"})
+    for bad in (3, None, b"bytes", [1.5]):
+        with pytest.raises(TypeError, match="expected a str, a Record"):
+            enc.encode(bad)
+
+
+def test_saved_encoder_has_the_document_prompt(tiny_bert_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from influcoder import InfluenceEncoder
+
+    enc = InfluenceEncoder.from_pretrained(tiny_bert_dir, pool_prefix="doc: ", query_prefix="q: ")
+    out = enc.save(tmp_path / "enc")
+    st = SentenceTransformer(str(out), device="cpu")
+    assert st.prompts["document"] == "doc: " and st.prompts["pool"] == "doc: " and st.prompts["query"] == "q: "
+    texts = ["red cat", "blue dog"]
+    np.testing.assert_allclose(st.encode_document(texts), enc.encode_document(texts), atol=1e-6)
+    np.testing.assert_allclose(st.encode_query(texts), enc.encode_query(texts), atol=1e-6)
+    assert not np.allclose(st.encode_document(texts), st.encode(texts), atol=1e-4)  # the prompt is used

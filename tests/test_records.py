@@ -136,3 +136,28 @@ def test_pack_by_tokens_is_deterministic_and_bounded():
     for b in batches:
         assert len(b) <= 3 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 100)
     assert batches == pack_by_tokens(lengths, max_examples=3, token_budget=100)
+
+
+def test_saved_datasets_folder_is_read_row_by_row(tmp_path):
+    """A folder written by datasets.Dataset.save_to_disk (state.json + Arrow stream files): read with
+    datasets.load_from_disk when installed, else straight from the Arrow files; fingerprinted as data."""
+    import json
+
+    import pyarrow as pa
+
+    from influcoder.records import FieldSpec, file_fingerprint, read_records
+
+    d = tmp_path / "ds"
+    d.mkdir()
+    table = pa.table({"instruction": ["add 1+1", "name a colour", "say hi"], "input": ["", "", ""],
+                      "output": ["2", "blue", "hi"]})
+    for name, part in (("data-00000-of-00002.arrow", table.slice(0, 2)), ("data-00001-of-00002.arrow", table.slice(2))):
+        with pa.OSFile(str(d / name), "wb") as sink, pa.ipc.new_stream(sink, part.schema) as w:
+            w.write_table(part)
+    (d / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00002.arrow"},
+                                                             {"filename": "data-00001-of-00002.arrow"}]}))
+    (d / "dataset_info.json").write_text("{}")
+    recs, _ = read_records(d, FieldSpec.from_names(preset="alpaca"))
+    assert [(r.id, r.prompt, r.response) for r in recs] == [("0", "add 1+1", "2"), ("1", "name a colour", "blue"), ("2", "say hi", "hi")]
+    fp = file_fingerprint(d)
+    assert len(fp["sha256"]) == 64 and fp["bytes"] > 0

@@ -123,9 +123,25 @@ def _walk(obj: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
 def find_reference_data(meta: dict) -> dict[str, list[tuple[str, FieldSpec]]]:
     """The encoder's training data files named by its metadata: ``{"pool": [...], "query": [...]}``.
 
-    Looks (at any depth) for ``pool_data`` / ``query_data`` path entries, with field mappings from sibling
-    ``pool_preset`` / ``query_preset`` / ``pool_fields`` / ``query_fields`` entries when present."""
+    Uses the typed data specs saved with the encoder (``data_specs``: path + field mapping, see
+    :class:`influcoder.records.DataSpec`) when present. Otherwise looks (at any depth) for ``pool_data`` /
+    ``query_data`` path entries, read with the field mapping of their sibling entries: ``<side>_fields``,
+    or ``<side>_preset`` / ``<side>_prompt_field`` / ``<side>_response_field`` / ``<side>_id_field`` (the
+    training config's options)."""
+    from .records import DataSpec
+
     found: dict[str, list[tuple[str, FieldSpec]]] = {"pool": [], "query": []}
+    specs = meta.get("data_specs")
+    if isinstance(specs, dict):
+        for side in ("pool", "query"):
+            d = specs.get(side)
+            if isinstance(d, dict) and d.get("path") and Path(d["path"]).exists():
+                try:
+                    found[side].append((d["path"], DataSpec(**d).field_spec()))
+                except (TypeError, UserError):
+                    pass
+        if found["pool"] or found["query"]:
+            return found
     flat = dict(_walk(meta))
     for key, value in flat.items():
         leaf = key.rsplit(".", 1)[-1]
@@ -134,14 +150,17 @@ def find_reference_data(meta: dict) -> dict[str, list[tuple[str, FieldSpec]]]:
                 parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
                 spec = FieldSpec()
                 fields = flat.get(f"{parent}{side}_fields")
+                names = {k: flat.get(f"{parent}{side}_{k}_field") for k in ("prompt", "response", "id")}
                 preset = flat.get(f"{parent}{side}_preset")
+                preset = preset if isinstance(preset, str) and preset in PRESETS else None
                 if isinstance(fields, dict):
                     try:
                         spec = FieldSpec(**{k: tuple(v) if k == "prompt" else v for k, v in fields.items()})
                     except TypeError:
                         spec = FieldSpec()
-                elif isinstance(preset, str) and preset in PRESETS:
-                    spec = PRESETS[preset]
+                elif preset or any(isinstance(v, str) and v for v in names.values()):
+                    spec = FieldSpec.from_names(**{k: v if isinstance(v, str) and v else None for k, v in names.items()},
+                                                preset=preset)
                 if Path(value).exists() and value not in [p for p, _ in found[side]]:
                     found[side].append((value, spec))
     return found

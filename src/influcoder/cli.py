@@ -38,6 +38,7 @@ from . import cli_distill; cli_distill.register(app)  # noqa: E402,E702
 cli_attribute.register(app)
 cli_demo.register(app)
 from . import cli_serve; cli_serve.register(app)  # noqa: E402,E702
+from . import cli_run; cli_run.register(app)  # noqa: E402,E702
 
 
 def main() -> None:

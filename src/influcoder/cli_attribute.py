@@ -37,52 +37,36 @@ _RAY_BATCH_ROWS = typer.Option(1024, "--ray-batch-rows", help="With --ray: rows 
 
 
 def register(app: typer.Typer) -> None:
-    app.command("embed", cls=_OptionalRayValue)(embed_cmd)
-    app.command("index")(index_cmd)
+    app.command("embed", cls=_OptionalRayValue)(_embed_command())
+    app.command("index")(_index_command())
     app.command("attribute")(attribute_cmd)
     app.command("filter", cls=_OptionalRayValue)(filter_cmd)
 
 
-def embed_cmd(
-    encoder: str = typer.Option(..., "--encoder", help="Encoder folder (influcoder train --out) or minilm-l6."),
-    data: Path = typer.Option(..., "--data", help="Records file (.jsonl/.json/.csv/.parquet)."),
-    out: Path = typer.Option(..., "--out", help="Embedding store folder (an unfinished one there is resumed)."),
-    side: str = typer.Option("pool", "--side", help="pool | query: which side's text format the encoder uses."),
-    float32: bool = typer.Option(False, "--float32", help="Store float32 instead of float16."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Examples per encoder batch (length-sorted)."),
-    shard_size: int = typer.Option(4096, "--shard-size", help="Records per shard (unit of streaming and resume)."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Field mapping: alpaca, dolly, bbh, gsm8k, xstest-completions."),
-    prompt_field: Optional[str] = typer.Option(None, "--prompt-field", help="Prompt field(s), comma-separated."),
-    response_field: Optional[str] = typer.Option(None, "--response-field", help="Response field."),
-    messages_field: Optional[str] = typer.Option(None, "--messages-field", help="Chat messages field."),
-    id_field: Optional[str] = typer.Option(None, "--id-field", help="Id field."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N valid records."),
-    skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip bad rows (listed in OUT/invalid.jsonl)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing store at --out first."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
-    ray: Optional[str] = _RAY,
-    ray_actors: int = _RAY_ACTORS,
-    ray_cpus: float = _RAY_CPUS,
-    ray_gpus: float = _RAY_GPUS,
-    ray_batch_rows: int = _RAY_BATCH_ROWS,
-):
-    """Embed a records file with an influence encoder into a sharded, resumable store (or Parquet shards on Ray)."""
+def _require_file(path, flag: str) -> None:
+    from .errors import UserError
+    from .records import is_datasets_folder
+
+    if path is not None and not Path(path).is_file() and not is_datasets_folder(path):
+        raise UserError(f"{path}: {flag} file not found" if not Path(path).exists() else
+                        f"{path}: {flag} is a folder, expected a records file (.jsonl/.json/.csv/.parquet)")
+
+
+def _embed(values: dict, extras: dict):
     from .embed import EmbedConfig, embed_file, open_embeddings
 
-    cfg = EmbedConfig(encoder=encoder, data=str(data), out=str(out), side=side, preset=preset, prompt_field=prompt_field,
-                      response_field=response_field, messages_field=messages_field, id_field=id_field, limit=limit,
-                      skip_invalid=skip_invalid, dtype="float32" if float32 else "float16", batch_size=batch_size,
-                      shard_size=shard_size, overwrite=overwrite)
-    if ray is not None:
+    _require_file(values["data"], "--data")
+    cfg = EmbedConfig(**values, dtype="float32" if extras["float32"] else "float16")
+    if extras["ray"] is not None:
         from .ray_backend import embed_with_ray
 
-        rcfg = _ray_cfg(ray, ray_actors, ray_cpus, ray_gpus, ray_batch_rows)
+        rcfg = _ray_cfg(extras["ray"], extras["ray_actors"], extras["ray_cpus"], extras["ray_gpus"], extras["ray_batch_rows"])
         path = embed_with_ray(cfg, rcfg)
         m = json.loads((path / "manifest.json").read_text())
         console.print(f"embedded {m['n']} × {m['dim']} ({m['dtype']}) on Ray into {path / 'shards'} "
                       f"({m['seconds']:.1f} s, {m['n_invalid']} invalid rows skipped)")
         return
-    path = embed_file(cfg, progress=not quiet)
+    path = embed_file(cfg, progress=not extras["quiet"])
     s = open_embeddings(path)
     st = s.manifest.get("stats", {})
     console.print(f"embedded {len(s)} × {s.dim} ({s.manifest['dtype']}) into {path} "
@@ -91,40 +75,47 @@ def embed_cmd(
         console.print(f"[yellow]{st['n_invalid']} invalid rows skipped; see {path / 'invalid.jsonl'}[/]")
 
 
-def index_cmd(
-    embeddings: Path = typer.Option(..., "--embeddings", help="Embedding store folder (influcoder embed --out)."),
-    out: Path = typer.Option(..., "--out", help="Index folder."),
-    kind: str = typer.Option("flat", "--kind", help="flat (exact) | ivf-flat | ivf-pq | hnsw."),
-    nlist: Optional[int] = typer.Option(None, "--nlist", help="IVF cells (default ≈ 4·√n)."),
-    nprobe: int = typer.Option(32, "--nprobe", help="IVF cells visited per query."),
-    pq_m: Optional[int] = typer.Option(None, "--pq-m", help="IVF-PQ sub-quantisers (divides the dimension; default dim/8)."),
-    pq_bits: int = typer.Option(8, "--pq-bits", help="Bits per IVF-PQ code."),
-    hnsw_m: int = typer.Option(32, "--hnsw-m", help="HNSW neighbours per node."),
-    ef_construction: int = typer.Option(80, "--ef-construction", help="HNSW build candidate list."),
-    ef_search: int = typer.Option(96, "--ef-search", help="HNSW query candidate list."),
-    train_size: int = typer.Option(100_000, "--train-size", help="Vectors sampled to train IVF / PQ."),
-    seed: int = typer.Option(0, "--seed"),
-    check: bool = typer.Option(False, "--check", help="Report recall@k against exact search on a sample."),
-    check_queries: int = typer.Option(1000, "--check-queries", help="Sampled stored vectors used as check queries."),
-    check_k: int = typer.Option(10, "--check-k", help="k of the recall@k check."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index at --out."),
-):
-    """Build a FAISS inner-product index over an embedding store."""
+def _param(name, annotation, option):
+    import inspect
+
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=option)
+
+
+def _embed_command():
+    """``influcoder embed``: flags generated from :class:`influcoder.embed.EmbedConfig`'s fields, but
+    ``dtype``, whose flag stays ``--float32`` (float16 otherwise)."""
+    from .config import command_from
+    from .embed import EmbedConfig
+
+    extra = [_param("float32", bool, typer.Option(False, "--float32", help="Store float32 instead of float16 (the dtype field).")),
+             _param("quiet", bool, typer.Option(False, "--quiet", help="No progress bar.")),
+             _param("ray", Optional[str], _RAY), _param("ray_actors", int, _RAY_ACTORS), _param("ray_cpus", float, _RAY_CPUS),
+             _param("ray_gpus", float, _RAY_GPUS), _param("ray_batch_rows", int, _RAY_BATCH_ROWS)]
+    return command_from(EmbedConfig, _embed, exclude=("dtype",), extra=extra, doc=(
+        "Embed a records file with an influence encoder into a sharded, resumable store (or Parquet shards on Ray)."))
+
+
+def _index(values: dict, extras: dict):
     from .index import IndexConfig, build_index, open_index
 
-    cfg = IndexConfig(embeddings=str(embeddings), out=str(out), kind=kind, nlist=nlist, nprobe=nprobe, pq_m=pq_m,
-                      pq_bits=pq_bits, hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search,
-                      train_size=train_size, seed=seed, check=check, check_queries=check_queries, check_k=check_k,
-                      overwrite=overwrite)
+    cfg = IndexConfig(**values)
     path = build_index(cfg)
     meta = open_index(path).meta
-    console.print(f"indexed {meta['n']} × {meta['dim']} ({kind}) in {meta['build_seconds']:.1f} s → {path} "
+    console.print(f"indexed {meta['n']} × {meta['dim']} ({cfg.kind}) in {meta['build_seconds']:.1f} s → {path} "
                   f"({meta['index_bytes'] / max(1, meta['n']):.0f} bytes/vector)")
     if meta.get("check"):
         c = meta["check"]
         print(json.dumps(c))
         console.print(f"recall@{c['k']} vs exact on {c['queries']} sampled vectors: {c['recall']:.4f} "
                       f"({c['index_ms_per_query_batched']:.3f} ms/query vs exact {c['exact_ms_per_query_batched']:.3f})")
+
+
+def _index_command():
+    """``influcoder index``: flags generated from :class:`influcoder.index.IndexConfig`'s fields."""
+    from .config import command_from
+    from .index import IndexConfig
+
+    return command_from(IndexConfig, _index, doc="Build a FAISS inner-product index over an embedding store.")
 
 
 def _ray_cfg(address, actors, cpus, gpus, batch_rows):
@@ -213,6 +204,8 @@ def filter_cmd(
 ):
     """Score a pool by influence aggregated over queries; write scores, ranking and a filtered copy."""
     from .attribute import FilterConfig, filter_pool
+
+    _require_file(data, "--data")
 
     cfg = FilterConfig(encoder=encoder, out=str(out), data=str(data) if data else None, pool_texts=list(pool_text or []),
                        pool_embeddings=str(pool_embeddings) if pool_embeddings else None,

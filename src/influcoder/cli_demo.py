@@ -1,4 +1,4 @@
-"""``influcoder demo``: the main job, end to end on the packaged models and ../shared/data."""
+"""``influcoder demo``: ``influcoder run configs/demo.yaml`` with its sizes as flags."""
 
 from __future__ import annotations
 
@@ -10,17 +10,23 @@ def register(app: typer.Typer) -> None:
 
 
 def demo_cmd(
-    workdir: str = typer.Option("work/demo", "--workdir", help="Where artefacts go."),
-    pool_size: int = typer.Option(160, "--pool-size", help="Training-pool examples to stock."),
-    n_queries: int = typer.Option(40, "--queries", help="BBH queries to stock."),
+    workdir: str = typer.Option("work/demo", "--workdir", help="Run folder."),
+    pool_size: int = typer.Option(600, "--pool-size", help="Pool examples mixed (all embedded and indexed)."),
+    n_stock: int = typer.Option(120, "--n-stock", help="Pool examples stocked for training."),
+    n_queries: int = typer.Option(40, "--queries", help="BBH queries (all stocked)."),
     epochs: int = typer.Option(3, "--epochs", help="Distillation epochs."),
     decoder: str = typer.Option("smollm2-135m-instruct", "--decoder", help="Teacher decoder."),
     encoder: str = typer.Option("minilm-l6", "--encoder", help="Student encoder."),
     dtype: str = typer.Option("bfloat16", "--dtype", help="Stocking precision."),
     seed: int = typer.Option(0, "--seed"),
 ):
-    """Run the whole pipeline on real data: stock → influence → train → embed → index → attribute."""
+    """The main job on real data (configs/demo.yaml): sample → stock → labels → train → embed → index → attribute → report."""
+    from rich.console import Console
+
     from .demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(workdir=workdir, pool_size=pool_size, n_queries=n_queries, epochs=epochs, decoder=decoder,
-                        encoder=encoder, dtype=dtype, seed=seed))
+    console = Console(stderr=True)
+    m = run_demo(DemoConfig(workdir=workdir, pool_size=pool_size, n_stock=n_stock, n_queries=n_queries, epochs=epochs,
+                            decoder=decoder, encoder=encoder, dtype=dtype, seed=seed),
+                 log=lambda s: console.print(s, highlight=False, markup=False))
+    print(f"{m['root']}/run_manifest.json; report: {m['root']}/{m['report']}")

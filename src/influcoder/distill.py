@@ -362,6 +362,73 @@ def _embed_all(enc, records, side: str, batch_size: int) -> np.ndarray:
     return enc.encode(records, batch_size=batch_size, side=side)
 
 
+# ---------------------------------------------------------------------------------------------- checkpoints
+CHECKPOINT_DIR = "checkpoint"
+"""Sub-folder of the output folder holding the last epoch's training state (removed once training ends)."""
+
+
+def _checkpoint_key(cfg: DistillConfig, labels) -> str:
+    """What a checkpoint must match to be resumed: the whole config (but ``out``) and the label file."""
+    import hashlib
+
+    d = {k: v for k, v in cfg.to_dict().items() if k != "out"}
+    d["labels_sha256"] = labels.fingerprint()["sha256"]
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _save_checkpoint(out: Path, key: str, state: dict) -> None:
+    """Write the training state after an epoch atomically (temporary file, fsync, rename)."""
+    import torch
+
+    d = out / CHECKPOINT_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / "state.pt.tmp"
+    with open(tmp, "wb") as f:
+        torch.save({"key": key, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, d / "state.pt")
+
+
+def _load_checkpoint(out: Path, key: str, say: Callable[[str], None]) -> dict | None:
+    """The state saved by :func:`_save_checkpoint` when it belongs to this config and labels, else None."""
+    import torch
+
+    path = out / CHECKPOINT_DIR / "state.pt"
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a damaged checkpoint is never trusted
+        say(f"checkpoint {path} unreadable ({e}); training from the start")
+        return None
+    if state.get("key") != key:
+        say(f"checkpoint {path} belongs to another config or label file; training from the start")
+        return None
+    say(f"resuming from the checkpoint of epoch {state['epoch']} in {path}")
+    return state
+
+
+def _data_specs(cfg: DistillConfig) -> dict[str, dict]:
+    """The typed data specs (records.DataSpec) of the training files, saved with the encoder so later
+    readers (the OOD reference of attribute/filter) read them with the same field mapping."""
+    from .records import DataSpec
+
+    return {side: DataSpec(path=str(Path(getattr(cfg, f"{side}_data")).resolve()), preset=getattr(cfg, f"{side}_preset"),
+                           prompt_field=getattr(cfg, f"{side}_prompt_field"),
+                           response_field=getattr(cfg, f"{side}_response_field"),
+                           id_field=getattr(cfg, f"{side}_id_field")).to_dict()
+            for side in ("pool", "query")}
+
+
+def _write_metrics(out: Path, history: list[dict]) -> None:
+    """metrics.jsonl written whole and atomically from the rows logged (replaces the running .tmp log)."""
+    from .fileio import atomic_write_text
+
+    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    (out / "metrics.jsonl.tmp").unlink(missing_ok=True)
+
+
 # ---------------------------------------------------------------------------------------------- train
 def train(config: DistillConfig, progress: bool = True, log: Callable[[str], None] | None = None) -> Path:
     """Train the student on the label file; return the output folder (a loadable InfluenceEncoder)."""
@@ -472,7 +539,9 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
 
     t0 = time.time()
-    m0 = validate()
+    ckpt_key = _checkpoint_key(cfg, labels)
+    resumed = _load_checkpoint(out, ckpt_key, say)
+    m0 = resumed["m0"] if resumed else validate()
     row0 = {"epoch": 0, "step": 0, "split": "val", "model": "untrained", **m0, "seconds": time.time() - t0}
     writer.write(row0)
     say(f"untrained: per-anchor {m0['per_anchor_spearman']:.3f}, aggregated {m0['aggregated_spearman']:.3f}, "
@@ -489,12 +558,29 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
     step = 0
     update = 0
     train_seconds = 0.0
+    start_epoch = 1
+    if resumed:  # the state after epoch resumed["epoch"]: the rest of the run is as if never interrupted
+        enc.load_state_dict(resumed["model"])
+        opt.load_state_dict(resumed["opt"])
+        sched.load_state_dict(resumed["sched"])
+        rng.bit_generator.state = resumed["rng"]
+        torch.set_rng_state(resumed["torch_rng"])
+        random.setstate(resumed["py_rng"])
+        np.random.set_state(resumed["np_rng"])
+        q_order, q_pos, step, update, train_seconds = (resumed[k] for k in ("q_order", "q_pos", "step", "update", "train_seconds"))
+        best_val, best_epoch, best_metrics, best_state = (resumed[k] for k in ("best_val", "best_epoch", "best_metrics", "best_state"))
+        history = resumed["history"]
+        for row in history[1:]:
+            writer.write(row)
+        since_best = resumed.get("since_best", 0)
+        done = history[-1].get("partial") or history[-1].get("early_stop")
+        start_epoch = cfg.epochs + 1 if done else resumed["epoch"] + 1
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.bf16 else None
     columns = [TextColumn("[bold]train[/] epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, disable=not progress, transient=False) as bar:
-        task = bar.add_task("train", total=steps_per_epoch * cfg.epochs, epoch=1, loss=float("nan"))
-        for epoch in range(1, cfg.epochs + 1):
+        task = bar.add_task("train", total=steps_per_epoch * max(0, cfg.epochs - start_epoch + 1), epoch=start_epoch, loss=float("nan"))
+        for epoch in range(start_epoch, cfg.epochs + 1):
             enc.train()
             te = time.time()
             order = rng.permutation(n_tp)
@@ -565,9 +651,18 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
                 since_best = 0
             else:
                 since_best += 1
-            if cfg.patience is not None and since_best >= cfg.patience and epoch < cfg.epochs:
-                say(f"early stop: no better validation {cfg.select_metric} for {since_best} epochs")
+            stop_early = cfg.patience is not None and since_best >= cfg.patience and epoch < cfg.epochs
+            if stop_early:
                 history[-1]["early_stop"] = True
+            _save_checkpoint(out, ckpt_key, {
+                "epoch": epoch, "model": enc.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(),
+                "np_rng": np.random.get_state(), "q_order": q_order, "q_pos": q_pos, "step": step, "update": update,
+                "train_seconds": train_seconds, "best_val": best_val, "best_epoch": best_epoch,
+                "best_metrics": best_metrics, "best_state": best_state, "history": history, "m0": m0,
+                "since_best": since_best})
+            if stop_early:
+                say(f"early stop: no better validation {cfg.select_metric} for {since_best} epochs")
                 break
             if partial:
                 say(f"training budget of {cfg.max_train_seconds:.0f} s spent after {n_steps} steps of epoch {epoch}")
@@ -593,6 +688,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         "labels": labels.fingerprint(),
         "pool_data": file_fingerprint(cfg.pool_data),
         "query_data": file_fingerprint(cfg.query_data),
+        "data_specs": _data_specs(cfg),
         "training_config": cfg.to_dict(),
         "split": {"n_train_pool": int(n_tp), "n_val_pool": int(len(split.val_pool)),
                   "n_train_queries": int(n_tq), "n_val_queries": int(len(split.val_queries)), "seed": cfg.seed},
@@ -612,6 +708,9 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         "prefixes": {"pool": cfg.pool_prefix, "query": cfg.query_prefix},
     }
     enc.save(out, metadata)
-    os.replace(out / "metrics.jsonl.tmp", out / "metrics.jsonl")
+    _write_metrics(out, history)
+    import shutil
+
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     say(f"saved epoch {best_epoch} (best {cfg.select_metric} = {best_val:.4f}) to {out}")
     return out

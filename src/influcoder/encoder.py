@@ -4,7 +4,9 @@
 (``Transformer`` → ``Pooling`` (mean by default) → optional ``Dense`` projection → ``Normalize``), so the
 folder it saves is an ordinary sentence-transformers folder: ``SentenceTransformer(dir).encode(texts)``
 gives the same embeddings as ``InfluenceEncoder.from_pretrained(dir).encode(texts)``. Per-side prefixes
-are saved as sentence-transformers prompts named ``"pool"`` and ``"query"`` (use ``prompt_name=`` there).
+are saved as sentence-transformers prompts named ``"pool"`` and ``"query"`` (use ``prompt_name=`` there);
+the pool prefix is saved as ``"document"`` too, so ``SentenceTransformer(dir).encode_document(texts)`` and
+``.encode_query(texts)`` match :meth:`InfluenceEncoder.encode_document` / :meth:`~InfluenceEncoder.encode_query`.
 
 Influcoder metadata (teacher, label fingerprint, training config, validation metrics) lives in
 ``influcoder_encoder.json`` in the same folder and is exposed as :attr:`InfluenceEncoder.metadata`.
@@ -87,20 +89,32 @@ def _modules():
     return M
 
 
-def _texts(items: Sequence[Any] | str) -> list[str]:
-    """Records become ``prompt + "\\n" + response`` (records.record_to_text); strings pass through."""
-    from .records import Record, record_to_text
+def _texts(items: Sequence[Any] | str | dict) -> list[str]:
+    """The texts the encoder sees, as the CLI makes them (records.record_to_text: prompt + "\\n" + response).
 
-    if isinstance(items, (str, Record)):
+    Accepts a string, a :class:`~influcoder.records.Record`, or a dict row as read from JSONL or a
+    ``datasets`` row (``prompt``/``response`` or chat ``messages``, read with the default field mapping
+    of the CLI), or a list/iterable of those. A single string, Record or dict is one item (a dict is never
+    iterated as its keys). Anything else raises TypeError; a dict that is not a record raises a
+    :class:`~influcoder.records.RecordError` naming the item and the field."""
+    from .records import FieldSpec, Record, _row_to_record, record_to_text
+
+    if isinstance(items, (str, Record, dict)):
         items = [items]
+    elif isinstance(items, (bytes, bytearray)) or not hasattr(items, "__iter__"):
+        raise TypeError(f"expected a str, a Record, a dict row or a list of them, got {type(items).__name__}")
     out = []
+    spec = FieldSpec()
     for i, x in enumerate(items):
         if isinstance(x, Record):
             out.append(record_to_text(x))
         elif isinstance(x, str):
             out.append(x)
+        elif isinstance(x, dict):
+            out.append(record_to_text(_row_to_record("encode() input", i, x, spec)))
         else:
-            raise TypeError(f"item {i}: expected a str or a Record, got {type(x).__name__}")
+            raise TypeError(f"item {i}: expected a str, a Record or a dict row (prompt/response or messages), "
+                            f"got {type(x).__name__}")
     return out
 
 
@@ -305,7 +319,8 @@ class InfluenceEncoder:
 
     def encode(self, items: Sequence[Any] | str, batch_size: int = 32, side: str = "pool",
                show_progress_bar: bool = False) -> np.ndarray:
-        """L2-normalised float32 numpy embeddings of texts or Records ((n, dim); one text → (1, dim))."""
+        """L2-normalised float32 numpy embeddings ((n, dim); one item → (1, dim)) of texts, Records or dict
+        rows (``{"prompt", "response"}`` or ``{"messages"}``, as read from JSONL or a ``datasets`` row)."""
         texts = _texts(items)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -318,6 +333,14 @@ class InfluenceEncoder:
         finally:
             self.model.train(was_training)
         return self.score_vectors(np.asarray(emb, dtype=np.float32), side, items)
+
+    def encode_query(self, items: Sequence[Any] | str, **kwargs) -> np.ndarray:
+        """:meth:`encode` with the query side's prompt (the queries / reference behaviour)."""
+        return self.encode(items, side="query", **kwargs)
+
+    def encode_document(self, items: Sequence[Any] | str, **kwargs) -> np.ndarray:
+        """:meth:`encode` with the pool side's prompt (training examples = sentence-transformers' documents)."""
+        return self.encode(items, side="pool", **kwargs)
 
     def _similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         if self.prior is None:
@@ -340,6 +363,12 @@ class InfluenceEncoder:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:
+            # the pool prompt is also saved as sentence-transformers' "document" prompt, so a plain
+            # SentenceTransformer(dir).encode_document() / encode_query() formats texts as we do
+            prompts = dict(self.model.prompts or {})
+            prompts["document"] = prompts.get("pool", "")
+            prompts.setdefault("query", "")
+            self.model.prompts = prompts
             self.model.save(str(tmp), create_model_card=False)
             if self.prior is not None:
                 from safetensors.torch import save_file

@@ -28,6 +28,7 @@ from .errors import UserError
 from .fileio import sha256_file
 
 __all__ = [
+    "DataSpec",
     "FieldSpec",
     "PRESETS",
     "Record",
@@ -96,6 +97,53 @@ class FieldSpec:
         )
 
 
+@dataclass
+class DataSpec:
+    """A records file and how to read it: the one data spec used wherever a run reads records."""
+
+    path: str = ""
+    """Records file (.jsonl/.json/.csv/.parquet, optionally .gz) or a saved Hugging Face datasets folder."""
+    preset: str | None = None
+    """Named field mapping: alpaca, dolly, bbh, gsm8k, xstest-completions, prompt-response."""
+    prompt_field: str | None = None
+    """Prompt field(s), comma-separated to join several (beats the preset; default: prompt)."""
+    response_field: str | None = None
+    """Response field (beats the preset; default: response)."""
+    messages_field: str | None = None
+    """Chat-style messages field (default: messages)."""
+    id_field: str | None = None
+    """Id field (default: id; the row number when absent)."""
+    limit: int | None = None
+    """Use only the first N valid records."""
+    skip_invalid: bool = False
+    """Skip bad rows instead of stopping at the first."""
+
+    def __post_init__(self):
+        if self.preset and self.preset not in PRESETS:
+            raise UserError(f"unknown preset '{self.preset}' (choose from {', '.join(PRESETS)})")
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"limit must be ≥ 1, got {self.limit}")
+
+    def field_spec(self) -> "FieldSpec":
+        """The :class:`FieldSpec` this spec reads rows with."""
+        return FieldSpec.from_names(self.prompt_field, self.response_field, self.messages_field, self.id_field, self.preset)
+
+    def read(self) -> tuple[list["Record"], list["InvalidRow"]]:
+        """All records (up to ``limit``), with the rows skipped under ``skip_invalid``."""
+        if not self.path:
+            raise UserError("no data file given (path is empty)")
+        return read_records(self.path, self.field_spec(), skip_invalid=self.skip_invalid, limit=self.limit)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_field_spec(cls, path: str, spec: "FieldSpec", **kw) -> "DataSpec":
+        """The spec of ``path`` read with an explicit :class:`FieldSpec` (fields written out, no preset)."""
+        return cls(path=str(path), prompt_field=",".join(spec.prompt), response_field=spec.response,
+                   messages_field=spec.messages, id_field=spec.id, **kw)
+
+
 PRESETS: dict[str, FieldSpec] = {
     "prompt-response": FieldSpec(),
     "alpaca": FieldSpec(prompt=("instruction", "input"), response="output"),
@@ -150,23 +198,85 @@ def _open_text(path: Path):
     return open(path, "r", encoding="utf-8", newline="")
 
 
+def is_datasets_folder(path: str | Path) -> bool:
+    """A folder written by Hugging Face ``datasets.Dataset.save_to_disk`` (``state.json`` + Arrow files)."""
+    p = Path(path)
+    return p.is_dir() and (p / "state.json").is_file() and (p / "dataset_info.json").is_file()
+
+
+def _datasets_files(path: Path) -> list[Path]:
+    try:
+        state = json.loads((path / "state.json").read_text())
+        files = [path / f["filename"] for f in state["_data_files"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise RecordError(path, None, None, f"unreadable datasets folder state.json ({e})") from None
+    return files
+
+
 def file_fingerprint(path: str | Path) -> dict[str, Any]:
-    """sha256, size and name of a data file: recorded in manifests so stores can be matched to data."""
+    """sha256, size and name of a data file: recorded in manifests so stores can be matched to data.
+    A saved ``datasets`` folder is hashed over its state.json and Arrow files, in order."""
     path = Path(path)
+    if not path.exists():
+        raise RecordError(path, None, None, "file not found")
+    if is_datasets_folder(path):
+        import hashlib
+
+        h = hashlib.sha256()
+        files = [path / "state.json"] + _datasets_files(path)
+        for f in files:
+            h.update(f.name.encode() + b"\0" + sha256_file(f).encode())
+        return {"path": str(path), "name": path.name, "bytes": sum(f.stat().st_size for f in files), "sha256": h.hexdigest()}
     return {"path": str(path), "name": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def _iter_datasets_folder(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows of a saved ``datasets`` folder: through ``datasets.load_from_disk`` when the package is
+    installed, else straight from its Arrow stream files with pyarrow (the same bytes)."""
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        datasets = None
+    if datasets is not None:
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except Exception as e:  # datasets raises several types
+            raise RecordError(path, None, None, f"unreadable datasets folder ({e})") from None
+        if not hasattr(ds, "__getitem__") or isinstance(ds, dict):
+            raise RecordError(path, None, None, "a DatasetDict: give the folder of one split (e.g. PATH/train)")
+        for i, row in enumerate(ds):
+            yield i, dict(row)
+        return
+    import pyarrow as pa
+
+    i = 0
+    for f in _datasets_files(path):
+        try:
+            reader = pa.ipc.open_stream(pa.memory_map(str(f)))
+        except (pa.ArrowInvalid, OSError) as e:
+            raise RecordError(f, None, None, f"unreadable Arrow file ({e})") from None
+        for batch in reader:
+            for obj in batch.to_pylist():
+                yield i, obj
+                i += 1
 
 
 def iter_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(row_index, row_dict)`` from a data file, streaming where the format allows.
 
     JSONL, CSV and Parquet are streamed; JSON is a list of objects, or an object with exactly one
-    list-valued key (e.g. BBH's ``{"examples": [...]}``), and is read whole.
+    list-valued key (e.g. BBH's ``{"examples": [...]}``), and is read whole. A folder written by
+    ``datasets.Dataset.save_to_disk`` is read row by row.
     """
     path = Path(path)
     if not path.exists():
         raise RecordError(path, None, None, "file not found")
+    if is_datasets_folder(path):
+        yield from _iter_datasets_folder(path)
+        return
     if path.is_dir():
-        raise RecordError(path, None, None, "is a folder, expected a .jsonl/.json/.csv/.parquet file")
+        raise RecordError(path, None, None, "is a folder, expected a .jsonl/.json/.csv/.parquet file "
+                          "or a saved Hugging Face datasets folder (save_to_disk)")
     suf = _suffix(path)
     try:
         if suf in (".jsonl", ".jsonl.gz"):

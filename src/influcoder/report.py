@@ -1,0 +1,268 @@
+"""The fidelity report of a run: how well the trained encoder reproduces the teacher on data it never saw.
+
+On the held-out block of the run (pool rows and queries stocked but never trained on, see
+``pipeline``), the teacher's cosine-influence labels are compared with
+
+  * the student (the trained encoder),
+  * the untrained encoder (the same base model and head before distillation),
+  * the length heuristic (shorter pool response ⇒ more influence; ``baselines.LengthMethod``),
+
+by per-anchor / aggregated / query-specific Spearman (``influcoder.metrics``) and by the precision of the
+teacher's top-k among each method's top-k. A verdict line says whether to use the scores, from a
+bootstrap (over held-out queries) of the student's per-anchor gain over the best baseline. The report
+also checks whether the OOD flag of ``attribute`` (nearest-neighbour similarity to the training
+queries) predicts low per-query fidelity, and sets the time spent against the estimated time to stock
+the whole pool. Written to ``report/fidelity.md``, ``.json`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import metrics
+from .fileio import atomic_write_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .pipeline import Pipeline
+
+__all__ = ["fidelity_report", "precision_of_teacher_top_k", "verdict"]
+
+METHODS = ("student", "untrained", "length")
+
+
+def precision_of_teacher_top_k(pred: np.ndarray, true: np.ndarray, k: int) -> np.ndarray:
+    """Per query (column): the share of the teacher's top-k pool rows that are among ``pred``'s top-k."""
+    k = min(k, pred.shape[0])
+    out = np.empty(pred.shape[1])
+    for j in range(pred.shape[1]):
+        t = set(np.argsort(-true[:, j], kind="stable")[:k].tolist())
+        p = set(np.argsort(-pred[:, j], kind="stable")[:k].tolist())
+        out[j] = len(t & p) / k
+    return out
+
+
+def _scores(pred: np.ndarray, true: np.ndarray, k: int) -> dict:
+    per_query = metrics.per_anchor_spearman_values(pred, true)
+    prec = precision_of_teacher_top_k(pred, true, k)
+    return {
+        "per_anchor_spearman": float(per_query.mean()),
+        "aggregated_spearman": metrics.aggregated_spearman(pred, true),
+        "query_specific_spearman": metrics.query_specific_spearman(pred, true),
+        f"precision_at_{k}": float(prec.mean()),
+        "per_query_spearman": per_query.tolist(),
+        "per_query_precision": prec.tolist(),
+    }
+
+
+def verdict(per_query: dict[str, np.ndarray], margin: float, n_boot: int, seed: int, n_pool: int) -> dict:
+    """Bootstrap over held-out queries of mean(student − best baseline) per-anchor Spearman → one actionable line."""
+    base = max(("untrained", "length"), key=lambda m: float(np.mean(per_query[m])))
+    diff = np.asarray(per_query["student"]) - np.asarray(per_query[base])
+    rng = np.random.default_rng(seed)
+    boots = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(axis=1)
+    lo, hi = (float(x) for x in np.quantile(boots, [0.025, 0.975]))
+    gain = float(diff.mean())
+    s, b = float(np.mean(per_query["student"])), float(np.mean(per_query[base]))
+    what = f"per-anchor Spearman {s:.3f} vs {b:.3f} for the {base} baseline (gain {gain:+.3f}, 95% CI {lo:+.3f} to {hi:+.3f})"
+    if lo > 0 and gain >= margin:
+        level, line = "use", f"USE the encoder's scores: it beats the best baseline on held-out data ({what})."
+    elif gain > 0:
+        level, line = "weak", (f"WEAK: the encoder is not clearly better than the {base} baseline ({what}); stock more "
+                               f"examples (sample.n_stock) or train longer (student.epochs) before relying on its scores.")
+    else:
+        level, line = "do-not-use", (f"DO NOT USE the encoder's scores: on held-out data it is no better than the {base} "
+                                     f"baseline ({what}); stock more examples (sample.n_stock), or score a subset with "
+                                     f"the teacher directly.")
+    small = len(diff) < 10 or n_pool < 30
+    if small:
+        line += f" (The held-out block is small, {n_pool} pool × {len(diff)} queries: the interval is wide.)"
+    return {"level": level, "line": line, "baseline": base, "gain": gain, "ci95": [lo, hi], "small_block": small}
+
+
+def _ood(enc, q_emb: np.ndarray, q_ids: list[str], per_query: np.ndarray, batch_size: int) -> dict:
+    """NN similarity of each held-out query to the encoder's training queries (as ``attribute`` flags OOD),
+    and whether it predicts the student's per-query fidelity."""
+    from .attribute import OODConfig, _build_references, ood_report
+    from .embed import normalise
+
+    refs, note = _build_references(enc, OODConfig(), batch_size)
+    if "query" not in refs:
+        return {"available": False, "note": note}
+    rows = ood_report(refs, "query", q_ids, normalise(q_emb))
+    sim = np.array([r["nn_similarity"] for r in rows])
+    flag = np.array([bool(r["ood"]) for r in rows])
+    rho = metrics.spearman(sim, per_query) if len(sim) > 2 else float("nan")
+    return {
+        "available": True,
+        "threshold": refs["query"].threshold,
+        "nn_similarity": sim.tolist(),
+        "flagged": flag.tolist(),
+        "n_flagged": int(flag.sum()),
+        "spearman_similarity_vs_fidelity": rho,
+        "mean_fidelity_flagged": float(per_query[flag].mean()) if flag.any() else None,
+        "mean_fidelity_unflagged": float(per_query[~flag].mean()) if (~flag).any() else None,
+    }
+
+
+def _cost(pipe: "Pipeline") -> dict:
+    rec = {s: pipe.record(s) for s in ("mix", "sample", "stock", "labels", "train", "embed", "index", "attribute", "filter")}
+    seconds = {s: r["seconds"] for s, r in rec.items() if r}
+    split = json.loads(pipe.path("sample", "split.json").read_text())
+    st = (rec.get("stock") or {}).get("info", {})
+    n_stocked = st.get("pool_n", 0) + st.get("queries_n", 0)
+    per_ex = (st.get("pool_seconds", 0) + st.get("queries_seconds", 0)) / n_stocked if n_stocked else None
+    n_pool = split["n_pool"]
+    return {
+        "seconds_by_step": seconds,
+        "seconds_total": float(sum(seconds.values())),
+        "stock_seconds_per_example": per_ex,
+        "n_pool": n_pool,
+        "n_stocked": n_stocked,
+        "estimated_seconds_to_stock_whole_pool": per_ex * n_pool if per_ex else None,
+    }
+
+
+def _plot(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = res["top_k"]
+    keys = ["per_anchor_spearman", "aggregated_spearman", "query_specific_spearman", f"precision_at_{k}"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    ax = axes[0]
+    w = 0.8 / len(METHODS)
+    for i, m in enumerate(METHODS):
+        ax.bar(np.arange(len(keys)) + i * w, [res["methods"][m][x] for x in keys], w, label=m)
+    ax.set_xticks(np.arange(len(keys)) + w * (len(METHODS) - 1) / 2)
+    ax.set_xticklabels(["per-anchor ρ", "aggregated ρ", "query-specific ρ", f"precision@{k}"])
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_title(f"held-out block {res['block']['n_pool']} pool × {res['block']['n_queries']} queries vs the teacher")
+    ax.legend()
+    ax = axes[1]
+    ood = res["ood"]
+    if ood.get("available"):
+        sim = np.array(ood["nn_similarity"])
+        fid = np.array(res["methods"]["student"]["per_query_spearman"])
+        flag = np.array(ood["flagged"])
+        ax.scatter(sim[~flag], fid[~flag], label="in distribution")
+        ax.scatter(sim[flag], fid[flag], color="red", label="flagged OOD")
+        if ood["threshold"] is not None:
+            ax.axvline(ood["threshold"], color="red", ls="--", lw=1, label="OOD threshold")
+        ax.set_xlabel("query's NN similarity to the training queries (student)")
+        ax.set_ylabel("student per-query Spearman vs teacher")
+        ax.set_title(f"does the OOD flag predict low fidelity? Spearman {ood['spearman_similarity_vs_fidelity']:+.2f}")
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no OOD reference: " + str(ood.get("note")), ha="center", va="center", wrap=True)
+        ax.set_axis_off()
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _markdown(res: dict) -> str:
+    k = res["top_k"]
+    c = res["cost"]
+    lines = [
+        f"# Fidelity report: {res['run']}",
+        "",
+        f"**Verdict.** {res['verdict']['line']}",
+        "",
+        f"Held-out block: {res['block']['n_pool']} pool examples × {res['block']['n_queries']} queries, stocked by the "
+        f"teacher ({res['teacher']}) and never seen in training. The encoder was trained on "
+        f"{res['block']['n_train_pool']} × {res['block']['n_train_queries']}.",
+        "",
+        f"| method | per-anchor ρ | aggregated ρ | query-specific ρ | precision@{k} of the teacher's top-{k} |",
+        "|---|---|---|---|---|",
+    ]
+    for m in METHODS:
+        r = res["methods"][m]
+        lines.append(f"| {m} | {r['per_anchor_spearman']:.3f} | {r['aggregated_spearman']:.3f} | "
+                     f"{r['query_specific_spearman']:.3f} | {r[f'precision_at_{k}']:.3f} |")
+    lines += ["", "Student: the trained encoder; untrained: the same base encoder and head before distillation; "
+              "length: −len(pool response). ρ = Spearman against the teacher's gradient cosine.", ""]
+    ood = res["ood"]
+    lines.append("## Does the OOD flag predict low fidelity?")
+    if ood.get("available"):
+        mf, mu = ood["mean_fidelity_flagged"], ood["mean_fidelity_unflagged"]
+        lines += ["", f"{ood['n_flagged']} of {res['block']['n_queries']} held-out queries are flagged out of distribution "
+                  f"(NN similarity to the training queries below {ood['threshold']:.3f}). Spearman between a query's NN "
+                  f"similarity and the student's per-query ρ: {ood['spearman_similarity_vs_fidelity']:+.3f}. Mean per-query ρ: "
+                  f"flagged {'—' if mf is None else f'{mf:.3f}'}, not flagged {'—' if mu is None else f'{mu:.3f}'}."]
+    else:
+        lines += ["", f"Not available: {ood.get('note')}"]
+    est = c["estimated_seconds_to_stock_whole_pool"]
+    lines += ["", "## Cost", "",
+              f"This run: {c['seconds_total']:.0f} s in all (" + ", ".join(f"{s} {v:.0f} s" for s, v in c["seconds_by_step"].items())
+              + "; a resumed step counts its last attempt only).",
+              (f"Stocking cost {c['stock_seconds_per_example']:.2f} s per example: stocking the whole pool of {c['n_pool']} "
+               f"would take about {est:.0f} s ({est / 3600:.1f} h), {est / max(c['seconds_total'], 1e-9):.1f}× this whole run."
+               if est else "Stocking time unknown."),
+              "", "![fidelity](fidelity.png)", ""]
+    return "\n".join(lines)
+
+
+def fidelity_report(pipe: "Pipeline") -> dict:
+    """Compute and write the report of a run whose train step is done; returns its JSON content."""
+    from .baselines import LengthMethod
+    from .encoder import InfluenceEncoder
+    from .labels import load_labels
+
+    cfg = pipe.cfg
+    split = json.loads(pipe.path("sample", "split.json").read_text())
+    pool, _ = read(pipe.path("sample", "holdout_pool.jsonl"))
+    queries, _ = read(pipe.path("sample", "holdout_queries.jsonl"))
+    lab = load_labels(pipe.path("labels", "labels.npy"))
+    pi = {p: i for i, p in enumerate(lab.pool_ids)}
+    qi = {q: j for j, q in enumerate(lab.query_ids)}
+    true = np.asarray(lab.matrix)[np.ix_([pi[r.id] for r in pool], [qi[r.id] for r in queries])].astype(np.float64)
+    k = min(cfg.report.top_k, len(pool))
+
+    student = InfluenceEncoder.from_pretrained(pipe.path("encoder"))
+    s = cfg.student
+    untrained = InfluenceEncoder.from_pretrained(s.encoder, pooling=s.pooling, projection_dim=s.projection_dim,
+                                                 max_length=s.max_length, pool_prefix=s.pool_prefix,
+                                                 query_prefix=s.query_prefix, seed=s.seed)
+    bs = s.eval_batch_size
+    q_emb = student.encode_query(queries, batch_size=bs)
+    preds = {
+        "student": student.encode_document(pool, batch_size=bs) @ q_emb.T,
+        "untrained": untrained.encode_document(pool, batch_size=bs) @ untrained.encode_query(queries, batch_size=bs).T,
+        "length": LengthMethod().scores(pool, queries),
+    }
+    methods = {m: _scores(np.asarray(p, dtype=np.float64), true, k) for m, p in preds.items()}
+    per_query = {m: np.asarray(methods[m]["per_query_spearman"]) for m in METHODS}
+    res = {
+        "format": "influcoder-fidelity/1",
+        "run": str(pipe.root),
+        "teacher": lab.meta.get("teacher", {}).get("model"),
+        "block": {"n_pool": len(pool), "n_queries": len(queries), "pool_ids": [r.id for r in pool],
+                  "query_ids": [r.id for r in queries], "n_train_pool": len(split["train_pool_ids"]),
+                  "n_train_queries": len(split["train_query_ids"])},
+        "top_k": k,
+        "methods": methods,
+        "verdict": verdict(per_query, cfg.report.margin, cfg.report.bootstrap, cfg.sample.seed, len(pool)),
+        "ood": _ood(student, q_emb, [r.id for r in queries], per_query["student"], bs),
+        "cost": _cost(pipe),
+    }
+    d = pipe.path("report")
+    d.mkdir(parents=True, exist_ok=True)
+    _plot(res, d / "fidelity.png")
+    atomic_write_text(d / "fidelity.json", json.dumps(res, indent=1))
+    atomic_write_text(d / "fidelity.md", _markdown(res))
+    pipe.log(res["verdict"]["line"])
+    return res
+
+
+def read(path: Path):
+    from .records import read_records
+
+    return read_records(path)

@@ -1,0 +1,252 @@
+"""`influcoder run` / Pipeline on tiny random models: the run folder contract, caching, resume after a
+kill in every step (same scores as an uninterrupted run), recompute on a config change, the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from influcoder.config import STEPS, RunConfig, from_dict, load_yaml, save_yaml, to_dict
+from influcoder.pipeline import Pipeline
+
+from test_embed import make_tiny_encoder
+
+WORDS = ["red", "blue", "cat", "dog", "rain", "night", "prime", "water", "paris", "mass"]
+
+
+def write_data(root: Path, n_pool: int = 40, n_query: int = 12, seed: int = 0) -> tuple[Path, Path]:
+    rng = np.random.default_rng(seed)
+    pool = [{"id": f"p{i}", "prompt": f"say {' '.join(rng.choice(WORDS, 2, replace=False))}",
+             "response": " ".join([str(rng.choice(WORDS))] * int(rng.integers(1, 6)))} for i in range(n_pool)]
+    queries = [{"id": f"q{j}", "prompt": f"what is {rng.choice(WORDS)}", "response": str(rng.choice(WORDS))}
+               for j in range(n_query)]
+    pf, qf = root / "pool.jsonl", root / "queries.jsonl"
+    pf.write_text("".join(json.dumps(r) + "\n" for r in pool))
+    qf.write_text("".join(json.dumps(r) + "\n" for r in queries))
+    return pf, qf
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, request):
+    root = tmp_path_factory.mktemp("pipe")
+    from conftest import make_tiny_llama, make_tokenizer
+
+    dec = root / "dec"
+    tok = make_tokenizer()
+    make_tiny_llama(len(tok)).save_pretrained(dec)
+    tok.save_pretrained(dec)
+    enc = make_tiny_encoder(root / "enc")
+    pf, qf = write_data(root)
+    return {"dec": dec, "enc": enc, "pool": pf, "queries": qf, "root": root}
+
+
+def config_dict(tiny, out: Path, **over) -> dict:
+    d = {
+        "out": str(out),
+        "pool": {"path": str(tiny["pool"])},
+        "queries": {"path": str(tiny["queries"])},
+        "sample": {"n_stock": 16, "holdout_pool": 8, "holdout_queries": 4, "candidates": 30, "method": "diverse"},
+        "teacher": {"model": str(tiny["dec"]), "proj_dim": 32, "max_length": 64, "shard_size": 8},
+        "student": {"encoder": str(tiny["enc"]), "epochs": 2, "queries_per_batch": 4, "candidates": 6,
+                    "val_pool": 4, "val_queries": 2, "max_length": 32, "lr": 1e-3, "tau": 0.5},
+        "embed": {"shard_size": 8, "dtype": "float32"},
+        "attribute": {"top_k": 3},
+        "filter": {"enabled": True, "fraction": 0.25},
+        "report": {"top_k": 3, "bootstrap": 200},
+    }
+    for k, v in over.items():
+        d[k] = {**d.get(k, {}), **v} if isinstance(v, dict) else v
+    return d
+
+
+def scores(out: Path) -> dict:
+    rep = json.loads((out / "report" / "fidelity.json").read_text())
+    att = [json.loads(x) for x in (out / "attribution" / "attribution.jsonl").read_text().splitlines()]
+    return {"methods": {m: {k: v for k, v in r.items()} for m, r in rep["methods"].items()},
+            "verdict": rep["verdict"]["level"],
+            "attribution": [(r["query_id"], r["rank"], r["id"], round(r["score"], 5)) for r in att],
+            "filter": (out / "filter" / "scores.jsonl").read_text()}
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a["attribution"] == b["attribution"]
+    assert a["verdict"] == b["verdict"]
+    for m in a["methods"]:
+        for k, v in a["methods"][m].items():
+            np.testing.assert_allclose(b["methods"][m][k], v, atol=1e-5, err_msg=f"{m}.{k}")
+    assert a["filter"] == b["filter"]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny):
+    out = tiny["root"] / "ref"
+    cfg = from_dict(RunConfig, config_dict(tiny, out))
+    Pipeline(cfg, progress=False).run()
+    return out, scores(out)
+
+
+def test_run_folder_follows_the_contract(tiny, reference):
+    out, _ = reference
+    m = json.loads((out / "run_manifest.json").read_text())
+    assert m["format"] == "influcoder-run/1" and m["config"] == "config.yaml"
+    for key in ("encoder", "embeddings", "index", "labels", "report"):
+        assert (out / m[key]).exists(), key
+    assert m["steps_done"] == [s for s in STEPS if s != "mix"]
+    assert m["pool"]["path"] == str(Path(tiny["pool"]).resolve()) and Path(m["pool"]["path"]).is_absolute()
+    assert json.loads((out / "index" / "index_meta.json").read_text())["n"] == 40  # the WHOLE pool is indexed
+    # the resolved config reads back to the same config
+    assert to_dict(load_yaml(RunConfig, out / "config.yaml")) == to_dict(from_dict(RunConfig, config_dict(tiny, out)))
+    split = json.loads((out / "sample" / "split.json").read_text())
+    trained = set(json.loads((out / "encoder" / "split.json").read_text())["train_pool_ids"]) | \
+        set(json.loads((out / "encoder" / "split.json").read_text())["val_pool_ids"])
+    assert not set(split["holdout_pool_ids"]) & trained and len(split["train_pool_ids"]) == 16
+    trained_q = set(json.loads((out / "encoder" / "split.json").read_text())["train_query_ids"])
+    assert not set(split["holdout_query_ids"]) & trained_q and len(split["holdout_query_ids"]) == 4
+    for step in STEPS[1:]:
+        rec = json.loads((out / "steps" / f"{step}.json").read_text())
+        assert rec["complete"] and rec["config"] is not None and len(rec["key"]) == 64
+
+
+def test_report_contents(reference):
+    out, _ = reference
+    rep = json.loads((out / "report" / "fidelity.json").read_text())
+    assert set(rep["methods"]) == {"student", "untrained", "length"}
+    for r in rep["methods"].values():
+        assert -1 <= r["per_anchor_spearman"] <= 1 and 0 <= r["precision_at_3"] <= 1
+        assert len(r["per_query_spearman"]) == 4
+    assert rep["block"]["n_pool"] == 8 and rep["block"]["n_queries"] == 4
+    assert rep["verdict"]["level"] in ("use", "weak", "do-not-use") and rep["verdict"]["small_block"]
+    assert rep["ood"]["available"] and len(rep["ood"]["nn_similarity"]) == 4
+    c = rep["cost"]
+    assert c["n_pool"] == 40 and c["n_stocked"] == 24 + 12
+    assert c["estimated_seconds_to_stock_whole_pool"] == pytest.approx(c["stock_seconds_per_example"] * 40)
+    md = (out / "report" / "fidelity.md").read_text()
+    assert rep["verdict"]["line"] in md and "| student |" in md and "OOD" in md
+    assert (out / "report" / "fidelity.png").stat().st_size > 1000
+    # the length heuristic is recomputed by hand: −len(response), the same column for every query
+    from influcoder import metrics
+    from influcoder.labels import load_labels
+    from influcoder.records import read_records
+
+    pool, _ = read_records(out / "sample" / "holdout_pool.jsonl")
+    lab = load_labels(out / "labels" / "labels.npy")
+    rows = [lab.pool_ids.index(i) for i in rep["block"]["pool_ids"]]
+    cols = [lab.query_ids.index(i) for i in rep["block"]["query_ids"]]
+    T = np.asarray(lab.matrix)[np.ix_(rows, cols)]
+    L = -np.array([[len(r.response)] * 4 for r in pool], dtype=float)
+    assert rep["methods"]["length"]["per_anchor_spearman"] == pytest.approx(metrics.per_anchor_spearman(L, T))
+
+
+def test_second_run_is_cached(tiny, reference):
+    out, ref = reference
+    before = {s: json.loads((out / "steps" / f"{s}.json").read_text())["finished"] for s in STEPS[1:]}
+    logs = []
+    time.sleep(1.1)
+    Pipeline(from_dict(RunConfig, config_dict(tiny, out)), progress=False, log=logs.append).run()
+    after = {s: json.loads((out / "steps" / f"{s}.json").read_text())["finished"] for s in STEPS[1:]}
+    assert before == after and sum("up to date" in line for line in logs) == len(STEPS) - 1
+    assert_same(ref, scores(out))
+
+
+class Killed(BaseException):
+    """Stands for kill -9: nothing after it runs (no cleanup, no record)."""
+
+
+def test_killed_in_every_step_then_rerun_gives_the_same_scores(tiny, reference, monkeypatch, tmp_path):
+    """For each step in turn, the run dies inside it (train: after epoch 1's checkpoint; stock and embed:
+    after their first shard; the others: after their work, before the step is recorded); rerunning
+    the same config finishes with the scores of the uninterrupted run."""
+    from influcoder import distill, embed, stock
+
+    _, ref = reference
+    out = tmp_path / "run"
+    cfg = from_dict(RunConfig, config_dict(tiny, out))
+    killed_in = []
+    for step in [s for s in STEPS if s != "mix"]:
+        with monkeypatch.context() as mp:
+            if step == "train":
+                real = distill._save_checkpoint
+
+                def die(o, k, state, real=real):
+                    real(o, k, state)
+                    raise Killed()
+                mp.setattr(distill, "_save_checkpoint", die)
+            elif step in ("stock", "embed"):
+                mod = stock if step == "stock" else embed
+                fn = "stock" if step == "stock" else "embed_file"
+                real = getattr(mod, fn)
+
+                def first_shard_then_die(c, *a, real=real, **kw):
+                    def on_shard(*_):
+                        raise Killed()
+                    return real(c, *a, **{**kw, "on_shard": on_shard})
+                mp.setattr(mod, fn, first_shard_then_die)
+            else:
+                real = getattr(Pipeline, f"_do_{step}")
+
+                def work_then_die(self, real=real):
+                    real(self)
+                    raise Killed()
+                mp.setattr(Pipeline, f"_do_{step}", work_then_die)
+            with pytest.raises(Killed):
+                Pipeline(cfg, progress=False).run()
+            killed_in.append(step)
+            assert (out / "steps" / f"{step}.started.json").exists() and not (out / "steps" / f"{step}.json").exists()
+    assert killed_in == [s for s in STEPS if s != "mix"]
+    logs = []
+    Pipeline(cfg, progress=False, log=logs.append).run()
+    assert_same(ref, scores(out))
+
+
+def test_config_change_recomputes_that_step_and_the_ones_after(tiny, reference, tmp_path):
+    import shutil
+
+    src, _ = reference
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    logs = []
+    cfg = from_dict(RunConfig, config_dict(tiny, out, attribute={"top_k": 2}))
+    Pipeline(cfg, progress=False, log=logs.append).run()
+    recomputed = [s for s in STEPS if any(line.startswith(f"[{s}] its config or inputs changed") for line in logs)]
+    assert recomputed == ["attribute"]
+    rows = [json.loads(x) for x in (out / "attribution" / "attribution.jsonl").read_text().splitlines()]
+    assert {r["rank"] for r in rows} == {1, 2}
+    logs.clear()
+    cfg = from_dict(RunConfig, config_dict(tiny, out, student={"epochs": 1}))
+    Pipeline(cfg, progress=False, log=logs.append).run(["index"])
+    recomputed = [s for s in STEPS if any(line.startswith(f"[{s}] its config or inputs changed") for line in logs)]
+    assert recomputed == ["train", "embed", "index"]  # only what --steps index needs
+    assert len([json.loads(x) for x in (out / "encoder" / "metrics.jsonl").read_text().splitlines()]) == 2
+
+
+def test_cli_run_kill_9_during_training_then_same_command(tiny, reference, tmp_path):
+    """A real kill -9 of `influcoder run` while it trains; the same command then finishes with the same scores."""
+    _, ref = reference
+    out = tmp_path / "run"
+    cfg_path = tmp_path / "run.yaml"
+    d = config_dict(tiny, out, student={"epochs": 3})
+    cfg_path.write_text(yaml.safe_dump(d))
+    cmd = [sys.executable, "-m", "influcoder", "run", str(cfg_path), "--quiet", "--student.epochs", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ckpt = out / "encoder" / "checkpoint" / "state.pt"
+    t0 = time.time()
+    while not ckpt.exists() and p.poll() is None and time.time() - t0 < 300:
+        time.sleep(0.05)
+    assert p.poll() is None, p.stderr.read().decode()[-2000:]
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not (out / "steps" / "train.json").exists()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "steps done" in r.stdout
+    assert_same(ref, scores(out))
