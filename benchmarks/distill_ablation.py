@@ -50,6 +50,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "base": ("BASE", {}),
     "prior": ("BASE", {"pool_prior": True}),
     "prior_poolmean": ("BASE", {"pool_prior": True, "pool_mean_weight": 1.0}),
+    "prior_lr2e-3": ("BASE", {"pool_prior": True, "prior_lr": 2e-3}),
+    "prior_lr2e-3_lr5e-4": ("BASE", {"pool_prior": True, "prior_lr": 2e-3, "lr": 5e-4}),
     "poolmean": ("BASE", {"pool_mean_weight": 1.0}),
     "center": ("BASE", {"center_queries": True}),
     "prior_center": ("BASE", {"pool_prior": True, "center_queries": True}),

@@ -410,8 +410,9 @@ def test_patience_stops_training(tmp_path, tiny_bert_dir):
 
 
 def test_pool_prior_saves_and_scores_as_one_inner_product(tmp_path, tiny_bert_dir):
-    """With a prior the vectors carry b(p): pool [E(p), b(p)], query [E(q), 1]; their inner product is cos + b
-    exactly (so a FAISS inner-product index ranks by it), and it survives save/load."""
+    """With a prior, encode() gives unit vectors (pool [aE(p), s·r, √(1−a²−s²r²)], query [aE(q), s, 0]) whose
+    inner product is a²·(cos + b(p)) exactly — so a FAISS inner-product index ranks by cos + b — and the
+    prior survives save/load."""
     import shutil
 
     from influcoder import InfluenceEncoder
@@ -420,26 +421,28 @@ def test_pool_prior_saves_and_scores_as_one_inner_product(tmp_path, tiny_bert_di
     enc = InfluenceEncoder.from_pretrained(tiny_bert_dir)
     enc.prior = build_prior(enc.embedding_dim, 8, seed=1)
     with torch.no_grad():
-        enc.prior[2].weight.normal_()  # a non-trivial prior (it starts at zero)
+        enc.prior.mlp[2].weight.normal_()  # a non-trivial prior (it starts at zero)
+        enc.prior.raw_w.fill_(1.3)
     enc.save(tmp_path / "e", {"base_encoder": "tiny"})
     enc2 = InfluenceEncoder.from_pretrained(tmp_path / "e")
-    assert enc2.prior is not None and enc2.dim == enc2.embedding_dim + 1 and enc2.metadata["prior"]["hidden"] == 8
+    assert enc2.prior is not None and enc2.dim == enc2.embedding_dim + 2 and enc2.metadata["prior"]["hidden"] == 8
     texts = ["paris", "blue cat sat", "2 3 and 5", "hello there", "a b c d e f"]
     P, Q = enc2.encode(texts[:4]), enc2.encode(texts[4:], side="query")
-    assert P.shape == (4, enc2.dim) and np.allclose(Q[:, -1], 1.0)
-    np.testing.assert_allclose(np.linalg.norm(P[:, :-1], axis=1), 1.0, atol=1e-5)
-    b = P[:, -1]
+    np.testing.assert_allclose(np.linalg.norm(P, axis=1), 1.0, atol=1e-5)  # unit vectors: normalising is a no-op
+    np.testing.assert_allclose(np.linalg.norm(Q, axis=1), 1.0, atol=1e-5)
+    plain = InfluenceEncoder.from_pretrained(tiny_bert_dir)
+    Ep, Eq = plain.encode(texts[:4]), plain.encode(texts[4:], side="query")
     with torch.no_grad():
-        b_ref = enc.prior_scores(torch.from_numpy(P[:, :-1]), enc.length_features(texts[:4])).numpy()
-    np.testing.assert_allclose(b, b_ref, atol=1e-5)
-    assert np.abs(b).max() > 1e-3
+        b = enc.prior_scores(torch.from_numpy(Ep), enc.length_features(texts[:4])).numpy()
+        w = float(enc.prior.weight)
+    assert np.abs(b).max() > 1e-3 and w == pytest.approx(np.log1p(np.exp(1.3)), rel=1e-5)
+    want = Eq @ Ep.T + b[None, :]
+    np.testing.assert_allclose(Q @ P.T, want / (1 + w), atol=1e-5)
+    np.testing.assert_allclose(enc2.similarity(Q, P) / enc2.score_scale(), want, atol=1e-4)
     # the length features are the untruncated token counts (log1p), response = whole text for strings
     lf = enc.length_features(texts[:2])
     n = [len(enc.model.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts[:2]]
     np.testing.assert_allclose(lf, np.log1p(np.array([n, n]).T), atol=1e-6)
-    cos = Q[:, :-1] @ P[:, :-1].T
-    np.testing.assert_allclose(enc2.similarity(Q, P), cos + b[None, :], atol=1e-5)
-    np.testing.assert_allclose(InfluenceEncoder.similarity(Q[:, :-1], P[:, :-1]), cos, atol=1e-5)  # class: cosine
     # without its prior file the folder is a plain bi-encoder again (the file is what carries b)
     shutil.copytree(tmp_path / "e", tmp_path / "plain")
     (tmp_path / "plain" / "influcoder_prior.safetensors").unlink()
@@ -474,7 +477,7 @@ def test_pool_prior_is_trained(tmp_path, tiny_bert_dir):
     md = json.loads((out / "influcoder_encoder.json").read_text())
     w = load_file(str(out / "influcoder_prior.safetensors"))
     assert md["selection"]["best_epoch"] > 0 and md["pool_prior"]
-    assert float(w["2.weight"].abs().sum()) > 0
+    assert float(w["mlp.2.weight"].abs().sum()) > 0
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[md["selection"]["best_epoch"]]["aggregated_spearman"] > rows[0]["aggregated_spearman"]
 

@@ -185,6 +185,9 @@ class _Reference:
             self.threshold, self.calibrated = None, False
 
     def nearest(self, x: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        # vectors of an encoder with a pool prior carry one score coordinate after the embedding: the
+        # nearest-neighbour similarity is the cosine of the embeddings alone
+        x = normalise(np.asarray(x, dtype=np.float32)[:, : self.emb.shape[1]])
         s, i = exact_search(x, self.emb, 1)
         return s[:, 0], [self.ids[j] for j in i[:, 0]]
 
@@ -214,6 +217,7 @@ def _build_references(encoder, ood: OODConfig, batch_size: int) -> tuple[dict[st
             if len(items) >= ood.max_reference:
                 break
         emb = encode_sorted(encoder, items, batch_size=batch_size, side=side)
+        emb = emb[:, : getattr(encoder, "embedding_dim", emb.shape[1])]  # the cosine part (no prior coordinate)
         refs[side] = _Reference(normalise(emb), [r.id for r in items], [p for p, _ in sources], ood.quantile, ood.threshold)
     return refs, None
 

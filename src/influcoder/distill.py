@@ -146,6 +146,9 @@ class DistillConfig:
     embedding, carried as one extra coordinate of the saved vectors (exact under an inner-product index)."""
     prior_hidden: int = 256
     """Hidden width of the pool prior's MLP."""
+    prior_lr: float | None = None
+    """Learning rate of the pool prior's parameters (default: ``lr``); the prior starts from zero, so a
+    larger rate lets it take up the pool factor within a short run."""
 
     def __post_init__(self) -> None:
         def bad(msg: str):
@@ -185,6 +188,8 @@ class DistillConfig:
             bad(f"freeze_layers must be ≥ 0, got {self.freeze_layers}")
         if self.pool_mean_weight < 0:
             bad(f"pool_mean_weight must be ≥ 0, got {self.pool_mean_weight}")
+        if self.prior_lr is not None and not self.prior_lr > 0:
+            bad(f"prior_lr must be > 0, got {self.prior_lr}")
         if self.prior_hidden < 1:
             bad(f"prior_hidden must be ≥ 1, got {self.prior_hidden}")
         if self.patience is not None and self.patience < 1:
@@ -526,10 +531,15 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
     warmup = int(round(cfg.warmup_ratio * total_updates))
 
     params = [p for p in enc.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    prior_ids = {id(p) for p in enc.prior.parameters()} if enc.prior is not None else set()
+    body = [p for p in params if id(p) not in prior_ids]
+    decay = [p for p in body if p.ndim >= 2]
+    no_decay = [p for p in body if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if prior_ids:
+        groups.append({"params": [p for p in params if id(p) in prior_ids], "weight_decay": 0.0,
+                       "lr": cfg.prior_lr if cfg.prior_lr is not None else cfg.lr})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr)
 
     def lr_at(u: int) -> float:
         if warmup and u < warmup:

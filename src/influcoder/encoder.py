@@ -14,6 +14,7 @@ Influcoder metadata (teacher, label fingerprint, training config, validation met
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ import numpy as np
 
 from .errors import UserError
 
-__all__ = ["InfluenceEncoder", "METADATA_FILE", "PRIOR_FILE", "SIDES", "build_prior"]
+__all__ = ["InfluenceEncoder", "METADATA_FILE", "PRIOR_FILE", "PRIOR_FEATURES", "SIDES", "build_prior"]
 
 METADATA_FILE = "influcoder_encoder.json"
 PRIOR_FILE = "influcoder_prior.safetensors"
@@ -40,37 +41,57 @@ teacher's loss is a mean over response tokens, so response length carries much o
 
 
 def build_prior(dim: int, hidden: int, seed: int = 0):
-    """The pool-side prior b(p): a small MLP on the normalised pool embedding and two length features
-    (:data:`PRIOR_FEATURES`; ``dim`` is the embedding dimension) → one scalar per example.
+    """The pool-side prior b(p) = w·tanh(MLP([E(p), length features])) (:class:`PoolPrior`)."""
+    return PoolPrior(dim, hidden, seed)
 
-    Predicted influence becomes ``cos(E(q), E(p)) + b(p)``. Its last layer starts at zero, so an untrained
-    prior changes nothing. It is carried as one extra coordinate (pool vector ``[E(p), b(p)]``, query vector
-    ``[E(q), 1]``), so an inner-product index answers the full score exactly."""
+
+@functools.lru_cache(maxsize=None)
+def _prior_module():
+    """The PoolPrior class (built once, on first use, so that importing this module does not import torch)."""
     import torch
 
-    g = torch.Generator().manual_seed(seed)
-    first = torch.nn.Linear(dim + 2, hidden)
-    with torch.no_grad():
-        first.weight.copy_(torch.randn(hidden, dim + 2, generator=g) / dim ** 0.5)
-        first.bias.zero_()
-    last = torch.nn.Linear(hidden, 1)
-    with torch.no_grad():
-        last.weight.zero_()
-        last.bias.zero_()
-    return torch.nn.Sequential(first, torch.nn.GELU(), last)
+    class PoolPrior(torch.nn.Module):
+        """b(p) = w·tanh(MLP(x)), x = the normalised pool embedding and the two length features of
+        :data:`PRIOR_FEATURES`; w = softplus(raw_w) > 0 is learned (starts at 1), the MLP's last layer starts
+        at zero, so an untrained prior changes nothing.
+
+        Predicted influence is ``cos(E(q), E(p)) + b(p)``. It is carried by two extra coordinates so that
+        every vector stays unit-norm and one inner product gives the score: with a² = 1/(1+w), s² = 1 − a²,
+        r = b/w ∈ (−1, 1): pool ``[a·E(p), s·r, √(1 − a² − s²r²)]``, query ``[a·E(q), s, 0]``; their inner
+        product is a²·(cos + b(p)), a fixed positive multiple of the score, so a FAISS inner-product (or
+        cosine) index ranks by it exactly."""
+
+        def __init__(self, dim: int, hidden: int, seed: int = 0):
+            super().__init__()
+            g = torch.Generator().manual_seed(seed)
+            first = torch.nn.Linear(dim + 2, hidden)
+            with torch.no_grad():
+                first.weight.copy_(torch.randn(hidden, dim + 2, generator=g) / dim ** 0.5)
+                first.bias.zero_()
+            last = torch.nn.Linear(hidden, 1)
+            with torch.no_grad():
+                last.weight.zero_()
+                last.bias.zero_()
+            self.mlp = torch.nn.Sequential(first, torch.nn.GELU(), last)
+            self.raw_w = torch.nn.Parameter(torch.tensor(float(np.log(np.e - 1.0))))  # softplus⁻¹(1)
+            self.dim, self.hidden = dim, hidden
+
+        @property
+        def weight(self):
+            return torch.nn.functional.softplus(self.raw_w)
+
+        def unit(self, x):
+            """r = tanh(MLP(x)) ∈ (−1, 1)."""
+            return torch.tanh(self.mlp(x)).squeeze(-1)
+
+        def forward(self, x):
+            return self.weight * self.unit(x)
+
+    return PoolPrior
 
 
-class _hybridmethod:
-    """``InfluenceEncoder.similarity(a, b)`` on the class is plain cosine; on an instance it is that encoder's
-    predicted influence (the inner product of the vectors ``encode`` returned, which carry the prior)."""
-
-    def __init__(self, cls_fn, inst_fn):
-        self.cls_fn, self.inst_fn = cls_fn, inst_fn
-
-    def __get__(self, obj, objtype=None):
-        if obj is None:
-            return self.cls_fn
-        return self.inst_fn.__get__(obj, objtype)
+def PoolPrior(dim: int, hidden: int, seed: int = 0):  # noqa: N802  (a factory named like the class it returns)
+    return _prior_module()(dim, hidden, seed)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -223,8 +244,8 @@ class InfluenceEncoder:
 
     @property
     def dim(self) -> int:
-        """Width of the vectors :meth:`encode` returns: the embedding, plus the prior's coordinate if any."""
-        return self.embedding_dim + (1 if self.prior is not None else 0)
+        """Width of the vectors :meth:`encode` returns: the embedding, plus the prior's two coordinates if any."""
+        return self.embedding_dim + (2 if self.prior is not None else 0)
 
     @property
     def max_length(self) -> int:
@@ -259,18 +280,18 @@ class InfluenceEncoder:
 
     def length_features(self, items: Sequence[Any] | str) -> np.ndarray:
         """(n, 2) float32: log1p of the untruncated encoder-token counts of each item's text and of its response."""
-        from .records import Record
+        from .records import FieldSpec, Record, _row_to_record
 
         if isinstance(items, (str, Record, dict)):
             items = [items]
         items = list(items)
         texts = _texts(items)
         resp = []
-        for x, t in zip(items, texts):
+        for i, (x, t) in enumerate(zip(items, texts)):
             if isinstance(x, Record):
                 resp.append(x.response)
-            elif isinstance(x, dict) and not isinstance(x, str):
-                resp.append(_texts([x])[0] if "response" not in x else str(x.get("response") or ""))
+            elif isinstance(x, dict):  # a dict row: the same record the text came from
+                resp.append(_row_to_record("encode() input", i, x, FieldSpec()).response)
             else:
                 resp.append(t)
         tok = self.model.tokenizer
@@ -285,25 +306,41 @@ class InfluenceEncoder:
         if self.prior is None:
             return torch.zeros(pool_emb.shape[0], dtype=torch.float32)
         lengths = torch.as_tensor(lengths, dtype=torch.float32)
-        return self.prior(torch.cat([pool_emb.float(), lengths], dim=1)).squeeze(-1)
+        return self.prior(torch.cat([pool_emb.float(), lengths], dim=1))
 
     def score_vectors(self, emb: np.ndarray, side: str, items: Sequence[Any] | None = None) -> np.ndarray:
-        """Normalised embeddings → the vectors whose inner product is the predicted influence:
-        pool ``[E(p), b(p)]`` (``items``: the pool items, for their lengths), query ``[E(q), 1]`` with a
-        prior; unchanged without one."""
+        """Normalised embeddings → unit vectors whose inner product is a fixed positive multiple of the predicted
+        influence cos + b(p) (see :class:`PoolPrior`); unchanged without a prior. ``items``: the pool items
+        (the prior reads their lengths)."""
         if self.prior is None:
             return emb
         import torch
 
+        with torch.no_grad():
+            w = float(self.prior.weight)
+        a2 = 1.0 / (1.0 + w)
+        a, s = np.sqrt(a2), np.sqrt(1.0 - a2)
+        n = emb.shape[0]
         if side == "pool":
             if items is None:
                 raise ValueError("score_vectors: the pool side needs its items (the prior reads their lengths)")
             with torch.no_grad():
-                extra = self.prior_scores(torch.from_numpy(np.ascontiguousarray(emb)),
-                                          self.length_features(items)).numpy()[:, None]
+                x = torch.cat([torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32)),
+                               torch.from_numpy(self.length_features(items))], dim=1)
+                r = self.prior.unit(x).double().numpy()
+            extra = np.stack([s * r, np.sqrt(np.maximum(0.0, 1.0 - a2 - (s * r) ** 2))], axis=1)
         else:
-            extra = np.ones((emb.shape[0], 1), dtype=np.float32)
-        return np.hstack([emb, extra.astype(np.float32)])
+            extra = np.tile(np.array([[s, 0.0]]), (n, 1))
+        return np.hstack([a * emb.astype(np.float64), extra]).astype(np.float32)
+
+    def score_scale(self) -> float:
+        """a² = 1/(1 + w): inner products of :meth:`encode` vectors are this times cos + b(p) (1 without a prior)."""
+        if self.prior is None:
+            return 1.0
+        import torch
+
+        with torch.no_grad():
+            return 1.0 / (1.0 + float(self.prior.weight))
 
     def eval(self) -> "InfluenceEncoder":
         return self.train(False)
@@ -342,14 +379,11 @@ class InfluenceEncoder:
         """:meth:`encode` with the pool side's prompt (training examples = sentence-transformers' documents)."""
         return self.encode(items, side="pool", **kwargs)
 
-    def _similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        if self.prior is None:
-            return _cosine(a, b)
-        return np.atleast_2d(np.asarray(a, dtype=np.float32)) @ np.atleast_2d(np.asarray(b, dtype=np.float32)).T
-
-    similarity = _hybridmethod(_cosine, _similarity)
-    """Predicted influence matrix (len(a) × len(b)) of the vectors :meth:`encode` returned (query rows ×
-    pool rows): cosine, plus the pool prior b(p) when the encoder has one. On the class: plain cosine."""
+    @staticmethod
+    def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Cosine similarity matrix (len(a) × len(b)) = predicted influence of a-rows on b-rows (for an encoder
+        with a pool prior, of its unit score vectors: a² · (cos + b(p)), see :meth:`score_scale`)."""
+        return _cosine(a, b)
 
     # ------------------------------------------------------------------ saving
     def save(self, out_dir: str | os.PathLike, metadata: dict | None = None) -> Path:
@@ -374,10 +408,10 @@ class InfluenceEncoder:
                 from safetensors.torch import save_file
 
                 save_file({k: v.detach().contiguous() for k, v in self.prior.state_dict().items()}, str(tmp / PRIOR_FILE))
-                first = self.prior[0]
-                self.metadata["prior"] = {"kind": "mlp", "dim": int(first.in_features) - 2, "hidden": int(first.out_features),
-                                          "features": list(PRIOR_FEATURES), "file": PRIOR_FILE,
-                                          "score": "cos(E(q), E(p)) + b(p)"}
+                self.metadata["prior"] = {"kind": "w*tanh(mlp)", "dim": int(self.prior.dim), "hidden": int(self.prior.hidden),
+                                          "weight": float(self.prior.weight), "features": list(PRIOR_FEATURES),
+                                          "file": PRIOR_FILE, "score": "cos(E(q), E(p)) + b(p)",
+                                          "vectors": "pool [a E(p), s r, sqrt(1-a^2-s^2 r^2)], query [a E(q), s, 0]"}
             (tmp / METADATA_FILE).write_text(json.dumps(self.metadata, indent=1, default=str))
             if out.exists():
                 for child in out.iterdir():  # keep files beside the model that save() does not own
