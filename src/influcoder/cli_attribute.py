@@ -66,7 +66,7 @@ def embed_cmd(
     ray_gpus: float = _RAY_GPUS,
     ray_batch_rows: int = _RAY_BATCH_ROWS,
 ):
-    """Embed a records file with an influence encoder into a sharded, resumable store (or Parquet shards on Ray)."""
+    """Embed a records file with an influence encoder into a sharded, resumable store (locally or on Ray)."""
     from .embed import EmbedConfig, embed_file, open_embeddings
 
     cfg = EmbedConfig(encoder=encoder, data=str(data), out=str(out), side=side, preset=preset, prompt_field=prompt_field,
@@ -76,13 +76,9 @@ def embed_cmd(
     if ray is not None:
         from .ray_backend import embed_with_ray
 
-        rcfg = _ray_cfg(ray, ray_actors, ray_cpus, ray_gpus, ray_batch_rows)
-        path = embed_with_ray(cfg, rcfg)
-        m = json.loads((path / "manifest.json").read_text())
-        console.print(f"embedded {m['n']} × {m['dim']} ({m['dtype']}) on Ray into {path / 'shards'} "
-                      f"({m['seconds']:.1f} s, {m['n_invalid']} invalid rows skipped)")
-        return
-    path = embed_file(cfg, progress=not quiet)
+        path = embed_with_ray(cfg, _ray_cfg(ray, ray_actors, ray_cpus, ray_gpus, ray_batch_rows))
+    else:
+        path = embed_file(cfg, progress=not quiet)
     s = open_embeddings(path)
     st = s.manifest.get("stats", {})
     console.print(f"embedded {len(s)} × {s.dim} ({s.manifest['dtype']}) into {path} "
