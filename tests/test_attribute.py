@@ -207,3 +207,22 @@ def test_reference_found_in_encoder_metadata(tmp_path):
     meta = {"training": {"config": {"pool_data": str(p), "query_data": str(q), "query_preset": "bbh"}}}
     found = find_reference_data(meta)
     assert [f for f, _ in found["pool"]] == [str(p)] and found["query"][0][1].prompt == ("input",)
+
+
+def test_filter_reuses_its_own_pool_store(tmp_path, tiny_encoder):
+    """`filter --pool-embeddings` reads the store an earlier filter (or `embed`) wrote and gives the same
+    report and outputs without embedding the pool again."""
+    from influcoder.attribute import FilterConfig, filter_pool
+
+    pool = write_jsonl(tmp_path / "pool.jsonl", make_rows(25))
+    queries = write_jsonl(tmp_path / "q.jsonl", make_rows(3, seed=4))
+    first = filter_pool(FilterConfig(str(tiny_encoder), str(tmp_path / "a"), data=str(pool), queries=str(queries),
+                                     ood={"reference": [str(pool)]}), progress=False)
+    again = filter_pool(FilterConfig(str(tiny_encoder), str(tmp_path / "b"), data=str(pool), queries=str(queries),
+                                     pool_embeddings=str(first / "pool_embeddings"), ood={"reference": [str(pool)]}),
+                        progress=False)
+    assert not (again / "pool_embeddings").exists()
+    for name in ("scores.jsonl", "ranked.jsonl", "ood.jsonl", "filtered.jsonl"):
+        assert (again / name).read_text() == (first / name).read_text(), name
+    ra, rb = (json.loads((d / "report.json").read_text()) for d in (first, again))
+    assert ra["pool_ood"] == rb["pool_ood"] and ra["ood_reference"] == rb["ood_reference"] and ra["n_pool"] == 25

@@ -383,8 +383,15 @@ class EmbeddingStore:
 
 
 def _read_manifest(root: Path) -> dict:
-    return read_manifest(root, MANIFEST, FORMAT, EmbeddingStoreError, "embedding store",
-                         f"not an embedding store (no {MANIFEST}); make one with `influcoder embed`")
+    try:
+        return read_manifest(root, MANIFEST, FORMAT, EmbeddingStoreError, "embedding store",
+                             f"not an embedding store (no {MANIFEST}); make one with `influcoder embed`")
+    except EmbeddingStoreError as e:
+        fmt = json.loads((root / MANIFEST).read_text()).get("format") if "unknown" in str(e) else None
+        if isinstance(fmt, str) and fmt.startswith("influcoder-embedding-store/") or fmt == "influcoder-ray-embeddings/1":
+            raise EmbeddingStoreError(f"{root}: embedding store of an older influcoder (format {fmt}); re-embed "
+                                      "(`influcoder embed ... --overwrite`)") from None
+        raise
 
 
 def open_embeddings(root: str | Path, *, verify: bool = False) -> EmbeddingStore:
