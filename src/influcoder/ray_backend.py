@@ -29,6 +29,7 @@ on it: the same scores.jsonl, ranked.jsonl, ood.jsonl, filtered copy and report.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import time
@@ -276,7 +277,9 @@ def embed_with_ray(cfg, rcfg: RayConfig, *, on_shard: Callable[[int], None] | No
 
     ray = require_ray()
     t_start = time.perf_counter()
-    cfg.field_spec()  # an unknown preset fails before Ray starts
+    cfg.field_spec()  # an unknown preset or a missing file fails before Ray starts
+    if not _is_url(cfg.data) and not Path(cfg.data).exists():
+        raise UserError(f"{cfg.data}: file not found")
     data_fp = _data_fingerprint(cfg.data)
     started = _connect(ray, rcfg)
     actors: list = []
@@ -299,10 +302,17 @@ def embed_with_ray(cfg, rcfg: RayConfig, *, on_shard: Callable[[int], None] | No
             actors = [actor_cls.remote(cfg.encoder, str(writer.root.resolve()), str(cfg.data), cfg.field_spec(), cfg.side,
                                        cfg.batch_size, cfg.dtype, device) for _ in range(min(rcfg.num_actors, len(todo)))]
 
+            firsts = [first for first, _ in spans]  # blocks are in row order
+
             def work(i):
                 a, b = writer.shard_rows(i)
                 lo, hi = int(plan.rows[a]), int(plan.rows[b - 1])
-                blocks = [ref for ref, (first, n) in zip(refs, spans) if n and first <= hi and first + n > lo]
+                j = max(0, bisect.bisect_right(firsts, lo) - 1)
+                blocks = []
+                while j < len(refs) and spans[j][0] <= hi:
+                    if spans[j][1] and spans[j][0] + spans[j][1] > lo:
+                        blocks.append(refs[j])
+                    j += 1
                 return i, a, plan.ids[a:b], plan.rows[a:b], blocks
 
             pool = ActorPool(actors)
