@@ -231,3 +231,22 @@ def test_reference_data_read_with_the_field_mapping_the_encoder_was_trained_with
         assert [r.id for r in recs] == ["k0", "k1", "k2"] and recs[0].prompt == "q 0" and recs[0].response == "a 0"
         qrecs, _ = read_records(qpath, qspec)
         assert [r.response for r in qrecs] == ["y", "w"]
+
+
+def test_filter_reuses_its_own_pool_store(tmp_path, tiny_encoder):
+    """`filter --pool-embeddings` reads the store an earlier filter (or `embed`) wrote and gives the same
+    report and outputs without embedding the pool again."""
+    from influcoder.attribute import FilterConfig, filter_pool
+
+    pool = write_jsonl(tmp_path / "pool.jsonl", make_rows(25))
+    queries = write_jsonl(tmp_path / "q.jsonl", make_rows(3, seed=4))
+    first = filter_pool(FilterConfig(str(tiny_encoder), str(tmp_path / "a"), data=str(pool), queries=str(queries),
+                                     ood={"reference": [str(pool)]}), progress=False)
+    again = filter_pool(FilterConfig(str(tiny_encoder), str(tmp_path / "b"), data=str(pool), queries=str(queries),
+                                     pool_embeddings=str(first / "pool_embeddings"), ood={"reference": [str(pool)]}),
+                        progress=False)
+    assert not (again / "pool_embeddings").exists()
+    for name in ("scores.jsonl", "ranked.jsonl", "ood.jsonl", "filtered.jsonl"):
+        assert (again / name).read_text() == (first / name).read_text(), name
+    ra, rb = (json.loads((d / "report.json").read_text()) for d in (first, again))
+    assert ra["pool_ood"] == rb["pool_ood"] and ra["ood_reference"] == rb["ood_reference"] and ra["n_pool"] == 25

@@ -135,10 +135,12 @@ def test_resume_after_interruption_has_no_duplicates_and_equals_full_run(tmp_pat
     with pytest.raises(EmbeddingStoreError, match="incomplete"):
         open_embeddings(tmp_path / "s")
     # a shard file written but never listed (killed between rename and manifest) must be ignored
-    (tmp_path / "s" / "shards" / "emb-00002.npy").write_bytes(b"garbage")
+    (tmp_path / "s" / "shards" / "shard-00002.npy").write_bytes(b"garbage")
+    (tmp_path / "s" / "shards" / "shard-00003.npy.tmp0").write_bytes(b"half")  # a killed write
     computed = []
     embed_file(cfg, progress=False, on_shard=computed.append)
     assert computed == [2, 3, 4, 5]  # shards 0 and 1 were not recomputed
+    assert not list((tmp_path / "s" / "shards").glob("*.tmp*"))
     s = open_embeddings(tmp_path / "s", verify=True)
     full = open_embeddings(embed_file(EmbedConfig(str(tiny_encoder), str(pool_file), str(tmp_path / "full")), progress=False))
     assert s.ids == full.ids and len(set(s.ids)) == len(s.ids) == 57
@@ -233,3 +235,61 @@ def test_cli_embed(tmp_path, tiny_encoder, pool_file):
     r = CliRunner().invoke(app, ["embed", "--encoder", str(tiny_encoder), "--data", str(tmp_path / "missing.jsonl"),
                                  "--out", str(tmp_path / "e2")])
     assert r.exit_code != 0
+
+
+def test_store_is_the_shared_sharded_format_and_damage_is_named(tmp_path, tiny_encoder, pool_file):
+    """The embedding store is a StoreWriter store (ids.json, rows.npy, shard-*.npy, checksummed manifest);
+    a damaged shard or rows file, an older format and a non-store folder are refused with their file named."""
+    from influcoder.embed import EmbedConfig, EmbeddingStoreError, embed_file, open_embeddings
+    from influcoder.store import open_sharded
+
+    out = embed_file(EmbedConfig(str(tiny_encoder), str(pool_file), str(tmp_path / "s"), shard_size=20), progress=False)
+    s = open_embeddings(out, verify=True)
+    assert json.loads((out / "ids.json").read_text()) == s.ids == [f"r{i}" for i in range(57)]
+    assert s.rows.tolist() == list(range(57)) and s.manifest["dim"] == 32 and s.manifest["n"] == 57
+    assert [(x["start"], x["stop"]) for x in s.manifest["shards"]] == [(0, 20), (20, 40), (40, 57)]
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["shard-00000.npy", "shard-00001.npy", "shard-00002.npy"]
+    _, ids, mat = open_sharded(out, s.manifest["format"], EmbeddingStoreError, "embedding store", "influcoder embed")
+    np.testing.assert_array_equal(np.asarray(mat), np.concatenate(s.shards))
+    # encoder metadata is recorded without loading the model, as loading would give it
+    from influcoder.encoder import load_encoder
+
+    assert s.manifest["encoder_metadata"] == load_encoder(str(tiny_encoder)).metadata
+    assert s.manifest["encoder"]["fingerprint"] == s.fingerprint
+    # damage
+    shard = out / "shards" / "shard-00001.npy"
+    good = shard.read_bytes()
+    shard.write_bytes(good[:-8] + b"\0" * 8)
+    with pytest.raises(EmbeddingStoreError, match="shard-00001.npy: checksum mismatch"):
+        open_embeddings(out, verify=True)
+    shard.write_bytes(good[:-8])
+    with pytest.raises(EmbeddingStoreError, match="shard-00001.npy: shard is .* bytes"):
+        open_embeddings(out)
+    shard.write_bytes(good)
+    np.save(out / "rows.npy", np.arange(1, 58))
+    with pytest.raises(EmbeddingStoreError, match="rows.npy: does not match"):
+        open_embeddings(out)
+    m = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps(dict(m, format="influcoder-embedding-store/1")))
+    with pytest.raises(EmbeddingStoreError, match="store/1.*re-embed"):
+        open_embeddings(out)
+    with pytest.raises(EmbeddingStoreError, match="store/1.*re-embed"):
+        embed_file(EmbedConfig(str(tiny_encoder), str(pool_file), str(out), shard_size=20), progress=False)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(EmbeddingStoreError, match="not an embedding store"):
+        embed_file(EmbedConfig(str(tiny_encoder), str(pool_file), str(tmp_path / "other")), progress=False)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_encoder_identity_lives_with_the_encoder(tiny_encoder):
+    """encoder.py holds load_encoder / encoder_fingerprint / encoder_metadata; embed re-exports them."""
+    import influcoder.embed as embed
+    import influcoder.encoder as encoder
+
+    for name in ("load_encoder", "encoder_fingerprint", "encoder_metadata"):
+        assert getattr(embed, name) is getattr(encoder, name)
+    ident = encoder.encoder_identity(str(tiny_encoder))
+    assert ident["fingerprint"] == encoder.encoder_fingerprint(tiny_encoder)["sha256"]
+    assert ident["path"] == str(Path(tiny_encoder)) and "model.safetensors" in ident["fingerprint_files"]
+    assert encoder.read_encoder_metadata(str(tiny_encoder)) == encoder.load_encoder(str(tiny_encoder)).metadata

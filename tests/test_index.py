@@ -119,3 +119,19 @@ def test_cli_index_check(tmp_path, store_with_ties):
     assert r.exit_code == 0, r.output
     line = next(l for l in r.stdout.splitlines() if l.startswith("{"))
     assert json.loads(line)["recall"] == 1.0
+
+
+def test_index_refuses_an_unfinished_store(tmp_path, tiny_encoder):
+    from influcoder.embed import EmbedConfig, EmbeddingStoreError, embed_file
+    from influcoder.index import IndexConfig, build_index
+
+    class Stop(Exception):
+        pass
+
+    f = write_jsonl(tmp_path / "pool.jsonl", make_rows(30))
+    with pytest.raises(Stop):
+        embed_file(EmbedConfig(str(tiny_encoder), str(f), str(tmp_path / "emb"), shard_size=10), progress=False,
+                   on_shard=lambda i: (_ for _ in ()).throw(Stop()))
+    with pytest.raises(EmbeddingStoreError, match="incomplete.*influcoder embed"):
+        build_index(IndexConfig(str(tmp_path / "emb"), str(tmp_path / "idx")))
+    assert not (tmp_path / "idx").exists()

@@ -1,8 +1,10 @@
-"""Ray backend (issue 6): ``embed --ray`` / ``filter --ray`` on a local 2-CPU Ray instance give the same
-embeddings and the same filter ranking as the local path, on 30 real Alpaca rows (JSONL and Parquet).
+"""Ray backend: ``embed --ray`` writes the local embedding store (same manifest header, ids, rows and
+embeddings; indexable, attributable, resumable after a kill) and ``filter --ray`` writes the local filter's
+outputs field by field, on 30 real Alpaca rows (JSONL with a blank line, and Parquet) and on tiny random
+encoders (no downloads).
 
-One Ray instance for the whole module (start-up takes seconds). Skipped when ray is not installed or
-the shared data folder is absent."""
+One local 2-CPU Ray instance for the whole module (start-up takes seconds). Skipped when ray is not
+installed or the shared data folder is absent."""
 
 from __future__ import annotations
 
@@ -19,16 +21,11 @@ ray = pytest.importorskip("ray", reason="ray not installed (pip install influcod
 
 from test_embed import make_tiny_encoder  # noqa: E402
 
-from influcoder.attribute import FilterConfig, filter_pool  # noqa: E402
+from influcoder.attribute import AttributeConfig, FilterConfig, filter_pool, run_attribute  # noqa: E402
 from influcoder.embed import EmbedConfig, embed_file, open_embeddings  # noqa: E402
 from influcoder.errors import UserError  # noqa: E402
-from influcoder.ray_backend import (  # noqa: E402
-    RayConfig,
-    embed_with_ray,
-    filter_with_ray,
-    open_ray_embeddings,
-    read_ray_scores,
-)
+from influcoder.index import IndexConfig, build_index  # noqa: E402
+from influcoder.ray_backend import RayConfig, embed_with_ray, filter_with_ray  # noqa: E402
 
 DATA = Path(os.environ.get("INFLUCODER_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 ALPACA = DATA / "alpaca" / "alpaca_en_demo.json"
@@ -69,84 +66,161 @@ def alpaca_files(tmp_path_factory) -> dict[str, Path]:
 
 RCFG = RayConfig(num_actors=2, cpus_per_actor=1, rows_per_batch=7, read_blocks=3)  # a pool of 2 actors
 RCFG1 = RayConfig(num_actors=1, cpus_per_actor=1, rows_per_batch=7, read_blocks=3)
-# Each Ray pipeline starts actor processes that import torch (slow on a loaded machine): 5 pipelines in all.
+# Each Ray run starts actor processes that import torch (slow on a loaded machine): one run uses a pool of
+# 2 actors (shards finish out of order), the others one actor.
+
+# Manifest entries that describe a run, not the store's content
+RUN_KEYS = {"stats", "shards", "influcoder_version"}
 
 
-def test_embed_ray_equals_local_jsonl(ray_local, encoder, alpaca_files, tmp_path):
+def assert_same_store(a, b, atol):
+    """Two embedding stores hold the same content: header, ids, rows, shard layout and embeddings."""
+    ha = {k: v for k, v in a.manifest.items() if k not in RUN_KEYS}
+    hb = {k: v for k, v in b.manifest.items() if k not in RUN_KEYS}
+    assert ha == hb
+    assert [(s["index"], s["start"], s["stop"]) for s in a.manifest["shards"]] == \
+        [(s["index"], s["start"], s["stop"]) for s in b.manifest["shards"]]
+    assert a.ids == b.ids and a.rows.tolist() == b.rows.tolist()
+    np.testing.assert_allclose(a.matrix(), b.matrix(), atol=atol)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_embed_ray_is_the_local_store_and_indexes_and_attributes_the_same(ray_local, encoder, alpaca_files, tmp_path):
+    """embed --ray → index → attribute equals embed → index → attribute."""
     data = str(alpaca_files["jsonl"])
-    local = open_embeddings(embed_file(EmbedConfig(encoder=encoder, data=data, out=str(tmp_path / "local"),
-                                                   preset="alpaca", dtype="float32", batch_size=5, shard_size=11),
-                                       progress=False))
-    remote = open_ray_embeddings(embed_with_ray(EmbedConfig(encoder=encoder, data=data, out=str(tmp_path / "ray"),
-                                                            preset="alpaca", dtype="float32", batch_size=4), RCFG))
-    assert len(local) == N
-    assert remote.ids == local.ids
-    assert remote.rows.tolist() == local.rows.tolist()
+    common = dict(encoder=encoder, data=data, preset="alpaca", dtype="float32", batch_size=5, shard_size=11)
+    local = open_embeddings(embed_file(EmbedConfig(out=str(tmp_path / "local"), **common), progress=False))
+    remote = open_embeddings(embed_with_ray(EmbedConfig(out=str(tmp_path / "ray"), **common), RCFG), verify=True)
+    assert len(local) == N and len(local.manifest["shards"]) == 3
     assert remote.rows[-1] == N  # the blank line counts as a row, as in records.iter_rows
-    np.testing.assert_allclose(remote.matrix, local.matrix(), atol=2e-5)
-    assert remote.manifest["encoder"]["fingerprint"] == local.fingerprint
-    assert remote.manifest["fields"] == local.manifest["fields"]
-    # embeddings differ between examples: the comparison is not vacuous
-    assert np.abs(local.matrix()[0] - local.matrix()[1]).max() > 1e-3
+    assert_same_store(remote, local, atol=2e-5)
+    assert np.abs(local.matrix()[0] - local.matrix()[1]).max() > 1e-3  # the comparison is not vacuous
+    assert json.loads((tmp_path / "ray" / "ray_config.json").read_text())["num_actors"] == 2
+    results = {}
+    for name in ("local", "ray"):
+        idx = build_index(IndexConfig(str(tmp_path / name), str(tmp_path / f"idx-{name}")))
+        recs, report = run_attribute(AttributeConfig(encoder, str(idx), queries=str(alpaca_files["queries"]),
+                                                     query_preset="alpaca", top_k=5, out=str(tmp_path / f"{name}.jsonl"),
+                                                     ood={"enabled": False}))
+        results[name] = recs
+    lr, rr = results["local"], results["ray"]
+    assert len(lr) == 4 * 5
+    assert [(r["query_id"], r["rank"], r["id"], r["row"], r["text"]) for r in rr] == \
+        [(r["query_id"], r["rank"], r["id"], r["row"], r["text"]) for r in lr]
+    np.testing.assert_allclose([r["score"] for r in rr], [r["score"] for r in lr], atol=1e-5)
 
 
-def test_embed_ray_parquet_float16_limit(ray_local, encoder, alpaca_files, tmp_path):
+def test_embed_ray_parquet_float16_limit_and_resume_after_kill(ray_local, encoder, alpaca_files, tmp_path):
+    """A Ray run killed after 2 of 5 shards resumes from them: only the other 3 are computed, and the
+    store equals an uninterrupted local one."""
     data = str(alpaca_files["parquet"])
-    local = open_embeddings(embed_file(EmbedConfig(encoder=encoder, data=data, out=str(tmp_path / "local"),
-                                                   preset="alpaca", limit=23), progress=False))
-    remote = open_ray_embeddings(embed_with_ray(EmbedConfig(encoder=encoder, data=data, out=str(tmp_path / "ray"),
-                                                            preset="alpaca", limit=23), RCFG1))
-    assert remote.manifest["dtype"] == "float16" and len(remote.ids) == 23
-    assert remote.ids == local.ids and remote.rows.tolist() == local.rows.tolist()
-    np.testing.assert_allclose(remote.matrix, local.matrix(), atol=2e-3)
+    common = dict(encoder=encoder, data=data, preset="alpaca", limit=23, shard_size=5)
+    cfg = EmbedConfig(out=str(tmp_path / "ray"), **common)
+    seen = []
+
+    def die_after_two(i):
+        seen.append(i)
+        if len(seen) == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        embed_with_ray(cfg, RCFG1, on_shard=die_after_two)
+    m = json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    assert not m["complete"] and sorted(s["index"] for s in m["shards"]) == sorted(seen)
+    with pytest.raises(UserError, match="incomplete"):
+        open_embeddings(tmp_path / "ray")
+    # a shard file written but never listed (killed between rename and manifest) is recomputed, not trusted
+    missing = sorted(set(range(5)) - set(seen))
+    (tmp_path / "ray" / "shards" / f"shard-{missing[0]:05d}.npy").write_bytes(b"garbage")
+    computed = []
+    remote = open_embeddings(embed_with_ray(cfg, RCFG1, on_shard=computed.append), verify=True)
+    assert sorted(computed) == missing
+    local = open_embeddings(embed_file(EmbedConfig(out=str(tmp_path / "local"), **common), progress=False))
+    assert remote.manifest["dtype"] == "float16" and len(remote) == 23
+    assert_same_store(remote, local, atol=2e-3)
+    # a finished store is not recomputed
+    embed_with_ray(cfg, RCFG1, on_shard=lambda i: pytest.fail("recomputed a finished store"))
 
 
-def test_filter_ray_same_ranking(ray_local, encoder, alpaca_files, tmp_path):
+def test_filter_ray_writes_the_local_outputs(ray_local, encoder, alpaca_files, tmp_path):
     data = str(alpaca_files["jsonl"])
+    ref = tmp_path / "reference.jsonl"  # OOD reference: the encoder's "training data"
+    ref.write_text("".join(json.dumps(r) + "\n" for r in json.loads(ALPACA.read_text())[40:60]))
     common = dict(encoder=encoder, data=data, queries=str(alpaca_files["queries"]), preset="alpaca",
-                  query_preset="alpaca", aggregate="mean", fraction=0.2, batch_size=4)
+                  query_preset="alpaca", aggregate="max", fraction=0.2, batch_size=4,
+                  ood={"reference": [str(ref)], "reference_preset": "alpaca"})
     local = filter_pool(FilterConfig(out=str(tmp_path / "local"), **common), progress=False)
-    remote = filter_with_ray(FilterConfig(out=str(tmp_path / "ray"), **common), RCFG)
-    lr = [json.loads(x) for x in (local / "ranked.jsonl").read_text().splitlines()]
-    rr = [json.loads(x) for x in (remote / "ranked.jsonl").read_text().splitlines()]
-    assert len(lr) == len(rr) == N
-    local_score = {r["id"]: r["score"] for r in lr}
-    np.testing.assert_allclose([r["score"] for r in rr], [local_score[r["id"]] for r in rr], atol=1e-5)
-    ls = np.array([r["score"] for r in lr])
-    assert np.ptp(ls) > 0.01  # the scores spread: the ranking comparison is not vacuous
-    # same ranking: Ray's order never puts an example above one that scores higher locally (beyond ties of 1e-5)
-    assert np.all(np.diff([local_score[r["id"]] for r in rr]) <= 1e-5)
+    remote = filter_with_ray(FilterConfig(out=str(tmp_path / "ray"), **common), RCFG1)
+    lrep, rrep = (json.loads((d / "report.json").read_text()) for d in (local, remote))
+    assert lrep["ood_reference"]["pool"]["n"] == 20 and lrep["n_pool"] == N
+    assert rrep.pop("ray") == RCFG1.to_dict()
+    assert set(rrep) == set(lrep)
+    for key in lrep:
+        if key == "seconds":
+            continue
+        if key == "outputs":
+            assert [Path(p).relative_to(remote) for p in rrep[key]] == [Path(p).relative_to(local) for p in lrep[key]]
+        elif key == "config":
+            assert {**rrep[key], "out": None} == {**lrep[key], "out": None}
+        elif key == "score_quantiles":
+            np.testing.assert_allclose(list(rrep[key].values()), list(lrep[key].values()), atol=1e-5)
+            assert list(rrep[key]) == list(lrep[key])
+        elif key == "ood_reference":
+            for side in lrep[key]:
+                for k, v in lrep[key][side].items():
+                    assert rrep[key][side][k] == pytest.approx(v, abs=1e-6), (side, k)
+        else:
+            assert rrep[key] == lrep[key], key
+    for name in ("scores.jsonl", "ranked.jsonl", "ood.jsonl"):
+        lr = [json.loads(x) for x in (local / name).read_text().splitlines()]
+        rr = [json.loads(x) for x in (remote / name).read_text().splitlines()]
+        assert len(lr) == len(rr) >= N
+        for a, b in zip(rr, lr):
+            assert set(a) == set(b)
+            for k in b:
+                if isinstance(b[k], float):
+                    assert a[k] == pytest.approx(b[k], abs=1e-5), (name, k)
+                else:
+                    assert a[k] == b[k], (name, k)
+    scores = [json.loads(x)["score"] for x in (local / "scores.jsonl").read_text().splitlines()]
+    assert np.ptp(scores) > 0.01  # the scores spread: the comparison is not vacuous
     k = int(round(0.2 * N))
-    if ls[k - 1] - ls[k] > 1e-5:  # the selection boundary is not a tie
-        assert [r["id"] for r in rr if r["selected"]] == [r["id"] for r in lr if r["selected"]]
+    if scores[k - 1] - scores[k] > 1e-5:  # the selection boundary is not a tie
         assert (remote / "filtered.jsonl").read_text() == (local / "filtered.jsonl").read_text()
-    ids, rows, scores = read_ray_scores(remote)
-    assert len(ids) == N and np.all(np.diff(rows) > 0)
+    assert_same_store(open_embeddings(remote / "pool_embeddings"), open_embeddings(local / "pool_embeddings"), atol=2e-3)
 
 
 def test_invalid_rows(ray_local, encoder, tmp_path):
-    from influcoder.ray_backend import _read_parquet_dir, _split_errors
     from influcoder.records import RecordError
 
     p = tmp_path / "bad.jsonl"
     p.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n{"id": "0", "prompt": "d", "response": "e"}\n'
                  '{"prompt": "f", "response": "g"}\n')
     out = embed_with_ray(EmbedConfig(encoder=encoder, data=str(p), out=str(tmp_path / "o"), skip_invalid=True), RCFG1)
-    got = open_ray_embeddings(out)
-    assert got.ids == ["0", "3"]  # row 1 has no response; row 2 repeats id "0"
+    got = open_embeddings(out)
+    assert got.ids == ["0", "3"] and got.rows.tolist() == [0, 3]  # row 1 has no response; row 2 repeats id "0"
     bad = [json.loads(x) for x in (out / "invalid.jsonl").read_text().splitlines()]
     assert [(b["row"], b["field"]) for b in bad] == [(1, "response"), (2, "id")]
-    # without --skip-invalid the first bad row is an error naming file, row and field (as locally)
-    table = _read_parquet_dir(out / "shards", ["id", "row", "error"])
-    with pytest.raises(RecordError, match=r"row 1.*response"):
-        _split_errors(table, str(p), False, None)
-    with pytest.raises(RecordError, match=r"row 1"):
-        embed_file(EmbedConfig(encoder=encoder, data=str(p), out=str(tmp_path / "loc")), progress=False)
-    assert _split_errors(table, str(p), False, 1)[0].num_rows == 1  # rows after the limit are not looked at
+    local = embed_file(EmbedConfig(encoder=encoder, data=str(p), out=str(tmp_path / "loc"), skip_invalid=True), progress=False)
+    assert (local / "invalid.jsonl").read_text() == (out / "invalid.jsonl").read_text()
+    # without --skip-invalid the first bad row is an error naming file, row and field (as locally), and
+    # nothing is written
+    for run in (lambda o: embed_with_ray(EmbedConfig(encoder=encoder, data=str(p), out=o), RCFG1),
+                lambda o: embed_file(EmbedConfig(encoder=encoder, data=str(p), out=o), progress=False)):
+        with pytest.raises(RecordError, match=r"bad\.jsonl, row 1, field 'response'"):
+            run(str(tmp_path / "none"))
+        assert not (tmp_path / "none").exists()
+    # a line that is not JSON stops both paths even with --skip-invalid (records.iter_rows does)
+    p.write_text('{"prompt": "a", "response": "b"}\nnot json\n')
+    with pytest.raises(RecordError, match=r"row 1: invalid JSON"):
+        embed_with_ray(EmbedConfig(encoder=encoder, data=str(p), out=str(tmp_path / "j"), skip_invalid=True), RCFG1)
 
 
 def test_cli_ray_option(ray_local, encoder, alpaca_files, tmp_path):
-    """`--ray ADDRESS` runs `filter` on Ray (the instance started here); `--ray` with no value before another
+    """`--ray ADDRESS` runs `embed` on Ray (the instance started here); `--ray` with no value before another
     option takes the default address and leaves that option alone."""
     from typer.testing import CliRunner
 
@@ -172,13 +246,11 @@ def test_cli_ray_option(ray_local, encoder, alpaca_files, tmp_path):
             assert seen[-1] == address, ray_args
     finally:
         RC.__post_init__ = orig
-    r = CliRunner().invoke(app, ["filter", "--encoder", encoder, "--data", data, "--queries", str(alpaca_files["queries"]),
-                                 "--preset", "alpaca", "--query-preset", "alpaca", "--out", str(tmp_path / "f"),
-                                 "--fraction", "0.1", "--aggregate", "max", "--ray", "local", "--ray-actors", "1"])
+    r = CliRunner().invoke(app, ["embed", "--encoder", encoder, "--data", data, "--preset", "alpaca", "--out",
+                                 str(tmp_path / "e"), "--shard-size", "16", "--ray", "local", "--ray-actors", "1"])
     assert r.exit_code == 0, r.output
-    rep = json.loads((tmp_path / "f" / "report.json").read_text())
-    assert rep["n_pool"] == N and rep["n_selected"] == 3 and rep["ray"]["address"] == "local"
-    assert (tmp_path / "f" / "filtered.jsonl").read_text().count("\n") == N - 3
+    s = open_embeddings(tmp_path / "e")
+    assert len(s) == N and len(s.manifest["shards"]) == 2 and s.manifest["stats"]["ray_actors"] == 1
 
 
 def test_core_does_not_import_ray(tmp_path):

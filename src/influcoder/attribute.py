@@ -27,19 +27,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .embed import (
-    EmbedConfig,
-    EmbeddingStore,
-    atomic_write_text,
-    embed_file,
-    encode_sorted,
-    encoder_fingerprint,
-    encoder_metadata,
-    load_encoder,
-    normalise,
-    open_embeddings,
-)
+from .embed import EmbedConfig, EmbeddingStore, embed_file, encode_sorted, normalise, open_embeddings
+from .encoder import encoder_fingerprint, encoder_metadata, load_encoder
 from .errors import UserError
+from .fileio import atomic_write_text
 from .index import FaissIndex, exact_search, open_index
 from .records import PRESETS, FieldSpec, Record, iter_records, read_records, record_to_text
 
@@ -50,6 +41,8 @@ __all__ = [
     "attribute",
     "run_attribute",
     "filter_pool",
+    "filter_store",
+    "pool_embed_config",
     "ood_report",
     "load_items",
     "write_filtered_copy",
@@ -518,19 +511,22 @@ def select_examples(scores: np.ndarray, threshold: float | None, fraction: float
     return order, selected, (selected if keep else ~selected)
 
 
+def pool_embed_config(cfg: FilterConfig) -> EmbedConfig:
+    """The embedding store ``filter`` makes of its pool file (``OUT/pool_embeddings``; local or on Ray)."""
+    return EmbedConfig(encoder=cfg.encoder, data=cfg.data, out=str(Path(cfg.out) / "pool_embeddings"), side="pool",
+                       preset=cfg.preset, prompt_field=cfg.prompt_field, response_field=cfg.response_field,
+                       dtype=cfg.dtype, batch_size=cfg.batch_size)
+
+
 def filter_pool(cfg: FilterConfig, *, encoder=None, progress: bool = True,
                 references: tuple[dict, str | None] | None = None) -> Path:
     """Run the filter described by ``cfg``; returns the output folder (``references``: as for
     :func:`run_attribute`)."""
     t0 = time.perf_counter()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
     fp = encoder_fingerprint(cfg.encoder)["sha256"]
     if encoder is None:
         encoder = load_encoder(cfg.encoder)
-    q_spec = _spec(cfg.query_preset, cfg.query_prompt_field, cfg.query_response_field)
-    q_ids, q_items, q_emb = _query_embeddings(cfg.queries, cfg.query_texts, q_spec, encoder, fp, cfg.batch_size, None)
-
     # pool embeddings: a store (streamed, resumable) for files, in memory for command-line texts
     store: EmbeddingStore | None = None
     if cfg.data:
@@ -544,11 +540,26 @@ def filter_pool(cfg: FilterConfig, *, encoder=None, progress: bool = True,
             if store.manifest["data"]["sha256"] != _sha(cfg.data):
                 raise UserError(f"pool embeddings {cfg.pool_embeddings} were made from another file than {cfg.data}")
         else:
-            ecfg = EmbedConfig(encoder=cfg.encoder, data=cfg.data, out=str(out / "pool_embeddings"), side="pool",
-                               preset=cfg.preset, prompt_field=cfg.prompt_field, response_field=cfg.response_field,
-                               dtype=cfg.dtype, batch_size=cfg.batch_size)
-            store = open_embeddings(embed_file(ecfg, progress=progress, encoder=encoder))
-    blocks: list[tuple[int, np.ndarray]] = []
+            store = open_embeddings(embed_file(pool_embed_config(cfg), progress=progress, encoder=encoder))
+    return filter_store(cfg, store, encoder=encoder, t0=t0, references=references)
+
+
+def filter_store(cfg: FilterConfig, store: EmbeddingStore | None, *, encoder=None, t0: float | None = None,
+                 report_extra: dict | None = None, references: tuple[dict, str | None] | None = None) -> Path:
+    """Score the pool (``store``, made from ``cfg.data``, plus ``cfg.pool_texts``) against the queries and write
+    scores.jsonl, ranked.jsonl, ood.jsonl, the filtered copy and report.json. ``filter`` and ``filter --ray``
+    both end here (``report_extra`` adds entries to report.json, e.g. the Ray settings)."""
+    t0 = time.perf_counter() if t0 is None else t0
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fp = encoder_fingerprint(cfg.encoder)["sha256"]
+    if store is not None and store.fingerprint != fp:
+        raise UserError(f"pool embeddings {store.root} were made with another encoder than '{cfg.encoder}'")
+    if encoder is None:
+        encoder = load_encoder(cfg.encoder)
+    q_spec = _spec(cfg.query_preset, cfg.query_prompt_field, cfg.query_response_field)
+    q_ids, q_items, q_emb = _query_embeddings(cfg.queries, cfg.query_texts, q_spec, encoder, fp, cfg.batch_size, None)
+
     p_ids: list[str] = []
     p_rows: list[int] = []
     t_items: list[str] = []
@@ -590,9 +601,13 @@ def filter_pool(cfg: FilterConfig, *, encoder=None, progress: bool = True,
     atomic_write_text(out / "ood.jsonl", "".join(json.dumps(r) + "\n" for r in query_ood + pool_ood))
 
     outputs = []
+    notes = [ood_note]
     if store is not None:
-        keep_rows = {p_rows[i] for i in range(len(store)) if kept[i]}
-        outputs.append(str(write_filtered_copy(cfg.data, out, keep_rows)))
+        if "://" in str(cfg.data):
+            notes.append(f"no filtered copy of the URL input {cfg.data}: ranked.jsonl's kept column says which rows to keep")
+        else:
+            keep_rows = {p_rows[i] for i in range(len(store)) if kept[i]}
+            outputs.append(str(write_filtered_copy(cfg.data, out, keep_rows)))
     if t_items:
         base = len(store) if store is not None else 0
         dst = out / ("filtered_texts.jsonl" if store is not None else "filtered.jsonl")
@@ -613,7 +628,8 @@ def filter_pool(cfg: FilterConfig, *, encoder=None, progress: bool = True,
         "ood_reference": {k: v.summary() for k, v in refs.items()},
         "queries_ood": sum(1 for r in query_ood if r["ood"]),
         "pool_ood": sum(1 for r in pool_ood if r["ood"]),
-        "notes": [n_ for n_ in (ood_note,) if n_],
+        "notes": [n_ for n_ in notes if n_],
+        **(report_extra or {}),
         "seconds": round(time.perf_counter() - t0, 2),
     }
     atomic_write_text(out / "filter_config.json", json.dumps(cfg.to_dict(), indent=1))

@@ -62,11 +62,8 @@ def _embed(values: dict, extras: dict):
 
         rcfg = _ray_cfg(extras["ray"], extras["ray_actors"], extras["ray_cpus"], extras["ray_gpus"], extras["ray_batch_rows"])
         path = embed_with_ray(cfg, rcfg)
-        m = json.loads((path / "manifest.json").read_text())
-        console.print(f"embedded {m['n']} × {m['dim']} ({m['dtype']}) on Ray into {path / 'shards'} "
-                      f"({m['seconds']:.1f} s, {m['n_invalid']} invalid rows skipped)")
-        return
-    path = embed_file(cfg, progress=not extras["quiet"])
+    else:
+        path = embed_file(cfg, progress=not extras["quiet"])
     s = open_embeddings(path)
     st = s.manifest.get("stats", {})
     console.print(f"embedded {len(s)} × {s.dim} ({s.manifest['dtype']}) into {path} "

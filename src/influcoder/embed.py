@@ -1,22 +1,34 @@
 """Stage 4a: stream a records file through an influence encoder into a sharded, resumable embedding store.
 
-``embed_file(EmbedConfig(...))`` is what ``influcoder embed`` runs. The input is read with
-:func:`records.iter_records` one shard (``shard_size`` records) at a time, so memory is bounded by one
-shard whatever the file size. Each shard is sorted by text length and cut into batches (little padding
-waste), encoded, put back in file order and written atomically.
+``embed_file(EmbedConfig(...))`` is what ``influcoder embed`` runs; ``influcoder embed --ray``
+(:func:`influcoder.ray_backend.embed_with_ray`) writes the same store with a pool of Ray actors. Both
+run the same two passes, built from the functions of this module:
 
-Layout of an embedding store folder::
+1. **Plan** (:func:`plan_rows`): stream the file, validate every row (:func:`check_row`) and keep only
+   the ids and source rows of the valid records (bad input stops here, before any model runs; with
+   ``skip_invalid`` bad rows are listed instead). Store shard ``i`` holds valid records
+   ``[i·shard_size, (i+1)·shard_size)``.
+2. **Embed** (:func:`iter_shards`, :func:`embed_records`): stream the rows again, build the records of
+   each shard still to do, encode them in length-sorted batches, L2-normalise in float32, cast to the
+   storage dtype and write the shard atomically. Memory: the encoder and one shard.
 
-    manifest.json            format, encoder (name, folder, fingerprint, dim, metadata), data fingerprint,
-                             field mapping, side, dtype, shard list (rows, files, sha256), ``complete``
-    shards/emb-00000.npy     (n_i × dim) float16 (default) or float32, L2-normalised in float32 first
-    shards/ids-00000.json    {"ids": [...], "rows": [...]}: ids and 0-based source rows of those embeddings
+The store is written by :class:`influcoder.store.StoreWriter`, the writer of gradient stores, with its
+own format string, and read back by :func:`open_embeddings` (every consumer: ``index``, ``attribute``,
+``filter --pool-embeddings``). Layout of an embedding store folder::
+
+    manifest.json            format influcoder-embedding-store/2; encoder (name, folder, fingerprint),
+                             data fingerprint, field mapping, side, dtype, limit, n, shard_size, ids and
+                             rows sha256, the shard list (index, start, stop, bytes, sha256), complete,
+                             dim, encoder metadata, stats
+    ids.json                 the ids of the embedded records, in store order (= file order)
+    rows.npy                 their 0-based source rows (int64)
+    shards/shard-00000.npy   (n_i × dim) float16 (default) or float32, L2-normalised in float32 first
     invalid.jsonl            rows skipped under ``skip_invalid`` (if any)
-    embed_config.json        the :class:`EmbedConfig` used
+    embed_config.json        the :class:`EmbedConfig` used (and ray_config.json for a Ray run)
 
-A shard's files are written to temporary names, fsynced and renamed before the manifest (itself replaced
-atomically) lists them; after a kill, the manifest lists only whole shards, the rerun skips exactly those
-records (checking their ids) and computes the rest — no duplicates, nothing lost.
+A shard's file is written to a temporary name, fsynced and renamed before the manifest (itself replaced
+atomically) lists it with its checksum; after a kill the manifest lists only whole shards, and the rerun
+checks them (size, sha256) and computes exactly the others, in any order — no duplicates, nothing lost.
 """
 
 from __future__ import annotations
@@ -28,109 +40,52 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from . import __version__
+from .encoder import (  # noqa: F401  (encoder identity lives with the encoder; re-exported for callers)
+    encoder_fingerprint,
+    encoder_identity,
+    encoder_metadata,
+    load_encoder,
+    read_encoder_metadata,
+    resolve_encoder_path,
+)
 from .errors import UserError
-from .fileio import atomic_write as _atomic_write_bytes
-from .fileio import atomic_write_text, read_manifest
-from .fileio import sha256_file as _sha256_file
-from .records import FieldSpec, InvalidRow, Record, file_fingerprint, iter_records, record_to_text
+from .fileio import atomic_save_npy, atomic_write_text, read_manifest
+from .records import FieldSpec, InvalidRow, Record, RecordError, _row_to_record, file_fingerprint, iter_rows, record_to_text
+from .store import ShardedMatrix, StoreWriter, open_sharded
 
 __all__ = [
     "EmbedConfig",
     "EmbeddingStore",
     "EmbeddingStoreError",
+    "EmbedPlan",
     "embed_file",
     "open_embeddings",
+    "open_embedding_writer",
+    "finish_embedding_store",
+    "plan_rows",
+    "check_row",
+    "iter_shards",
+    "embed_records",
     "load_encoder",
     "encoder_fingerprint",
     "encode_sorted",
     "item_length",
+    "normalise",
 ]
 
-FORMAT = "influcoder-embedding-store/1"
+FORMAT = "influcoder-embedding-store/2"
 MANIFEST = "manifest.json"
-
-# Files of a (sentence-transformers / transformers) model folder that determine its embeddings.
-_FINGERPRINT_NAMES = {
-    "config.json", "config_sentence_transformers.json", "modules.json", "sentence_bert_config.json",
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
-    "merges.txt", "spiece.model", "sentencepiece.bpe.model", "added_tokens.json",
-}
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 class EmbeddingStoreError(UserError):
     """An embedding store that is missing, incomplete, corrupted, or made with another encoder."""
 
 
-# --------------------------------------------------------------------------------------------- encoder
-
-
-def _resolve_encoder_path(name: str) -> Path:
-    from .models import resolve_encoder
-
-    path = Path(resolve_encoder(str(name)))
-    if not path.is_dir():
-        raise UserError(
-            f"encoder '{name}' is not a folder here; give a trained encoder folder (influcoder train --out) or 'minilm-l6'"
-        )
-    return path
-
-
-def encoder_fingerprint(name_or_path: str | Path) -> dict[str, Any]:
-    """sha256 over the names and bytes of the files that determine an encoder's embeddings.
-
-    Weights (``*.safetensors``/``*.bin``) and configuration/tokenizer files of the folder and of the
-    sentence-transformers module folders it lists in ``modules.json``; README, logs, metrics and
-    training checkpoints are ignored, so re-reading the same model always gives the same fingerprint.
-    """
-    root = _resolve_encoder_path(str(name_or_path))
-    folders = [root]
-    modules = root / "modules.json"
-    if modules.exists():
-        try:
-            for m in json.loads(modules.read_text()):
-                sub = m.get("path") or ""
-                if sub and (root / sub).is_dir():
-                    folders.append(root / sub)
-        except (json.JSONDecodeError, AttributeError, TypeError):
-            pass
-    files: list[Path] = []
-    for folder in folders:
-        for p in sorted(folder.iterdir()):
-            if p.is_file() and (p.name in _FINGERPRINT_NAMES or p.name.endswith(_WEIGHT_SUFFIXES)):
-                files.append(p)
-    if not any(p.name.endswith(_WEIGHT_SUFFIXES) for p in files):
-        raise UserError(f"{root}: no model weights (*.safetensors / *.bin) found; not an encoder folder")
-    h = hashlib.sha256()
-    for p in files:
-        rel = p.relative_to(root).as_posix()
-        h.update(rel.encode() + b"\0")
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        h.update(b"\0")
-    return {"sha256": h.hexdigest(), "files": [p.relative_to(root).as_posix() for p in files]}
-
-
-def load_encoder(name: str):
-    """Load an :class:`influcoder.encoder.InfluenceEncoder` (folder or ``minilm-l6``)."""
-    from .encoder import InfluenceEncoder
-
-    _resolve_encoder_path(name)
-    try:
-        return InfluenceEncoder.from_pretrained(name)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load encoder '{name}': {e}") from None
-
-
-def encoder_metadata(encoder) -> dict[str, Any]:
-    meta = getattr(encoder, "metadata", None)
-    return dict(meta) if isinstance(meta, dict) else {}
+# --------------------------------------------------------------------------------------------- encoding
 
 
 def item_length(item: Record | str) -> int:
@@ -167,6 +122,7 @@ def encode_sorted(
     if out is None:
         raise UserError("nothing to encode")
     return out
+
 
 
 # ----------------------------------------------------------------------------------------- config
@@ -231,7 +187,154 @@ class EmbedConfig:
         return asdict(self)
 
 
-# ------------------------------------------------------------------------------------------ store
+def embed_records(encoder, records: Sequence[Record | str], *, batch_size: int, side: str, dtype: str,
+                  on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    """The stored rows of one shard: :func:`encode_sorted`, L2-normalised in float32, cast to ``dtype``."""
+    emb = encode_sorted(encoder, records, batch_size=batch_size, side=side, on_batch=on_batch)
+    return np.ascontiguousarray(normalise(emb).astype(dtype))
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm in float32 (zero rows left at zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, np.float32(1e-12))
+
+
+# ---------------------------------------------------------------------------------------- pass 1: plan
+
+
+@dataclass
+class EmbedPlan:
+    """What pass 1 keeps of the data: ids and source rows of the records to embed, and the bad rows."""
+
+    ids: list[str]
+    rows: np.ndarray
+    invalid: list[InvalidRow]
+
+
+def check_row(path: str | Path, row: int, obj: dict, spec: FieldSpec) -> tuple:
+    """``(row, id, None, None)`` for a row that makes a valid record, else ``(row, None, field, problem)``
+    (plain tuples, so that Ray workers can send them to the driver)."""
+    try:
+        return (row, _row_to_record(Path(path), row, obj, spec).id, None, None)
+    except RecordError as e:
+        return (row, None, e.field, e.problem)
+
+
+def plan_rows(checked: Iterable[tuple], data: str | Path, spec: FieldSpec, *, skip_invalid: bool = False,
+              limit: int | None = None) -> EmbedPlan:
+    """Pass 1 from :func:`check_row` results in file order: the first bad row or duplicate id raises a
+    :class:`RecordError` naming file, row and field, unless ``skip_invalid`` (then it is listed); rows after
+    the first ``limit`` valid ones are not looked at. A result with a fifth element ``True`` is a row that
+    cannot be read at all (invalid JSON) and raises even with ``skip_invalid``, as :func:`iter_rows` does."""
+    ids: list[str] = []
+    rows: list[int] = []
+    invalid: list[InvalidRow] = []
+    seen: set[str] = set()
+    for row, rid, field, problem, *fatal in checked:
+        if limit is not None and len(ids) >= limit:
+            break
+        if rid is not None and rid in seen:
+            field, problem = spec.id, f"duplicate id '{rid}'"
+        elif rid is not None:
+            seen.add(rid)
+            ids.append(rid)
+            rows.append(row)
+            continue
+        if not skip_invalid or (fatal and fatal[0]):
+            raise RecordError(data, row, field, problem)
+        invalid.append(InvalidRow(str(data), row, field, problem))
+    if not ids:
+        raise UserError(f"{data}: no valid records to embed" + (f" ({len(invalid)} invalid rows)" if invalid else ""))
+    return EmbedPlan(ids, np.asarray(rows, dtype=np.int64), invalid)
+
+
+# --------------------------------------------------------------------------------------- pass 2: shards
+
+
+def iter_shards(rows: Iterable[tuple[int, dict]], data: str | Path, spec: FieldSpec, plan: EmbedPlan,
+                shard_size: int, wanted: Iterable[int]) -> Iterator[tuple[int, list[Record]]]:
+    """Pass 2: ``(shard, records)`` for each wanted shard, in order, from ``(row, dict)`` pairs in file
+    order — the whole file, or just the rows around the wanted shards. Rows that pass 1 left out are
+    skipped; each record's id is checked against the plan (the data must not change in between)."""
+    wanted = set(wanted)
+    n = len(plan.ids)
+    buf: dict[int, list[Record]] = {}
+    for row, obj in rows:
+        k = int(np.searchsorted(plan.rows, row))
+        if k >= n or plan.rows[k] != row:
+            continue
+        shard = k // shard_size
+        if shard not in wanted:
+            continue
+        rec = _row_to_record(Path(data), row, obj, spec)
+        if rec.id != plan.ids[k]:
+            raise EmbeddingStoreError(f"{data}, row {row}: id '{rec.id}' but '{plan.ids[k]}' when the run started; "
+                                      "the data changed while embedding — rerun")
+        buf.setdefault(shard, []).append(rec)
+        if k == min(n, (shard + 1) * shard_size) - 1:
+            yield shard, buf.pop(shard)
+            wanted.discard(shard)
+            if not wanted:
+                return
+    if wanted:
+        raise EmbeddingStoreError(f"{data} changed while embedding: shards {sorted(wanted)[:10]} no longer complete; rerun")
+
+
+# ------------------------------------------------------------------------------------------ writing
+
+
+def store_header(cfg: EmbedConfig, data_fingerprint: dict) -> dict:
+    """Everything that defines an embedding store's content (compared when a store is resumed)."""
+    enc = encoder_identity(cfg.encoder)
+    return {
+        "encoder": enc,
+        "data": data_fingerprint,
+        "fields": dataclasses.asdict(cfg.field_spec()),
+        "side": cfg.side,
+        "dtype": cfg.dtype,
+        "limit": cfg.limit,
+        "skip_invalid": cfg.skip_invalid,
+    }
+
+
+def open_embedding_writer(cfg: EmbedConfig, plan: EmbedPlan, data_fingerprint: dict | None = None) -> StoreWriter:
+    """Create (or resume) the store at ``cfg.out`` for ``plan``: the one writer of embedding stores
+    (``embed`` writes its shards through it; a Ray driver lists the shards its actors write)."""
+    out = Path(cfg.out)
+    if cfg.overwrite and out.exists():
+        if (out / MANIFEST).exists() or not any(out.iterdir()):
+            shutil.rmtree(out)
+        else:
+            raise UserError(f"{out} exists and is not an embedding store; refusing to delete it")
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
+        raise EmbeddingStoreError(f"{out} exists and is not an embedding store; use another --out folder")
+    if (out / MANIFEST).exists():
+        _read_manifest(out)  # another kind of folder (or an older format) is refused with its own message
+    header = store_header(cfg, data_fingerprint or file_fingerprint(cfg.data))
+    header["rows_sha256"] = hashlib.sha256(np.ascontiguousarray(plan.rows, dtype=np.int64).tobytes()).hexdigest()
+    writer = StoreWriter(out, header, plan.ids, cfg.shard_size, cfg.dtype, fmt=FORMAT, error=EmbeddingStoreError)
+    if not writer.complete:
+        atomic_save_npy(out / "rows.npy", np.ascontiguousarray(plan.rows, dtype=np.int64))
+        atomic_write_text(out / "embed_config.json", json.dumps(cfg.to_dict(), indent=1))
+    return writer
+
+
+def finish_embedding_store(writer: StoreWriter, cfg: EmbedConfig, plan: EmbedPlan, stats: dict) -> Path:
+    """Write invalid.jsonl and mark the store complete, with its dimension and the encoder metadata."""
+    out = writer.root
+    if plan.invalid:
+        atomic_write_text(out / "invalid.jsonl", "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in plan.invalid))
+    first = min(writer.shards, key=lambda s: s["index"])
+    dim = int(np.load(out / "shards" / first["file"], mmap_mode="r").shape[1])
+    stats = dict(stats, n_invalid=len(plan.invalid),
+                 bytes_per_example=round(sum(s["bytes"] for s in writer.shards) / len(plan.ids), 2))
+    writer.finish(stats, extra={"dim": dim, "encoder_metadata": read_encoder_metadata(cfg.encoder)})
+    return out
+
+
+# ------------------------------------------------------------------------------------------ reading
 
 
 @dataclass
@@ -243,7 +346,8 @@ class EmbeddingStore:
     ids: list[str]
     rows: np.ndarray
     """0-based source-file row of each embedding."""
-    shards: list[np.ndarray]
+    data: ShardedMatrix
+    """(n × dim) stored rows (float16 or float32), memory-mapped shard by shard."""
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -255,6 +359,11 @@ class EmbeddingStore:
     @property
     def fingerprint(self) -> str:
         return self.manifest["encoder"]["fingerprint"]
+
+    @property
+    def shards(self) -> list[np.ndarray]:
+        """Each shard as a read-only memory map, in row order."""
+        return [self.data.shard(i) for i in range(self.data.n_shards)]
 
     def iter_blocks(self, block_rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start_row, float32 rows)`` blocks, each row re-normalised to unit length."""
@@ -273,55 +382,36 @@ class EmbeddingStore:
         return out
 
 
-def normalise(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm in float32 (zero rows left at zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, np.float32(1e-12))
-
-
 def _read_manifest(root: Path) -> dict:
-    return read_manifest(root, MANIFEST, FORMAT, EmbeddingStoreError, "embedding store",
-                         f"not an embedding store (no {MANIFEST}); make one with `influcoder embed`")
+    try:
+        return read_manifest(root, MANIFEST, FORMAT, EmbeddingStoreError, "embedding store",
+                             f"not an embedding store (no {MANIFEST}); make one with `influcoder embed`")
+    except EmbeddingStoreError as e:
+        fmt = json.loads((root / MANIFEST).read_text()).get("format") if "unknown" in str(e) else None
+        if isinstance(fmt, str) and fmt.startswith("influcoder-embedding-store/") or fmt == "influcoder-ray-embeddings/1":
+            raise EmbeddingStoreError(f"{root}: embedding store of an older influcoder (format {fmt}); re-embed "
+                                      "(`influcoder embed ... --overwrite`)") from None
+        raise
 
 
 def open_embeddings(root: str | Path, *, verify: bool = False) -> EmbeddingStore:
-    """Open a complete store; ``verify`` re-checks every file's sha256 (sizes and shapes always)."""
+    """Open a complete store (written by ``embed`` or ``embed --ray``); ``verify`` re-checks every shard's
+    sha256 (sizes, shapes and the ids/rows checksums always)."""
     root = Path(root)
-    m = _read_manifest(root)
-    if not m.get("complete"):
-        raise EmbeddingStoreError(
-            f"{root}: embedding store is incomplete ({len(m.get('shards', []))} shards written); rerun the same "
-            "`influcoder embed` command to finish it"
-        )
-    ids: list[str] = []
-    rows: list[int] = []
-    shards: list[np.ndarray] = []
-    for s in m["shards"]:
-        ep, ip = root / "shards" / s["file"], root / "shards" / s["ids_file"]
-        if not ep.exists() or not ip.exists() or ep.stat().st_size != s["bytes"]:
-            raise EmbeddingStoreError(f"{root}: shard {s['index']} is missing or truncated; re-embed")
-        if verify and (_sha256_file(ep) != s["sha256"] or _sha256_file(ip) != s["ids_sha256"]):
-            raise EmbeddingStoreError(f"{root}: shard {s['index']} fails its checksum; re-embed")
-        arr = np.load(ep, mmap_mode="r")
-        meta = json.loads(ip.read_text())
-        if arr.shape != (s["n"], m["dim"]) or len(meta["ids"]) != s["n"]:
-            raise EmbeddingStoreError(f"{root}: shard {s['index']} has shape {arr.shape}, expected ({s['n']}, {m['dim']})")
-        shards.append(arr)
-        ids.extend(meta["ids"])
-        rows.extend(meta["rows"])
-    return EmbeddingStore(root, m, ids, np.asarray(rows, dtype=np.int64), shards)
+    _read_manifest(root)
+    m, ids, data = open_sharded(root, FORMAT, EmbeddingStoreError, "embedding store", "influcoder embed", verify=verify)
+    try:
+        rows = np.load(root / "rows.npy")
+    except (OSError, ValueError) as e:
+        raise EmbeddingStoreError(f"{root / 'rows.npy'}: missing or unreadable ({e}); re-embed") from None
+    if hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest() != m["rows_sha256"]:
+        raise EmbeddingStoreError(f"{root / 'rows.npy'}: does not match the manifest (corrupted?); re-embed")
+    if data.shape[1] != m["dim"]:
+        raise EmbeddingStoreError(f"{root}: shards hold {data.shape[1]}-d rows, the manifest says {m['dim']}")
+    return EmbeddingStore(root, m, ids, rows.astype(np.int64), data)
 
 
-def _chunks(it: Iterable[Record], size: int) -> Iterator[list[Record]]:
-    chunk: list[Record] = []
-    for rec in it:
-        chunk.append(rec)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+# ------------------------------------------------------------------------------------------ local run
 
 
 def embed_file(
@@ -333,104 +423,19 @@ def embed_file(
 ) -> Path:
     """Build (or resume) the embedding store described by ``cfg``; returns its folder.
 
-    ``encoder`` may be passed to reuse an already loaded one (it must be ``cfg.encoder``).
-    """
+    ``encoder`` may be passed to reuse an already loaded one (it must be ``cfg.encoder``); ``on_shard(i)``
+    is called after shard ``i`` is listed in the manifest."""
     t_start = time.perf_counter()
-    out = Path(cfg.out)
     data = Path(cfg.data)
     spec = cfg.field_spec()
-    if cfg.overwrite and out.exists():
-        if (out / MANIFEST).exists() or not any(out.iterdir()):
-            shutil.rmtree(out)
-        else:
-            raise UserError(f"{out} exists and is not an embedding store; refusing to delete it")
-    fp = encoder_fingerprint(cfg.encoder)
+    plan = plan_rows((check_row(data, row, obj, spec) for row, obj in iter_rows(data)), data, spec,
+                     skip_invalid=cfg.skip_invalid, limit=cfg.limit)
+    writer = open_embedding_writer(cfg, plan)
+    if writer.complete:
+        return writer.root
+    todo = writer.todo()
     if encoder is None:
         encoder = load_encoder(cfg.encoder)
-    header = {
-        "format": FORMAT,
-        "influcoder_version": __version__,
-        "encoder": {"name": cfg.encoder, "path": str(_resolve_encoder_path(cfg.encoder)), "fingerprint": fp["sha256"],
-                    "fingerprint_files": fp["files"]},
-        "data": file_fingerprint(data),
-        "fields": dataclasses.asdict(spec),
-        "side": cfg.side,
-        "dtype": cfg.dtype,
-        "shard_size": cfg.shard_size,
-        "limit": cfg.limit,
-        "skip_invalid": cfg.skip_invalid,
-    }
-    header = _jsonable(header)  # tuples → lists, as they read back from the manifest
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "shards").mkdir(exist_ok=True)
-    mpath = out / MANIFEST
-    shards: list[dict] = []
-    stats: dict = {}
-    if mpath.exists():
-        old = _read_manifest(out)
-        old_header = {k: old.get(k) for k in header if k != "influcoder_version"}
-        new_header = {k: v for k, v in header.items() if k != "influcoder_version"}
-        if old_header != new_header:
-            diff = sorted(k for k in new_header if old_header.get(k) != new_header.get(k))
-            raise EmbeddingStoreError(
-                f"{out} already holds an embedding store made with other settings (differs in: {', '.join(diff)}); "
-                "use another --out folder or --overwrite"
-            )
-        # keep the longest run of whole shards 0, 1, 2, ... (anything after a damaged shard is recomputed)
-        for s in sorted(old.get("shards", []), key=lambda s: s["index"]):
-            ep, ip = out / "shards" / s["file"], out / "shards" / s["ids_file"]
-            ok = (s["index"] == len(shards) and ep.exists() and ip.exists() and ep.stat().st_size == s["bytes"]
-                  and _sha256_file(ep) == s["sha256"] and _sha256_file(ip) == s["ids_sha256"])
-            if not ok:
-                break
-            shards.append(s)
-        stats = old.get("stats", {})
-        if old.get("complete") and len(shards) == len(old["shards"]):
-            return out
-    dim: int | None = shards[0]["dim"] if shards else None
-
-    encoder_meta: dict = {}
-
-    def write_manifest(complete: bool = False, n: int | None = None):
-        m = dict(header)
-        m["encoder_metadata"] = encoder_meta
-        m["dim"] = dim
-        m["shards"] = shards
-        m["complete"] = complete
-        m["n"] = n
-        m["stats"] = stats
-        atomic_write_text(mpath, json.dumps(m, indent=1))
-
-    write_manifest()
-    atomic_write_text(out / "embed_config.json", json.dumps(cfg.to_dict(), indent=1))
-    # Remove files of shards the manifest does not list (a kill between rename and manifest update).
-    listed = {s["file"] for s in shards} | {s["ids_file"] for s in shards}
-    for p in (out / "shards").iterdir():
-        if p.name not in listed:
-            p.unlink()
-
-    n_done = sum(s["n"] for s in shards)
-    done_ids = None
-    if shards:
-        done_ids = []
-        for s in shards:
-            done_ids.extend(json.loads((out / "shards" / s["ids_file"]).read_text())["ids"])
-
-    invalid: list[InvalidRow] = []
-    records = iter_records(data, spec, skip_invalid=cfg.skip_invalid, invalid=invalid)
-
-    def limited(it):
-        for i, rec in enumerate(it):
-            if cfg.limit is not None and i >= cfg.limit:
-                return
-            if i < n_done:
-                if rec.id != done_ids[i]:
-                    raise EmbeddingStoreError(
-                        f"{data}, row {rec.row}: id '{rec.id}' differs from the id '{done_ids[i]}' stored at position {i} "
-                        f"in {out}; the data changed since the store was started — use --overwrite"
-                    )
-                continue
-            yield rec
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -439,47 +444,21 @@ def embed_file(
     t0 = time.perf_counter()
     done_now = 0
     with Progress(*columns, disable=not progress, transient=False) as bar:
-        task = bar.add_task("embed", total=cfg.limit - n_done if cfg.limit else None, rate="-")
+        task = bar.add_task("embed", total=sum(b - a for a, b in map(writer.shard_rows, todo)), rate="-")
 
         def on_batch(k: int):
             nonlocal done_now
             done_now += k
             bar.update(task, advance=k, rate=f"{done_now / max(time.perf_counter() - t0, 1e-9):.1f}")
 
-        for chunk in _chunks(limited(records), cfg.shard_size):
-            emb = encode_sorted(encoder, chunk, batch_size=cfg.batch_size, side=cfg.side, on_batch=on_batch)
-            if dim is None:
-                dim = int(emb.shape[1])
-            elif emb.shape[1] != dim:
-                raise RuntimeError(f"encoder dimension changed from {dim} to {emb.shape[1]}")
-            index = len(shards)
-            efile, ifile = f"emb-{index:05d}.npy", f"ids-{index:05d}.json"
-            epath, ipath = out / "shards" / efile, out / "shards" / ifile
-            _atomic_write_bytes(epath, lambda f: np.save(f, np.ascontiguousarray(normalise(emb).astype(cfg.dtype))))
-            atomic_write_text(ipath, json.dumps({"ids": [r.id for r in chunk], "rows": [r.row for r in chunk]}))
-            shards.append({"index": index, "file": efile, "ids_file": ifile, "start": n_done, "n": len(chunk),
-                           "dim": dim, "bytes": epath.stat().st_size, "sha256": _sha256_file(epath),
-                           "ids_sha256": _sha256_file(ipath)})
-            n_done += len(chunk)
-            write_manifest()
+        for index, recs in iter_shards(iter_rows(data), data, spec, plan, cfg.shard_size, todo):
+            writer.write_shard(index, embed_records(encoder, recs, batch_size=cfg.batch_size, side=cfg.side,
+                                                    dtype=cfg.dtype, on_batch=on_batch))
             if on_shard is not None:
                 on_shard(index)
-    if n_done == 0:
-        raise UserError(f"{data}: no valid records to embed" + (f" ({len(invalid)} invalid rows)" if invalid else ""))
-    if invalid:
-        atomic_write_text(out / "invalid.jsonl", "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in invalid))
     elapsed = time.perf_counter() - t0
-    stats.update({
+    return finish_embedding_store(writer, cfg, plan, {
         "examples_per_s_last_run": (done_now / elapsed) if done_now else None,
         "rows_computed_last_run": done_now,
         "seconds_last_run": round(time.perf_counter() - t_start, 2),
-        "n_invalid": len(invalid),
-        "bytes_per_example": round(sum(s["bytes"] for s in shards) / n_done, 2),
     })
-    encoder_meta.update(_jsonable(encoder_metadata(encoder)))
-    write_manifest(complete=True, n=n_done)
-    return out
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str))

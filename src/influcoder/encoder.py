@@ -430,3 +430,109 @@ class InfluenceEncoder:
 
     def __repr__(self) -> str:
         return f"InfluenceEncoder(dim={self.dim}, max_length={self.max_length}, base={self.metadata.get('base_encoder')!r})"
+
+
+# ---------------------------------------------------------------------------------------- identity
+# Which encoder made an embedding: the folder, a fingerprint of the files that determine its embeddings,
+# and its influcoder metadata. Every artefact made with an encoder (embedding store, index, filter report)
+# records this, and every consumer compares fingerprints before mixing embeddings.
+
+# Files of a (sentence-transformers / transformers) model folder that determine its embeddings.
+_FINGERPRINT_NAMES = {
+    "config.json", "config_sentence_transformers.json", "modules.json", "sentence_bert_config.json",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+    "merges.txt", "spiece.model", "sentencepiece.bpe.model", "added_tokens.json",
+}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def resolve_encoder_path(name: str | os.PathLike) -> Path:
+    """The local folder of an encoder given as a folder or a packaged short name (``minilm-l6``)."""
+    from .errors import UserError
+    from .models import resolve_encoder
+
+    path = Path(resolve_encoder(str(name)))
+    if not path.is_dir():
+        raise UserError(
+            f"encoder '{name}' is not a folder here; give a trained encoder folder (influcoder train --out) or 'minilm-l6'"
+        )
+    return path
+
+
+def encoder_fingerprint(name_or_path: str | os.PathLike) -> dict[str, Any]:
+    """sha256 over the names and bytes of the files that determine an encoder's embeddings.
+
+    Weights (``*.safetensors``/``*.bin``) and configuration/tokenizer files of the folder and of the
+    sentence-transformers module folders it lists in ``modules.json``; README, logs, metrics, the
+    influcoder metadata and training checkpoints are ignored, so re-reading the same model always gives
+    the same fingerprint."""
+    import hashlib
+
+    from .errors import UserError
+
+    root = resolve_encoder_path(name_or_path)
+    folders = [root]
+    modules = root / "modules.json"
+    if modules.exists():
+        try:
+            for m in json.loads(modules.read_text()):
+                sub = m.get("path") or ""
+                if sub and (root / sub).is_dir():
+                    folders.append(root / sub)
+        except (json.JSONDecodeError, AttributeError, TypeError):
+            pass
+    files: list[Path] = []
+    for folder in folders:
+        for p in sorted(folder.iterdir()):
+            if p.is_file() and (p.name in _FINGERPRINT_NAMES or p.name.endswith(_WEIGHT_SUFFIXES)):
+                files.append(p)
+    if not any(p.name.endswith(_WEIGHT_SUFFIXES) for p in files):
+        raise UserError(f"{root}: no model weights (*.safetensors / *.bin) found; not an encoder folder")
+    h = hashlib.sha256()
+    for p in files:
+        rel = p.relative_to(root).as_posix()
+        h.update(rel.encode() + b"\0")
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        h.update(b"\0")
+    return {"sha256": h.hexdigest(), "files": [p.relative_to(root).as_posix() for p in files]}
+
+
+def encoder_identity(name: str | os.PathLike) -> dict[str, Any]:
+    """What an artefact records about the encoder that made it: name as given, folder, fingerprint."""
+    fp = encoder_fingerprint(name)
+    return {"name": str(name), "path": str(resolve_encoder_path(name)), "fingerprint": fp["sha256"],
+            "fingerprint_files": fp["files"]}
+
+
+def load_encoder(name: str | os.PathLike, device: str = "cpu") -> InfluenceEncoder:
+    """Load an :class:`InfluenceEncoder` (folder or ``minilm-l6``); a bad folder is a :class:`UserError`."""
+    from .errors import UserError
+
+    resolve_encoder_path(name)
+    try:
+        return InfluenceEncoder.from_pretrained(str(name), device=device)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load encoder '{name}': {e}") from None
+
+
+def encoder_metadata(encoder) -> dict[str, Any]:
+    """The influcoder metadata of a loaded encoder (``{}`` for objects without any)."""
+    meta = getattr(encoder, "metadata", None)
+    return dict(meta) if isinstance(meta, dict) else {}
+
+
+def read_encoder_metadata(name: str | os.PathLike) -> dict[str, Any]:
+    """The metadata :func:`load_encoder` would give the encoder, read from its folder without loading
+    the model (what a Ray driver records in an embedding store's manifest)."""
+    p = resolve_encoder_path(name)
+    meta: dict[str, Any] = {}
+    if (p / "modules.json").exists() and (p / METADATA_FILE).exists():
+        meta = json.loads((p / METADATA_FILE).read_text())
+    meta.setdefault("base_encoder", str(name))
+    return meta
+
+
+__all__ += ["resolve_encoder_path", "encoder_fingerprint", "encoder_identity", "load_encoder", "encoder_metadata",
+            "read_encoder_metadata"]

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .embed import EmbeddingStore, atomic_write_text, normalise, open_embeddings
+from .embed import EmbeddingStore, normalise, open_embeddings
+from .fileio import atomic_write_text
 from .errors import UserError
 
 __all__ = [

@@ -32,7 +32,8 @@ from .fileio import atomic_write_text as _atomic_write_text
 from .fileio import read_manifest
 from .fileio import sha256_file as _sha256_file
 
-__all__ = ["StoreError", "StoreWriter", "GradientStore", "open_store", "COMPAT_KEYS", "check_compatible"]
+__all__ = ["StoreError", "StoreWriter", "GradientStore", "ShardedMatrix", "open_store", "write_shard_file",
+           "COMPAT_KEYS", "check_compatible"]
 
 MANIFEST = "manifest.json"
 FORMAT = "influcoder-gradient-store/1"
@@ -41,6 +42,10 @@ COMPAT_KEYS = ("model_hash", "adapter_hash", "lora", "projection", "gradient_dim
 """Manifest entries that must agree for two stores' gradients to be compared."""
 
 LORA_PROVENANCE = ("adapter", "warmup_steps", "warmup_lr")
+
+EXTRA_KEYS = ("dim", "encoder_metadata")
+"""Manifest entries written at :meth:`StoreWriter.finish` and not compared when a store is resumed."""
+_NOT_HEADER = ("shards", "complete", "stats") + EXTRA_KEYS
 """Entries of the manifest's ``lora`` block that record where the adapter came from, not what it is."""
 
 
@@ -63,26 +68,56 @@ def check_compatible(a: dict, b: dict, what_a: str = "pool store", what_b: str =
             )
 
 
+def shard_file_name(index: int) -> str:
+    return f"shard-{index:05d}.npy"
+
+
+def write_shard_file(root: str | Path, index: int, start: int, rows: np.ndarray, dtype: str = "float32",
+                     tag: str = "") -> dict:
+    """Write shard ``index`` (rows ``[start, start + len(rows))``) of the store at ``root``: temporary file,
+    fsync, rename. Returns the manifest entry (with size and sha256) that :meth:`StoreWriter.record_shard`
+    lists. Only touches the shard's own file, so any process that sees ``root`` may call it (torchrun ranks,
+    Ray actors); ``tag`` keeps concurrent writers' temporary names apart."""
+    name = shard_file_name(index)
+    final = Path(root) / "shards" / name
+    tmp = final.with_name(f"{name}.tmp{tag}")
+    with open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(rows, dtype=np.dtype(dtype)))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    return {"index": int(index), "file": name, "start": int(start), "stop": int(start) + int(rows.shape[0]),
+            "bytes": final.stat().st_size, "sha256": _sha256_file(final)}
+
+
 class StoreWriter:
     """Creates or resumes a store. ``header`` holds everything that defines the store's content.
 
     Several processes (ranks) can write one store: shard ``i`` belongs to rank ``i % world_size``; each
     rank records its finished shards in ``parts/rank-R.json`` and rank 0 merges them into the manifest
-    in :meth:`finish`. ``barrier`` synchronises the ranks (e.g. ``torch.distributed.barrier``)."""
+    in :meth:`finish`. ``barrier`` synchronises the ranks (e.g. ``torch.distributed.barrier``).
+
+    Alternatively one process (a Ray driver) owns the manifest while workers write shard files with
+    :func:`write_shard_file`; the owner lists each returned entry with :meth:`record_shard`.
+
+    ``fmt`` and ``error`` name the kind of store (gradient store by default; embedding stores use the same
+    writer with their own format string and error class)."""
 
     def __init__(self, root: str | Path, header: dict, ids: list[str], shard_size: int, dtype: str = "float32",
-                 *, rank: int = 0, world_size: int = 1, barrier: Callable[[], None] | None = None):
+                 *, rank: int = 0, world_size: int = 1, barrier: Callable[[], None] | None = None,
+                 fmt: str = FORMAT, error: type[UserError] = StoreError):
         self.root = Path(root)
         self.shard_size = int(shard_size)
         self.dtype = np.dtype(dtype)
         self.ids = list(ids)
         self.rank, self.world_size = int(rank), int(world_size)
         self._barrier = barrier or (lambda: None)
+        self._error = error
         if len(set(self.ids)) != len(self.ids):
-            raise StoreError("duplicate example ids")
+            raise error("duplicate example ids")
         self.header = dict(header)
         self.header.update(
-            format=FORMAT,
+            format=fmt,
             influcoder_version=__version__,
             n=len(self.ids),
             shard_size=self.shard_size,
@@ -99,22 +134,29 @@ class StoreWriter:
                 (self.root / "ids.json").write_text(json.dumps(self.ids))
                 self.shards, self.stats = [], {}
                 self._write_manifest()
+            for p in (self.root / "shards").glob("*.tmp*"):  # left by a killed writer
+                p.unlink()
         self._barrier()
-        old = json.loads(mpath.read_text())
-        old_header = {k: v for k, v in old.items() if k not in ("shards", "complete", "stats")}
+        try:
+            old = json.loads(mpath.read_text())
+        except json.JSONDecodeError as e:
+            raise error(f"{mpath}: corrupted manifest ({e}); use another --out folder or --overwrite") from None
+        old_header = {k: v for k, v in old.items() if k not in _NOT_HEADER}
         if old_header != self.header:
             diff = sorted(k for k in set(old_header) | set(self.header) if old_header.get(k) != self.header.get(k))
-            raise StoreError(
+            raise error(
                 f"{self.root} already holds a store made with other settings (differs in: {', '.join(diff)}); "
                 "use another --out folder or --overwrite"
             )
         self.stats = old.get("stats", {})
+        self.extra = {k: old[k] for k in old if k in _NOT_HEADER and k not in ("shards", "complete", "stats")}
         entries = {s["index"]: s for s in old["shards"]}
         for part in sorted((self.root / "parts").glob("rank-*.json")):
             for s in json.loads(part.read_text())["shards"]:
                 entries[s["index"]] = s
         self.shards = [s for s in entries.values() if self._shard_ok(s)]
-        self._mine: list[dict] = []  # shards this rank wrote in this run (multi-rank mode)
+        self.complete = bool(old.get("complete")) and len(self.shards) == self.n_shards
+        """The store was already finished (every shard whole)."""
 
     @property
     def n_shards(self) -> int:
@@ -138,6 +180,7 @@ class StoreWriter:
 
     def _write_manifest(self, complete: bool = False) -> None:
         m = dict(self.header)
+        m.update(getattr(self, "extra", {}))
         m["shards"] = sorted(self.shards, key=lambda s: s["index"])
         m["complete"] = complete
         m["stats"] = self.stats
@@ -152,28 +195,32 @@ class StoreWriter:
         start, stop = self.shard_rows(index)
         if rows.shape[0] != stop - start:
             raise ValueError(f"shard {index} needs {stop - start} rows, got {rows.shape[0]}")
-        name = f"shard-{index:05d}.npy"
-        final = self.root / "shards" / name
-        tmp = final.with_name(name + f".tmp{self.rank}")
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(rows, dtype=self.dtype))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        entry = {"index": index, "file": name, "start": start, "stop": stop,
-                 "bytes": final.stat().st_size, "sha256": _sha256_file(final)}
-        self.shards = [s for s in self.shards if s["index"] != index] + [entry]
+        entry = write_shard_file(self.root, index, start, rows, self.dtype.name, tag=str(self.rank))
         if self.world_size == 1:
-            self._write_manifest()
+            self.record_shard(entry)
         else:
+            self.shards = [s for s in self.shards if s["index"] != index] + [entry]
             part = self._part_path()
             previous = json.loads(part.read_text())["shards"] if part.exists() else []
             merged = {s["index"]: s for s in previous}
             merged[index] = entry
             _atomic_write_text(part, json.dumps({"rank": self.rank, "shards": list(merged.values())}))
 
-    def finish(self, stats: dict | None = None) -> None:
-        """Mark the store complete (rank 0, after every rank reached this point)."""
+    def record_shard(self, entry: dict) -> None:
+        """List a shard written by :func:`write_shard_file` in the manifest (single-owner mode)."""
+        if self.world_size != 1:
+            raise ValueError("record_shard is for a store with one manifest owner (world_size 1)")
+        start, stop = self.shard_rows(entry["index"])
+        if (entry["start"], entry["stop"]) != (start, stop):
+            raise ValueError(f"shard {entry['index']} covers rows [{entry['start']}, {entry['stop']}), "
+                             f"expected [{start}, {stop})")
+        self.shards = [s for s in self.shards if s["index"] != entry["index"]] + [entry]
+        self._write_manifest()
+
+    def finish(self, stats: dict | None = None, extra: dict | None = None) -> None:
+        """Mark the store complete (rank 0, after every rank reached this point). ``extra`` entries are
+        written into the manifest beside the header without being compared on resume (e.g. values derived
+        from the header, such as an embedding dimension)."""
         if stats and self.world_size > 1:
             _atomic_write_text(self.root / "parts" / f"stats-{self.rank:05d}.json", json.dumps(stats))
         self._barrier()
@@ -185,15 +232,25 @@ class StoreWriter:
             self.shards = list(entries.values())
             missing = sorted(set(range(self.n_shards)) - self.done())
             if missing:
-                raise StoreError(f"cannot finish {self.root}: shards {missing[:10]} missing")
+                raise self._error(f"cannot finish {self.root}: shards {missing[:10]} missing")
             if self.world_size > 1:
                 per_rank = [json.loads(p.read_text()) for p in sorted((self.root / "parts").glob("stats-*.json"))]
                 self.stats.update({"ranks": per_rank, "world_size": self.world_size})
             elif stats:
                 self.stats.update(stats)
+            if extra:
+                bad = set(extra) - set(EXTRA_KEYS)
+                if bad:
+                    raise ValueError(f"manifest extras must be among {EXTRA_KEYS}, got {sorted(bad)}")
+                self.extra.update(json.loads(json.dumps(extra, default=str)))
             self._write_manifest(complete=True)
+            self.complete = True
             for p in (self.root / "parts").glob("*.json"):
                 p.unlink()
+            try:
+                (self.root / "parts").rmdir()
+            except OSError:
+                pass
         self._barrier()
 
 
@@ -298,41 +355,52 @@ class GradientStore:
 def open_store(root: str | Path, *, verify: bool = False, allow_incomplete: bool = False) -> GradientStore:
     """Open a store; ``verify`` re-checks every shard's sha256 (sizes are always checked)."""
     root = Path(root)
-    manifest = read_manifest(root, MANIFEST, FORMAT, StoreError, "store", f"not a gradient store (no {MANIFEST})")
+    manifest, ids, matrix = open_sharded(root, FORMAT, StoreError, "gradient store", "influcoder stock",
+                                         verify=verify, allow_incomplete=allow_incomplete)
+    return GradientStore(root, manifest, ids, matrix)
+
+
+def open_sharded(root: str | Path, fmt: str, error: type[UserError], what: str, command: str, *,
+                 verify: bool = False, allow_incomplete: bool = False) -> tuple[dict, list[str], ShardedMatrix]:
+    """Read and check a store written by :class:`StoreWriter` (any kind): ``(manifest, ids, matrix)``.
+
+    Every problem raises ``error`` naming the file; ``command`` is what the user reruns to finish it."""
+    root = Path(root)
+    manifest = read_manifest(root, MANIFEST, fmt, error, what, f"not a {what} (no {MANIFEST}); make one with `{command}`")
     if not manifest.get("complete") and not allow_incomplete:
-        raise StoreError(
-            f"{root}: store is incomplete ({len(manifest['shards'])} shards written); rerun the same `influcoder stock` command to finish it"
+        raise error(
+            f"{root}: store is incomplete ({len(manifest['shards'])} shards written); rerun the same `{command}` command to finish it"
         )
     ids = json.loads((root / "ids.json").read_text())
     if hashlib.sha256(json.dumps(ids).encode()).hexdigest() != manifest["ids_sha256"]:
-        raise StoreError(f"{root / 'ids.json'}: does not match the manifest (corrupted?)")
+        raise error(f"{root / 'ids.json'}: does not match the manifest (corrupted?)")
     paths, shapes = [], []
     expected = 0
     for s in sorted(manifest["shards"], key=lambda s: s["index"]):
         p = root / "shards" / s["file"]
         if not p.exists():
-            raise StoreError(f"{p}: shard missing")
+            raise error(f"{p}: shard missing")
         if p.stat().st_size != s["bytes"]:
-            raise StoreError(f"{p}: shard is {p.stat().st_size} bytes, manifest says {s['bytes']} (truncated or corrupted)")
+            raise error(f"{p}: shard is {p.stat().st_size} bytes, manifest says {s['bytes']} (truncated or corrupted)")
         if verify and _sha256_file(p) != s["sha256"]:
-            raise StoreError(f"{p}: checksum mismatch (corrupted shard)")
+            raise error(f"{p}: checksum mismatch (corrupted shard)")
         if s["start"] != expected and not allow_incomplete:
-            raise StoreError(f"{root}: shards do not cover rows contiguously at row {expected}")
+            raise error(f"{root}: shards do not cover rows contiguously at row {expected}")
         try:
             arr = np.load(p, mmap_mode="r")
         except ValueError as e:
-            raise StoreError(f"{p}: unreadable shard ({e})") from None
+            raise error(f"{p}: unreadable shard ({e})") from None
         if arr.ndim != 2 or arr.shape[0] != s["stop"] - s["start"]:
-            raise StoreError(f"{p}: has shape {arr.shape}, manifest says {s['stop'] - s['start']} rows")
+            raise error(f"{p}: has shape {arr.shape}, manifest says {s['stop'] - s['start']} rows")
         if shapes and arr.shape[1] != shapes[0][1]:
-            raise StoreError(f"{p}: has {arr.shape[1]} columns, other shards {shapes[0][1]}")
+            raise error(f"{p}: has {arr.shape[1]} columns, other shards {shapes[0][1]}")
         paths.append(p)
         shapes.append(arr.shape)
         del arr
         expected = s["stop"]
     if not allow_incomplete and expected != len(ids):
-        raise StoreError(f"{root}: shards hold {expected} rows but there are {len(ids)} ids")
+        raise error(f"{root}: shards hold {expected} rows but there are {len(ids)} ids")
     if not paths and not allow_incomplete:
-        raise StoreError(f"{root}: store has no shards")
+        raise error(f"{root}: store has no shards")
     dtype = np.dtype(manifest.get("store_dtype", "float32"))
-    return GradientStore(root, manifest, ids, ShardedMatrix(paths, shapes, dtype))
+    return manifest, ids, ShardedMatrix(paths, shapes, dtype)
