@@ -186,7 +186,9 @@ def test_end_to_end_train_load_and_sentence_transformers(tmp_path, tiny_bert_dir
     from influcoder.records import read_records
 
     pf, qf, lf = _write_problem(tmp_path)
-    out = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "enc", projection_dim=16, query_prefix="q: "), progress=False)
+    # a plain bi-encoder (no pool prior): its folder must give sentence-transformers' own embeddings exactly
+    out = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "enc", projection_dim=16, query_prefix="q: ", pool_prior=False),
+                progress=False)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2] and rows[0]["model"] == "untrained"
     assert rows[2]["loss"] != rows[0]["loss"]  # training moved the model
@@ -330,8 +332,10 @@ def test_real_minilm_trains_a_few_steps(tmp_path):
                               encoder="minilm-l6", epochs=1, queries_per_batch=4, candidates=6, val_pool=8,
                               val_queries=3, max_length=32), progress=False)
     enc = InfluenceEncoder.from_pretrained(out)
-    assert enc.dim == 384 and enc.metadata["base_encoder"] == "minilm-l6"
-    assert enc.encode(["hello"]).shape == (1, 384)
+    # the defaults: pool prior (two score coordinates), the lower 4 of 6 layers frozen and cached
+    assert enc.embedding_dim == 384 and enc.dim == 386 and enc.metadata["base_encoder"] == "minilm-l6"
+    assert enc.metadata["frozen_layers"] == 4 and enc.metadata["pool_prior"]
+    assert enc.encode(["hello"]).shape == (1, 386)
 
 
 # ------------------------------------------------------------------------------------------ cheap-training levers

@@ -86,11 +86,11 @@ class DistillConfig:
     """Pooling of token embeddings: mean | cls | max."""
     projection_dim: int | None = None
     """If set, a linear head (no bias) projects the pooled embedding to this dimension."""
-    max_length: int = 256
-    """Encoder tokens per text (truncated from the right)."""
-    queries_per_batch: int = 12
+    max_length: int = 128
+    """Encoder tokens per text (truncated from the right; the pool prior still sees the full lengths)."""
+    queries_per_batch: int = 48
     """B: queries per step (paper: 12)."""
-    candidates: int = 15
+    candidates: int = 48
     """C: pool candidates per step (paper: 15)."""
     alpha: float = 0.5
     """Weight of the Pearson term; 1 − alpha weighs the KL term (paper: 0.5)."""
@@ -100,7 +100,7 @@ class DistillConfig:
     """Share of the C candidate slots filled with high-influence pool examples of the step's queries."""
     hard_top_k: int = 50
     """Hard candidates are drawn from each query's top-k training pool examples by true influence."""
-    lr: float = 5e-5
+    lr: float = 5e-4
     """AdamW learning rate (paper: 5e-5)."""
     weight_decay: float = 0.01
     """AdamW weight decay (paper: 0.01)."""
@@ -108,13 +108,13 @@ class DistillConfig:
     """Share of optimiser steps with linear learning-rate warm-up (then linear decay to 0)."""
     max_grad_norm: float = 1.0
     """Gradient-norm clipping threshold (0 disables clipping)."""
-    epochs: int = 10
+    epochs: int = 40
     """Passes over the training pool (paper: 10)."""
     grad_accum: int = 1
     """Steps whose gradients are accumulated (summed loss / grad_accum) before one optimiser update."""
     seed: int = 0
     """Seed of the held-out split, candidate sampling, head initialisation and dropout."""
-    bf16: bool = False
+    bf16: bool = True
     """Run the encoder forward under bfloat16 autocast (loss in float32)."""
     val_pool: float = 0.2
     """Held-out pool examples: a fraction if < 1, else a count."""
@@ -131,22 +131,23 @@ class DistillConfig:
     """Use only the first N pool rows of the label file (quick runs)."""
     limit_queries: int | None = None
     """Use only the first N query columns of the label file (quick runs)."""
-    freeze_layers: int = 0
+    freeze_layers: int | None = None
     """Freeze the word embeddings and the first N transformer layers; their outputs are computed once per
-    training text and cached, so each step runs only the top layers (much cheaper; see layer_cache.py)."""
+    training text and cached, so each step runs only the top layers (much cheaper; see layer_cache.py).
+    None (default): all but the top two layers (4 of MiniLM-L6's 6); 0 trains every layer."""
     center_queries: bool = False
     """Pearson term on per-query centred blocks (each query's mean removed from predicted and true rows)."""
     pool_mean_weight: float = 0.0
     """Weight of an extra term 1 − Pearson over the step's candidates between the predicted mean over the step's
     queries and the candidate's true mean influence over *all* training queries (the pool factor)."""
-    patience: int | None = None
+    patience: int | None = 3
     """Early stopping: end training after this many epochs without a better validation score."""
-    pool_prior: bool = False
+    pool_prior: bool = True
     """Learn a pool-side prior: predicted influence = cos(E(q), E(p)) + b(p), b a small MLP on the pool
     embedding, carried as one extra coordinate of the saved vectors (exact under an inner-product index)."""
     prior_hidden: int = 256
     """Hidden width of the pool prior's MLP."""
-    prior_lr: float | None = None
+    prior_lr: float | None = 2e-3
     """Learning rate of the pool prior's parameters (default: ``lr``); the prior starts from zero, so a
     larger rate lets it take up the pool factor within a short run."""
 
@@ -184,7 +185,7 @@ class DistillConfig:
             bad(f"max_train_seconds must be > 0, got {self.max_train_seconds}")
         if self.max_length < 8 or self.eval_batch_size < 1:
             bad("need max_length ≥ 8 and eval_batch_size ≥ 1")
-        if self.freeze_layers < 0:
+        if self.freeze_layers is not None and self.freeze_layers < 0:
             bad(f"freeze_layers must be ≥ 0, got {self.freeze_layers}")
         if self.pool_mean_weight < 0:
             bad(f"pool_mean_weight must be ≥ 0, got {self.pool_mean_weight}")
@@ -490,16 +491,24 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
 
         pool_len = _t.from_numpy(enc.length_features(train_pool_recs))
     cache = None
-    if cfg.freeze_layers > 0:
+    n_frozen = cfg.freeze_layers
+    if n_frozen is None:
+        from .layer_cache import encoder_layers
+
+        try:
+            n_frozen = max(0, len(encoder_layers(enc)) - 2)
+        except UserError:
+            n_frozen = 0  # not a BERT-style student: train every layer
+    if n_frozen > 0:
         from .encoder import _texts
         from .layer_cache import LayerCache, freeze_lower
 
-        freeze_lower(enc, cfg.freeze_layers)
+        freeze_lower(enc, n_frozen)
         tc = time.time()
-        cache = LayerCache(enc, cfg.freeze_layers)
+        cache = LayerCache(enc, n_frozen)
         cache.add("pool", _texts(train_pool_recs), "pool", cfg.eval_batch_size)
         cache.add("query", _texts(train_query_recs), "query", cfg.eval_batch_size)
-        say(f"cached the {cfg.freeze_layers} frozen layers' output for {len(train_pool_recs)} pool and "
+        say(f"cached the {n_frozen} frozen layers' output for {len(train_pool_recs)} pool and "
             f"{len(train_query_recs)} query texts in {time.time() - tc:.0f} s ({cache.nbytes() / 2**20:.0f} MiB)")
     out.mkdir(parents=True, exist_ok=True)
     (out / "distill_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
@@ -712,6 +721,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         "epochs_run": len(history) - 1,
         "total_seconds": time.time() - t_start,
         "pool_prior": bool(cfg.pool_prior),
+        "frozen_layers": int(n_frozen),
         "pooling": cfg.pooling,
         "projection_dim": cfg.projection_dim,
         "max_length": cfg.max_length,
