@@ -143,13 +143,14 @@ class DistillConfig:
     patience: int | None = 3
     """Early stopping: end training after this many epochs without a better validation score."""
     pool_prior: bool = True
-    """Learn a pool-side prior: predicted influence = cos(E(q), E(p)) + b(p), b a small MLP on the pool
-    embedding, carried as one extra coordinate of the saved vectors (exact under an inner-product index)."""
+    """Learn a pool-side prior: predicted influence = cos(E(q), E(p)) + b(p), b = w·tanh(MLP) of the pool
+    embedding and its length features, carried by two extra coordinates of unit vectors (exact under an
+    inner-product index; see encoder.PoolPrior)."""
     prior_hidden: int = 256
     """Hidden width of the pool prior's MLP."""
     prior_lr: float | None = 2e-3
-    """Learning rate of the pool prior's parameters (default: ``lr``); the prior starts from zero, so a
-    larger rate lets it take up the pool factor within a short run."""
+    """Learning rate of the pool prior's parameters (None: ``lr``); the prior starts from zero, so a larger
+    rate lets it take up the pool factor within a short run."""
 
     def __post_init__(self) -> None:
         def bad(msg: str):
