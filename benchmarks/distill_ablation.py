@@ -164,7 +164,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=300.0, help="seconds of optimisation steps per variant")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names (see VARIANTS)")
     ap.add_argument("--curve", default="", help="pool sizes for the fidelity-vs-stocked-examples curve, e.g. 250,500,1000")
-    ap.add_argument("--curve-base", default="base", help="variant whose recipe the curve uses")
+    ap.add_argument("--curve-base", default="prior_lr2e-3_lr5e-4", help="variant whose recipe the curve uses")
     args = ap.parse_args()
 
     from influcoder.distill import DistillConfig, train
@@ -258,7 +258,8 @@ def main() -> None:
             if n > len(fit_p):
                 print(f"curve: {n} > {len(fit_p)} available training pool rows; skipped", flush=True)
                 continue
-            r = run(f"curve{n}", start, over, np.sort(order[:n]))
+            # the whole training part is the curve-base variant's own run
+            r = run(args.curve_base, start, over) if n == len(fit_p) else run(f"curve{n}", start, over, np.sort(order[:n]))
             curve.append(r)
 
     # untrained reference on the same selection block
