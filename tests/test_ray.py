@@ -34,6 +34,10 @@ N = 30
 
 @pytest.fixture(scope="module")
 def ray_local():
+    # Ray starts its workers at niceness 15 by default: on a shared machine they then starve behind every
+    # normal-priority job (the test hangs for tens of minutes); give them the test's own priority.
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "300")  # a loaded machine starts the raylet slowly
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     yield
