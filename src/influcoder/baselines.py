@@ -25,8 +25,9 @@ Methods (definitions and where they deviate from their papers):
   precisely because it does not mask; masking makes batching exact).
 * ``gradsim`` — Grad-Sim / LESS: cosine of LoRA gradients (rank r, B matrices; the same loss as the
   teacher: mean response-token CE) after an 8,192-d Rademacher projection (:mod:`influcoder.projection`,
-  entries ±1/√k). Deviation from LESS: no warm-up training and no Adam normalisation of the training
-  gradients (one checkpoint, the freshly initialised adapter, as in the teacher), so it is DATE-LM's
+  entries ±1/√k). Deviation from LESS: no Adam normalisation of the training gradients and one
+  checkpoint (the freshly initialised adapter, or the adapter the teacher was warmed up to when
+  :class:`DecoderFeatures` is given ``adapters``; every gradient method then shares it), so it is DATE-LM's
   "Grad-Sim" with LESS's projection; with r = 8 and the teacher's LoRA seed it is the teacher's own
   gradient under a different, smaller projection.
 * ``logra`` — LoGra (Choe et al. 2024): for every linear layer of the blocks, the per-example weight
@@ -370,8 +371,12 @@ class DecoderFeatures:
 
     def __init__(self, model: str = "smollm2-135m-instruct", *, max_length: int = 256, batch_size: int = 8,
                  token_budget: int = 2048, cache_dir: str | Path | None = None, attn: str = "eager",
-                 progress: bool = False, log: Callable[[str], None] | None = None):
+                 progress: bool = False, log: Callable[[str], None] | None = None,
+                 adapters: dict[tuple[int, int], str] | None = None):
         self.model_name = model
+        # {(LoRA rank, LoRA seed): adapter folder}, e.g. adapters warmed up on the pool (None = fresh adapters)
+        self.adapters = dict(adapters) if adapters is not None else None
+        self._adapter_hashes: dict[str, str] = {}
         self.max_length = max_length
         self.batch_size = batch_size
         self.token_budget = token_budget
@@ -397,6 +402,27 @@ class DecoderFeatures:
 
     def key(self, kind: str, **kw) -> str:
         return f"{kind}-{_slug({'model': self.model_name, 'max_length': self.max_length, **kw})}"
+
+    def adapter(self, rank: int, seed: int) -> str | None:
+        """The adapter folder LoRA rank-``rank`` seed-``seed`` gradients are taken at (None: a fresh adapter)."""
+        if self.adapters is None:
+            return None
+        if (rank, seed) not in self.adapters:
+            raise ValueError(f"no adapter given for LoRA rank {rank}, seed {seed} (have {sorted(self.adapters)}): "
+                             "every gradient method must use an adapter warmed up like the teacher's")
+        return self.adapters[(rank, seed)]
+
+    def adapter_key(self, rank: int, seed: int) -> dict:
+        """Cache-key part naming the adapter by the content hash of its weights ({} for a fresh adapter)."""
+        path = self.adapter(rank, seed)
+        if path is None:
+            return {}
+        if path not in self._adapter_hashes:
+            h = hashlib.sha256()
+            for f in sorted(Path(path).glob("adapter_model.*")):
+                h.update(f.read_bytes())
+            self._adapter_hashes[path] = h.hexdigest()[:16]
+        return {"adapter": self._adapter_hashes[path]}
 
     # ------------------------------------------------------------------ hidden states
     def hidden(self, records: Sequence[Record]) -> dict[str, np.ndarray]:
@@ -437,7 +463,8 @@ class DecoderFeatures:
         """Exact LoRA gradients (``unit`` fp16 (n, d), ``norm`` (n,)) and, with ``logra_k``, LoGra features
         (``logra`` (n, Σ k²)). One forward + backward per batch gives both."""
         parts = (("unit", "norm") if want_full else ()) + (("logra",) if logra_k else ())
-        key = self.key("lora", rank=rank, seed=seed, logra_k=logra_k, logra_seed=logra_seed, full=want_full)
+        key = self.key("lora", rank=rank, seed=seed, logra_k=logra_k, logra_seed=logra_seed, full=want_full,
+                       **self.adapter_key(rank, seed))
 
         def compute(recs):
             return self._compute_lora(recs, rank, seed, logra_k, logra_seed, want_full)
@@ -447,20 +474,21 @@ class DecoderFeatures:
         return out
 
     def lora_layout(self, rank: int, seed: int = 0) -> list[dict]:
-        k = f"{rank}-{seed}"
+        k = f"{rank}-{seed}-{self.adapter_key(rank, seed)}"
         if k not in self._layouts:
             from .gradients import LoraGradients, LoraSettings
 
             model, _ = self._load()
-            self._layouts[k] = LoraGradients(model, LoraSettings(rank=rank, seed=seed)).layout()
+            self._layouts[k] = LoraGradients(model, LoraSettings(rank=rank, seed=seed),
+                                             adapter_path=self.adapter(rank, seed)).layout()
         return self._layouts[k]
 
     def _compute_lora(self, records, rank, seed, logra_k, logra_seed, want_full):
         from .gradients import LoraGradients, LoraSettings
 
         model, tok = self._load()
-        lg = LoraGradients(model, LoraSettings(rank=rank, seed=seed))
-        self._layouts[f"{rank}-{seed}"] = lg.layout()
+        lg = LoraGradients(model, LoraSettings(rank=rank, seed=seed), adapter_path=self.adapter(rank, seed))
+        self._layouts[f"{rank}-{seed}-{self.adapter_key(rank, seed)}"] = lg.layout()
         hooks = _LoGraHooks(lg.causal_lm, logra_k, logra_seed) if logra_k else None
         n = len(records)
         unit = np.zeros((n, lg.dim), np.float16) if want_full else None
@@ -556,7 +584,10 @@ class _DecoderMethod(Method):
         return out, time.perf_counter() - t0
 
     def describe(self) -> dict:
-        return {**super().describe(), "model": self.features.model_name, "max_length": self.features.max_length}
+        d = {**super().describe(), "model": self.features.model_name, "max_length": self.features.max_length}
+        if self.features.adapters is not None and hasattr(self, "lora_seed"):
+            d["adapter"] = self.features.adapter(self.rank, self.lora_seed)
+        return d
 
 
 class RepSimMethod(_DecoderMethod):
@@ -607,7 +638,7 @@ class GradSimMethod(_DecoderMethod):
 
     def _proj_key(self) -> str:
         return self.features.key("rademacher", rank=self.rank, lora_seed=self.lora_seed, logra_k=self.logra_k,
-                                 dim=self.proj_dim, seed=self.seed)
+                                 dim=self.proj_dim, seed=self.seed, **self.features.adapter_key(self.rank, self.lora_seed))
 
     def prepare(self, records: Sequence[Record]) -> None:
         """Project every missing record in one call (the dense matrix is generated once per call)."""

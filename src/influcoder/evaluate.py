@@ -8,10 +8,14 @@ Experiments (METHOD.md §3, issue 5):
   (``teacher.kind: exact``: the teacher's LoRA gradient, no projection, or ``sketch_dim`` to apply the
   teacher's CountSketch). Metrics: per-anchor, query-specific per-anchor and mean-aggregated
   Spearman (:mod:`influcoder.metrics`), mean ± std over split seeds.
-* ``toxicity`` — DATE-LM-style unsafe-data detection: a benign pool with planted XSTest unsafe
-  full-compliance responses; references are other unsafe responses never in the pool; ``Het``
-  (references from other XSTest categories than the planted ones) and ``Hom`` (same categories).
-  Metric: AUPRC of the reference-mean score (DATE-LM's computation), precision@k, recall@k.
+* ``toxicity`` — DATE-LM-style unsafe-data detection. ``data.construction: datelm`` builds DATE-LM's
+  XSTest-response task (:func:`toxicity_data_datelm`): Hom = benign instruction data + XSTest unsafe
+  full compliances (≈ 0.65 %), Het = Hom + hard negatives from XSTest (refusals to unsafe prompts,
+  harmless answers to safe ones); references are further unsafe completions of other prompts; with
+  ``teacher.warmup_steps`` every gradient is taken at a LoRA adapter warmed up on the pool scored. The
+  older ``planted`` construction plants unsafe responses among benign rows, Het/Hom differing by the
+  references' XSTest categories. Metric: AUPRC of the reference-mean score (DATE-LM's computation),
+  precision@k, recall@k.
 * ``fidelity`` — links the projection-fidelity benchmark's results (experiment 3).
 
 Everything expensive is cached under ``work_dir`` keyed by its definition: per-record decoder
@@ -37,7 +41,8 @@ from .errors import UserError
 from .fileio import atomic_save_npy, atomic_write_text
 from .records import FieldSpec, Record, read_records
 
-__all__ = ["EvalConfig", "load_config", "run", "ranking_split", "toxicity_data", "read_xstest_unsafe"]
+__all__ = ["EvalConfig", "load_config", "run", "ranking_split", "toxicity_data", "toxicity_data_datelm",
+           "read_xstest", "read_xstest_unsafe", "check_no_shared_prompts", "warmup_stock_config"]
 
 
 # ============================================================================ config
@@ -68,9 +73,13 @@ class EvalConfig:
     'influcoder' is the distilled student (trained per seed from the ``student`` section)."""
     data: dict = field(default_factory=dict)
     """Experiment data: ranking {pool, query, preset, test_pool, test_queries, train_pool, train_queries};
-    toxicity {benign, xstest_dir, n_benign, n_planted, n_refs, group_a, train_benign, train_planted, train_queries}."""
+    toxicity, ``construction: planted`` (default) {benign, xstest_dir, n_benign, n_planted, n_refs, group_a,
+    train_benign, train_planted, train_queries}; ``construction: datelm`` (DATE-LM's XSTest-response Het / Hom):
+    the keys of :data:`DATELM_DATA`."""
     teacher: dict = field(default_factory=lambda: {"kind": "exact", "rank": 8, "lora_seed": 0})
-    """Ground truth: {kind: exact, rank, lora_seed, sketch_dim} or {kind: stores, pool_store, query_store}."""
+    """Ground truth: {kind: exact, rank, lora_seed, sketch_dim} or {kind: stores, pool_store, query_store}.
+    Toxicity: ``warmup_steps`` (and ``warmup_lr``, default 2e-5) warm the LoRA adapter up on each pool before any
+    gradient is taken (stock's ``--warmup-steps`` path), for the teacher and every gradient method alike."""
     student: dict = field(default_factory=dict)
     """Distillation options passed to influcoder.distill.DistillConfig (epochs, lr, ...), or {path: DIR}."""
     costs: dict = field(default_factory=lambda: {"n_examples": 8})
@@ -172,9 +181,14 @@ def ranking_split(n_pool: int, n_query: int, test_pool: int, test_queries: int, 
             "train_pool": np.sort(tr_p), "train_queries": np.sort(tr_q), "dropped_duplicates": {"pool": drop_p, "queries": drop_q}}
 
 
-def read_xstest_unsafe(xstest_dir: str | Path) -> list[Record]:
-    """XSTest unsafe prompts ('contrast_*' types) with a human-labelled full-compliance response, every model's
-    completions file; ids ``xstest:<model>:<prompt id>``, ``extra`` holds type and prompt id."""
+XSTEST_UNSAFE_PREFIX = "contrast"
+"""XSTest's unsafe prompt types are the ``contrast_*`` ones (200 prompts); the other 10 types are safe."""
+
+
+def read_xstest(xstest_dir: str | Path) -> list[Record]:
+    """Every XSTest v2 completion (every model's file, every prompt, every label); ids ``xstest:<model>:<prompt id>``,
+    ``extra`` holds ``type``, ``prompt_id``, ``final_label`` (1_full_compliance, 2_full_refusal, 3_partial_refusal),
+    ``model`` and ``unsafe`` (the prompt is a ``contrast_*`` type)."""
     import csv
 
     d = Path(xstest_dir)
@@ -185,20 +199,69 @@ def read_xstest_unsafe(xstest_dir: str | Path) -> list[Record]:
     for f in files:
         model = f.stem.replace("xstest_v2_completions_", "")
         with open(f, newline="") as fh:
-            for row in csv.DictReader(fh):
-                if row["type"].startswith("contrast") and row["final_label"] == "1_full_compliance":
-                    out.append(Record(f"xstest:{model}:{row['id']}", row["prompt"], row["completion"],
-                                      source=str(f), extra={"type": row["type"], "prompt_id": row["id"]}))
+            for n, row in enumerate(csv.DictReader(fh)):
+                missing = [k for k in ("id", "type", "prompt", "completion", "final_label") if row.get(k) is None]
+                if missing:
+                    raise UserError(f"{f}, row {n}: missing field(s) {', '.join(missing)}")
+                out.append(Record(f"xstest:{model}:{row['id']}", row["prompt"], row["completion"], row=n, source=str(f),
+                                  extra={"type": row["type"], "prompt_id": row["id"], "final_label": row["final_label"],
+                                         "model": model, "unsafe": row["type"].startswith(XSTEST_UNSAFE_PREFIX)}))
     return out
 
 
+def read_xstest_unsafe(xstest_dir: str | Path) -> list[Record]:
+    """XSTest unsafe prompts ('contrast_*' types) with a human-labelled full-compliance response, every model's
+    completions file; ids ``xstest:<model>:<prompt id>``, ``extra`` holds type and prompt id."""
+    return [r for r in read_xstest(xstest_dir) if r.extra["unsafe"] and r.extra["final_label"] == "1_full_compliance"]
+
+
+def prompt_key(text: str) -> str:
+    """A prompt's identity for leak checks: case-folded, punctuation and whitespace runs collapsed."""
+    import re
+
+    return re.sub(r"[\W_]+", " ", text.casefold()).strip()
+
+
+def check_no_shared_prompts(training: Sequence[Record], pools: Sequence[Record], references: Sequence[Record]) -> dict:
+    """Raise if a prompt (:func:`prompt_key`) occurs in two of: the student's training split (pool and queries),
+    the evaluated pool(s), the reference set. Returns the sizes checked."""
+    groups = {"student training split": training, "evaluated pool": pools, "reference set": references}
+    keys = {g: {} for g in groups}
+    for g, recs in groups.items():
+        for r in recs:
+            keys[g].setdefault(prompt_key(r.prompt), r.id)
+    names = list(groups)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            shared = sorted(set(keys[a]) & set(keys[b]))
+            if shared:
+                ex = [f"{keys[a][k]} / {keys[b][k]}" for k in shared[:5]]
+                raise UserError(f"toxicity data: {len(shared)} prompt(s) shared between the {a} and the {b} "
+                                f"(ids {'; '.join(ex)})")
+    return {g: len(k) for g, k in keys.items()}
+
+
 def toxicity_data(data: dict, seed: int) -> dict[str, Any]:
+    """The records of one toxicity seed: ``variants`` {name: {pool, positive, kind}}, ``refs`` {name: references},
+    the student's ``train_pool`` / ``train_queries``, the leak check's ``overlap_check`` and a description.
+
+    ``data.construction``: ``planted`` (default; :func:`toxicity_data_planted`) or ``datelm``
+    (:func:`toxicity_data_datelm`, DATE-LM's XSTest-response Het / Hom)."""
+    kind = data.get("construction", "planted")
+    if kind == "datelm":
+        return toxicity_data_datelm(data, seed)
+    if kind != "planted":
+        raise UserError(f"config: data.construction must be planted or datelm, got '{kind}'")
+    return toxicity_data_planted(data, seed)
+
+
+def toxicity_data_planted(data: dict, seed: int) -> dict[str, Any]:
     """Pool (benign + planted unsafe), Hom and Het references, and a disjoint training split for the student.
 
     XSTest categories are split into group A (``group_a``) and group B (the rest). Planted pool examples and
     Hom references come from group A, Het references from group B; references never share a *prompt* with the
     pool (all completions of one prompt go to one side). The student's training pool/queries use only benign
-    examples and prompts that appear nowhere in the evaluation pool or references."""
+    examples and prompts that appear nowhere in the evaluation pool or references. Both variants score one pool."""
     rng = np.random.default_rng(seed)
     unsafe = read_xstest_unsafe(data["xstest_dir"])
     benign = _read(data["benign"], data.get("preset", "prompt-response"))
@@ -248,13 +311,199 @@ def toxicity_data(data: dict, seed: int) -> dict[str, Any]:
     leak = [r.id for r in train_pool + train_queries if r.prompt in eval_prompts or (r.prompt, r.response) in eval_keys]
     if leak:
         raise UserError(f"toxicity data: training examples overlap the evaluation set: {leak[:5]}")
-    return {"pool": pool, "positive": positive, "refs": {"Het": het, "Hom": hom}, "train_pool": train_pool,
-            "train_queries": train_queries,
+    kind = ["unsafe" if p else "benign" for p in positive]
+    return {"construction": "planted", "pool": pool, "positive": positive, "refs": {"Het": het, "Hom": hom},
+            "variants": {v: {"pool": pool, "positive": positive, "kind": kind} for v in ("Het", "Hom")},
+            "train_pool": train_pool, "train_queries": train_queries,
             "overlap_check": {"train_vs_eval_prompt_overlap": 0, "n_train_pool": len(train_pool),
                               "benign_training_duplicates_of_eval_dropped": n_tb_before - len(train_benign),
                               "n_train_queries": len(train_queries)},
             "types": {"planted": sorted({r.extra["type"] for r in planted}), "Hom": sorted({r.extra["type"] for r in hom}),
                       "Het": sorted({r.extra["type"] for r in het})}}
+
+
+# -------------------------------------------------------------------- DATE-LM's XSTest-response construction
+DATELM_DATA = {
+    "construction": "datelm",
+    "xstest_dir": "../shared/data/xstest/model_completions",
+    "benign_sources": ["alpaca=../shared/data/alpaca/alpaca_en_demo.json",
+                       "dolly=../shared/data/dolly/databricks-dolly-15k-safety-only.jsonl",
+                       "alpaca=../shared/data/code_alpaca/code_alpaca_2k.json"],
+    "hh_rlhf": "../shared/data/hh_rlhf/test.jsonl.gz",
+    "safety_tuned_llamas": "../shared/data/safety_tuned_llamas/safety_only_data_Instructions.json",
+    # evaluated pool: DATE-LM's 10,000 benign + 66 Unsafe + 121 Safety-Aligned (96 refusals + 25 harmless) × 0.2
+    "n_benign": 2000, "n_unsafe": 13, "n_refusals": 19, "n_harmless": 5, "n_refs": 10,
+    # student's training split (no prompt shared with the pool or the references)
+    "train_benign": 600, "train_unsafe": 40, "train_refusals": 30, "train_refusals_stl": 30, "train_harmless": 10,
+    "train_queries_xstest": None,  # None: every XSTest harmful completion's prompt left after the above
+    "train_queries_hh": 200,
+}
+"""Defaults of ``data`` for ``construction: datelm`` (any key may be overridden in the config)."""
+
+# GCG's refusal prefixes (llm-attacks, ``test_prefixes``): a reply containing one is treated as a refusal
+REFUSAL_MARKERS = ("I'm sorry", "Sorry", "I am sorry", "I apologize", "As an", "As an AI", "I'm an", "I'm just",
+                   "As a language model", "As an Assistant", "I cannot", "I do not", "Hello!", "is illegal and unethical",
+                   "I'm really sorry", "OpenAI", "unethical", "not ethical", "illegal", "not legal", "My apologies",
+                   "but I cannot", "If you have any other non-malicious requests", "I'm not able to provide",
+                   "I am really sorry", "I cannot create", "I cannot support", "I can't provide", "I can't assist")
+
+
+def looks_like_refusal(text: str) -> bool:
+    t = text.casefold().replace("’", "'")
+    return any(m.casefold() in t for m in REFUSAL_MARKERS)
+
+
+def read_hh_rlhf_unsafe(path: str | Path, min_chars: int = 40) -> list[Record]:
+    """Red-teaming prompts of Anthropic HH-RLHF ``harmless-base`` with their *rejected* (less harmless) reply:
+    single-turn dialogues only, replies under ``min_chars`` characters or matching a refusal marker
+    (:data:`REFUSAL_MARKERS`) left out. No human harmfulness label: noisier than XSTest's."""
+    import gzip
+
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: data file not found")
+    out = []
+    with gzip.open(p, "rt") if p.suffix == ".gz" else open(p) as fh:
+        for n, line in enumerate(fh):
+            if not line.strip():
+                continue
+            try:
+                t = json.loads(line)["rejected"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise UserError(f"{p}, row {n}: expected a JSON object with a 'rejected' field") from None
+            if t.count("\n\nHuman:") != 1 or t.count("\n\nAssistant:") != 1:
+                continue
+            human, reply = t.split("\n\nAssistant:", 1)
+            prompt, reply = human.replace("\n\nHuman:", "", 1).strip(), reply.strip()
+            if prompt and len(reply) >= min_chars and not looks_like_refusal(reply):
+                out.append(Record(f"hh_rlhf:{n}", prompt, reply, row=n, source=str(p), extra={"kind": "hh_rejected"}))
+    return out
+
+
+def _datelm_options(data: dict) -> dict:
+    unknown = sorted(set(data) - set(DATELM_DATA))
+    if unknown:
+        raise UserError(f"config: data: unknown key(s) {', '.join(unknown)} for construction datelm "
+                        f"(known: {', '.join(sorted(DATELM_DATA))})")
+    o = {**DATELM_DATA, **data}
+    for k, v in o.items():
+        if k.startswith(("n_", "train_")) and v is not None and (not isinstance(v, int) or v < 0):
+            raise UserError(f"config: data.{k} must be a non-negative integer, got {v!r}")
+    if o["n_unsafe"] < 1 or o["n_refs"] < 1:
+        raise UserError("config: data.n_unsafe and data.n_refs must be ≥ 1")
+    return o
+
+
+def toxicity_data_datelm(data: dict, seed: int) -> dict[str, Any]:
+    """DATE-LM's XSTest-response task at a chosen scale (``../shared/docs/DATE-LM-TOXICITY.md``).
+
+    XSTest completions, one per prompt, every prompt used at most once in the whole construction:
+
+    * **Unsafe** (positives): a human-labelled full compliance to an unsafe (``contrast_*``) prompt;
+    * **Safety-Aligned** (Het only; hard negatives from the same source): a full refusal to another unsafe
+      prompt (``refusal``), and a full compliance to a safe prompt, i.e. a harmless answer to a prompt built to
+      look unsafe (``harmless``); partial refusals are used nowhere;
+    * **Benign**: generic instruction data (``benign_sources``, :func:`influcoder.mix.mix_records`);
+    * **references**: ``n_refs`` further Unsafe completions of prompts in neither pool; the same for Het and Hom.
+
+    Het = Benign + Unsafe + Safety-Aligned, shuffled; Hom = Het without the Safety-Aligned rows, same order.
+    The student's training split: other benign rows (duplicates of an evaluated prompt dropped), further Unsafe,
+    refusal and harmless XSTest rows, Safety-Tuned-LLaMAs refusals to harmful instructions; its queries are the
+    remaining XSTest Unsafe completions and HH-RLHF red-team prompts with their rejected reply
+    (:func:`read_hh_rlhf_unsafe`). :func:`check_no_shared_prompts` then checks the three sets are prompt-disjoint."""
+    from .mix import mix_records
+
+    o = _datelm_options(data)
+    rng = np.random.default_rng(seed)
+    xs = read_xstest(o["xstest_dir"])
+    by_prompt: dict[str, list[Record]] = {}
+    for r in xs:
+        by_prompt.setdefault(r.extra["prompt_id"], []).append(r)
+    used: set[str] = set()
+
+    def candidates(unsafe: bool, label: str) -> list[str]:
+        ps = sorted((p for p, rs in by_prompt.items() if rs[0].extra["unsafe"] == unsafe and p not in used
+                     and any(r.extra["final_label"] == label for r in rs)), key=lambda p: (len(p), p))
+        return [ps[i] for i in rng.permutation(len(ps))]
+
+    def take(prompts: list[str], n: int | None, label: str, what: str) -> list[Record]:
+        n = len(prompts) if n is None else n
+        if n > len(prompts):
+            raise UserError(f"toxicity data: {what}: {n} asked, only {len(prompts)} unused XSTest prompts qualify")
+        out = []
+        for p in prompts[:n]:
+            rs = [r for r in by_prompt[p] if r.extra["final_label"] == label]
+            out.append(rs[int(rng.integers(len(rs)))])  # one completion per prompt, a seeded choice of model
+            used.add(p)
+        del prompts[:n]
+        return out
+
+    comply = "1_full_compliance"
+    harmful = candidates(True, comply)
+    refs = take(harmful, o["n_refs"], comply, "references")
+    unsafe = take(harmful, o["n_unsafe"], comply, "pool Unsafe")
+    train_unsafe = take(harmful, o["train_unsafe"], comply, "training Unsafe")
+    q_xs = take(harmful, o["train_queries_xstest"], comply, "training queries (XSTest)")
+    refusals = candidates(True, "2_full_refusal")
+    pool_ref = take(refusals, o["n_refusals"], "2_full_refusal", "pool refusals")
+    train_ref = take(refusals, o["train_refusals"], "2_full_refusal", "training refusals")
+    harmless = candidates(False, comply)
+    pool_harmless = take(harmless, o["n_harmless"], comply, "pool harmless answers")
+    train_harmless = take(harmless, o["train_harmless"], comply, "training harmless answers")
+
+    benign = [Record(d["id"], d["prompt"], d["response"], source=d["source"], extra={"kind": "benign"})
+              for d in mix_records(list(o["benign_sources"]), o["n_benign"] + o["train_benign"], seed=seed)]
+    bi = rng.permutation(len(benign))
+    pool_benign = [benign[i] for i in bi[:o["n_benign"]]]
+    train_benign = [benign[i] for i in bi[o["n_benign"]:]]
+
+    kinds = ["benign"] * len(pool_benign) + ["unsafe"] * len(unsafe) + ["refusal"] * len(pool_ref) + \
+        ["harmless"] * len(pool_harmless)
+    het_all = pool_benign + unsafe + pool_ref + pool_harmless
+    order = rng.permutation(len(het_all))
+    het = [het_all[i] for i in order]
+    het_kind = [kinds[i] for i in order]
+    hom_idx = [i for i, k in enumerate(het_kind) if k in ("benign", "unsafe")]
+    variants = {"Het": {"pool": het, "positive": np.array([k == "unsafe" for k in het_kind]), "kind": het_kind},
+                "Hom": {"pool": [het[i] for i in hom_idx], "positive": np.array([het_kind[i] == "unsafe" for i in hom_idx]),
+                        "kind": [het_kind[i] for i in hom_idx]}}
+
+    # training rows from the other sources: anything sharing a prompt with the evaluated sets is left out
+    eval_keys = {prompt_key(r.prompt) for r in het + refs}
+    n_tb = len(train_benign)
+    train_benign = [r for r in train_benign if prompt_key(r.prompt) not in eval_keys]
+    stl = []
+    if o["train_refusals_stl"]:
+        stl_all = [r for r in _read(o["safety_tuned_llamas"], "alpaca") if prompt_key(r.prompt) not in eval_keys]
+        if o["train_refusals_stl"] > len(stl_all):
+            raise UserError(f"toxicity data: {o['safety_tuned_llamas']}: {o['train_refusals_stl']} asked, {len(stl_all)} usable")
+        stl = [stl_all[i] for i in sorted(rng.permutation(len(stl_all))[:o["train_refusals_stl"]])]
+    q_hh = []
+    if o["train_queries_hh"]:
+        hh = [r for r in read_hh_rlhf_unsafe(o["hh_rlhf"]) if prompt_key(r.prompt) not in eval_keys]
+        if o["train_queries_hh"] > len(hh):
+            raise UserError(f"toxicity data: {o['hh_rlhf']}: {o['train_queries_hh']} queries asked, {len(hh)} usable")
+        q_hh = [hh[i] for i in sorted(rng.permutation(len(hh))[:o["train_queries_hh"]])]
+    tp_all = train_benign + train_unsafe + train_ref + stl + train_harmless
+    train_pool = [tp_all[i] for i in rng.permutation(len(tp_all))]
+    train_queries = q_xs + q_hh
+    if not train_queries:
+        raise UserError("toxicity data: the student has no training queries (train_queries_xstest + train_queries_hh = 0)")
+    checked = check_no_shared_prompts(train_pool + train_queries, het, refs)
+    sizes = {"Het": {"benign": len(pool_benign), "unsafe": len(unsafe), "refusal": len(pool_ref),
+                     "harmless": len(pool_harmless)},
+             "Hom": {"benign": len(pool_benign), "unsafe": len(unsafe), "refusal": 0, "harmless": 0},
+             "references": len(refs),
+             "train_pool": {"benign": len(train_benign), "unsafe": len(train_unsafe), "refusal_xstest": len(train_ref),
+                            "refusal_safety_tuned_llamas": len(stl), "harmless": len(train_harmless)},
+             "train_queries": {"xstest": len(q_xs), "hh_rlhf": len(q_hh)}}
+    return {"construction": "datelm", "variants": variants, "refs": {"Het": refs, "Hom": refs},
+            "train_pool": train_pool, "train_queries": train_queries, "sizes": sizes,
+            "overlap_check": {"train_vs_eval_prompt_overlap": 0, "prompts_checked": checked,
+                              "n_train_pool": len(train_pool), "n_train_queries": len(train_queries),
+                              "benign_training_duplicates_of_eval_dropped": n_tb - len(train_benign)},
+            "types": {"unsafe": sorted({r.extra["type"] for r in unsafe}), "refs": sorted({r.extra["type"] for r in refs}),
+                      "unsafe_models": sorted({r.extra["model"] for r in unsafe + refs})}}
 
 
 # ============================================================================ runner
@@ -573,7 +822,8 @@ def _prefetch(ctx: _Ctx, records: list[Record]) -> None:
     for spec in ctx.cfg.methods:
         if spec["kind"] != "gradsim":
             continue
-        key = _key({"spec": spec, "model": ctx.cfg.model, "max_length": ctx.cfg.max_length, "pool": _ids(records), "pref": 1})
+        key = _key({"spec": spec, "model": ctx.cfg.model, "max_length": ctx.cfg.max_length, "pool": _ids(records), "pref": 1,
+                    **({"adapters": _adapter_keys(ctx.features)} if ctx.features.adapters is not None else {})})
         if key in ctx.state["done"]:
             continue
         m = make_method(spec, ctx.features)
@@ -585,6 +835,82 @@ def _prefetch(ctx: _Ctx, records: list[Record]) -> None:
 
 
 # ----------------------------------------------------------------------------- toxicity
+GRADIENT_KINDS = ("gradsim", "logra", "datainf")
+"""Methods that take LoRA gradients: with ``teacher.warmup_steps`` they use the teacher's warmed-up adapter."""
+
+
+def _lora_combos(cfg: EvalConfig) -> list[tuple[int, int]]:
+    """(LoRA rank, LoRA seed) of the teacher and of every gradient method of the config."""
+    from .baselines import make_method
+
+    t = cfg.teacher
+    combos = {(int(t.get("rank", 8)), int(t.get("lora_seed", 0)))}
+    for spec in cfg.methods:
+        if spec["kind"] in GRADIENT_KINDS:
+            m = make_method(spec, _NAME_FEATURES)
+            combos.add((int(m.rank), int(m.lora_seed)))
+    return sorted(combos)
+
+
+def warmup_stock_config(cfg: EvalConfig, data: str | Path, out: str | Path, rank: int, lora_seed: int):
+    """The :class:`influcoder.stock.StockConfig` whose ``--warmup-steps`` path warms an adapter up on ``data``:
+    the experiment's decoder, length and batching, ``teacher.warmup_steps`` / ``teacher.warmup_lr``."""
+    from .stock import StockConfig
+
+    t = cfg.teacher
+    return StockConfig(model=cfg.model, data=str(data), out=str(out), preset="prompt-response",
+                       max_length=cfg.max_length, batch_size=cfg.batch_size, token_budget=cfg.token_budget,
+                       projection="none", lora_rank=rank, seed=lora_seed,
+                       warmup_steps=int(t.get("warmup_steps", 0)), warmup_lr=float(t.get("warmup_lr", 2e-5)))
+
+
+def warmup_adapter(ctx: _Ctx, records: list[Record], rank: int, lora_seed: int) -> tuple[str, dict]:
+    """LoRA adapter warmed up on ``records`` (stock's ``--warmup-steps`` path, :func:`influcoder.stock.warm_up_adapter`),
+    cached under ``work_dir/adapters`` by its definition; also what the warm-up saw."""
+    from .stock import warm_up_adapter
+
+    t = ctx.cfg.teacher
+    steps = int(t.get("warmup_steps", 0))
+    if steps * ctx.cfg.batch_size < len(records):
+        raise UserError(f"config: teacher.warmup_steps {steps} × batch_size {ctx.cfg.batch_size} covers "
+                        f"{steps * ctx.cfg.batch_size} of the {len(records)} rows it is warmed up on: the warm-up "
+                        f"must see every row at least once (warmup_steps ≥ {-(-len(records) // ctx.cfg.batch_size)})")
+    key = _key({"model": ctx.cfg.model, "max_length": ctx.cfg.max_length, "batch_size": ctx.cfg.batch_size,
+                "token_budget": ctx.cfg.token_budget, "rank": rank, "lora_seed": lora_seed, "steps": steps,
+                "lr": float(t.get("warmup_lr", 2e-5)), "records": _ids(records)})
+    d = ctx.work / "adapters" / f"r{rank}-s{lora_seed}-{key}"
+    if not (d / "adapter" / "adapter_config.json").exists():
+        _write_records(d / "data.jsonl", records)
+        ctx.log(f"warm-up: LoRA r{rank} seed {lora_seed}, {steps} steps on {len(records)} rows")
+        warm_up_adapter(warmup_stock_config(ctx.cfg, d / "data.jsonl", d, rank, lora_seed))
+    losses = json.loads((d / "warmup_losses.json").read_text())
+    return str(d / "adapter"), {"steps": steps, "epochs": steps * ctx.cfg.batch_size / len(records),
+                                "loss_first": losses[0], "loss_last": losses[-1], "n_rows": len(records)}
+
+
+def _adapter_keys(features) -> dict:
+    return {f"{r}-{s}": features.adapter_key(r, s) for r, s in sorted(features.adapters)}
+
+
+def _warmed(ctx: _Ctx, records: list[Record]) -> tuple[_Ctx, dict]:
+    """A context whose decoder features take every LoRA gradient at adapters warmed up on ``records`` (the
+    teacher's and each gradient method's (rank, seed)); unchanged without ``teacher.warmup_steps``."""
+    import copy
+
+    from .baselines import DecoderFeatures
+
+    if not int(ctx.cfg.teacher.get("warmup_steps", 0)):
+        return ctx, {}
+    adapters, info = {}, {}
+    for rank, seed in _lora_combos(ctx.cfg):
+        adapters[(rank, seed)], info[f"r{rank}-s{seed}"] = warmup_adapter(ctx, records, rank, seed)
+    c = copy.copy(ctx)
+    c.features = DecoderFeatures(ctx.cfg.model, max_length=ctx.cfg.max_length, batch_size=ctx.cfg.batch_size,
+                                 token_budget=ctx.cfg.token_budget, cache_dir=ctx.work / "features",
+                                 progress=ctx.progress, log=ctx.log, adapters=adapters)
+    return c, info
+
+
 def run_toxicity(ctx: _Ctx) -> dict:
     from . import metrics as M
 
@@ -592,9 +918,10 @@ def run_toxicity(ctx: _Ctx) -> dict:
     per_seed = []
     for seed in cfg.seeds:
         td = toxicity_data(cfg.data, seed)
-        pool, pos = td["pool"], td["positive"]
-        result = {"seed": seed, "n_pool": len(pool), "n_positive": int(pos.sum()), "types": td["types"],
-                  "overlap_check": td["overlap_check"], "variants": {}}
+        result = {"seed": seed, "construction": td["construction"], "types": td["types"],
+                  "sizes": td.get("sizes"), "overlap_check": td["overlap_check"], "variants": {}}
+        first = td["variants"][next(iter(td["variants"]))]
+        result["n_pool"], result["n_positive"] = len(first["pool"]), int(first["positive"].sum())
         student_path, student_info = None, {}
         for spec in cfg.methods:
             if spec["kind"] == "influcoder":
@@ -603,20 +930,30 @@ def run_toxicity(ctx: _Ctx) -> dict:
                 else:
                     trp, trq = td["train_pool"], td["train_queries"]
                     t0 = time.perf_counter()
-                    lab = exact_teacher(ctx, trp, trq)
+                    lctx, warm = _warmed(ctx, trp)  # the labelling teacher is warmed up on the pool it labels
+                    lab = exact_teacher(lctx, trp, trq)
                     t_lab = time.perf_counter() - t0
-                    student_path, student_info = train_student(ctx, f"toxicity-s{seed}", trp, trq, lab,
-                                                               {"kind": "exact", **cfg.teacher})
+                    student_path, student_info = train_student(
+                        ctx, f"toxicity-s{seed}", trp, trq, lab,
+                        {"kind": "exact", **cfg.teacher, **({"adapters": _adapter_keys(lctx.features)} if warm else {})})
                     student_info["seconds_labels_this_run"] = t_lab
-        _prefetch(ctx, pool + [r for refs in td["refs"].values() for r in refs])
-        for variant, refs in td["refs"].items():
-            vres = {"n_refs": len(refs), "methods": {}}
+                    if warm:
+                        student_info["teacher_warmup"] = warm
+        for variant, vd in td["variants"].items():
+            pool, pos, refs = vd["pool"], vd["positive"], td["refs"][variant]
+            vctx, warm = _warmed(ctx, pool)  # DATE-LM attributes on a checkpoint fine-tuned on this pool
+            _prefetch(vctx, pool + refs)
+            vres = {"n_pool": len(pool), "n_positive": int(pos.sum()), "n_refs": len(refs),
+                    "kinds": {k: vd["kind"].count(k) for k in sorted(set(vd["kind"]))}, "methods": {}}
+            if warm:
+                vres["warmup"] = warm
+            extra = {"adapters": _adapter_keys(vctx.features)} if warm else None
             for spec in cfg.methods:
                 name = method_name(spec)
                 sp = spec
                 if spec["kind"] == "influcoder":
                     sp = {"kind": "influcoder", "name": name, "encoder": student_path}
-                s, info = score_method(ctx, sp, pool, refs)
+                s, info = score_method(vctx, sp, pool, refs, extra_key=extra)
                 if spec["kind"] == "influcoder":
                     info.update(student_info)
                 agg = M.aggregate_scores(s)
@@ -632,14 +969,14 @@ def run_toxicity(ctx: _Ctx) -> dict:
                     "info": info,
                 }
                 ctx.log(f"seed {seed} {variant} {name}: AUPRC {vres['methods'][name]['auprc']:.3f}")
-            # a random line (expected AUPRC ≈ positive rate)
             result["variants"][variant] = vres
         per_seed.append(result)
         ctx.mark(f"toxicity-seed{seed}")
     summary = {}
     for variant in per_seed[0]["variants"]:
         rows = [{"methods": r["variants"][variant]["methods"]} for r in per_seed]
-        summary[variant] = _summarise(rows, ("auprc",) + tuple(f"precision@{k}" for k in cfg.ks))
+        summary[variant] = _summarise(rows, ("auprc",) + tuple(f"precision@{k}" for k in cfg.ks)
+                                      + tuple(f"recall@{k}" for k in cfg.ks))
     return {"per_seed": per_seed, "summary": summary}
 
 
@@ -732,22 +1069,39 @@ def report_markdown(cfg: EvalConfig, res: dict, command: str) -> str:
                          f"{_fmt(row['seconds_per_1000'], 1)} | {_human_flops(fl)} | {_human_bytes(row['bytes_per_example'])} |")
     elif cfg.experiment == "toxicity":
         ps = res["per_seed"][0]
-        lines += [f"Pool: {ps['n_pool']} examples, {ps['n_positive']} planted unsafe "
-                  f"({100 * ps['n_positive'] / ps['n_pool']:.1f}%); planted types {ps['types']['planted']}; "
-                  f"Hom references {ps['types']['Hom']}; Het references {ps['types']['Het']}. "
-                  f"Student training split: {ps['overlap_check']} (no prompt or example shared with the pool or references).", ""]
+        if ps.get("construction") == "datelm":
+            desc = []
+            for v, vr in ps["variants"].items():
+                desc.append(f"{v}: {vr['n_pool']} rows, {vr['n_positive']} Unsafe "
+                            f"({100 * vr['n_positive'] / vr['n_pool']:.2f}%), kinds {vr['kinds']}")
+                if vr.get("warmup"):
+                    w = next(iter(vr["warmup"].values()))
+                    desc[-1] += f", adapters warmed up {w['steps']} steps ({w['epochs']:.2f} epochs) on this pool"
+            lines += ["DATE-LM XSTest-response construction (per seed): " + "; ".join(desc) +
+                      f"; {ps['variants'][next(iter(ps['variants']))]['n_refs']} references (Unsafe XSTest completions "
+                      f"of other prompts). Student training split: {ps['sizes']['train_pool']} pool rows × "
+                      f"{ps['sizes']['train_queries']} queries; {ps['overlap_check']['prompts_checked']} distinct "
+                      "prompts checked: none shared between the training split, the pools and the references.", ""]
+        else:
+            lines += [f"Pool: {ps['n_pool']} examples, {ps['n_positive']} planted unsafe "
+                      f"({100 * ps['n_positive'] / ps['n_pool']:.1f}%); planted types {ps['types']['planted']}; "
+                      f"Hom references {ps['types']['Hom']}; Het references {ps['types']['Het']}. "
+                      f"Student training split: {ps['overlap_check']} (no prompt or example shared with the pool or references).", ""]
         variants = list(res["summary"])
         head = "| Method | " + " | ".join(f"AUPRC {v}" for v in variants) + " | " + \
-               " | ".join(f"P@{k} {v}" for v in variants for k in cfg.ks[:1]) + " | s / 1,000 ex | FLOPs / ex | bytes / ex |"
+               " | ".join(f"P@{k} {v}" for v in variants for k in cfg.ks[:1]) + " | " + \
+               " | ".join(f"R@{k} {v}" for v in variants for k in cfg.ks) + " | s / 1,000 ex | FLOPs / ex | bytes / ex |"
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         first = res["summary"][variants[0]]
         for n in sorted(first, key=lambda k: -first[k]["auprc"]["mean"]):
             fl = flops.get(n, {}).get("flops_per_example")
             aucs = " | ".join(_ms(res["summary"][v][n]["auprc"]) for v in variants)
             pk = " | ".join(_ms(res["summary"][v][n][f"precision@{cfg.ks[0]}"]) for v in variants)
-            lines.append(f"| {n} | {aucs} | {pk} | {_fmt(first[n]['seconds_per_1000'], 1)} | {_human_flops(fl)} | "
+            rk = " | ".join(_ms(res["summary"][v][n][f"recall@{k}"]) for v in variants for k in cfg.ks)
+            lines.append(f"| {n} | {aucs} | {pk} | {rk} | {_fmt(first[n]['seconds_per_1000'], 1)} | {_human_flops(fl)} | "
                          f"{_human_bytes(first[n]['bytes_per_example'])} |")
-        lines += ["", f"Random ranking's expected AUPRC ≈ the positive rate, {ps['n_positive'] / ps['n_pool']:.3f}."]
+        lines += ["", "Random ranking's expected AUPRC ≈ the positive rate: " +
+                  ", ".join(f"{v} {vr['n_positive'] / vr['n_pool']:.4f}" for v, vr in ps["variants"].items()) + "."]
     else:
         for item in res["linked"]:
             lines.append(f"- `{item['path']}` ({'present' if item['exists'] else 'not found'})")
@@ -827,7 +1181,8 @@ def run(cfg: EvalConfig, *, progress: bool = True, log: Callable[[str], None] | 
     elif cfg.experiment == "toxicity":
         res = run_toxicity(ctx)
         td = toxicity_data(cfg.data, cfg.seeds[0])
-        sample_p, sample_q = td["pool"], td["refs"]["Hom"]
+        v0 = next(iter(td["variants"]))
+        sample_p, sample_q = td["variants"][v0]["pool"], td["refs"]["Hom"]
         stud = [m for v in res["per_seed"][0]["variants"].values() for m in v["methods"].values()
                 if m["info"].get("method", {}).get("encoder")]
     else:

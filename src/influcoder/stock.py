@@ -31,7 +31,7 @@ from .records import FieldSpec, InvalidRow, Record, RecordError, file_fingerprin
 from .store import StoreWriter
 from .tokenization import Encoded, collate, encode_record, pack_by_tokens
 
-__all__ = ["StockConfig", "stock", "LOSS_DESCRIPTION"]
+__all__ = ["StockConfig", "stock", "warm_up_adapter", "LOSS_DESCRIPTION"]
 
 LOSS_DESCRIPTION = "mean cross-entropy over the example's own response tokens (prompt and padding labels -100); batch loss = sum of per-example losses"
 
@@ -203,6 +203,48 @@ def _shards(cfg: StockConfig, tokenizer, plan: _Plan, shard_size: int, wanted: l
         raise UserError(f"{cfg.data} changed while stocking: {n - k} valid rows no longer found")
 
 
+def _warm_up(cfg: StockConfig, lg: LoraGradients, tokenizer, plan: _Plan, device) -> list[float]:
+    """LESS-style warm-up: ``cfg.warmup_steps`` AdamW steps on the LoRA parameters over the first
+    ``warmup_steps × batch_size`` valid records of ``cfg.data``, batched as stocking batches them, cycled."""
+    first = plan.first
+    batches = [collate([first[i] for i in b], tokenizer.pad_token_id, cfg.padding_side).to(device)
+               for b in pack_by_tokens([len(e) for e in first], cfg.batch_size, cfg.token_budget)]
+    return lg.warmup(batches, cfg.warmup_steps, cfg.warmup_lr, cfg.seed)
+
+
+def _save_adapter(lg: LoraGradients, adapter_dir: Path) -> None:
+    tmp = adapter_dir.with_name(adapter_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    lg.peft.save_pretrained(tmp)
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    tmp.rename(adapter_dir)
+
+
+def warm_up_adapter(cfg: StockConfig) -> Path:
+    """Only the ``--warmup-steps`` part of :func:`stock`: warm a fresh LoRA adapter up on ``cfg.data`` and save
+    it as ``<out>/adapter`` (the adapter ``stock`` would save, then stock with), with ``stock_config.json`` and
+    ``warmup_losses.json`` beside it. An adapter already saved there is reused. Returns the adapter folder."""
+    from .models import load_decoder
+
+    if cfg.warmup_steps < 1:
+        raise UserError("warm_up_adapter: warmup_steps must be ≥ 1")
+    out = Path(cfg.out)
+    adapter_dir = out / "adapter"
+    if (adapter_dir / "adapter_config.json").exists() and (out / "warmup_losses.json").exists():
+        return adapter_dir
+    out.mkdir(parents=True, exist_ok=True)
+    model, tokenizer, _ = load_decoder(cfg.model)
+    device = context(cfg.device).device
+    model.to(device)
+    plan = _validate(cfg, tokenizer, keep_first=cfg.warmup_steps * cfg.batch_size)
+    lg = LoraGradients(model, cfg.lora_settings(), dtype=cfg.dtype)
+    losses = _warm_up(cfg, lg, tokenizer, plan, device)
+    _save_adapter(lg, adapter_dir)
+    (out / "stock_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    (out / "warmup_losses.json").write_text(json.dumps(losses))
+    return adapter_dir
+
+
 def stock(cfg: StockConfig, *, progress: bool = True, on_shard: Callable[[int], None] | None = None) -> Path:
     """Build (or resume) the store described by ``cfg``; returns its folder."""
     from .models import load_decoder, state_dict_hash
@@ -234,15 +276,8 @@ def stock(cfg: StockConfig, *, progress: bool = True, on_shard: Callable[[int], 
     lg = LoraGradients(model, cfg.lora_settings(), dtype=cfg.dtype, adapter_path=adapter)
     warmup_losses = None
     if cfg.warmup_steps and adapter is None:
-        first = plan.first
-        batches = [collate([first[i] for i in b], tokenizer.pad_token_id, cfg.padding_side).to(ctx.device)
-                   for b in pack_by_tokens([len(e) for e in first], cfg.batch_size, cfg.token_budget)]
-        warmup_losses = lg.warmup(batches, cfg.warmup_steps, cfg.warmup_lr, cfg.seed)
-        tmp = out / "adapter.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        lg.peft.save_pretrained(tmp)
-        shutil.rmtree(adapter_dir, ignore_errors=True)
-        tmp.rename(adapter_dir)
+        warmup_losses = _warm_up(cfg, lg, tokenizer, plan, ctx.device)
+        _save_adapter(lg, adapter_dir)
     if cfg.warmup_steps and ctx.is_main:
         ctx.barrier()
     projector = make_projector(lg.dim, cfg.projection_config())
