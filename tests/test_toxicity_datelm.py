@@ -1,0 +1,291 @@
+"""Experiment 2 as DATE-LM builds it (issue 11): the XSTest-response Het / Hom construction on the real shared
+data files (no model), the leak check, DATE-LM's AUPRC against sklearn, and the teacher warm-up on tiny models."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from influcoder.errors import UserError
+from influcoder.evaluate import (DATELM_DATA, check_no_shared_prompts, load_config, prompt_key, read_hh_rlhf_unsafe,
+                                 toxicity_data, warmup_stock_config)
+from influcoder.records import Record
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = (ROOT / ".." / "shared" / "data").resolve()
+if not (SHARED / "xstest").exists():  # a checkout elsewhere: the worktree's sibling /work/shared
+    SHARED = Path("/work/shared/data")
+
+
+def _shared_data() -> dict:
+    """DATELM_DATA's defaults with the shared-data paths made absolute (the tests may run from anywhere)."""
+    rel = "../shared/data/"
+    fix = lambda v: str(SHARED / v[len(rel):]) if v.startswith(rel) else v  # noqa: E731
+    out = {}
+    for k, v in DATELM_DATA.items():
+        if isinstance(v, str):
+            out[k] = fix(v)
+        elif isinstance(v, list):
+            out[k] = [p.split("=", 1)[0] + "=" + fix(p.split("=", 1)[1]) for p in v]
+        else:
+            out[k] = v
+    return out
+
+
+needs_shared = pytest.mark.skipif(not (SHARED / "xstest" / "model_completions").exists(), reason="no ../shared/data")
+
+
+@pytest.fixture(scope="module")
+def real():
+    """Seeds 0 and 1 of the default construction on the real files (about 15 s each on this machine)."""
+    return {s: toxicity_data(_shared_data(), s) for s in (0, 1)}
+
+
+# ------------------------------------------------------------------------------------------ real data, no model
+@needs_shared
+def test_datelm_sizes_and_proportions_on_the_shared_data(real):
+    td = real[0]
+    het, hom = td["variants"]["Het"], td["variants"]["Hom"]
+    d = DATELM_DATA
+    assert td["sizes"]["Het"] == {"benign": d["n_benign"], "unsafe": d["n_unsafe"], "refusal": d["n_refusals"],
+                                  "harmless": d["n_harmless"]}
+    assert len(het["pool"]) == 2000 + 13 + 19 + 5 and len(hom["pool"]) == 2000 + 13
+    # DATE-LM: 66 / 10,187 = 0.648 % (Het), 66 / 10,066 = 0.656 % (Hom); safety-aligned : unsafe = 121 : 66
+    assert het["positive"].sum() == hom["positive"].sum() == 13
+    assert 0.0060 < het["positive"].mean() < 0.0070 and 0.0060 < hom["positive"].mean() < 0.0070
+    n_sa = het["kind"].count("refusal") + het["kind"].count("harmless")
+    assert abs(n_sa / 13 - 121 / 66) < 0.1
+    assert abs(het["kind"].count("refusal") / n_sa - 96 / 121) < 0.05
+    assert len(td["refs"]["Het"]) == len(td["refs"]["Hom"]) == 10
+    # every row is what its kind says, from the source it should come from
+    for r, k, p in zip(het["pool"], het["kind"], het["positive"]):
+        assert p == (k == "unsafe")
+        if k == "benign":
+            assert r.source in ("alpaca_en_demo.json", "databricks-dolly-15k-safety-only.jsonl", "code_alpaca_2k.json")
+        else:
+            assert r.id.startswith("xstest:")
+            want = {"unsafe": (True, "1_full_compliance"), "refusal": (True, "2_full_refusal"),
+                    "harmless": (False, "1_full_compliance")}[k]
+            assert (r.extra["unsafe"], r.extra["final_label"]) == want, (r.id, k)
+    for r in td["refs"]["Het"]:
+        assert r.extra["unsafe"] and r.extra["final_label"] == "1_full_compliance"
+    # the student's queries: unsafe prompts with a compliant reply, from XSTest and HH-RLHF, enough of them
+    q = td["sizes"]["train_queries"]
+    assert q["hh_rlhf"] == 200 and q["xstest"] == 131 - 10 - 13 - 40 and len(td["train_queries"]) == 268
+    assert all(r.extra["final_label"] == "1_full_compliance" and r.extra["unsafe"]
+               for r in td["train_queries"] if r.id.startswith("xstest:"))
+
+
+@needs_shared
+def test_datelm_sets_are_prompt_disjoint_on_the_shared_data(real):
+    for td in real.values():
+        het, refs = td["variants"]["Het"]["pool"], td["refs"]["Het"]
+        train = td["train_pool"] + td["train_queries"]
+        pk = lambda rs: {prompt_key(r.prompt) for r in rs}  # noqa: E731
+        assert not pk(het) & pk(refs) and not pk(het) & pk(train) and not pk(refs) & pk(train)
+        # one XSTest completion per prompt, each prompt used once in the whole construction
+        xs = [r.extra["prompt_id"] for r in het + refs + train if r.id.startswith("xstest:")]
+        assert len(xs) == len(set(xs))
+        assert td["overlap_check"]["train_vs_eval_prompt_overlap"] == 0
+    # the seed draws another construction
+    a, b = ({r.id for r in real[s]["variants"]["Het"]["pool"]} for s in (0, 1))
+    assert a != b and {r.id for r in real[0]["refs"]["Het"]} != {r.id for r in real[1]["refs"]["Het"]}
+
+
+@needs_shared
+def test_hom_is_het_without_the_safety_aligned_rows(real):
+    td = real[0]
+    het, hom = td["variants"]["Het"], td["variants"]["Hom"]
+    kept = [(r.id, p) for r, k, p in zip(het["pool"], het["kind"], het["positive"]) if k in ("benign", "unsafe")]
+    assert [(r.id, p) for r, p in zip(hom["pool"], hom["positive"])] == kept  # same rows, same order
+    removed = {r.id for r in het["pool"]} - {r.id for r in hom["pool"]}
+    assert removed == {r.id for r, k in zip(het["pool"], het["kind"]) if k in ("refusal", "harmless")}
+    assert len(removed) == 24 and set(hom["kind"]) == {"benign", "unsafe"}
+    assert [r.id for r in td["refs"]["Het"]] == [r.id for r in td["refs"]["Hom"]]
+
+
+# ------------------------------------------------------------------------------------------ leak check
+def test_leak_check_raises_on_a_planted_shared_prompt():
+    mk = lambda i, p: Record(i, p, "x")  # noqa: E731
+    train, pool, refs = [mk("t1", "How do I bake bread?")], [mk("p1", "How do I kill a person?")], [mk("r1", "Steal a car")]
+    assert check_no_shared_prompts(train, pool, refs) == {"student training split": 1, "evaluated pool": 1,
+                                                           "reference set": 1}
+    with pytest.raises(UserError, match=r"shared between the student training split and the reference set.*t2 / r1"):
+        check_no_shared_prompts(train + [mk("t2", "  steal a CAR! ")], pool, refs)
+    with pytest.raises(UserError, match="evaluated pool and the reference set"):
+        check_no_shared_prompts(train, pool + [mk("p2", "Steal a car.")], refs)
+
+
+def _fake_sources(d: Path, twin: bool = False) -> dict:
+    """A small XSTest-like folder (2 models), benign, HH-RLHF and Safety-Tuned-LLaMAs files. With ``twin`` two
+    prompt ids of XSTest share one prompt text (a planted leak the construction cannot split apart)."""
+    xs = d / "xs"
+    xs.mkdir(parents=True)
+    rows = []  # (id, type, prompt, {model: (label, completion)})
+    for i in range(12):  # unsafe, m1 complies
+        prompt = "How do I do forbidden thing 0?" if twin and i == 1 else f"How do I do forbidden thing {i}?"
+        rows.append((i, "contrast_x", prompt, {"m1": ("1_full_compliance", f"Sure: step one of bad thing {i}."),
+                                               "m2": ("2_full_refusal", f"I cannot help with bad thing {i}.")}))
+    for i in range(12, 18):  # unsafe, both refuse
+        rows.append((i, "contrast_y", f"Tell me how to hurt {i}.", {m: ("2_full_refusal", f"No, I will not ({m}).")
+                                                                   for m in ("m1", "m2")}))
+    for i in range(18, 24):  # safe prompts that look unsafe
+        rows.append((i, "homonyms", f"How do I kill process {i}?", {"m1": ("1_full_compliance", f"Run kill {i}."),
+                                                                   "m2": ("3_partial_refusal", "Hmm, maybe.")}))
+    for model in ("m1", "m2"):
+        with open(xs / f"xstest_v2_completions_{model}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "type", "prompt", "completion", "annotation_1", "annotation_2", "agreement", "final_label"])
+            for i, t, p, by in rows:
+                w.writerow([i, t, p, by[model][1], "", "", "", by[model][0]])
+    benign = d / "benign.json"
+    benign.write_text(json.dumps([{"instruction": f"Describe the colour of item {i}.", "input": "",
+                                   "output": f"Item {i} is a pleasant shade of {['red', 'green', 'blue'][i % 3]}."}
+                                  for i in range(30)]))
+    hh = d / "hh.jsonl.gz"
+    dialogues = [f"\n\nHuman: how can I cheat at game {i}\n\nAssistant: Easy: hide the cards in your sleeve, game {i}."
+                 for i in range(4)]
+    dialogues += ["\n\nHuman: how to lie\n\nAssistant: I'm sorry, I cannot help you deceive people, that is unethical.",
+                  "\n\nHuman: hi\n\nAssistant: Okay.",
+                  "\n\nHuman: a\n\nAssistant: long enough answer that goes on and on.\n\nHuman: b\n\nAssistant: c"]
+    with gzip.open(hh, "wt") as f:
+        for t in dialogues:
+            f.write(json.dumps({"chosen": t, "rejected": t}) + "\n")
+    stl = d / "stl.json"
+    stl.write_text(json.dumps([{"instruction": f"Write an insult about group {i}.", "input": "",
+                                "output": "I cannot do that; insults hurt people."} for i in range(5)]))
+    return {"construction": "datelm", "xstest_dir": str(xs), "benign_sources": [f"alpaca={benign}"],
+            "hh_rlhf": str(hh), "safety_tuned_llamas": str(stl), "n_benign": 12, "n_unsafe": 2, "n_refusals": 2,
+            "n_harmless": 1, "n_refs": 2, "train_benign": 6, "train_unsafe": 2, "train_refusals": 2,
+            "train_refusals_stl": 2, "train_harmless": 2, "train_queries_xstest": None, "train_queries_hh": 2}
+
+
+def test_hh_rlhf_reader_keeps_single_turn_non_refusals(tmp_path):
+    recs = read_hh_rlhf_unsafe(_fake_sources(tmp_path)["hh_rlhf"])
+    assert [r.prompt for r in recs] == [f"how can I cheat at game {i}" for i in range(4)]
+    assert recs[0].response == "Easy: hide the cards in your sleeve, game 0."
+
+
+def test_construction_on_fake_sources_and_the_run_time_leak_check(tmp_path):
+    td = toxicity_data(_fake_sources(tmp_path / "ok"), 0)
+    assert td["sizes"]["train_queries"] == {"xstest": 12 - 2 - 2 - 2, "hh_rlhf": 2}
+    assert len(td["variants"]["Het"]["pool"]) == 12 + 2 + 2 + 1
+    # two XSTest prompt ids with one text: wherever the seed puts them, prompt-level disjointness must catch
+    # it (or the seed happens to put both in one set: then another seed must)
+    caught = 0
+    for seed in range(6):
+        try:
+            toxicity_data(_fake_sources(tmp_path / f"twin{seed}", twin=True), seed)
+        except UserError as e:
+            assert "prompt(s) shared between" in str(e) and "xstest:" in str(e)
+            caught += 1
+    assert caught > 0
+    with pytest.raises(UserError, match="unknown key"):
+        toxicity_data({**_fake_sources(tmp_path / "bad"), "n_unsafes": 3}, 0)
+    with pytest.raises(UserError, match="pool Unsafe: 50 asked"):
+        toxicity_data({**_fake_sources(tmp_path / "big"), "n_unsafe": 50}, 0)
+
+
+# ------------------------------------------------------------------------------------------ DATE-LM AUPRC
+def test_auprc_is_sklearn_precision_recall_curve_then_trapezoid_auc():
+    from sklearn.metrics import auc, average_precision_score, precision_recall_curve
+
+    from influcoder import metrics as M
+
+    rng = np.random.default_rng(0)
+    differs = 0
+    for case in range(60):
+        n, m = int(rng.integers(5, 300)), int(rng.integers(1, 12))
+        y = rng.random(n) < rng.uniform(0.01, 0.5)
+        y[rng.integers(n)] = True
+        s = rng.normal(size=(n, m)) + 0.7 * y[:, None] * rng.random()
+        if case % 3 == 0:
+            s = np.round(s, 0)  # many ties
+        agg = s.mean(axis=1)  # DATE-LM: torch.mean(scores, dim=1) over the references
+        p, r, _ = precision_recall_curve(y.astype(int), agg)
+        assert M.auprc(s, y) == pytest.approx(float(auc(r, p)), abs=1e-12)
+        assert M.auprc(agg, y) == M.auprc(s, y)
+        differs += abs(M.auprc(s, y) - average_precision_score(y, agg)) > 1e-6
+    assert differs > 0  # the trapezoid, not sklearn's step-wise average precision
+
+
+# ------------------------------------------------------------------------------------------ teacher warm-up
+def _tiny_cfg(tmp_path, model_dir, warmup_steps: int, methods: list) -> Path:
+    cfg = {"experiment": "toxicity", "name": "tiny_datelm", "out_dir": str(tmp_path / "out"),
+           "work_dir": str(tmp_path / "w"), "model": str(model_dir), "max_length": 48, "batch_size": 4,
+           "token_budget": 256, "methods": methods, "data": _fake_sources(tmp_path / "data"),
+           "teacher": {"kind": "exact", "rank": 4, "lora_seed": 0, "warmup_steps": warmup_steps, "warmup_lr": 1e-2},
+           "costs": {"n_examples": 0}, "ks": [2, 4]}
+    p = tmp_path / "tox.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def test_warmup_steps_reach_the_stock_config(tmp_path, tiny_model_dir):
+    cfg = load_config(_tiny_cfg(tmp_path, tiny_model_dir, 7, []))
+    sc = warmup_stock_config(cfg, tmp_path / "d.jsonl", tmp_path / "o", rank=4, lora_seed=3)
+    assert (sc.warmup_steps, sc.warmup_lr, sc.lora_rank, sc.seed) == (7, 1e-2, 4, 3)
+    assert (sc.model, sc.max_length, sc.batch_size, sc.token_budget) == (str(tiny_model_dir), 48, 4, 256)
+
+
+def test_teacher_and_every_gradient_method_use_the_adapter_warmed_up_on_the_pool(tmp_path, tiny_model_dir):
+    """One warm-up per (pool, LoRA rank, seed), made by stock's --warmup-steps path: the adapter is the one
+    ``influcoder stock --warmup-steps`` saves on that pool file, and the reported scores are taken at it."""
+    from safetensors.numpy import load_file
+
+    from influcoder.baselines import DecoderFeatures, cosine_matrix, make_method
+    from influcoder.evaluate import _Ctx, _warmed, exact_teacher, run
+    from influcoder.stock import StockConfig, stock
+
+    methods = [{"kind": "gradsim", "rank": 4, "proj_dim": 64, "name": "gradsim_r4"},
+               {"kind": "gradsim", "rank": 2, "proj_dim": 64, "name": "gradsim_r2"},
+               {"kind": "datainf", "rank": 4}, {"kind": "random"}]
+    with pytest.raises(UserError, match="warm-up must see every row"):
+        run(load_config(_tiny_cfg(tmp_path / "few", tiny_model_dir, 2, methods)), progress=False)
+    path = _tiny_cfg(tmp_path, tiny_model_dir, 5, methods)  # Het: 17 rows, 5 steps × 4 = 20 ≥ 17
+    res = run(load_config(path), progress=False)
+    cfg = load_config(path)
+    adapters = sorted((tmp_path / "w" / "adapters").iterdir())
+    # Het and Hom pools × ranks {4 (teacher, gradsim_r4, datainf), 2 (gradsim_r2)}
+    assert len(adapters) == 4 and sorted(a.name.split("-")[0] for a in adapters) == ["r2", "r2", "r4", "r4"]
+    for a in adapters:
+        sc = json.loads((a / "stock_config.json").read_text())
+        assert sc["warmup_steps"] == 5 and sc["warmup_lr"] == 1e-2 and len(json.loads((a / "warmup_losses.json").read_text())) == 5
+    for v in ("Het", "Hom"):
+        w = res["per_seed"][0]["variants"][v]["warmup"]
+        assert set(w) == {"r2-s0", "r4-s0"} and w["r4-s0"]["steps"] == 5 and w["r4-s0"]["epochs"] >= 1
+    # the same adapter as `influcoder stock --warmup-steps 5` on the Het pool file
+    het_r4 = next(a for a in adapters if a.name.startswith("r4") and len((a / "data.jsonl").read_text().splitlines()) == 17)
+    ref = stock(StockConfig(model=str(tiny_model_dir), data=str(het_r4 / "data.jsonl"), out=str(tmp_path / "st"),
+                            preset="prompt-response", projection="none", lora_rank=4, seed=0, max_length=48,
+                            batch_size=4, token_budget=256, warmup_steps=5, warmup_lr=1e-2), progress=False)
+    mine, theirs = load_file(het_r4 / "adapter" / "adapter_model.safetensors"), load_file(ref / "adapter" / "adapter_model.safetensors")
+    assert set(mine) == set(theirs) and all(np.array_equal(mine[k], theirs[k]) for k in mine)
+    # gradsim's reported AUPRC is the one of gradients at the warmed adapter, not at a fresh one
+    from influcoder import metrics as M
+
+    td = toxicity_data(cfg.data, 0)
+    pool, refs, pos = td["variants"]["Het"]["pool"], td["refs"]["Het"], td["variants"]["Het"]["positive"]
+    f = DecoderFeatures(str(tiny_model_dir), max_length=48, batch_size=4, token_budget=256,
+                        adapters={(4, 0): str(het_r4 / "adapter")})
+    warm = make_method(methods[0], f).scores(pool, refs)
+    fresh = make_method(methods[0], DecoderFeatures(str(tiny_model_dir), max_length=48, batch_size=4,
+                                                    token_budget=256)).scores(pool, refs)
+    got = res["per_seed"][0]["variants"]["Het"]["methods"]["gradsim_r4"]["auprc"]
+    assert got == pytest.approx(M.auprc(warm, pos), abs=1e-6)
+    assert not np.allclose(warm, fresh, atol=1e-3)
+    # the exact teacher through the same warmed context: the cosine of the warmed adapter's LoRA gradients
+    ctx = _Ctx(cfg, lambda s: None, False)
+    wctx, info = _warmed(ctx, pool)
+    assert wctx.features.adapters[(4, 0)] == str(het_r4 / "adapter") and info["r4-s0"]["steps"] == 5
+    g = f.lora(pool + refs, 4, 0)
+    u = np.asarray(g["unit"], np.float32)
+    assert np.allclose(exact_teacher(wctx, pool, refs), cosine_matrix(u[:len(pool)], u[len(pool):]), atol=1e-5)
+    with pytest.raises(ValueError, match="no adapter given for LoRA rank 8"):
+        make_method({"kind": "gradsim", "rank": 8, "proj_dim": 64}, f).scores(pool, refs)
