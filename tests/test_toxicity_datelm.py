@@ -289,3 +289,19 @@ def test_teacher_and_every_gradient_method_use_the_adapter_warmed_up_on_the_pool
     assert np.allclose(exact_teacher(wctx, pool, refs), cosine_matrix(u[:len(pool)], u[len(pool):]), atol=1e-5)
     with pytest.raises(ValueError, match="no adapter given for LoRA rank 8"):
         make_method({"kind": "gradsim", "rank": 8, "proj_dim": 64}, f).scores(pool, refs)
+
+
+def test_committed_datelm_config_matches_its_comment_and_todays_baselines():
+    cfg = load_config(ROOT / "configs" / "exp2_toxicity_datelm.yaml")
+    old = load_config(ROOT / "configs" / "exp2_toxicity.yaml")
+    assert cfg.experiment == "toxicity" and cfg.seeds == [0, 1, 2] and cfg.data["construction"] == "datelm"
+    assert cfg.methods == old.methods  # every baseline of today's experiment 2
+    d = {**DATELM_DATA, **cfg.data}
+    het = d["n_benign"] + d["n_unsafe"] + d["n_refusals"] + d["n_harmless"]
+    assert het == 2037 and d["n_refs"] == 10
+    # DATE-LM's proportions: Unsafe per Benign, Safety-Aligned per Unsafe
+    assert abs(d["n_unsafe"] / d["n_benign"] - 66 / 10000) < 0.0005
+    assert abs((d["n_refusals"] + d["n_harmless"]) / d["n_unsafe"] - 121 / 66) < 0.1
+    # the warm-up covers the whole Het pool (one epoch): the run-time check would refuse less
+    assert cfg.teacher["warmup_steps"] * cfg.batch_size >= het > (cfg.teacher["warmup_steps"] - 1) * cfg.batch_size
+    assert cfg.token_budget >= cfg.batch_size * cfg.max_length

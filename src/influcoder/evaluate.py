@@ -1073,15 +1073,17 @@ def report_markdown(cfg: EvalConfig, res: dict, command: str) -> str:
             desc = []
             for v, vr in ps["variants"].items():
                 desc.append(f"{v}: {vr['n_pool']} rows, {vr['n_positive']} Unsafe "
-                            f"({100 * vr['n_positive'] / vr['n_pool']:.2f}%), kinds {vr['kinds']}")
+                            f"({100 * vr['n_positive'] / vr['n_pool']:.2f}%; " +
+                            ", ".join(f"{k} {n}" for k, n in vr["kinds"].items()) + ")")
                 if vr.get("warmup"):
                     w = next(iter(vr["warmup"].values()))
                     desc[-1] += f", adapters warmed up {w['steps']} steps ({w['epochs']:.2f} epochs) on this pool"
+            kv = lambda d: ", ".join(f"{k} {v}" for k, v in d.items())  # noqa: E731
             lines += ["DATE-LM XSTest-response construction (per seed): " + "; ".join(desc) +
                       f"; {ps['variants'][next(iter(ps['variants']))]['n_refs']} references (Unsafe XSTest completions "
-                      f"of other prompts). Student training split: {ps['sizes']['train_pool']} pool rows × "
-                      f"{ps['sizes']['train_queries']} queries; {ps['overlap_check']['prompts_checked']} distinct "
-                      "prompts checked: none shared between the training split, the pools and the references.", ""]
+                      f"of other prompts). Student training split: pool ({kv(ps['sizes']['train_pool'])}) × queries "
+                      f"({kv(ps['sizes']['train_queries'])}); distinct prompts checked ({kv(ps['overlap_check']['prompts_checked'])}): "
+                      "none shared between the training split, the pools and the references.", ""]
         else:
             lines += [f"Pool: {ps['n_pool']} examples, {ps['n_positive']} planted unsafe "
                       f"({100 * ps['n_positive'] / ps['n_pool']:.1f}%); planted types {ps['types']['planted']}; "
