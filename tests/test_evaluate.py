@@ -238,3 +238,60 @@ def test_committed_experiment_configs_are_valid(name):
     assert cfg.name == name
     if cfg.experiment == "ranking":
         assert cfg.data["test_pool"] == 200 and cfg.data["test_queries"] == 200 and len(cfg.seeds) == 3
+
+
+def test_store_teacher_labels_follow_train_pool_file_records(tmp_path, tiny_model_dir, monkeypatch):
+    """With a store teacher and ``data.train_pool_file`` / ``train_query_file``, the student's label rows and
+    columns must be the store's labels of *those* records (looked up by id), not of the split's indices. The
+    files here hold the split's own training records in reverse order: the counts match, so a label matrix
+    sliced by the split's indices would be silently misaligned with the records."""
+    import influcoder.evaluate as E
+    from influcoder.baselines import record_key
+    from influcoder.labels import load_labels
+    from influcoder.records import read_records
+    from influcoder.stock import StockConfig, stock
+
+    cfg_path = _ranking_cfg(tmp_path, tiny_model_dir, methods=[{"kind": "influcoder"}])
+    cfg = yaml.safe_load(cfg_path.read_text())
+    for side in ("pool", "query"):
+        stock(StockConfig(model=str(tiny_model_dir), data=cfg["data"][side], out=str(tmp_path / f"store_{side}"),
+                          preset="prompt-response", projection="none", lora_rank=4, seed=0, max_length=64,
+                          shard_size=5), progress=False)
+    pool, _ = read_records(cfg["data"]["pool"])
+    qs, _ = read_records(cfg["data"]["query"])
+    sp = E.ranking_split(len(pool), len(qs), 8, 4, 0, pool_keys=[record_key(r) for r in pool],
+                         query_keys=[record_key(r) for r in qs])
+    rev_pool = [{"id": pool[i].id, "prompt": pool[i].prompt, "response": pool[i].response} for i in sp["train_pool"][::-1]]
+    rev_q = [{"id": qs[j].id, "prompt": qs[j].prompt, "response": qs[j].response} for j in sp["train_queries"][::-1]]
+    cfg["data"]["train_pool_file"] = str(_write_jsonl(tmp_path / "train_pool.jsonl", rev_pool))
+    cfg["data"]["train_query_file"] = str(_write_jsonl(tmp_path / "train_q.jsonl", rev_q))
+    cfg["seeds"] = [0]
+    cfg["teacher"] = {"kind": "stores", "pool_store": str(tmp_path / "store_pool"),
+                      "query_store": str(tmp_path / "store_query"), "dense_check": False}
+    cfg["student"] = {"epochs": 1}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(ctx, tag, train_pool, train_queries, labels, teacher_desc):
+        seen.update(pool=[r.id for r in train_pool], queries=[r.id for r in train_queries], labels=np.asarray(labels))
+        raise Stop
+
+    monkeypatch.setattr(E, "train_student", fake_train)
+    with pytest.raises(Stop):
+        run(load_config(cfg_path), progress=False)
+    assert seen["pool"] == [r["id"] for r in rev_pool] and seen["queries"] == [r["id"] for r in rev_q]
+    (lab_file,) = (tmp_path / "work" / "labels").glob("stores-*.npy")
+    L = load_labels(lab_file)
+    want = np.asarray(L.matrix)[np.ix_([L.pool_ids.index(i) for i in seen["pool"]],
+                                       [L.query_ids.index(j) for j in seen["queries"]])]
+    assert seen["labels"].shape == want.shape
+    np.testing.assert_allclose(seen["labels"], want, rtol=0, atol=0)
+
+    # a training file record the stores do not hold is refused, naming it
+    _write_jsonl(tmp_path / "train_pool.jsonl", rev_pool + [{"id": "nowhere", "prompt": "p?", "response": "r."}])
+    with pytest.raises(UserError, match="nowhere"):
+        run(load_config(cfg_path), progress=False)

@@ -492,8 +492,11 @@ def run_ranking(ctx: _Ctx) -> dict:
                     if bad:
                         raise UserError(f"ranking: student training examples are in the test block: {bad[:5]}")
                     if store_labels is not None:
-                        lab = np.asarray(store_labels.matrix)[np.ix_([rows[i] for i in sp["train_pool"]],
-                                                                     [cols[j] for j in sp["train_queries"]])]
+                        # rows/columns of the records actually trained on (a train_*_file replaces the split's)
+                        lab = np.asarray(store_labels.matrix)[np.ix_(
+                            _store_rows(store_labels.pool_ids, trp, data.get("train_pool_file") or data["pool"], "pool"),
+                            _store_rows(store_labels.query_ids, trq, data.get("train_query_file") or data["query"],
+                                        "query"))]
                     else:
                         lab = exact_teacher(ctx, trp, trq)
                     enc_path, info_extra = train_student(ctx, f"ranking-s{seed}", trp, trq, lab, truth_desc)
@@ -518,6 +521,16 @@ def run_ranking(ctx: _Ctx) -> dict:
         per_seed.append(result)
         ctx.mark(f"ranking-seed{seed}")
     return {"per_seed": per_seed, "summary": _summarise(per_seed, ("per_anchor", "query_specific", "aggregated"))}
+
+
+def _store_rows(store_ids: list[str], recs: list[Record], source: str, side: str) -> list[int]:
+    """Row of each record in the teacher's label matrix, by record id; every record must be in the store."""
+    where = {i: n for n, i in enumerate(store_ids)}
+    missing = [r.id for r in recs if r.id not in where]
+    if missing:
+        raise UserError(f"ranking: {source}: {len(missing)} record(s) are not in the teacher's {side} store "
+                        f"(ids {', '.join(missing[:5])}); the student's labels must come from the same teacher")
+    return [where[r.id] for r in recs]
 
 
 def _with_teacher(ctx: _Ctx, teacher: dict) -> _Ctx:
