@@ -248,7 +248,16 @@ def test_semantic_encoder_method_real_minilm():
     recs = _records()
     m = B.EncoderMethod("minilm-l6")
     s = m.scores(recs[:5], recs[5:])
-    assert s.shape == (5, 5) and np.isfinite(s).all() and m.cost["bytes_per_example"] == 384 * 4
+    assert s.shape == (5, 5) and m.cost["bytes_per_example"] == 384 * 4
+    # = cosine of the packaged sentence-transformers model's own embeddings of prompt + "\n" + response
+    from sentence_transformers import SentenceTransformer
+
+    from influcoder.models import resolve_encoder
+    from influcoder.records import record_to_text
+
+    st = SentenceTransformer(str(resolve_encoder("minilm-l6")), device="cpu")
+    e = st.encode([record_to_text(r) for r in recs], normalize_embeddings=True)
+    np.testing.assert_allclose(s, e[:5] @ e[5:].T, atol=1e-5)
 
 
 def test_feature_cache_two_writers_keep_each_others_rows(tmp_path):
