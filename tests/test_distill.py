@@ -480,3 +480,58 @@ def test_pool_prior_is_trained(tmp_path, tiny_bert_dir):
     assert float(w["mlp.2.weight"].abs().sum()) > 0
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[md["selection"]["best_epoch"]]["aggregated_spearman"] > rows[0]["aggregated_spearman"]
+
+
+# ------------------------------------------------------------------------------------------ known-answer task
+EPOCHS = 8
+PAIRS = [("red", "blue"), ("cat", "dog"), ("rain", "night"), ("prime", "water"), ("paris", "mass")]
+PAIR_OF = {w: k for k, p in enumerate(PAIRS) for w in p}
+
+
+def _pair_task(root: Path, n_pool: int, n_query: int, seed: int, prefix: str) -> tuple[list[dict], list[dict], np.ndarray]:
+    """Pool and query records each about one topic word; influence 1 when the two words are in the same pair
+    (``red``/``blue``, ``cat``/``dog``, ...), else 0. Half of the influential pairs share no word, so lexical
+    overlap alone (what a random mean-pooled encoder sees) cannot find them."""
+    rng = np.random.default_rng(seed)
+    words = [w for p in PAIRS for w in p]
+    fill = ["ok", "so", "hmm", "well", "yes"]
+    pool = [{"id": f"{prefix}p{i}", "prompt": f"tell me about {w} {rng.choice(fill)}", "response": f"{w} {rng.choice(fill)}"}
+            for i, w in enumerate(rng.choice(words, size=n_pool))]
+    queries = [{"id": f"{prefix}q{j}", "prompt": f"what of {w}", "response": f"{rng.choice(fill)} {w}"}
+               for j, w in enumerate(rng.choice(words, size=n_query))]
+    topic = lambda r: r["response"].split()[0] if r["id"][len(prefix)] == "p" else r["response"].split()[1]
+    M = np.array([[float(PAIR_OF[topic(p)] == PAIR_OF[topic(q)]) for q in queries] for p in pool], dtype=np.float32)
+    return pool, queries, M
+
+
+def test_trained_student_beats_the_untrained_encoder_on_a_known_rule(tmp_path, tiny_bert_dir):
+    """Distilled on labels from a known rule, the student must rank a fresh block (drawn with another seed,
+    outside training and distill's own validation block) clearly better than the encoder it started from.
+    Per-anchor Spearman against the rule; a student that learnt nothing, or whose best epoch is the untrained
+    one, stays at the starting 0.29."""
+    from influcoder import InfluenceEncoder
+    from influcoder import metrics as M
+    from influcoder.records import Record
+
+    pool, queries, lab = _pair_task(tmp_path, 80, 24, seed=0, prefix="tr-")
+    pf, qf, lf = tmp_path / "pool.jsonl", tmp_path / "q.jsonl", tmp_path / "labels.npy"
+    pf.write_text("".join(json.dumps(r) + "\n" for r in pool))
+    qf.write_text("".join(json.dumps(r) + "\n" for r in queries))
+    np.save(lf, lab)
+    write_meta(lf, {"pool_ids": [r["id"] for r in pool], "query_ids": [r["id"] for r in queries],
+                    "teacher": {"model": "rule", "model_hash": "-"}})
+    out = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "enc", epochs=EPOCHS, val_pool=16, val_queries=6, lr=3e-3,
+                     tau=0.1, max_length=16, candidates=12, queries_per_batch=6), progress=False)
+
+    tp, tq, truth = _pair_task(tmp_path, 40, 12, seed=1, prefix="te-")
+    rp = [Record(r["id"], r["prompt"], r["response"]) for r in tp]
+    rq = [Record(r["id"], r["prompt"], r["response"]) for r in tq]
+
+    def per_anchor(enc):
+        with torch.no_grad():
+            return M.per_anchor_spearman(enc.encode(rp) @ enc.encode(rq, side="query").T, truth)
+
+    before = per_anchor(InfluenceEncoder.from_pretrained(tiny_bert_dir))
+    after = per_anchor(InfluenceEncoder.from_pretrained(out))
+    # measured: untrained 0.286, trained 0.65-0.67 over distill seeds 0-2 (rule itself: 1.0)
+    assert after > before + 0.25 and after > 0.55, (before, after)
