@@ -1,15 +1,23 @@
-"""Quality of the distilled encoder on real data (issue 3), side by side with baselines, on held-out pool × queries.
+"""Quality of the distilled encoder on real data (issue 3), side by side with baselines, on a held-out test block.
 
 Reuses existing gradient stores (stock them first; stocking is resumable), computes the teacher label matrix
-once (reused when present), then for each split seed trains the student and scores on that seed's held-out
-pool × held-out queries:
-  trained encoder, untrained encoder, TF-IDF cosine, shorter-response heuristic, pool-mean ceiling
-with per-anchor, mean-aggregated and query-specific Spearman (influcoder.metrics).
+once (reused when present), then for each split seed:
+  1. carves a seeded test block (``--test-pool`` pool × ``--test-queries`` queries) out of the label matrix
+     (influcoder.evaluate.ranking_split: training rows whose content duplicates a test row are dropped too);
+  2. trains the student on the rest only; distill holds out its own validation block (``--val-pool`` ×
+     ``--val-queries``) from that rest to pick the epoch;
+  3. scores on the test block, which neither training nor the epoch choice has seen:
+     trained encoder, untrained encoder, TF-IDF cosine, shorter-response heuristic, pool-mean ceiling
+with per-anchor, mean-aggregated and query-specific Spearman (influcoder.metrics). The validation block's
+numbers (the ones that picked the epoch) are kept in ``epochs_log`` and are not the reported scores.
 
-Example (the committed result):
+Example:
   python benchmarks/distill_quality.py --pool-data work/real/pool.jsonl --query-data work/real/bbh.jsonl \
       --pool-store work/real/pool --query-store work/real/bbh --work work/real/distill --seeds 0 \
-      --epochs 3 --val-pool 200 --val-queries 100
+      --epochs 3 --test-pool 200 --test-queries 100 --val-pool 100 --val-queries 30
+
+(Result files written before the test block existed, benchmarks/results/distill_quality*.md, report the
+validation block that picked the epoch: selection scores, not held-out ones.)
 """
 
 from __future__ import annotations
@@ -116,8 +124,10 @@ def main(argv=None) -> int:
     ap.add_argument("--encoder", default="minilm-l6")
     ap.add_argument("--seeds", default="0", help="Comma-separated split/training seeds.")
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--val-pool", type=float, default=200)
-    ap.add_argument("--val-queries", type=float, default=100)
+    ap.add_argument("--test-pool", type=int, default=200, help="Pool rows of the held-out test block (per seed).")
+    ap.add_argument("--test-queries", type=int, default=100, help="Queries of the held-out test block (per seed).")
+    ap.add_argument("--val-pool", type=float, default=100, help="distill's epoch-picking block, taken from the rest.")
+    ap.add_argument("--val-queries", type=float, default=30)
     ap.add_argument("--tau", type=float, default=0.05)
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--hard-fraction", type=float, default=0.0)
@@ -136,8 +146,10 @@ def main(argv=None) -> int:
 
     from influcoder import InfluenceEncoder
     from influcoder.distill import DistillConfig, train
+    from influcoder.baselines import record_key
+    from influcoder.evaluate import ranking_split
     from influcoder.influence import compute_influence
-    from influcoder.labels import load_labels
+    from influcoder.labels import load_labels, write_meta
     from influcoder.store import open_store
 
     work = Path(args.work)
@@ -174,10 +186,24 @@ def main(argv=None) -> int:
                             full.mean(axis=1).var() / full.var()) if full.var() > 0 else None}
     print(f"labels {full.shape}: mean {full.mean():.4f} std {full.std():.4f}", flush=True)
 
+    pool_by_id = {r.id: r for r in load_side(args.pool_data, L.pool_ids)}
+    query_by_id = {r.id: r for r in load_side(args.query_data, L.query_ids)}
     rows = []
     for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
         out = work / f"enc-seed{seed}{args.tag}"
-        cfg = DistillConfig(pool_data=args.pool_data, query_data=args.query_data, labels=str(labels_path), out=str(out),
+        sp = ranking_split(len(L.pool_ids), len(L.query_ids), args.test_pool, args.test_queries, seed,
+                           pool_keys=[record_key(pool_by_id[i]) for i in L.pool_ids],
+                           query_keys=[record_key(query_by_id[i]) for i in L.query_ids])
+        # the student's label file holds the training rows × training columns only: the test block is not in it
+        train_labels = work / f"labels-train-seed{seed}-test{args.test_pool}x{args.test_queries}.npy"
+        tmp = work / (train_labels.name + ".tmp.npy")
+        np.save(tmp, np.ascontiguousarray(full[np.ix_(sp["train_pool"], sp["train_queries"])], dtype=np.float32))
+        os.replace(tmp, train_labels)
+        write_meta(train_labels, {**L.meta, "pool_ids": [L.pool_ids[i] for i in sp["train_pool"]],
+                                  "query_ids": [L.query_ids[j] for j in sp["train_queries"]],
+                                  "held_out_test_block": {"seed": seed, "pool_ids": [L.pool_ids[i] for i in sp["test_pool"]],
+                                                          "query_ids": [L.query_ids[j] for j in sp["test_queries"]]}})
+        cfg = DistillConfig(pool_data=args.pool_data, query_data=args.query_data, labels=str(train_labels), out=str(out),
                             encoder=args.encoder, epochs=args.epochs, seed=seed, val_pool=args.val_pool,
                             val_queries=args.val_queries, tau=args.tau, lr=args.lr, hard_fraction=args.hard_fraction,
                             max_length=args.max_length, bf16=args.bf16,
@@ -186,11 +212,15 @@ def main(argv=None) -> int:
         train(cfg, progress=sys.stderr.isatty(), log=lambda s: print(s, flush=True))
         train_wall = time.time() - t0
         split = json.loads((out / "split.json").read_text())
-        pi = [L.pool_ids.index(i) for i in split["val_pool_ids"]]
-        qi = [L.query_ids.index(i) for i in split["val_query_ids"]]
-        true = full[np.ix_(pi, qi)]
-        pool_recs = load_side(args.pool_data, split["val_pool_ids"])
-        query_recs = load_side(args.query_data, split["val_query_ids"])
+        test_pool_ids = [L.pool_ids[i] for i in sp["test_pool"]]
+        test_query_ids = [L.query_ids[j] for j in sp["test_queries"]]
+        used = set(split["train_pool_ids"]) | set(split["val_pool_ids"])
+        used_q = set(split["train_query_ids"]) | set(split["val_query_ids"])
+        if used & set(test_pool_ids) or used_q & set(test_query_ids):
+            raise SystemExit("internal error: the test block overlaps distill's training or validation split")
+        true = full[np.ix_(sp["test_pool"], sp["test_queries"])]
+        pool_recs = [pool_by_id[i] for i in test_pool_ids]
+        query_recs = [query_by_id[i] for i in test_query_ids]
         methods = {}
         enc = InfluenceEncoder.from_pretrained(out)
         methods["trained_encoder"] = enc.encode(pool_recs, side="pool") @ enc.encode(query_recs, side="query").T
@@ -205,6 +235,9 @@ def main(argv=None) -> int:
             "select_metric": md["selection"]["metric"], "train_seconds": md["train_seconds"],
             "train_wall_seconds_incl_validation": train_wall, "steps": md.get("steps"),
             "stopped_by_time_budget": md.get("stopped_by_time_budget"), "split": md["split"], "config": md["training_config"],
+            "test_block": {"n_pool": len(test_pool_ids), "n_queries": len(test_query_ids),
+                           "train_dropped_duplicates_of_test": sp["dropped_duplicates"],
+                           "disjoint_from": "distill's training and epoch-picking validation split"},
             "peak_rss_mb_so_far": peak_rss_mb(),
         }
         for name, r in res.items():
@@ -236,8 +269,11 @@ def main(argv=None) -> int:
              f"Labels: {full.shape[0]} pool × {full.shape[1]} queries (teacher {result['stores']['pool']['teacher'].get('model')}, "
              f"CountSketch {result['stores']['pool']['dim']}); pool-mean explains "
              f"{result['labels']['share_of_variance_explained_by_pool_mean']:.0%} of the label variance.", "",
-             f"Seeds: {', '.join(result['seeds'])}; held-out per seed: "
-             + ", ".join(f"{v['split']['n_val_pool']} pool × {v['split']['n_val_queries']} queries (train {v['split']['n_train_pool']} × {v['split']['n_train_queries']})" for v in result["seeds"].values()), "",
+             f"Seeds: {', '.join(result['seeds'])}; scores on a held-out test block per seed, disjoint from training "
+             "and from the validation block that picked the epoch: "
+             + ", ".join(f"test {v['test_block']['n_pool']} pool × {v['test_block']['n_queries']} queries (train "
+                         f"{v['split']['n_train_pool']} × {v['split']['n_train_queries']}, epoch-picking validation "
+                         f"{v['split']['n_val_pool']} × {v['split']['n_val_queries']})" for v in result["seeds"].values()), "",
              "| method | per-anchor Spearman | aggregated Spearman | query-specific Spearman |", "|---|---|---|---|"]
     for name in names:
         s = summary[name]
@@ -246,7 +282,7 @@ def main(argv=None) -> int:
     lines += ["", "Goal check: " + ", ".join(f"{k} = {v if isinstance(v, bool) else round(v, 3)}" for k, v in goal.items()), ""]
     for seed, v in result["seeds"].items():
         lines.append(f"Seed {seed}: best epoch {v['best_epoch']} by {v['select_metric']}; training {v['train_seconds']:.0f} s "
-                     f"({v['train_wall_seconds_incl_validation']:.0f} s with validation); per-epoch val per-anchor: "
+                     f"({v['train_wall_seconds_incl_validation']:.0f} s with validation); per-epoch validation-block (selection, not test) per-anchor: "
                      + ", ".join(f"{r['epoch']}: {r['per_anchor_spearman']:+.3f}" for r in v["epochs_log"]))
     for side, st in result["stores"].items():
         lines.append(f"Stocking {side}: {st['n']} examples, stats {json.dumps(st['stats'])}")

@@ -81,3 +81,57 @@ def test_fidelity_cosine_matches_definition():
     a, b = rng.normal(size=(4, 30)), rng.normal(size=(3, 30))
     ref = np.array([[x @ y / np.linalg.norm(x) / np.linalg.norm(y) for y in b] for x in a])
     np.testing.assert_allclose(pf.cosine(a, b), ref, rtol=1e-12)
+
+
+def test_distill_quality_scores_a_block_disjoint_from_training_and_selection(tmp_path, tiny_model_dir):
+    """benchmarks/distill_quality.py: the reported block is carved out before distill sees the labels, so it is
+    disjoint from both the training split and distill's epoch-picking validation block; the reported numbers
+    are the trained encoder's on exactly that block."""
+    from influcoder import InfluenceEncoder
+    from influcoder import metrics as M
+    from influcoder.labels import load_labels, meta_path
+    from influcoder.records import read_records
+    from influcoder.stock import StockConfig, stock
+
+    from conftest import SAMPLE_ROWS
+    from test_encoder import make_tiny_bert_dir
+
+    rows = SAMPLE_ROWS + [{"id": f"x{i}", "prompt": f"Tell me fact {i} about {w}.", "response": f"{w} fact {i}."}
+                          for i, w in enumerate(["rivers", "stars", "bread", "trains", "owls", "glass", "maps", "salt",
+                                                 "rain", "cats"])]
+    pf = tmp_path / "pool.jsonl"
+    pf.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    qf = tmp_path / "q.jsonl"
+    qf.write_text("".join(json.dumps({"id": f"q{i}", "prompt": r["prompt"][::-1], "response": r["response"]}) + "\n"
+                          for i, r in enumerate(rows[:10])))
+    for side, f in (("pool", pf), ("q", qf)):
+        stock(StockConfig(model=str(tiny_model_dir), data=str(f), out=str(tmp_path / f"s_{side}"), preset="prompt-response",
+                          projection="none", lora_rank=2, max_length=48), progress=False)
+    bert = make_tiny_bert_dir(tmp_path / "bert")
+    dq = _load("distill_quality")
+    out_json = tmp_path / "dq.json"
+    assert dq.main(["--pool-data", str(pf), "--query-data", str(qf), "--pool-store", str(tmp_path / "s_pool"),
+                    "--query-store", str(tmp_path / "s_q"), "--work", str(tmp_path / "w"), "--encoder", str(bert),
+                    "--seeds", "0,1", "--epochs", "1", "--test-pool", "6", "--test-queries", "3", "--val-pool", "4",
+                    "--val-queries", "2", "--max-length", "32", "--lr", "1e-3", "--out-json", str(out_json),
+                    "--out-md", str(tmp_path / "dq.md")]) == 0
+    res = json.loads(out_json.read_text())
+    full = load_labels(tmp_path / "w" / "labels.npy")
+    recs = {r.id: r for r in read_records(pf)[0]}
+    qrecs = {r.id: r for r in read_records(qf)[0]}
+    for seed in ("0", "1"):
+        (tl,) = (tmp_path / "w").glob(f"labels-train-seed{seed}-*.npy")
+        meta = json.loads(meta_path(tl).read_text())
+        test_p, test_q = meta["held_out_test_block"]["pool_ids"], meta["held_out_test_block"]["query_ids"]
+        assert len(test_p) == 6 and len(test_q) == 3
+        split = json.loads((tmp_path / "w" / f"enc-seed{seed}" / "split.json").read_text())
+        assert not set(test_p) & (set(split["train_pool_ids"]) | set(split["val_pool_ids"]) | set(meta["pool_ids"]))
+        assert not set(test_q) & (set(split["train_query_ids"]) | set(split["val_query_ids"]) | set(meta["query_ids"]))
+        enc = InfluenceEncoder.from_pretrained(tmp_path / "w" / f"enc-seed{seed}")
+        pred = enc.encode([recs[i] for i in test_p]) @ enc.encode([qrecs[j] for j in test_q], side="query").T
+        true = np.asarray(full.matrix)[np.ix_([full.pool_ids.index(i) for i in test_p],
+                                               [full.query_ids.index(j) for j in test_q])]
+        got = res["seeds"][seed]["methods"]["trained_encoder"]["per_anchor_spearman"]
+        assert got == pytest.approx(M.per_anchor_spearman(pred, true), abs=1e-5)
+        assert res["seeds"][seed]["test_block"]["n_pool"] == 6
+    assert "disjoint from training and from the validation block" in (tmp_path / "dq.md").read_text()
