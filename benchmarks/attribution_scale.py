@@ -41,6 +41,42 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _busy_cpu_s() -> float:
+    """Busy CPU seconds of the whole machine since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:8]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+class LoadMeter:
+    """Machine load over one part of the benchmark, recorded (never typed in): the 1-minute load average at
+    its start and end, and the CPU the *other* processes used meanwhile (machine busy time minus ours)."""
+
+    def __init__(self):
+        self.load0, self.busy0, self.own0, self.t0 = os.getloadavg()[0], _busy_cpu_s(), _own_cpu_s(), time.perf_counter()
+
+    def stop(self) -> dict:
+        wall = time.perf_counter() - self.t0
+        other = (_busy_cpu_s() - self.busy0) - (_own_cpu_s() - self.own0)
+        return {"load_1min_start": round(self.load0, 2), "load_1min_end": round(os.getloadavg()[0], 2),
+                "other_processes_cpu_cores": round(max(0.0, other) / max(wall, 1e-9), 2), "wall_s": round(wall, 1),
+                "cores": os.cpu_count()}
+
+
+def load_sentence(part: dict) -> str:
+    ld = part.get("load")
+    if not ld:
+        return "Machine load was not recorded for this part (run before the script recorded it)."
+    return (f"Machine load during this part (recorded by the script): 1-minute load average {ld['load_1min_start']:.1f} at "
+            f"the start, {ld['load_1min_end']:.1f} at the end, on {ld['cores']} cores; other processes used "
+            f"{ld['other_processes_cpu_cores']:.2f} cores on average over its {ld['wall_s']:.0f} s.")
+
+
 # ------------------------------------------------------------------------------------------- FAISS
 
 
@@ -332,9 +368,11 @@ def bench_int8(args, work: Path) -> dict:
 
 
 def write_md(res: dict, path: Path) -> None:
+    cmds = res.get("commands") or [res["command"]]
     L = ["# Attribution at scale", "", f"Command: `{res['command']}`", "",
-         f"Machine: {res['machine']}. Run started {res['started']} and took {res['seconds']:.0f} s. "
-         "Other sessions were sharing the 2 CPU cores during the run, so absolute timings are noisy; ratios are from the same run.", ""]
+         f"Machine: {res['machine']}. " + (f"This file merges {len(cmds)} runs (the commands above, one after another; "
+                                           "each part below comes from one of them). " if len(cmds) > 1 else "")
+         + f"Last run started {res['started']} and took {res['seconds']:.0f} s. Ratios are within one part of one run.", ""]
     f = res.get("faiss")
     if f:
         L += [f"## FAISS: {f['n']:,} × {f['dim']}-d, {f['queries']} queries, k = 10", "", f"Data: {f['data']}.", "",
@@ -344,7 +382,7 @@ def write_md(res: dict, path: Path) -> None:
             L.append(f"| {r['kind']} | {json.dumps(r['params'])} | {r['recall@10']:.4f} | {r['single_query_ms_median']:.2f} | "
                      f"{r['batched_ms_per_query']:.3f} | {r['bytes_per_vector']:.0f} | {r['build_s']} |")
         notes = {r["note"] for r in f["runs"] if r.get("note")}
-        L += [""] + [f"Note: {n}." for n in notes]
+        L += [""] + [f"Note: {n}." for n in notes] + ["", load_sentence(f)]
         b = f.get("best_meeting_recall_0.95")
         L += ["", f"Goal ({f['goal']}): {'met' if f['goal_met'] else 'NOT met'}" +
               (f" by {b['kind']} {json.dumps(b['params'])}: {b['single_query_ms_median']:.2f} ms/query single, recall@10 {b['recall@10']:.4f}." if b else "."), ""]
@@ -367,9 +405,10 @@ def write_md(res: dict, path: Path) -> None:
               f"- Our stocking ({json.dumps(s['stock_settings'])}) on the first {s['pool']['n_stock']} of the same examples: "
               f"**{s['stock_examples_per_s']:.2f} ex/s** (wall incl. model load {s['stock_wall_s_incl_load']} s).",
               f"- Ratio: **{s['speedup_encoder_over_stock']:.1f}×** (goal ≥ 25×: {'met' if s['speed_goal_met'] else 'NOT met'}). "
-              "Both rates exclude model loading. The LESS-style reference of the stocking benchmark was not re-run here.", ""]
+              "Both rates exclude model loading. The LESS-style reference of the stocking benchmark was not re-run here.", "",
+              load_sentence(s), ""]
         if s["pool"]["n_stock"] < s["pool"]["n_encoder"]:
-            L += [f"Stocking used only {s['pool']['n_stock']} of the {s['pool']['n_encoder']} examples to stay short on the shared 2-core machine.", ""]
+            L += [f"Stocking used only {s['pool']['n_stock']} of the {s['pool']['n_encoder']} examples to keep the run short.", ""]
     q = res.get("int8")
     if q:
         L += ["## int8 encoder path", "",
@@ -383,7 +422,13 @@ def write_md(res: dict, path: Path) -> None:
         L.append("")
         if q.get("note"):
             L.append(f"- Note: {q['note']}.")
-        L.append("")
+        sp = res.get("speed")
+        if sp:
+            L.append(f"- Not the speed section's measurement: this fp32 rate is `InfluenceEncoder.encode` (batch 32, file order) on "
+                     f"`{q['encoder']}`; the speed section's {sp['encoder_examples_per_s']:.1f} ex/s is the `influcoder embed` path "
+                     f"(batch 32, length-sorted) on `{sp['encoder']}`" + (", another encoder" if q["encoder"] != sp["encoder"] else "")
+                     + ", and the two ran at different times.")
+        L += ["", load_sentence(q), ""]
     path.write_text("\n".join(L))
 
 
@@ -413,6 +458,7 @@ def main():
     ap.add_argument("--skip-int8", action="store_true")
     ap.add_argument("--quick", action="store_true", help="fewer queries/reps (smoke run)")
     ap.add_argument("--merge", action="store_true", help="update only the parts run in an existing results JSON")
+    ap.add_argument("--rewrite-md", action="store_true", help="only rewrite the .md from the existing .json (no measurement)")
     args = ap.parse_args()
     if args.quick:
         args.queries, args.single_reps, args.encoder_reps = 200, 50, 1
@@ -421,7 +467,7 @@ def main():
     t0 = time.perf_counter()
     res = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared), Python {platform.python_version()}"}
+           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.merge and out.with_suffix(".json").exists():
@@ -438,8 +484,13 @@ def main():
         out.with_suffix(".json").write_text(json.dumps(res, indent=1))
         write_md(res, out.with_suffix(".md"))
 
+    if args.rewrite_md:  # the Markdown from the committed JSON, nothing measured
+        write_md(json.loads(out.with_suffix(".json").read_text()), out.with_suffix(".md"))
+        return
     if not args.skip_speed:
+        m = LoadMeter()
         res["speed"] = bench_speed(args, work)
+        res["speed"]["load"] = m.stop()
         save()
     if not (args.merge and args.skip_speed and "bytes" in res):
         res["bytes"] = bench_bytes(res.get("speed"), args.dim)
@@ -447,10 +498,14 @@ def main():
     if not args.skip_int8:
         if not (work / "pool.jsonl").exists():
             make_pool(work, args.pool_examples)
+        m = LoadMeter()
         res["int8"] = bench_int8(args, work)
+        res["int8"]["load"] = m.stop()
         save()
     if not args.skip_faiss:
+        m = LoadMeter()
         res["faiss"] = bench_faiss(args)
+        res["faiss"]["load"] = m.stop()
         save()
     log(f"done in {time.perf_counter() - t0:.0f} s → {out.with_suffix('.json')} and .md")
     print(json.dumps({k: v for k, v in res.items() if k in ("bytes",)}, indent=1))
