@@ -1,30 +1,49 @@
-"""Stocking throughput, side by side in one run: influcoder vs Bergson 2.5.1 vs a LESS-style loop vs floors.
+"""Stocking, like for like in one run: ``influcoder stock`` vs ``bergson build`` vs a LESS-style loop vs a floor.
 
-Same model (SmolLM2-135M-Instruct, LoRA r=8 on all block linears), same first N Alpaca examples
-(prompt = instruction and input joined by the alpaca preset, chat template, ≤ --max-length tokens) with
-identical token ids for every row (tokenised once here with influcoder's ``encode_record``; Bergson gets
-the pre-tokenised ``input_ids``/``labels``). Every mode runs in its own subprocess (one after another,
-all reps of a mode in its process; Bergson: one CLI process per rep) so its peak RSS is its own.
-Quoted figures are medians over reps; the load average before and after is printed because the
-machine is shared.
+Every figure in the result file comes from this one run (no merged runs, no figures typed in). All tools
+get the same inputs and knobs:
+
+* the same records: the first ``--n`` Alpaca examples (``alpaca_en_demo.json``, alpaca preset) whose
+  chat-templated prompt + response fits in ``--max-length`` tokens, so neither tool truncates; written once
+  to ``records.jsonl`` (id, prompt, response) and given to both CLIs, which each tokenise it themselves;
+* the same model weights (SmolLM2-135M-Instruct, the packaged GGUF dequantised once: influcoder gets its
+  short name, Bergson the cached folder), LoRA r=8, alpha 16, all block linears;
+* the same precision (``--dtype``), token budget per batch (``--token-budget``: ours ``--token-budget``,
+  Bergson ``--token_batch_size``), most examples per batch (``--batch-size``: Bergson ``--max_batch_size``)
+  and threads (``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` = ``--threads`` for every process).
+
+Reps are interleaved: rep 1 runs every mode once, in order, then rep 2 does, and so on (ABAB), so a
+change of machine load hits every tool. Every mode runs in a fresh process.
 
 Modes
-* ``ours-fp32`` / ``ours-bf16``: ``influcoder.stock.stock`` (the code behind ``influcoder stock``),
-  CountSketch 8,192, written to a store. Rate = N / time of its batch loop (gradients + projection +
-  store writes); the end-to-end time of the ``stock()`` call (model load, hashing, tokenising) is kept too.
-* ``bergson-fp32`` / ``bergson-bf16``: ``bergson build`` CLI (separate venv) with LoRA r=8 and per-module
-  projection 16, token batch 2048. Rate = N / wall time of the CLI process (includes its start-up).
-  Bergson's own collection-only time is not exposed by its CLI.
-* ``floor-fp32`` / ``floor-bf16``: the plain batched LoRA forward+backward of the same batches (peft's
-  forward, logits at response positions only, sum of per-example mean CE, LoRA ``.grad`` accumulated, no
-  per-example gradients, no projection, no storage). Also counts forward+backward FLOPs with
-  ``torch.utils.flop_counter.FlopCounterMode`` (on its warm-up pass) and measures this machine's matmul rate.
-* ``less-fp32``: LESS-style reference on the first --less-n examples: batch size 1, HF loss, per-example
-  ``.grad`` of all LoRA parameters (A and B), dense Rademacher projection to 8,192 the way TRAK's CPU
-  ``BasicProjector`` does it (matrix regenerated in 100-column blocks at every call) applied, as LESS
-  does, once per 16 examples: its cost per example = one call on 16 rows / 16. With
-  --less-proj-blocks B > 0 only B of the 82 identical 100-column blocks are timed and the call time is
-  scaled by 82 / B (said so in the report).
+* ``ours``: ``python -m influcoder stock ...`` (the ``influcoder stock`` entry point) exactly as a user
+  runs it: start-up, model load, hashing, tokenisation, gradients, CountSketch 8,192, store writes.
+  End to end: wall time and peak RSS of the process tree. In-process: the store's
+  ``examples_per_s_last_run`` (its batch loop: tokenising each shard, gradients, projection, writes).
+* ``bergson``: ``bergson build`` 2.5.1 (its own venv; ``--bergson``) on the same records.jsonl with
+  ``--prompt_column prompt --completion_column response`` (its chat-template tokenisation), per-module
+  projection 16. End to end as above. In-process: the elapsed time of its "Collecting gradients" progress
+  bar (parsed from its stderr).
+* ``floor``: the plain batched forward + backward of the same batches (ours' packing, dtype, response-
+  position logits) with every weight frozen: backward runs through every layer to the input embeddings
+  (``torch.autograd.grad`` with respect to them) and no weight gradient is formed or accumulated, no
+  per-example gradient, no projection, no storage, no FLOP counter. In-process rate of the timed pass.
+* ``less``: LESS-style reference on the first ``--less-n`` examples: batch size 1, HF loss, per-example
+  ``.grad`` of every LoRA parameter (A and B), flattened. Reported as three rows: the gradient pass alone;
+  + TRAK's CPU ``BasicProjector`` to 8,192 (Rademacher matrix regenerated in 100-column blocks every call,
+  applied once per 16 examples as LESS does; with ``--less-proj-blocks B`` only B of the 82 identical
+  blocks are timed and the time scaled by 82/B, said so in the file); + influcoder's CountSketch to 8,192
+  on the same rows instead (the fast projector).
+
+Measured per run and written to the result file: wall time; peak RSS of the process tree (sum over the
+process and its children, sampled every 50 ms, and the largest single process from ``wait4``); CPU
+seconds of the tree (user + system, from ``wait4``); the 1-minute load average before and after; and the
+CPU the *other* processes of the machine used meanwhile (busy time from ``/proc/stat`` minus ours, as
+cores on average). Ratios are medians over reps of the same run.
+
+Regenerate the committed result (the exact command is also written into the file):
+  python benchmarks/stock_throughput.py --n 32 --max-length 256 --reps 2 --dtype bfloat16 \\
+      --out benchmarks/results/stock_throughput
 """
 
 from __future__ import annotations
@@ -32,39 +51,108 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import platform
+import re
+import shlex
 import statistics
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
+LORA_TARGETS = "q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj"
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+# --------------------------------------------------------------------------------------------- machine load
+def _proc_stat() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return (sum(v[:8]) - idle) / tick, sum(v[:8]) / tick
+
+
+def _tree_rss_mb(proc) -> float:
+    import psutil
+
+    total = 0
+    try:
+        for p in [proc] + proc.children(recursive=True):
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+    except psutil.Error:
+        pass
+    return total / 2**20
+
+
+def measured_run(cmd: list[str], env: dict, log_path: Path) -> dict:
+    """Run ``cmd`` in a fresh process; wall time, process-tree peak RSS, CPU seconds and machine load."""
+    import psutil
+
+    load0 = os.getloadavg()[0]
+    busy0, _ = _proc_stat()
+    with open(log_path, "w") as log:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = psutil.Process(p.pid)
+        peak = [0.0]
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                peak[0] = max(peak[0], _tree_rss_mb(proc))
+                stop.wait(0.05)
+
+        th = threading.Thread(target=sample, daemon=True)
+        th.start()
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        stop.set()
+        th.join()
+        p.returncode = os.waitstatus_to_exitcode(status)
+    busy1, _ = _proc_stat()
+    ours_cpu = ru.ru_utime + ru.ru_stime
+    return {"cmd": cmd, "rc": p.returncode, "wall_s": round(wall, 2), "peak_rss_tree_mb": round(peak[0], 1),
+            "peak_rss_largest_process_mb": round(ru.ru_maxrss / 1024.0, 1), "cpu_s": round(ours_cpu, 2),
+            "load_1min_before": round(load0, 2), "load_1min_after": round(os.getloadavg()[0], 2),
+            "other_processes_cpu_cores": round(max(0.0, (busy1 - busy0) - ours_cpu) / wall, 2)}
 
 
 # --------------------------------------------------------------------------------------------- data
 def prepare(args, work: Path) -> dict:
+    """The first --n Alpaca examples that fit --max-length untruncated; records.jsonl + tokens.json."""
     from influcoder.models import load_decoder
     from influcoder.records import PRESETS, read_records
     from influcoder.tokenization import encode_record
 
     data = Path(os.environ.get("INFLUCODER_DATA", ROOT.parent / "shared" / "data")) / "alpaca" / "alpaca_en_demo.json"
-    recs, _ = read_records(data, PRESETS["alpaca"], limit=args.n)
+    recs, _ = read_records(data, PRESETS["alpaca"])
     _, tok, path = load_decoder(MODEL)
-    enc = [encode_record(tok, r, args.max_length) for r in recs]
+    chosen, enc, skipped = [], [], 0
+    for r in recs:
+        e = encode_record(tok, r, 10**6)
+        if len(e.ids) > args.max_length:
+            skipped += 1
+            continue
+        chosen.append(r)
+        enc.append(e)
+        if len(chosen) == args.n:
+            break
+    if len(chosen) < args.n:
+        raise SystemExit(f"only {len(chosen)} examples of {data} fit {args.max_length} tokens")
     with open(work / "records.jsonl", "w") as f:
-        for r in recs:
+        for r in chosen:
             f.write(json.dumps({"id": r.id, "prompt": r.prompt, "response": r.response}) + "\n")
-    tokens = [{"input_ids": e.ids, "labels": [-100] * e.prompt_len + e.ids[e.prompt_len:]} for e in enc]
-    (work / "tokens.json").write_text(json.dumps(tokens))
-    info = {"data": str(data), "n": len(enc), "tokens": sum(len(e) for e in enc),
-            "response_tokens": sum(e.n_response for e in enc), "model_path": path, "pad_id": tok.pad_token_id}
+    (work / "tokens.json").write_text(json.dumps([{"ids": e.ids, "prompt_len": e.prompt_len} for e in enc]))
+    info = {"data": str(data), "n": len(enc), "skipped_longer_than_max_length": skipped,
+            "tokens": sum(len(e.ids) for e in enc), "response_tokens": sum(len(e.ids) - e.prompt_len for e in enc),
+            "model_path": path, "pad_id": tok.pad_token_id}
     (work / "info.json").write_text(json.dumps(info))
     return info
 
@@ -72,8 +160,7 @@ def prepare(args, work: Path) -> dict:
 def _encoded(work: Path, n: int | None = None):
     from influcoder.tokenization import Encoded
 
-    rows = json.loads((work / "tokens.json").read_text())[:n]
-    return [Encoded(r["input_ids"], sum(1 for x in r["labels"] if x == -100)) for r in rows]
+    return [Encoded(r["ids"], r["prompt_len"]) for r in json.loads((work / "tokens.json").read_text())[:n]]
 
 
 def _batches(work: Path, args):
@@ -84,80 +171,65 @@ def _batches(work: Path, args):
     return [collate([enc[i] for i in b], pad) for b in pack_by_tokens([len(e) for e in enc], args.batch_size, args.token_budget)]
 
 
-# --------------------------------------------------------------------------------------------- children
-def child_ours(args, work: Path, dtype: str) -> dict:
-    from influcoder.stock import StockConfig, stock
-
-    reps = []
-    for rep in range(-1, args.reps):  # rep -1: untimed warm-up on the first batch's worth of examples
-        out = work / f"store-ours-{dtype}"
-        cfg = StockConfig(model=MODEL, data=str(work / "records.jsonl"), out=str(out), preset="prompt-response",
-                          max_length=args.max_length, proj_dim=8192, dtype=dtype, batch_size=args.batch_size,
-                          token_budget=args.token_budget, overwrite=True, limit=args.batch_size if rep < 0 else None)
-        t = time.perf_counter()
-        stock(cfg, progress=False)
-        wall = time.perf_counter() - t
-        if rep < 0:
-            continue
-        man = json.loads((out / "manifest.json").read_text())
-        stats = man.get("stats", man)
-        rate = stats.get("examples_per_s_last_run")
-        reps.append({"loop_ex_per_s": rate, "stock_call_s": round(wall, 2), "tokens": stats.get("tokens_last_run")})
-    return {"reps": reps, "ex_per_s": [r["loop_ex_per_s"] for r in reps], "peak_rss_mb": _rss_mb()}
+# --------------------------------------------------------------------------------------------- CLI commands
+def ours_cmd(args, work: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "influcoder", "stock", "--model", MODEL, "--data", str(work / "records.jsonl"),
+            "--out", str(out), "--preset", "prompt-response", "--max-length", str(args.max_length),
+            "--proj-dim", "8192", "--dtype", args.dtype, "--batch-size", str(args.batch_size),
+            "--token-budget", str(args.token_budget), "--overwrite", "--quiet"]
 
 
-def child_floor(args, work: Path, dtype: str) -> dict:
+def bergson_cmd(args, work: Path, out: Path, model_path: str) -> list[str]:
+    prec = {"float32": "fp32", "bfloat16": "bf16"}[args.dtype]
+    return [args.bergson, "build", str(out), "--model", model_path, "--precision", prec,
+            "--dataset", str(work / "records.jsonl"), "--prompt_column", "prompt", "--completion_column", "response",
+            "--loss_reduction", "mean", "--projection_dim", "16", "--token_batch_size", str(args.token_budget),
+            "--max_batch_size", str(args.batch_size), "--overwrite", "true",
+            "--peft_init_kwargs", f"r=8,lora_alpha=16,lora_dropout=0.0,target_modules={LORA_TARGETS}"]
+
+
+_TQDM = re.compile(r"Collecting gradients:\s*100%\|[^|]*\|\s*(\d+)/(\d+) \[(?:(\d+):)?(\d+):(\d+)<")
+
+
+def bergson_collect_seconds(log_text: str) -> float | None:
+    """Elapsed time of Bergson's final 'Collecting gradients' progress-bar update (its collection loop)."""
+    hits = _TQDM.findall(log_text.replace("\r", "\n"))
+    if not hits:
+        return None
+    h, m, s = hits[-1][2:]
+    return int(h or 0) * 3600 + int(m) * 60 + int(s)
+
+
+# --------------------------------------------------------------------------------------------- in-process children
+def child_floor(args, work: Path) -> dict:
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from influcoder.gradients import LoraGradients, LoraSettings, per_example_losses
     from influcoder.models import load_decoder
 
     model, _, _ = load_decoder(MODEL)
-    lg = LoraGradients(model, LoraSettings(), dtype=dtype, lm_head_chunk=None)
-    params = [p for _, p in lg.lora_parameters()]
+    lg = LoraGradients(model, LoraSettings(), dtype=args.dtype, lm_head_chunk=None)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    emb = lg.decoder.get_input_embeddings()
     batches = _batches(work, args)
 
-    def one_pass(batches):
-        for p in params:
-            p.requires_grad_(True)
-        for b in batches:
+    def one_pass(bs):
+        for b in bs:
+            x = emb(b.input_ids).detach().requires_grad_(True)  # gradients flow to activations only
             with lg.autocast():
-                out = lg.decoder(input_ids=b.input_ids, attention_mask=b.attention_mask,
-                                 position_ids=b.position_ids, use_cache=False)
+                out = lg.decoder(inputs_embeds=x, attention_mask=b.attention_mask, position_ids=b.position_ids,
+                                 use_cache=False)
                 loss = per_example_losses(out.last_hidden_state, b.labels, lg.lm_head, chunk=None).sum()
-            loss.backward()
-            for p in params:
-                p.grad = None
-        for p in params:
-            p.requires_grad_(False)
+            (g,) = torch.autograd.grad(loss, x)
+            del g
 
     one_pass(batches[:1])  # untimed warm-up on the first batch
-    times = []
-    flops = None
-    for rep in range(args.reps):
-        t = time.perf_counter()
-        if rep == 0:  # FLOPs counted on the first timed pass (the counter's dispatch overhead is ~µs per op)
-            with FlopCounterMode(display=False) as fc:
-                one_pass(batches)
-            flops = fc.get_total_flops()
-        else:
-            one_pass(batches)
-        times.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    one_pass(batches)
+    s = time.perf_counter() - t
     n = sum(b.input_ids.shape[0] for b in batches)
-    # matmul rate of this machine at a shape typical of the model (2048 tokens × 576 → 1536)
-    rates = {}
-    for name, dt in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
-        a, w = torch.randn(2048, 576, dtype=dt), torch.randn(576, 1536, dtype=dt)
-        best = float("inf")
-        for _ in range(20):
-            t = time.perf_counter()
-            for _ in range(5):
-                a @ w
-            best = min(best, (time.perf_counter() - t) / 5)
-        rates[name] = 2 * 2048 * 576 * 1536 / best
-    return {"ex_per_s": [n / t for t in times], "seconds": times, "flops": flops, "matmul_flop_per_s": rates,
-            "batches": [list(b.input_ids.shape) for b in batches], "peak_rss_mb": _rss_mb()}
+    return {"loop_s": s, "loop_ex_per_s": n / s, "batches": [list(b.input_ids.shape) for b in batches]}
 
 
 def _trak_basic_projector(grads, proj_dim: int, seed: int, block_size: int = 100, max_blocks: int = 0):
@@ -187,9 +259,10 @@ def child_less(args, work: Path) -> dict:
 
     from influcoder.gradients import LoraGradients, LoraSettings
     from influcoder.models import load_decoder
+    from influcoder.projection import ProjectionConfig, make_projector
 
     model, _, _ = load_decoder(MODEL)
-    lg = LoraGradients(model, LoraSettings())
+    lg = LoraGradients(model, LoraSettings(), dtype=args.dtype)
     params = [p for _, p in lg.lora_parameters()]
     for p in params:
         p.requires_grad_(True)
@@ -201,8 +274,10 @@ def child_less(args, work: Path) -> dict:
         labels[0, : e.prompt_len] = -100
         for p in params:
             p.grad = None
-        lg.causal_lm(input_ids=ids, labels=labels).loss.backward()  # HF loss: mean over response tokens
-        return torch.cat([p.grad.flatten() for p in params])
+        with lg.autocast():
+            loss = lg.causal_lm(input_ids=ids, labels=labels).loss  # HF loss: mean over response tokens
+        loss.backward()
+        return torch.cat([p.grad.float().flatten() for p in params])
 
     grad_of(enc[0])  # warm-up
     t = time.perf_counter()
@@ -213,231 +288,220 @@ def child_less(args, work: Path) -> dict:
     timed = min(n_blocks, args.less_proj_blocks) if args.less_proj_blocks else n_blocks
     t = time.perf_counter()
     _trak_basic_projector(batch16, 8192, 0, max_blocks=timed)
-    t_proj = (time.perf_counter() - t) * n_blocks / timed
-    per_ex = t_grad / len(enc) + t_proj / 16
-    return {"ex_per_s": [1.0 / per_ex], "grad_s_per_example": t_grad / len(enc), "projection_s_per_16": t_proj,
-            "examples": len(enc), "gradient_dim": grads.shape[1], "projection_blocks_timed": f"{timed}/{n_blocks}",
-            "peak_rss_mb": _rss_mb()}
-
-
-BERGSON_DRIVER = r"""
-import json, os, resource, subprocess, sys, time
-from datasets import Dataset
-work, precision, n_threads, out = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
-ds_dir = os.path.join(work, "bergson-tokens.hf")
-if not os.path.exists(ds_dir):
-    Dataset.from_list(json.load(open(os.path.join(work, "tokens.json")))).save_to_disk(ds_dir)
-info = json.load(open(os.path.join(work, "info.json")))
-cmd = [os.path.join(os.path.dirname(sys.executable), "bergson"), "build", out, "--model", info["model_path"],
-       "--precision", precision, "--dataset", ds_dir, "--loss_reduction", "mean", "--projection_dim", "16",
-       "--token_batch_size", "2048", "--overwrite", "true", "--peft_init_kwargs",
-       "r=8,lora_alpha=16,lora_dropout=0.0,target_modules=q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj"]
-t = time.perf_counter()
-p = subprocess.run(cmd, capture_output=True, text=True)
-wall = time.perf_counter() - t
-print(json.dumps({"rc": p.returncode, "wall_s": wall, "cmd": cmd, "tail": (p.stdout + p.stderr)[-1500:],
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0}))
-"""
-
-
-def child_bergson(args, work: Path, precision: str) -> dict:
-    py = Path(args.bergson_python)
-    if not py.exists():
-        return {"error": f"{py} not found (install Bergson into a separate venv, see PEERS-MEASURED.md)"}
-    reps, rss, err = [], 0.0, None
-    for rep in range(args.reps):
-        p = subprocess.run([str(py), "-c", BERGSON_DRIVER, str(work), precision, str(args.threads),
-                            str(work / f"bergson-{precision}-{rep}")], capture_output=True, text=True, env=os.environ.copy())
-        try:
-            res = json.loads(p.stdout.strip().splitlines()[-1])
-        except (IndexError, json.JSONDecodeError):
-            return {"error": f"driver failed: {p.stderr[-1500:]}"}
-        if res["rc"] != 0:
-            return {"error": f"bergson build exited {res['rc']}: {res['tail']}"}
-        reps.append(res["wall_s"])
-        rss = max(rss, res["peak_rss_mb"])
-        cmd = res["cmd"]
-    return {"ex_per_s": [args.n / t for t in reps], "wall_s": reps, "peak_rss_mb": rss, "cmd": " ".join(cmd)}
+    t_dense = (time.perf_counter() - t) * n_blocks / timed
+    cs = make_projector(grads.shape[1], ProjectionConfig("countsketch", 8192, 0))
+    cs.project(batch16[:1])  # warm-up (builds its hash tables)
+    t = time.perf_counter()
+    cs.project(batch16)
+    t_cs = time.perf_counter() - t
+    return {"examples": len(enc), "gradient_dim": int(grads.shape[1]), "grad_s_per_example": t_grad / len(enc),
+            "dense_projection_s_per_example": t_dense / 16, "countsketch_projection_s_per_example": t_cs / 16,
+            "dense_projection_blocks_timed": f"{timed}/{n_blocks}"}
 
 
 def run_child(args, work: Path, mode: str) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    if mode.startswith("ours-"):
-        return child_ours(args, work, {"fp32": "float32", "bf16": "bfloat16"}[mode[5:]])
-    if mode.startswith("floor-"):
-        return child_floor(args, work, {"fp32": "float32", "bf16": "bfloat16"}[mode[6:]])
-    if mode == "less-fp32":
+    if mode == "floor":
+        return child_floor(args, work)
+    if mode == "less":
         return child_less(args, work)
-    if mode.startswith("bergson-"):
-        return child_bergson(args, work, mode[8:])
-    raise SystemExit(f"unknown mode {mode}")
+    raise SystemExit(f"unknown child mode {mode}")
+
+
+# --------------------------------------------------------------------------------------------- one rep of one mode
+def run_mode(args, work: Path, info: dict, mode: str, rep: int, env: dict) -> dict:
+    log = work / f"log-{mode}-{rep}.txt"
+    if mode == "ours":
+        out = work / f"store-ours-{rep}"
+        r = measured_run(ours_cmd(args, work, out), env, log)
+        if r["rc"] == 0:
+            stats = json.loads((out / "manifest.json").read_text()).get("stats", {})
+            r["loop_ex_per_s"] = stats.get("examples_per_s_last_run")
+            r["tokens"] = stats.get("tokens_last_run")
+    elif mode == "bergson":
+        if not Path(args.bergson).exists():
+            return {"error": f"{args.bergson} not found (install Bergson into its own venv, see --help)"}
+        out = work / f"bergson-{rep}"
+        r = measured_run(bergson_cmd(args, work, out, info["model_path"]), env, log)
+        if r["rc"] == 0:
+            text = log.read_text(errors="replace")
+            sec = bergson_collect_seconds(text)
+            m = re.findall(r"Total processed: (\d+)", text)
+            r["tokens"] = int(m[-1]) if m else None  # as Bergson's log reports it
+            r["collect_s"] = sec
+            r["loop_ex_per_s"] = info["n"] / sec if sec else None
+    else:
+        cmd = [sys.executable, __file__, "--child", mode] + list(args.raw_argv)
+        r = measured_run(cmd, env, log)
+        if r["rc"] == 0:
+            line = [x for x in log.read_text().splitlines() if x.startswith("RESULT ")]
+            r.update(json.loads(line[-1][7:]))
+    if r.get("rc", 0) != 0:
+        r["error"] = f"exit {r['rc']}: " + log.read_text(errors="replace")[-1200:]
+    r["rep"] = rep
+    return r
 
 
 # --------------------------------------------------------------------------------------------- report
 def _med(xs):
+    xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
 
 
-def report(args, info: dict, results: dict, out: Path) -> None:
-    r = {m: v for m, v in results.items()}
-    med = {m: _med(v.get("ex_per_s", [])) for m, v in r.items()
-           if not m.startswith("_") and "error" not in v and "skipped" not in v}
-    lines = [f"# Stocking throughput (SmolLM2-135M-Instruct, LoRA r=8, {info['n']} Alpaca examples, ≤{args.max_length} tokens)", "",
-             f"Command: `{' '.join(sys.argv)}`  ", f"Tokens: {info['tokens']} ({info['response_tokens']} response); torch threads: {args.threads}; "
-             f"reps per mode: {args.reps} (medians quoted); ours: batch ≤ {args.batch_size}, token budget {args.token_budget}.  ",
-             f"Load average at start / end: {results.get('_load', ['?', '?'])[0]} / {results.get('_load', ['?', '?'])[1]} (2 cores, shared machine).", "",
-             "| mode | examples/s (median) | per-rep examples/s | peak RSS (MiB) | notes |", "|---|---:|---|---:|---|"]
-    for m, v in r.items():
-        if m.startswith("_"):
+def summarise(info: dict, runs: dict) -> tuple[dict, dict]:
+    """Per-mode medians over reps and the ratios between modes (all from this run)."""
+    ok = {m: [r for r in rs if "error" not in r] for m, rs in runs.items()}
+    med = {}
+    for m, rs in ok.items():
+        if not rs:
             continue
-        if "error" in v or "skipped" in v:
-            why = ("FAILED: " + v["error"]) if "error" in v else ("NOT RUN: " + v["skipped"])
-            lines.append(f"| {m} | – | – | – | {why[:400].replace(chr(10), ' ')} |")
-            continue
-        note = ""
-        if m.startswith("less"):
-            note = (f"{v['examples']} examples; grad {v['grad_s_per_example']:.2f} s/ex + projection {v['projection_s_per_16']:.1f} s per 16 "
-                    f"(blocks timed {v['projection_blocks_timed']}, scaled)")
-        if m.startswith("bergson"):
-            note = "CLI wall time incl. start-up"
-        if m.startswith("ours"):
-            note = "batch loop (grads+projection+store)" + (
-                "; stock() call: " + ", ".join(f"{x['stock_call_s']} s" for x in v["reps"]) if v.get("reps") else "")
-        if m.startswith("floor"):
-            note = f"FLOPs {v['flops']:.3e}"
-        lines.append(f"| {m} | {med[m]:.3f} | {', '.join(f'{x:.3f}' for x in v['ex_per_s'])} | {v['peak_rss_mb']:.0f} | {note} |")
+        d = {k: _med([r.get(k) for r in rs]) for k in ("wall_s", "peak_rss_tree_mb", "peak_rss_largest_process_mb",
+                                                       "cpu_s", "loop_ex_per_s", "other_processes_cpu_cores")}
+        if m == "less":
+            for k in ("grad_s_per_example", "dense_projection_s_per_example", "countsketch_projection_s_per_example"):
+                d[k] = _med([r[k] for r in rs])
+        med[m] = d
     ratios = {}
-    for prec in ("fp32", "bf16"):
-        o, b, f = med.get(f"ours-{prec}"), med.get(f"bergson-{prec}"), med.get(f"floor-{prec}")
-        if o and b:
-            ratios[f"ours/bergson {prec} (examples/s, same run)"] = o / b
-            ratios[f"ours/bergson {prec} (peak RSS, same run)"] = r[f"ours-{prec}"]["peak_rss_mb"] / r[f"bergson-{prec}"]["peak_rss_mb"]
-        elif o:
-            ext = BERGSON_EXTERNAL[f"bergson-{prec}"]
-            ratios[f"ours/bergson {prec} (examples/s) vs EXTERNAL PEERS-MEASURED.md figure {ext['ex_per_s']}"] = o / ext["ex_per_s"]
-            ratios[f"ours/bergson {prec} (peak RSS) vs EXTERNAL PEERS-MEASURED.md figure {ext['peak_rss_mb']} MiB"] = r[f"ours-{prec}"]["peak_rss_mb"] / ext["peak_rss_mb"]
-        if o and f:
-            ratios[f"ours overhead over plain fwd+bwd {prec} (time ratio − 1)"] = f / o - 1
-    if med.get("ours-fp32") and med.get("less-fp32"):
-        ratios["ours-fp32/less-fp32 (examples/s)"] = med["ours-fp32"] / med["less-fp32"]
-    fl = r.get("floor-fp32")
-    if fl and "flops" in fl:
-        for prec, key in (("fp32", "float32"), ("bf16", "bfloat16")):
-            floor_s = fl["flops"] / fl["matmul_flop_per_s"][key]
-            ratios[f"FLOP floor {prec}: examples/s at the measured matmul rate"] = info["n"] / floor_s
-            if med.get(f"ours-{prec}"):
-                ratios[f"ours-{prec} / FLOP floor (fraction of peak)"] = med[f"ours-{prec}"] / (info["n"] / floor_s)
-        lines += ["", f"Matmul rate (2048×576 @ 576×1536, best of 20): fp32 {fl['matmul_flop_per_s']['float32'] / 1e9:.1f} GFLOP/s, "
-                  f"bf16 {fl['matmul_flop_per_s']['bfloat16'] / 1e9:.1f} GFLOP/s; forward+backward FLOPs of the plain LoRA pass: {fl['flops']:.3e}."]
-    lines += ["", "| ratio | value |", "|---|---:|"] + [f"| {k} | {v:.3f} |" for k, v in ratios.items()]
-    load = [x for x in results.get("_load", []) if isinstance(x, (int, float))]
+    o, b = med.get("ours"), med.get("bergson")
+    if o and b:
+        ratios["end to end: bergson wall / ours wall (speed-up)"] = b["wall_s"] / o["wall_s"]
+        ratios["end to end: ours CPU s / bergson CPU s"] = o["cpu_s"] / b["cpu_s"]
+        ratios["end to end: ours peak RSS / bergson peak RSS (process tree)"] = o["peak_rss_tree_mb"] / b["peak_rss_tree_mb"]
+        if o["loop_ex_per_s"] and b["loop_ex_per_s"]:
+            ratios["in-process: ours loop / bergson collection (examples/s)"] = o["loop_ex_per_s"] / b["loop_ex_per_s"]
+    f = med.get("floor")
+    if o and f and o["loop_ex_per_s"]:
+        ratios["in-process: ours time / floor time − 1 (overhead over frozen-weight fwd+bwd)"] = f["loop_ex_per_s"] / o["loop_ex_per_s"] - 1
+    le = med.get("less")
+    if o and le and o["loop_ex_per_s"]:
+        ours_s = 1.0 / o["loop_ex_per_s"]
+        ratios["in-process: LESS-style gradient pass alone / ours (time per example)"] = le["grad_s_per_example"] / ours_s
+        ratios["in-process: LESS-style + CountSketch / ours (time per example)"] = (
+            le["grad_s_per_example"] + le["countsketch_projection_s_per_example"]) / ours_s
+        ratios["in-process: LESS-style + TRAK dense projector / ours (time per example)"] = (
+            le["grad_s_per_example"] + le["dense_projection_s_per_example"]) / ours_s
+    return med, ratios
+
+
+def report(args, info: dict, runs: dict, command: str, out: Path) -> None:
+    med, ratios = summarise(info, runs)
+    loads = [x for rs in runs.values() for r in rs for x in (r.get("load_1min_before"), r.get("load_1min_after")) if x is not None]
+    others = [r["other_processes_cpu_cores"] for rs in runs.values() for r in rs if "other_processes_cpu_cores" in r]
     cores = os.cpu_count() or 1
-    if load and max(load) > cores:
-        lines += ["", f"**Warning:** load average up to {max(load):.1f} on {cores} cores during this run: every mode got a small, "
-                  "varying share of the CPU. Absolute rates are not comparable with figures measured on a quiet machine, so "
-                  "ratios against EXTERNAL (PEERS-MEASURED.md) figures say nothing about speed; same-run ratios are indicative only "
-                  "(modes ran one after another, not simultaneously). Peak RSS figures are unaffected by CPU contention."]
-    if "bergson-fp32" in r and "cmd" in r["bergson-fp32"]:
-        lines += ["", f"Bergson command: `{r['bergson-fp32']['cmd']}`"]
+    lines = [f"# Stocking like for like (SmolLM2-135M-Instruct, LoRA r=8, {info['n']} Alpaca examples, ≤ {args.max_length} tokens, {args.dtype})", "",
+             f"Command (regenerates this file): `{command}`  ",
+             f"Inputs: {info['n']} examples ({info['tokens']} tokens, {info['response_tokens']} response; the first {info['n']} of "
+             f"alpaca_en_demo.json that fit {args.max_length} tokens untruncated, {info['skipped_longer_than_max_length']} longer ones skipped), "
+             f"the same records.jsonl for every tool. Knobs for every tool: {args.dtype}, token budget {args.token_budget} per batch, "
+             f"≤ {args.batch_size} examples per batch, {args.threads} threads. Reps: {args.reps}, interleaved (every mode once per rep, "
+             "in the order below); every run a fresh process; medians quoted.  ",
+             f"Machine: {cores} cores, {platform.platform()}. Load (recorded by this script at every run's start and end): 1-minute "
+             f"load average {min(loads):.1f}–{max(loads):.1f}; other processes used {min(others):.2f}–{max(others):.2f} cores on average "
+             "during the runs." if loads and others else "Machine load: not recorded (no run finished).", "",
+             "## End to end (fresh process, as a user runs it: start-up, model load, tokenisation, compute, writes)", "",
+             "| tool | wall s (median) | per rep wall s | CPU s (median) | peak RSS process tree MiB | largest process MiB | load before→after per rep | other procs' cores per rep |",
+             "|---|---:|---|---:|---:|---:|---|---|"]
+    for m in ("ours", "bergson", "floor", "less"):
+        rs = runs.get(m, [])
+        errs = [r for r in rs if "error" in r]
+        if m not in med:
+            if rs:
+                lines.append(f"| {m} | FAILED: {errs[0]['error'][:300].replace(chr(10), ' ').replace('|', '/')} | | | | | | |")
+            continue
+        d = med[m]
+        ok = [r for r in rs if "error" not in r]
+        walls = ", ".join("%.1f" % r["wall_s"] for r in ok)
+        load = ", ".join("%.1f→%.1f" % (r["load_1min_before"], r["load_1min_after"]) for r in ok)
+        other = ", ".join("%.2f" % r["other_processes_cpu_cores"] for r in ok)
+        lines.append(f"| {m} | {d['wall_s']:.1f} | {walls} | {d['cpu_s']:.1f} | {d['peak_rss_tree_mb']:.0f} | "
+                     f"{d['peak_rss_largest_process_mb']:.0f} | {load} | {other} |")
+    toks = {m: sorted({r.get("tokens") for r in runs.get(m, []) if r.get("tokens") is not None}) for m in ("ours", "bergson")}
+    lines += ["", f"Tokens processed as each tool reports them: ours {toks['ours'] or '–'} (manifest tokens_last_run), "
+              f"bergson {toks['bergson'] or '–'} (its log's 'Total processed'); this script's own tokenisation: {info['tokens']}."]
+    lines += ["", "(floor and less are this script's own child processes, not user-facing tools: their end-to-end rows "
+              "are given for completeness; their in-process figures below are the ones compared.)", "",
+              "## In process (the compute loop only)", "", "| mode | examples/s (median) | per rep | what is timed |", "|---|---:|---|---|"]
+    what = {"ours": "stock()'s batch loop: shard tokenisation, LoRA gradients, CountSketch, store writes (manifest examples_per_s_last_run)",
+            "bergson": "its 'Collecting gradients' progress bar (elapsed, whole seconds)",
+            "floor": "frozen-weight fwd+bwd to the input embeddings, same batches, no FLOP counter"}
+    for m in ("ours", "bergson", "floor"):
+        if m in med and med[m]["loop_ex_per_s"]:
+            ok = [r for r in runs[m] if "error" not in r and r.get("loop_ex_per_s")]
+            per = ", ".join("%.3f" % r["loop_ex_per_s"] for r in ok)
+            lines.append(f"| {m} | {med[m]['loop_ex_per_s']:.3f} | {per} | {what[m]} |")
+    if "less" in med:
+        le = med["less"]
+        r0 = [r for r in runs["less"] if "error" not in r][0]
+        for name, s in (("less: gradient pass alone", le["grad_s_per_example"]),
+                        ("less: + CountSketch 8,192", le["grad_s_per_example"] + le["countsketch_projection_s_per_example"]),
+                        ("less: + TRAK dense projector 8,192", le["grad_s_per_example"] + le["dense_projection_s_per_example"])):
+            lines.append(f"| {name} | {1.0 / s:.3f} | | bs=1, HF loss, .grad of A and B ({r0['gradient_dim']:,} dims), "
+                         f"{r0['examples']} examples |")
+        lines += ["", f"LESS-style split (medians, seconds per example): gradient pass {le['grad_s_per_example']:.3f}; "
+                  f"CountSketch projection {le['countsketch_projection_s_per_example']:.4f}; TRAK dense projection "
+                  f"{le['dense_projection_s_per_example']:.3f} (one call on 16 rows / 16; {r0['dense_projection_blocks_timed']} "
+                  "of its identical 100-column blocks timed, scaled to all)."]
+    lines += ["", "## Ratios (same run, medians)", "", "| ratio | value |", "|---|---:|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in ratios.items()]
+    if loads and max(loads) > cores:
+        lines += ["", f"Load average reached {max(loads):.1f} on {cores} cores: the machine was shared while this ran. Wall times "
+                  "and rates are slower than on a quiet machine and noisier; the interleaved reps expose every tool to the "
+                  "same drift, and CPU seconds and peak RSS are less affected by contention than wall time."]
+    for m in ("ours", "bergson"):
+        ok = [r for r in runs.get(m, []) if "cmd" in r]
+        if ok:
+            lines += ["", f"{m} command (rep 1): `{shlex.join(ok[0]['cmd'])}`"]
     out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"command": " ".join(sys.argv), "info": info, "args": vars(args), "results": r, "medians": med, "ratios": ratios}
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, out.with_suffix(".json"))
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out.with_suffix(".md"))
-    print("\n".join(lines))
+    payload = {"command": command, "info": info, "args": vars(args), "runs": runs, "medians": med, "ratios": ratios}
+    for ext, text in (("json", json.dumps(payload, indent=1)), ("md", "\n".join(lines) + "\n")):
+        tmp = out.with_name(out.name + f".{ext}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, out.with_name(out.name + f".{ext}"))
+    print("\n".join(lines), flush=True)
 
 
-def _available_gb() -> float:
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1024 / 1024
-    except OSError:
-        pass
-    return float("inf")
-
-
-# Bergson 2.5.1 on this machine kind, from ../shared/docs/PEERS-MEASURED.md (64 Alpaca, ≤256 tokens, LoRA r=8, p=16)
-BERGSON_EXTERNAL = {"bergson-fp32": {"ex_per_s": 1.08, "peak_rss_mb": 11797}, "bergson-bf16": {"ex_per_s": 1.42, "peak_rss_mb": 7917}}
-
-
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=64, help="examples (first N of alpaca_en_demo.json)")
+    ap.add_argument("--n", type=int, default=32, help="examples (the first N of alpaca_en_demo.json that fit --max-length)")
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--less-n", type=int, default=8, help="examples for the (slow) LESS-style loop")
-    ap.add_argument("--less-proj-blocks", type=int, default=8, help="TRAK blocks to time (0 = all 82)")
+    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--token-budget", type=int, default=4096)
-    ap.add_argument("--modes", default="ours-fp32,ours-bf16,floor-fp32,floor-bf16,bergson-fp32,bergson-bf16,less-fp32")
-    ap.add_argument("--bergson-python", default="/work/bergson-venv/bin/python")
-    ap.add_argument("--min-free-gb", type=float, default=4.0, help="skip a mode when less memory is available")
-    ap.add_argument("--wait-memory-s", type=float, default=300, help="wait this long for memory before skipping a mode")
-    ap.add_argument("--bergson-min-free-gb", type=float, default=13.0, help="Bergson peaked at 8-12 GB here")
+    ap.add_argument("--token-budget", type=int, default=1024)
+    ap.add_argument("--less-n", type=int, default=8, help="examples for the LESS-style loop")
+    ap.add_argument("--less-proj-blocks", type=int, default=8, help="TRAK blocks to time (0 = all 82)")
+    ap.add_argument("--modes", default="ours,bergson,floor,less")
+    ap.add_argument("--bergson", default="/work/bergson-venv/bin/bergson",
+                    help="bergson CLI in its own venv: pip install torch==2.13.0 first, then Bergson 2.5.1's "
+                         "dependencies, then pip install --no-deps bergson==2.5.1 (../shared/docs/PEERS-MEASURED.md)")
     ap.add_argument("--workdir", default=str(ROOT / "work" / "bench_stock"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "stock_throughput"))
-    ap.add_argument("--reuse", action="store_true", help="reuse result-<mode>.json files already in --workdir (same settings!)")
-    ap.add_argument("--report-only", action="store_true", help="only rebuild the report from result files in --workdir")
-    ap.add_argument("--missing-reason", default="no result file (see the run's log)", help="text for modes without a result file")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    args.raw_argv = list(sys.argv[1:] if argv is None else argv)
     work = Path(args.workdir)
-    if args.report_only:  # rebuild the report from result-<mode>.json files of an earlier run
-        info = json.loads((work / "info.json").read_text())
-        results = {"_load": json.loads((work / "load.json").read_text()) if (work / "load.json").exists() else [None, None]}
-        for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-            f = work / f"result-{mode}.json"
-            results[mode] = json.loads(f.read_text()) if f.exists() else {"skipped": args.missing_reason}
-        report(args, info, results, Path(args.out))
-        return
     if args.child:
         res = run_child(args, work, args.child)
-        print("RESULT " + json.dumps(res))
+        print("RESULT " + json.dumps(res), flush=True)
         return
+    command = "python benchmarks/stock_throughput.py " + shlex.join(args.raw_argv)
     work.mkdir(parents=True, exist_ok=True)
     info = prepare(args, work)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    results = {"_load": [os.getloadavg()[0], None]}
-    env = os.environ.copy() | {"OMP_NUM_THREADS": str(args.threads)}
-    # each child runs all its reps (one model load); children run one after another
-    for i, mode in enumerate(modes):
-        saved = work / f"result-{mode}.json"
-        if args.reuse and saved.exists():
-            results[mode] = json.loads(saved.read_text()) | {"reused_from": str(saved)}
-            print(f"{mode}: reused {saved}", flush=True)
-            continue
-        need = args.bergson_min_free_gb if mode.startswith("bergson") else args.min_free_gb
-        deadline = time.time() + args.wait_memory_s
-        while _available_gb() < need and time.time() < deadline:
-            time.sleep(10)
-        free = _available_gb()
-        if free < need:
-            results[mode] = {"skipped": f"only {free:.1f} GB of memory available on the shared machine, this mode needs ≥ {need} GB; not started (it could OOM-kill other users' jobs)"}
-            print(f"{mode}: skipped ({results[mode]['skipped']})", flush=True)
-            continue
-        t = time.perf_counter()
-        cmd = [sys.executable, __file__, "--child", mode] + [a for a in sys.argv[1:] if a != "--child"]
-        p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
-        results[mode] = json.loads(line[-1][7:]) if line else {"error": f"exit {p.returncode}: {p.stderr[-800:]}"}
-        results[mode]["child_wall_s"] = round(time.perf_counter() - t, 1)
-        if "error" not in results[mode]:
-            tmp = saved.with_suffix(".tmp")
-            tmp.write_text(json.dumps(results[mode]))
-            os.replace(tmp, saved)
-        print(f"{mode}: {json.dumps(results[mode])}", flush=True)
-        results["_load"][1] = os.getloadavg()[0]
-        results["_load"] = [results["_load"][0], max(results["_load"][1], *(os.getloadavg()))]
-        (work / "load.json").write_text(json.dumps(results["_load"]))
-        partial = dict(results) | {m: {"skipped": "pending (run interrupted before this mode)"} for m in modes[i + 1:]}
-        report(args, info, partial, Path(args.out))  # rewritten after every mode: an interrupted run keeps what it measured
+    env = os.environ.copy() | {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+                               "TOKENIZERS_PARALLELISM": "false"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src")] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    runs: dict = {m: [] for m in modes}
+    for rep in range(1, args.reps + 1):  # interleaved: A B C D, A B C D, ...
+        for mode in modes:
+            r = run_mode(args, work, info, mode, rep, env)
+            runs[mode].append(r)
+            print(f"rep {rep} {mode}: " + json.dumps({k: v for k, v in r.items() if k not in ("cmd", "error")})
+                  + (f" ERROR {r['error'][-300:]}" if "error" in r else ""), flush=True)
+    report(args, info, runs, command, Path(args.out))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from argparse import Namespace
+import os
 from pathlib import Path
 
 import numpy as np
@@ -41,38 +41,71 @@ def test_trak_basic_projector_is_a_fixed_rademacher_matrix(st):
     torch.testing.assert_close(part[:, :100], (x @ m)[:, :100], rtol=1e-5, atol=1e-4)
 
 
-def _fake_results():
-    return {
-        "_load": [10.0, 12.0],
-        "ours-fp32": {"ex_per_s": [2.0, 3.0, 2.5], "peak_rss_mb": 3000.0,
-                      "reps": [{"stock_call_s": 10.0}, {"stock_call_s": 9.0}, {"stock_call_s": 9.5}]},
-        "floor-fp32": {"ex_per_s": [3.0, 3.0], "peak_rss_mb": 4000.0, "flops": 1e12,
-                       "matmul_flop_per_s": {"float32": 1e11, "bfloat16": 4e11}},
-        "bergson-fp32": {"ex_per_s": [1.0, 1.0], "peak_rss_mb": 9000.0, "cmd": "bergson build x"},
-        "bergson-bf16": {"skipped": "not enough memory"},
-        "ours-bf16": {"ex_per_s": [4.0], "peak_rss_mb": 2000.0, "reps": [{"stock_call_s": 5.0}]},
-        "less-fp32": {"ex_per_s": [0.5], "peak_rss_mb": 2500.0, "examples": 8, "grad_s_per_example": 1.0,
-                      "projection_s_per_16": 16.0, "projection_blocks_timed": "8/82"},
-    }
+def _run(wall, cpu, rss, loop, **kw):
+    return {"wall_s": wall, "cpu_s": cpu, "peak_rss_tree_mb": rss, "peak_rss_largest_process_mb": rss,
+            "loop_ex_per_s": loop, "load_1min_before": 3.0, "load_1min_after": 4.0, "other_processes_cpu_cores": 0.5, **kw}
 
 
-def test_report_ratios_and_files(st, tmp_path):
-    args = Namespace(max_length=256, threads=2, reps=2, batch_size=8, token_budget=4096)
-    info = {"n": 64, "tokens": 100, "response_tokens": 50}
-    st.report(args, info, _fake_results(), tmp_path / "res")
+def _fake_runs():
+    less = dict(examples=8, gradient_dim=1000, grad_s_per_example=0.5, dense_projection_s_per_example=10.0,
+                countsketch_projection_s_per_example=0.01, dense_projection_blocks_timed="8/82")
+    return {"ours": [_run(40.0, 70.0, 2000.0, 2.0, rep=1), _run(44.0, 72.0, 2100.0, 1.0, rep=2)],
+            "bergson": [_run(80.0, 150.0, 8000.0, 1.0, rep=1), _run(84.0, 152.0, 8200.0, 0.5, rep=2)],
+            "floor": [_run(30.0, 50.0, 1500.0, 3.0, rep=1), _run(31.0, 50.0, 1500.0, 3.0, rep=2)],
+            "less": [_run(60.0, 100.0, 2500.0, None, rep=1, **less), {"error": "exit 1: boom", "rep": 2}]}
+
+
+def test_summary_ratios_are_medians_of_the_same_run(st):
+    med, r = st.summarise({"n": 32}, _fake_runs())
+    assert med["ours"]["wall_s"] == 42.0 and med["bergson"]["peak_rss_tree_mb"] == 8100.0
+    assert r["end to end: bergson wall / ours wall (speed-up)"] == pytest.approx(82.0 / 42.0)
+    assert r["end to end: ours peak RSS / bergson peak RSS (process tree)"] == pytest.approx(2050.0 / 8100.0)
+    assert r["end to end: ours CPU s / bergson CPU s"] == pytest.approx(71.0 / 151.0)
+    assert r["in-process: ours loop / bergson collection (examples/s)"] == pytest.approx(1.5 / 0.75)
+    assert r["in-process: ours time / floor time − 1 (overhead over frozen-weight fwd+bwd)"] == pytest.approx(3.0 / 1.5 - 1)
+    ours_s = 1 / 1.5  # the failed LESS rep is left out, the finished one counts
+    assert r["in-process: LESS-style gradient pass alone / ours (time per example)"] == pytest.approx(0.5 / ours_s)
+    assert r["in-process: LESS-style + CountSketch / ours (time per example)"] == pytest.approx(0.51 / ours_s)
+    assert r["in-process: LESS-style + TRAK dense projector / ours (time per example)"] == pytest.approx(10.5 / ours_s)
+
+
+def test_report_writes_what_was_recorded(st, tmp_path):
+    from argparse import Namespace
+
+    args = Namespace(max_length=256, threads=2, reps=2, batch_size=8, token_budget=1024, dtype="bfloat16")
+    info = {"n": 32, "tokens": 100, "response_tokens": 50, "skipped_longer_than_max_length": 3}
+    st.report(args, info, _fake_runs(), "python benchmarks/stock_throughput.py --n 32", tmp_path / "res")
     payload = json.loads((tmp_path / "res.json").read_text())
-    r = payload["ratios"]
-    assert payload["medians"]["ours-fp32"] == 2.5
-    assert r["ours/bergson fp32 (examples/s, same run)"] == pytest.approx(2.5)
-    assert r["ours/bergson fp32 (peak RSS, same run)"] == pytest.approx(3000 / 9000)
-    assert r["ours-fp32/less-fp32 (examples/s)"] == pytest.approx(5.0)
-    assert r["ours overhead over plain fwd+bwd fp32 (time ratio − 1)"] == pytest.approx(3.0 / 2.5 - 1)
-    assert r["FLOP floor fp32: examples/s at the measured matmul rate"] == pytest.approx(64 / 10.0)
-    ext = [k for k in r if k.startswith("ours/bergson bf16 (examples/s) vs EXTERNAL")]
-    assert len(ext) == 1 and r[ext[0]] == pytest.approx(4.0 / 1.42)
+    assert payload["command"] == "python benchmarks/stock_throughput.py --n 32"
+    assert payload["runs"]["less"][1]["error"] == "exit 1: boom"
     md = (tmp_path / "res.md").read_text()
-    assert "NOT RUN: not enough memory" in md and "bergson build x" in md
+    assert "`python benchmarks/stock_throughput.py --n 32`" in md
+    assert "load average 3.0–4.0; other processes used 0.50–0.50 cores" in md  # from the runs, not typed in
+    assert "| ours | 42.0 | 40.0, 44.0 |" in md and "3.0→4.0, 3.0→4.0" in md
+    assert "CountSketch projection 0.0100" in md and "8/82" in md
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_bergson_progress_bar_elapsed_is_parsed(st):
+    log = ("Collecting gradients:   0%|          | 0/2 [00:00<?, ?it/s]\rCollecting gradients:  50%|#  | 1/2 "
+           "[01:58<01:58, 118.51s/it]\rCollecting gradients: 100%|##| 2/2 [05:01<00:00, 156.31s/it]\nSaving")
+    assert st.bergson_collect_seconds(log) == 301
+    assert st.bergson_collect_seconds("Collecting gradients: 100%|##| 9/9 [1:02:03<00:00]") == 3723
+    assert st.bergson_collect_seconds("no bar here") is None
+
+
+def test_measured_run_counts_the_process_tree(st, tmp_path):
+    """A parent that starts a child holding ~300 MiB: the tree's peak includes the child; CPU and load recorded."""
+    import sys
+
+    code = ("import subprocess, sys, time; "
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; b = bytearray(300 * 2**20); time.sleep(1.5)']); "
+            "b = bytearray(50 * 2**20); p.wait()")
+    r = st.measured_run([sys.executable, "-c", code], dict(os.environ), tmp_path / "log.txt")
+    assert r["rc"] == 0 and r["wall_s"] >= 1.5
+    assert r["peak_rss_tree_mb"] >= 340 and r["peak_rss_largest_process_mb"] >= 300
+    assert r["peak_rss_tree_mb"] > r["peak_rss_largest_process_mb"]
+    assert r["cpu_s"] > 0 and r["load_1min_before"] >= 0 and r["other_processes_cpu_cores"] >= 0
 
 
 def test_fidelity_cosine_matches_definition():
