@@ -38,6 +38,7 @@ def goal_checks() -> list[str]:
     """The issue's two goals, computed from the results (not asserted)."""
     out = ["## Goal checks (computed from the results below)", ""]
     p2 = R / "eval_exp2_toxicity.json"
+    close = []
     if p2.exists():
         r = json.loads(p2.read_text())
         for v, rows in r["summary"].items():
@@ -49,16 +50,42 @@ def goal_checks() -> list[str]:
                 out.append(f"- Experiment 2 {v}: Influcoder AUPRC {a['auprc']['mean']:.3f} vs LESS r8 {b['auprc']['mean']:.3f} "
                            f"(difference {d:+.3f}; goal: within 0.05 → {'met' if d >= -0.05 else 'not met'}), "
                            f"inference {ratio:.0f}× less time and {fr:.0f}× fewer FLOPs per example (goal ≥ 25×).")
+                close.append(d >= -0.05 and ratio >= 25 and fr >= 25)
+        if close:
+            out.append("- Goal \"within 0.05 AUPRC of LESS at ≥ 25× less inference\" (both variants, one seed): "
+                       + ("met." if all(close) else f"**not met** (holds in {sum(close)} of {len(close)})."))
+    # "ahead of every non-gradient baseline": met only where it holds in every experiment and variant
+    verdicts = []
     p1 = R / "eval_exp1_ranking.json"
     if p1.exists():
         r = json.loads(p1.read_text())
         s = r["summary"]
         if "influcoder" in s:
             best = max((n for n in s if n in NON_GRADIENT), key=lambda n: s[n]["per_anchor"]["mean"])
-            a, b = s["influcoder"]["per_anchor"]["mean"], s[best]["per_anchor"]["mean"]
-            ahead = all(s["influcoder"]["per_anchor"]["mean"] > s[n]["per_anchor"]["mean"] for n in s if n in NON_GRADIENT)
-            out.append(f"- Experiment 1: Influcoder per-anchor ρ {a:.3f}; best non-gradient baseline {best} {b:.3f} "
-                       f"(goal: ahead of every non-gradient baseline → {'met' if ahead else 'not met'}).")
+            a, b = s["influcoder"]["per_anchor"], s[best]["per_anchor"]
+            behind = [n for n in s if n in NON_GRADIENT and s[n]["per_anchor"]["mean"] >= a["mean"]]
+            verdicts.append(not behind)
+            margin = a["mean"] - b["mean"]
+            noise = max(a.get("std") or 0.0, b.get("std") or 0.0)
+            out.append(f"- Experiment 1 (per-anchor ρ): Influcoder {ms(a)}; best non-gradient baseline {best} {ms(b)}: "
+                       + ("ahead of every non-gradient baseline" if not behind else "behind " + ", ".join(behind))
+                       + (f", by {margin:+.3f}, less than one seed-std ({noise:.3f}): not evidence either way."
+                          if not behind and margin < noise else "."))
+    if p2.exists():
+        r = json.loads(p2.read_text())
+        for v, rows in r["summary"].items():
+            if "influcoder" not in rows:
+                continue
+            a = rows["influcoder"]["auprc"]["mean"]
+            above = sorted((n for n in rows if n in NON_GRADIENT and rows[n]["auprc"]["mean"] >= a),
+                           key=lambda n: -rows[n]["auprc"]["mean"])
+            verdicts.append(not above)
+            out.append(f"- Experiment 2 {v} (AUPRC): Influcoder {a:.3f}; "
+                       + ("ahead of every non-gradient baseline." if not above else "non-gradient baselines at or above it: "
+                          + ", ".join(f"{n} {rows[n]['auprc']['mean']:.3f}" for n in above) + "."))
+    if verdicts:
+        out.append("- Goal \"ahead of every non-gradient baseline\" (every experiment and variant above): "
+                   + ("met." if all(verdicts) else f"**not met** (holds in {sum(verdicts)} of {len(verdicts)})."))
     out += ["", "Sizes, seeds and every reduction from the paper's set-up are stated with each table and under "
             "*Reductions*; differences smaller than the seed-to-seed std are not evidence either way.", ""]
     return out
