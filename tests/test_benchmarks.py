@@ -98,9 +98,9 @@ def test_measured_run_counts_the_process_tree(st, tmp_path):
     """A parent that starts a child holding ~300 MiB: the tree's peak includes the child; CPU and load recorded."""
     import sys
 
-    code = ("import subprocess, sys, time; "
-            "p = subprocess.Popen([sys.executable, '-c', 'import time; b = bytearray(300 * 2**20); time.sleep(1.5)']); "
-            "b = bytearray(50 * 2**20); p.wait()")
+    code = ("import subprocess, sys, time; b = b'x' * (50 * 2**20); "  # touched pages: resident for sure
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; b = b\"x\" * (300 * 2**20); time.sleep(3)']); "
+            "p.wait()")
     r = st.measured_run([sys.executable, "-c", code], dict(os.environ), tmp_path / "log.txt")
     assert r["rc"] == 0 and r["wall_s"] >= 1.5
     assert r["peak_rss_tree_mb"] >= 340 and r["peak_rss_largest_process_mb"] >= 300
