@@ -64,12 +64,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 # levers the issue lists that this study did not get to run on this CPU (see the closing note): a larger B × C
 # than 48 × 48 with GradCache, dropout / weight decay / staying close to the pretrained encoder, sketch label
 # noise, listwise KL over all candidates, τ sweeps, prompts, pooling, head dimension, a larger student
-# (all-mpnet-base-v2 installs offline but embeds 9.8× slower than MiniLM-L6 on one thread), the
-# fidelity-vs-stocked-examples curve (--curve) and warm-up.
+# (all-mpnet-base-v2 installs offline but embeds 9.8× slower than MiniLM-L6 on one thread) and warm-up.
 NOT_RUN = ["B×C beyond 48×48 / GradCache", "dropout, weight decay, closeness to the pretrained encoder",
            "sketch label noise", "listwise KL over all candidates", "tau sweep", "query/pool prompts", "pooling",
            "head dimension", "larger student (all-mpnet-base-v2: 9.8× slower embedding, measured)",
-           "fidelity vs stocked pool rows (--curve 250,500,780)", "lr warm-up"]
+           "lr warm-up"]
 
 
 def machine_load() -> dict:
@@ -297,7 +296,11 @@ def markdown(doc: dict) -> str:
         f"{s['fit_pool']} pool × {s['fit_queries']} query labels (epoch picked on distill's own {s['distill_val_pool']} × "
         f"{s['distill_val_queries']} split inside them) and are scored once on a separate selection block of "
         f"{s['selection_pool']} pool × {s['selection_queries']} queries. Budget: {doc['budget_seconds']:.0f} s of "
-        "optimisation per variant (early stopping, patience in the config).", "",
+        "optimisation per variant (early stopping, patience in the config). The budget is wall-clock time and "
+        "the 2 cores were shared (load column: 1-minute load average when the variant started; two variants ran at "
+        "a time, one thread each, beside other jobs), so a variant that ran under more load got fewer steps: "
+        "compare the steps column too. One split seed; differences below ≈ 0.05 are within what a second seed "
+        "could move.", "",
         "| variant | overrides | selection per-anchor | aggregated | query-specific | distill-val per-anchor | epochs (best) | steps | train s | load 1m before |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -314,7 +317,8 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {k} | {v['per_anchor']:.3f} | {v['aggregated']:.3f} | {v['query_specific']:.3f} |")
     if doc["curve"]:
         lines += ["", "## Fidelity vs stocked pool examples", "",
-                  "Same recipe, first N rows of a seeded permutation of the training pool (same queries).", "",
+                  "Same recipe (the winner above) and budget, first N rows of a seeded permutation of the training pool "
+                  "(same queries); distill holds 120 of the N out for its epoch choice, so it trains on N − 120.", "",
                   "| pool rows | selection per-anchor | aggregated | query-specific | train s |", "|---|---|---|---|---|"]
         for r in doc["curve"]:
             sb = r["selection_block"]
