@@ -103,8 +103,10 @@ def test_measured_run_counts_the_process_tree(st, tmp_path):
             "p.wait()")
     r = st.measured_run([sys.executable, "-c", code], dict(os.environ), tmp_path / "log.txt")
     assert r["rc"] == 0 and r["wall_s"] >= 1.5
+    # the sampled tree peak must hold the child's ~300 MiB on top of the parent's 50 MiB (a parent-only measure
+    # stays near 60 MiB); ru_maxrss is the largest single process of the tree, which can catch transient peaks
+    # the 50 ms sampler misses, so the two are not ordered
     assert r["peak_rss_tree_mb"] >= 340 and r["peak_rss_largest_process_mb"] >= 300
-    assert r["peak_rss_tree_mb"] > r["peak_rss_largest_process_mb"]
     assert r["cpu_s"] > 0 and r["load_1min_before"] >= 0 and r["other_processes_cpu_cores"] >= 0
 
 
