@@ -250,3 +250,18 @@ def test_cli_run_kill_9_during_training_then_same_command(tiny, reference, tmp_p
     assert r.returncode == 0, r.stderr[-3000:]
     assert "steps done" in r.stdout
     assert_same(ref, scores(out))
+
+
+def test_verdict_levels_on_known_per_query_scores():
+    """USE needs a significant gain over the best baseline *and* enough absolute fidelity; a student that beats
+    the baselines while reproducing little of the teacher's ranking is WEAK; one below a baseline is DO NOT USE."""
+    from influcoder.report import verdict
+
+    rng = np.random.default_rng(0)
+    base = {"untrained": np.zeros(20), "length": 0.1 + 0.01 * rng.standard_normal(20)}
+    hi = verdict({**base, "student": 0.7 + 0.01 * rng.standard_normal(20)}, 0.05, 500, 0, 100)
+    low = verdict({**base, "student": 0.3 + 0.01 * rng.standard_normal(20)}, 0.05, 500, 0, 100)
+    bad = verdict({**base, "student": 0.05 + 0.01 * rng.standard_normal(20)}, 0.05, 500, 0, 100)
+    assert (hi["level"], low["level"], bad["level"]) == ("use", "weak", "do-not-use")
+    assert hi["baseline"] == "length" and hi["ci95"][0] > 0.5 and "below 0.50" in low["line"]
+    assert verdict({**base, "student": 0.3 + 0.01 * rng.standard_normal(20)}, 0.05, 500, 0, 100, min_spearman=0.2)["level"] == "use"

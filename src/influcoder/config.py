@@ -463,10 +463,15 @@ class ReportSection:
     """Per-anchor Spearman gain over the best baseline that the verdict asks of the student."""
     bootstrap: int = 2000
     """Bootstrap resamples of the held-out queries for the confidence interval of that gain."""
+    min_spearman: float = 0.5
+    """Per-anchor Spearman against the teacher below which the verdict is never USE, even when the student beats
+    the baselines: it then reproduces too little of the teacher's ranking to filter by."""
 
     def __post_init__(self):
         if self.top_k < 1 or self.bootstrap < 100:
             raise UserError("top_k must be ≥ 1 and bootstrap ≥ 100")
+        if not -1.0 <= self.min_spearman <= 1.0:
+            raise UserError(f"min_spearman must be in [-1, 1], got {self.min_spearman}")
 
 
 @dataclass

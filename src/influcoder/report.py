@@ -58,7 +58,8 @@ def _scores(pred: np.ndarray, true: np.ndarray, k: int) -> dict:
     }
 
 
-def verdict(per_query: dict[str, np.ndarray], margin: float, n_boot: int, seed: int, n_pool: int) -> dict:
+def verdict(per_query: dict[str, np.ndarray], margin: float, n_boot: int, seed: int, n_pool: int,
+            min_spearman: float = 0.5) -> dict:
     """Bootstrap over held-out queries of mean(student − best baseline) per-anchor Spearman → one actionable line."""
     base = max(("untrained", "length"), key=lambda m: float(np.mean(per_query[m])))
     diff = np.asarray(per_query["student"]) - np.asarray(per_query[base])
@@ -68,8 +69,12 @@ def verdict(per_query: dict[str, np.ndarray], margin: float, n_boot: int, seed: 
     gain = float(diff.mean())
     s, b = float(np.mean(per_query["student"])), float(np.mean(per_query[base]))
     what = f"per-anchor Spearman {s:.3f} vs {b:.3f} for the {base} baseline (gain {gain:+.3f}, 95% CI {lo:+.3f} to {hi:+.3f})"
-    if lo > 0 and gain >= margin:
+    if lo > 0 and gain >= margin and s >= min_spearman:
         level, line = "use", f"USE the encoder's scores: it beats the best baseline on held-out data ({what})."
+    elif lo > 0 and gain >= margin:
+        level, line = "weak", (f"WEAK: the encoder beats the baselines but reproduces little of the teacher's ranking "
+                               f"({what}; below {min_spearman:.2f}); use its scores to rank coarsely, not to filter "
+                               f"precisely; stock more examples (sample.n_stock) or score a subset with the teacher.")
     elif gain > 0:
         level, line = "weak", (f"WEAK: the encoder is not clearly better than the {base} baseline ({what}); stock more "
                                f"examples (sample.n_stock) or train longer (student.epochs) before relying on its scores.")
@@ -249,7 +254,8 @@ def fidelity_report(pipe: "Pipeline") -> dict:
                   "n_train_queries": len(split["train_query_ids"])},
         "top_k": k,
         "methods": methods,
-        "verdict": verdict(per_query, cfg.report.margin, cfg.report.bootstrap, cfg.sample.seed, len(pool)),
+        "verdict": verdict(per_query, cfg.report.margin, cfg.report.bootstrap, cfg.sample.seed, len(pool),
+                           cfg.report.min_spearman),
         "ood": _ood(student, q_emb, [r.id for r in queries], per_query["student"], bs),
         "cost": _cost(pipe),
     }
