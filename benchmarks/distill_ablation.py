@@ -140,7 +140,7 @@ def score_block(enc_dir: str, pool, queries, truth: np.ndarray) -> dict:
     enc = InfluenceEncoder.from_pretrained(enc_dir)
     P = enc.encode(pool, side="pool", batch_size=64)
     Q = enc.encode(queries, side="query", batch_size=64)
-    S = enc.similarity(Q, P).T if hasattr(enc, "similarity") else P @ Q.T
+    S = enc.similarity(Q, P).T
     return {"per_anchor": M.per_anchor_spearman(S, truth), "aggregated": M.aggregated_spearman(S, truth),
             "query_specific": M.query_specific_spearman(S, truth)}
 

@@ -145,7 +145,7 @@ class DistillConfig:
     pool_prior: bool = True
     """Learn a pool-side prior: predicted influence = cos(E(q), E(p)) + b(p), b = w·tanh(MLP) of the pool
     embedding and its length features, carried by two extra coordinates of unit vectors (exact under an
-    inner-product index; see encoder.PoolPrior)."""
+    inner-product index; see encoder.build_prior)."""
     prior_hidden: int = 256
     """Hidden width of the pool prior's MLP."""
     prior_lr: float | None = 2e-3
@@ -486,11 +486,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         from .encoder import build_prior
 
         enc.prior = build_prior(enc.embedding_dim, cfg.prior_hidden, seed=cfg.seed)
-    pool_len = None
-    if enc.prior is not None:
-        import torch as _t
-
-        pool_len = _t.from_numpy(enc.length_features(train_pool_recs))
+    pool_len = torch.from_numpy(enc.length_features(train_pool_recs)) if enc.prior is not None else None
     cache = None
     n_frozen = cfg.freeze_layers
     if n_frozen is None:

@@ -41,8 +41,8 @@ teacher's loss is a mean over response tokens, so response length carries much o
 
 
 def build_prior(dim: int, hidden: int, seed: int = 0):
-    """The pool-side prior b(p) = w·tanh(MLP([E(p), length features])) (:class:`PoolPrior`)."""
-    return PoolPrior(dim, hidden, seed)
+    """The pool-side prior b(p) = w·tanh(MLP([E(p), length features])): a new ``PoolPrior`` module."""
+    return _prior_module()(dim, hidden, seed)
 
 
 @functools.lru_cache(maxsize=None)
@@ -88,10 +88,6 @@ def _prior_module():
             return self.weight * self.unit(x)
 
     return PoolPrior
-
-
-def PoolPrior(dim: int, hidden: int, seed: int = 0):  # noqa: N802  (a factory named like the class it returns)
-    return _prior_module()(dim, hidden, seed)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -284,16 +280,11 @@ class InfluenceEncoder:
 
         if isinstance(items, (str, Record, dict)):
             items = [items]
-        items = list(items)
+        # dict rows become the records _texts would make of them, once, so their response is at hand
+        items = [_row_to_record("encode() input", i, x, FieldSpec()) if isinstance(x, dict) else x
+                 for i, x in enumerate(items)]
         texts = _texts(items)
-        resp = []
-        for i, (x, t) in enumerate(zip(items, texts)):
-            if isinstance(x, Record):
-                resp.append(x.response)
-            elif isinstance(x, dict):  # a dict row: the same record the text came from
-                resp.append(_row_to_record("encode() input", i, x, FieldSpec()).response)
-            else:
-                resp.append(t)
+        resp = [x.response if isinstance(x, Record) else t for x, t in zip(items, texts)]
         tok = self.model.tokenizer
         n_all = [len(ids) for ids in tok(texts, add_special_tokens=False, truncation=False)["input_ids"]]
         n_resp = [len(ids) for ids in tok(resp, add_special_tokens=False, truncation=False)["input_ids"]]
@@ -305,28 +296,31 @@ class InfluenceEncoder:
 
         if self.prior is None:
             return torch.zeros(pool_emb.shape[0], dtype=torch.float32)
-        lengths = torch.as_tensor(lengths, dtype=torch.float32)
-        return self.prior(torch.cat([pool_emb.float(), lengths], dim=1))
+        return self.prior(self._prior_input(pool_emb, lengths))
+
+    @staticmethod
+    def _prior_input(pool_emb, lengths):
+        """The prior's input: normalised pool embeddings beside their length features (torch, float32)."""
+        import torch
+
+        return torch.cat([torch.as_tensor(pool_emb).float(), torch.as_tensor(lengths, dtype=torch.float32)], dim=1)
 
     def score_vectors(self, emb: np.ndarray, side: str, items: Sequence[Any] | None = None) -> np.ndarray:
         """Normalised embeddings → unit vectors whose inner product is a fixed positive multiple of the predicted
-        influence cos + b(p) (see :class:`PoolPrior`); unchanged without a prior. ``items``: the pool items
+        influence cos + b(p) (see :func:`build_prior`); unchanged without a prior. ``items``: the pool items
         (the prior reads their lengths)."""
         if self.prior is None:
             return emb
         import torch
 
-        with torch.no_grad():
-            w = float(self.prior.weight)
-        a2 = 1.0 / (1.0 + w)
+        a2 = self.score_scale()
         a, s = np.sqrt(a2), np.sqrt(1.0 - a2)
         n = emb.shape[0]
         if side == "pool":
             if items is None:
                 raise ValueError("score_vectors: the pool side needs its items (the prior reads their lengths)")
             with torch.no_grad():
-                x = torch.cat([torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32)),
-                               torch.from_numpy(self.length_features(items))], dim=1)
+                x = self._prior_input(np.ascontiguousarray(emb, dtype=np.float32), self.length_features(items))
                 r = self.prior.unit(x).double().numpy()
             extra = np.stack([s * r, np.sqrt(np.maximum(0.0, 1.0 - a2 - (s * r) ** 2))], axis=1)
         else:
