@@ -151,6 +151,13 @@ class DistillConfig:
     prior_lr: float | None = 2e-3
     """Learning rate of the pool prior's parameters (None: ``lr``); the prior starts from zero, so a larger
     rate lets it take up the pool factor within a short run."""
+    prior_warmup_steps: int = 0
+    """Steps that fit the pool prior alone before the encoder trains: the starting encoder's embeddings of
+    the training and validation texts are computed once (no gradient), then only the prior learns, on random
+    B × C blocks of the training labels with the same loss (no encoder pass, so seconds). The prior state
+    with the best validation score (checked every ``prior_warmup_eval`` steps) starts the joint training."""
+    prior_warmup_eval: int = 100
+    """Validation interval (steps) of the prior warm-up."""
 
     def __post_init__(self) -> None:
         def bad(msg: str):
@@ -194,6 +201,12 @@ class DistillConfig:
             bad(f"prior_lr must be > 0, got {self.prior_lr}")
         if self.prior_hidden < 1:
             bad(f"prior_hidden must be ≥ 1, got {self.prior_hidden}")
+        if self.prior_warmup_steps < 0:
+            bad(f"prior_warmup_steps must be ≥ 0, got {self.prior_warmup_steps}")
+        if self.prior_warmup_steps and not self.pool_prior:
+            bad("prior_warmup_steps needs pool_prior (there is no prior to warm up)")
+        if self.prior_warmup_eval < 1:
+            bad(f"prior_warmup_eval must be ≥ 1, got {self.prior_warmup_eval}")
         if self.patience is not None and self.patience < 1:
             bad(f"patience must be ≥ 1, got {self.patience}")
 
@@ -365,8 +378,90 @@ class _Writer:
         self.f.close()
 
 
+def warm_up_prior(prior, pool_emb: np.ndarray, query_emb: np.ndarray, pool_len: np.ndarray, labels: np.ndarray,
+                  steps: int, queries_per_batch: int, candidates: int, lr: float, alpha: float, tau: float,
+                  seed: int, validate: Callable | None = None, eval_every: int = 100) -> list[dict]:
+    """Fit the pool prior alone on fixed embeddings: predicted influence = query_emb @ pool_emb.T + prior(pool),
+    on random B × C blocks of ``labels`` (pool × query, rows and columns aligned with the embeddings), with
+    :func:`distill_loss`. ``validate(prior) -> float`` (higher is better) is called every ``eval_every``
+    steps and at the end; the best state is loaded into ``prior`` (without ``validate``: the last state).
+    Returns the history (one row per validation: step, score, mean training loss since the last row)."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    EP = torch.as_tensor(pool_emb, dtype=torch.float32)
+    EQ = torch.as_tensor(query_emb, dtype=torch.float32)
+    LEN = torch.as_tensor(pool_len, dtype=torch.float32)
+    T = torch.as_tensor(labels, dtype=torch.float32)
+    n_p, n_q = T.shape
+    C, B = min(candidates, n_p), min(queries_per_batch, n_q)
+    opt = torch.optim.AdamW(prior.parameters(), lr=lr, weight_decay=0.0)
+    prior.train()
+    best, best_state, history, run = None, copy.deepcopy(prior.state_dict()), [], []
+    if validate is not None:
+        prior.eval()
+        best = float(validate(prior))
+        history.append({"step": 0, "score": best})
+        prior.train()
+    for s in range(1, steps + 1):
+        c = torch.from_numpy(rng.choice(n_p, C, replace=False))
+        q = torch.from_numpy(rng.choice(n_q, B, replace=False))
+        pred = EQ[q] @ EP[c].T + prior(torch.cat([EP[c], LEN[c]], dim=1))[None, :]
+        loss, _ = distill_loss(pred, T[c][:, q].T, alpha, tau)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        run.append(float(loss.detach()))
+        if validate is not None and (s % eval_every == 0 or s == steps):
+            prior.eval()
+            with torch.no_grad():
+                score = float(validate(prior))
+            prior.train()
+            history.append({"step": s, "score": score, "train_loss": float(np.mean(run))})
+            run = []
+            if score > best:
+                best, best_state = score, copy.deepcopy(prior.state_dict())
+    if validate is not None:
+        prior.load_state_dict(best_state)
+    prior.eval()
+    return history
+
+
 def _embed_all(enc, records, side: str, batch_size: int) -> np.ndarray:
     return enc.encode(records, batch_size=batch_size, side=side)
+
+
+def _warm_up_prior(enc, cfg: DistillConfig, cache, train_pool_recs, train_query_recs, val_pool_recs, val_query_recs,
+                   pool_len, train_block: np.ndarray, val_block: np.ndarray) -> dict[str, float]:
+    """:func:`warm_up_prior` on the starting encoder's embeddings (computed once, no gradient); validation on
+    the held-out block exactly as training validates (score vectors' inner products). Returns its metrics."""
+    import torch
+
+    enc.eval()
+    bs = cfg.eval_batch_size
+    with torch.no_grad():
+        if cache is not None:  # the cached lower layers give the same embeddings, cheaper
+            EP = torch.cat([cache.embed("pool", range(i, min(i + bs, len(train_pool_recs)))).float()
+                            for i in range(0, len(train_pool_recs), bs)]).numpy()
+            EQ = torch.cat([cache.embed("query", range(i, min(i + bs, len(train_query_recs)))).float()
+                            for i in range(0, len(train_query_recs), bs)]).numpy()
+        else:
+            EP = enc.text_embeddings(train_pool_recs, batch_size=bs, side="pool")
+            EQ = enc.text_embeddings(train_query_recs, batch_size=bs, side="query")
+        VP = enc.text_embeddings(val_pool_recs, batch_size=bs, side="pool")
+        VQ = enc.score_vectors(enc.text_embeddings(val_query_recs, batch_size=bs, side="query"), "query")
+    vlen = enc.length_features(val_pool_recs)
+
+    def scores() -> np.ndarray:
+        return enc.score_vectors(VP, "pool", lengths=vlen) @ VQ.T
+
+    def validate(_prior) -> float:
+        return evaluate_matrix(scores(), val_block, cfg.alpha, cfg.tau)[cfg.select_metric] * (-1 if cfg.select_metric == "loss" else 1)
+
+    warm_up_prior(enc.prior, EP, EQ, pool_len.numpy(), train_block, cfg.prior_warmup_steps, cfg.queries_per_batch,
+                  cfg.candidates, cfg.prior_lr if cfg.prior_lr is not None else cfg.lr, cfg.alpha, cfg.tau,
+                  cfg.seed + 2, validate, cfg.prior_warmup_eval)
+    return evaluate_matrix(scores(), val_block, cfg.alpha, cfg.tau)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -563,8 +658,20 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
     say(f"untrained: per-anchor {m0['per_anchor_spearman']:.3f}, aggregated {m0['aggregated_spearman']:.3f}, "
         f"query-specific {m0['query_specific_spearman']:.3f}, loss {m0['loss']:.4f}")
     best_val, best_epoch, best_metrics = m0[cfg.select_metric], 0, m0
-    best_state = copy.deepcopy(enc.state_dict())
     history = [row0]
+    if enc.prior is not None and cfg.prior_warmup_steps and not resumed:
+        tw = time.time()
+        m0 = _warm_up_prior(enc, cfg, cache, train_pool_recs, train_query_recs, val_pool_recs, val_query_recs,
+                            pool_len, train_block, val_block)
+        roww = {"epoch": 0, "step": 0, "split": "val", "model": "prior warm-up", **m0,
+                "prior_warmup_steps": cfg.prior_warmup_steps, "seconds": time.time() - tw}
+        writer.write(roww)
+        history.append(roww)
+        say(f"prior warm-up ({cfg.prior_warmup_steps} steps, {time.time() - tw:.0f} s): per-anchor "
+            f"{m0['per_anchor_spearman']:.3f}, aggregated {m0['aggregated_spearman']:.3f}")
+        if _better(cfg.select_metric, m0[cfg.select_metric], best_val):
+            best_val, best_metrics = m0[cfg.select_metric], m0
+    best_state = copy.deepcopy(enc.state_dict())
 
     pool_mean_t = torch.from_numpy(train_block.mean(axis=1).astype(np.float32))  # pool factor over all train queries
     since_best = 0
@@ -715,7 +822,9 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         "steps": step,
         "stopped_by_time_budget": any(r.get("partial") for r in history),
         "stopped_early": any(r.get("early_stop") for r in history),
-        "epochs_run": len(history) - 1,
+        "epochs_run": sum(1 for r in history if r.get("model") == "trained"),
+        "prior_warmup": next(({k: r[k] for k in ("prior_warmup_steps", "per_anchor_spearman", "seconds")}
+                              for r in history if r.get("model") == "prior warm-up"), None),
         "total_seconds": time.time() - t_start,
         "pool_prior": bool(cfg.pool_prior),
         "frozen_layers": int(n_frozen),

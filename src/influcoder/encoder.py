@@ -305,10 +305,11 @@ class InfluenceEncoder:
 
         return torch.cat([torch.as_tensor(pool_emb).float(), torch.as_tensor(lengths, dtype=torch.float32)], dim=1)
 
-    def score_vectors(self, emb: np.ndarray, side: str, items: Sequence[Any] | None = None) -> np.ndarray:
+    def score_vectors(self, emb: np.ndarray, side: str, items: Sequence[Any] | None = None,
+                      lengths: np.ndarray | None = None) -> np.ndarray:
         """Normalised embeddings → unit vectors whose inner product is a fixed positive multiple of the predicted
         influence cos + b(p) (see :func:`build_prior`); unchanged without a prior. ``items``: the pool items
-        (the prior reads their lengths)."""
+        (the prior reads their lengths), or ``lengths``: their :meth:`length_features`, already computed."""
         if self.prior is None:
             return emb
         import torch
@@ -317,10 +318,12 @@ class InfluenceEncoder:
         a, s = np.sqrt(a2), np.sqrt(1.0 - a2)
         n = emb.shape[0]
         if side == "pool":
-            if items is None:
-                raise ValueError("score_vectors: the pool side needs its items (the prior reads their lengths)")
+            if items is None and lengths is None:
+                raise ValueError("score_vectors: the pool side needs its items or their lengths (the prior reads them)")
+            if lengths is None:
+                lengths = self.length_features(items)
             with torch.no_grad():
-                x = self._prior_input(np.ascontiguousarray(emb, dtype=np.float32), self.length_features(items))
+                x = self._prior_input(np.ascontiguousarray(emb, dtype=np.float32), lengths)
                 r = self.prior.unit(x).double().numpy()
             extra = np.stack([s * r, np.sqrt(np.maximum(0.0, 1.0 - a2 - (s * r) ** 2))], axis=1)
         else:
@@ -352,9 +355,18 @@ class InfluenceEncoder:
                show_progress_bar: bool = False) -> np.ndarray:
         """L2-normalised float32 numpy embeddings ((n, dim); one item → (1, dim)) of texts, Records or dict
         rows (``{"prompt", "response"}`` or ``{"messages"}``, as read from JSONL or a ``datasets`` row)."""
+        emb = self.text_embeddings(items, batch_size=batch_size, side=side, show_progress_bar=show_progress_bar)
+        if not len(emb):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.score_vectors(emb, side, items)
+
+    def text_embeddings(self, items: Sequence[Any] | str, batch_size: int = 32, side: str = "pool",
+                        show_progress_bar: bool = False) -> np.ndarray:
+        """The normalised text embeddings alone ((n, :attr:`embedding_dim`), float32, no prior coordinates):
+        what :meth:`encode` builds its score vectors from."""
         texts = _texts(items)
         if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
         prefix = self.prefix(side)
         was_training = self.model.training
         self.model.eval()
@@ -363,7 +375,7 @@ class InfluenceEncoder:
                                     show_progress_bar=show_progress_bar)
         finally:
             self.model.train(was_training)
-        return self.score_vectors(np.asarray(emb, dtype=np.float32), side, items)
+        return np.asarray(emb, dtype=np.float32)
 
     def encode_query(self, items: Sequence[Any] | str, **kwargs) -> np.ndarray:
         """:meth:`encode` with the query side's prompt (the queries / reference behaviour)."""
@@ -403,7 +415,7 @@ class InfluenceEncoder:
 
                 save_file({k: v.detach().contiguous() for k, v in self.prior.state_dict().items()}, str(tmp / PRIOR_FILE))
                 self.metadata["prior"] = {"kind": "w*tanh(mlp)", "dim": int(self.prior.dim), "hidden": int(self.prior.hidden),
-                                          "weight": float(self.prior.weight), "features": list(PRIOR_FEATURES),
+                                          "weight": float(self.prior.weight.detach()), "features": list(PRIOR_FEATURES),
                                           "file": PRIOR_FILE, "score": "cos(E(q), E(p)) + b(p)",
                                           "vectors": "pool [a E(p), s r, sqrt(1-a^2-s^2 r^2)], query [a E(q), s, 0]"}
             (tmp / METADATA_FILE).write_text(json.dumps(self.metadata, indent=1, default=str))
