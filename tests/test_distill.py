@@ -678,5 +678,37 @@ def test_prior_warm_up_in_train_is_logged_and_needs_a_prior(tmp_path, tiny_bert_
     assert rows[1]["aggregated_spearman"] > rows[0]["aggregated_spearman"] + 0.1
     md = json.loads((out / "influcoder_encoder.json").read_text())
     assert md["epochs_run"] == 1 and md["prior_warmup"]["prior_warmup_steps"] == 60
-    with pytest.raises(UserError, match="prior_warmup_steps needs pool_prior"):
+    with pytest.raises(UserError, match="need pool_prior"):
         _cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "x", pool_prior=False, prior_warmup_steps=5)
+    with pytest.raises(UserError, match="need pool_prior"):
+        _cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "x", pool_prior=False, prior_refit_steps=5)
+
+
+def test_prior_refit_after_training_is_kept_only_where_validation_improves(tmp_path, tiny_bert_dir):
+    from influcoder import InfluenceEncoder
+    from influcoder import metrics as M
+    from influcoder.records import read_records
+
+    pf, qf, lf = _write_problem(tmp_path)
+    M_ = np.load(lf)
+    np.save(lf, (M_ + 3.0 * np.linspace(-1, 1, M_.shape[0])[:, None]).astype(np.float32))
+    out = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "r", epochs=1, pool_prior=True, prior_hidden=8,
+                     prior_refit_steps=80, prior_warmup_eval=20, lr=1e-6, prior_lr=1e-6), progress=False)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["model"] for r in rows] == ["untrained", "trained", "prior refit"]
+    md = json.loads((out / "influcoder_encoder.json").read_text())
+    # the epoch barely moved anything (lr 1e-6); the refit (lr 1e-6 too: its own steps use prior_lr) cannot
+    # lose validation: its starting state is one of the states it chooses from
+    assert md["validation"]["per_anchor_spearman"] >= rows[1]["per_anchor_spearman"] - 1e-9
+    assert md["prior_refit"]["prior_refit_steps"] == 80
+    # what is saved scores the validation block as reported
+    split = json.loads((out / "split.json").read_text())
+    pool = {r.id: r for r in read_records(str(pf), None)[0]}
+    qs = {r.id: r for r in read_records(str(qf), None)[0]}
+    enc = InfluenceEncoder.from_pretrained(out)
+    vp, vq = [pool[i] for i in split["val_pool_ids"]], [qs[j] for j in split["val_query_ids"]]
+    lab = load_labels(lf)
+    truth = np.asarray(lab.matrix)[np.ix_([lab.pool_ids.index(i) for i in split["val_pool_ids"]],
+                                          [lab.query_ids.index(j) for j in split["val_query_ids"]])]
+    S = enc.encode(vp) @ enc.encode(vq, side="query").T
+    assert M.per_anchor_spearman(S, truth) == pytest.approx(md["validation"]["per_anchor_spearman"], abs=1e-4)

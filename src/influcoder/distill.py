@@ -157,7 +157,10 @@ class DistillConfig:
     B × C blocks of the training labels with the same loss (no encoder pass, so seconds). The prior state
     with the best validation score (checked every ``prior_warmup_eval`` steps) starts the joint training."""
     prior_warmup_eval: int = 100
-    """Validation interval (steps) of the prior warm-up."""
+    """Validation interval (steps) of the prior warm-up and of the prior refit."""
+    prior_refit_steps: int = 0
+    """Steps that refit the pool prior alone, as the warm-up does, on the embeddings of the encoder training
+    chose (after its best epoch is loaded); the refit state is kept only where distill's validation improves."""
 
     def __post_init__(self) -> None:
         def bad(msg: str):
@@ -203,8 +206,10 @@ class DistillConfig:
             bad(f"prior_hidden must be ≥ 1, got {self.prior_hidden}")
         if self.prior_warmup_steps < 0:
             bad(f"prior_warmup_steps must be ≥ 0, got {self.prior_warmup_steps}")
-        if self.prior_warmup_steps and not self.pool_prior:
-            bad("prior_warmup_steps needs pool_prior (there is no prior to warm up)")
+        if self.prior_refit_steps < 0:
+            bad(f"prior_refit_steps must be ≥ 0, got {self.prior_refit_steps}")
+        if (self.prior_warmup_steps or self.prior_refit_steps) and not self.pool_prior:
+            bad("prior_warmup_steps / prior_refit_steps need pool_prior (there is no prior to fit)")
         if self.prior_warmup_eval < 1:
             bad(f"prior_warmup_eval must be ≥ 1, got {self.prior_warmup_eval}")
         if self.patience is not None and self.patience < 1:
@@ -432,9 +437,10 @@ def _embed_all(enc, records, side: str, batch_size: int) -> np.ndarray:
 
 
 def _warm_up_prior(enc, cfg: DistillConfig, cache, train_pool_recs, train_query_recs, val_pool_recs, val_query_recs,
-                   pool_len, train_block: np.ndarray, val_block: np.ndarray) -> dict[str, float]:
-    """:func:`warm_up_prior` on the starting encoder's embeddings (computed once, no gradient); validation on
-    the held-out block exactly as training validates (score vectors' inner products). Returns its metrics."""
+                   pool_len, train_block: np.ndarray, val_block: np.ndarray, steps: int | None = None) -> dict[str, float]:
+    """:func:`warm_up_prior` on the encoder's current embeddings (computed once, no gradient); validation on
+    the held-out block exactly as training validates (score vectors' inner products); the prior keeps its best
+    validated state, its starting state included. Returns the metrics of the state kept."""
     import torch
 
     enc.eval()
@@ -458,7 +464,7 @@ def _warm_up_prior(enc, cfg: DistillConfig, cache, train_pool_recs, train_query_
     def validate(_prior) -> float:
         return evaluate_matrix(scores(), val_block, cfg.alpha, cfg.tau)[cfg.select_metric] * (-1 if cfg.select_metric == "loss" else 1)
 
-    warm_up_prior(enc.prior, EP, EQ, pool_len.numpy(), train_block, cfg.prior_warmup_steps, cfg.queries_per_batch,
+    warm_up_prior(enc.prior, EP, EQ, pool_len.numpy(), train_block, steps or cfg.prior_warmup_steps, cfg.queries_per_batch,
                   cfg.candidates, cfg.prior_lr if cfg.prior_lr is not None else cfg.lr, cfg.alpha, cfg.tau,
                   cfg.seed + 2, validate, cfg.prior_warmup_eval)
     return evaluate_matrix(scores(), val_block, cfg.alpha, cfg.tau)
@@ -794,6 +800,17 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
 
     enc.load_state_dict(best_state)
     enc.eval()
+    if enc.prior is not None and cfg.prior_refit_steps:
+        tr = time.time()
+        m_r = _warm_up_prior(enc, cfg, cache, train_pool_recs, train_query_recs, val_pool_recs, val_query_recs,
+                             pool_len, train_block, val_block, steps=cfg.prior_refit_steps)
+        rowr = {"epoch": best_epoch, "step": step, "split": "val", "model": "prior refit", **m_r,
+                "prior_refit_steps": cfg.prior_refit_steps, "seconds": time.time() - tr}
+        history.append(rowr)
+        say(f"prior refit ({cfg.prior_refit_steps} steps, {time.time() - tr:.0f} s): per-anchor "
+            f"{m_r['per_anchor_spearman']:.3f} (best epoch: {best_metrics['per_anchor_spearman']:.3f})")
+        if _better(cfg.select_metric, m_r[cfg.select_metric], best_val):
+            best_val, best_metrics = m_r[cfg.select_metric], m_r
     teacher = labels.meta.get("teacher") or {}
     metadata = {
         "format": "influcoder-encoder/1",
@@ -825,6 +842,8 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         "epochs_run": sum(1 for r in history if r.get("model") == "trained"),
         "prior_warmup": next(({k: r[k] for k in ("prior_warmup_steps", "per_anchor_spearman", "seconds")}
                               for r in history if r.get("model") == "prior warm-up"), None),
+        "prior_refit": next(({k: r[k] for k in ("prior_refit_steps", "per_anchor_spearman", "seconds")}
+                             for r in history if r.get("model") == "prior refit"), None),
         "total_seconds": time.time() - t_start,
         "pool_prior": bool(cfg.pool_prior),
         "frozen_layers": int(n_frozen),
