@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT / "src"))
 # DistillConfig's defaults before this study, pinned for every variant so that each result means what it
 # meant when it ran, whatever the defaults are now (the study's winner became the new defaults)
 PINNED = dict(max_length=256, queries_per_batch=12, candidates=15, lr=5e-5, epochs=10, bf16=False, freeze_layers=0,
-              patience=None, pool_prior=False, prior_lr=None, center_queries=False, pool_mean_weight=0.0)
+              patience=None, pool_prior=False, prior_lr=None, center_queries=False, pool_mean_weight=0.0,
+              prior_warmup_steps=0, prior_refit_steps=0, score_scale_lr=0.0)
 # the configuration experiment 1 used before this study (configs/exp1_ranking.yaml's student section)
 TODAY = dict(epochs=3, lr=2e-4, queries_per_batch=12, candidates=15, max_length=256, bf16=True)
 # the cheap path every other variant starts from: lower layers frozen and cached, large blocks, 128 tokens,
@@ -48,6 +49,7 @@ TODAY = dict(epochs=3, lr=2e-4, queries_per_batch=12, candidates=15, max_length=
 BASE = dict(epochs=40, lr=2e-4, queries_per_batch=48, candidates=48, max_length=128, bf16=True, freeze_layers=4,
             patience=3)
 
+WIN1 = {"pool_prior": True, "prior_lr": 2e-3, "lr": 5e-4}  # the first round's winner
 VARIANTS: dict[str, tuple[str, dict]] = {
     # name: (starting point, overrides); every variant trains under the same --budget
     "today": ("TODAY", {}),
@@ -59,7 +61,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "alpha0.8": ("BASE", {"alpha": 0.8}),
     "lr5e-4": ("BASE", {"lr": 5e-4}),
     "prior": ("BASE", {"pool_prior": True}),
-    "prior_lr2e-3_lr5e-4": ("BASE", {"pool_prior": True, "prior_lr": 2e-3, "lr": 5e-4}),
+    "prior_lr2e-3_lr5e-4": ("BASE", dict(WIN1)),
+    # second round (session 4), on top of the first round's winner: a learned training scale γ on the whole
+    # score (the loss sees γ·(cos + b)), and the prior fitted alone on fixed embeddings before / after joint training
+    "scale": ("BASE", {**WIN1, "score_scale_lr": 2e-2}),
+    "scale_warmup": ("BASE", {**WIN1, "score_scale_lr": 2e-2, "prior_warmup_steps": 1000}),
+    "scale_warmup_refit": ("BASE", {**WIN1, "score_scale_lr": 2e-2, "prior_warmup_steps": 1000,
+                                    "prior_refit_steps": 1000}),
 }
 # levers the issue lists that this study did not get to run on this CPU (see the closing note): a larger B × C
 # than 48 × 48 with GradCache, dropout / weight decay / staying close to the pretrained encoder, sketch label

@@ -712,3 +712,31 @@ def test_prior_refit_after_training_is_kept_only_where_validation_improves(tmp_p
                                           [lab.query_ids.index(j) for j in split["val_query_ids"]])]
     S = enc.encode(vp) @ enc.encode(vq, side="query").T
     assert M.per_anchor_spearman(S, truth) == pytest.approx(md["validation"]["per_anchor_spearman"], abs=1e-4)
+
+
+def test_training_scale_is_learned_but_changes_no_score(tmp_path, tiny_bert_dir):
+    """γ (the loss's γ·(cos + b)) moves in training, scoring does not depend on it, and a prior file saved
+    without it (before it existed) still loads."""
+    from safetensors.torch import load_file, save_file
+
+    from influcoder import InfluenceEncoder
+    from influcoder.encoder import PRIOR_FILE
+
+    pf, qf, lf = _write_problem(tmp_path)
+    M_ = np.load(lf)
+    np.save(lf, (M_ + 3.0 * np.linspace(-1, 1, M_.shape[0])[:, None]).astype(np.float32))
+    out = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "g", epochs=2, pool_prior=True, prior_hidden=8,
+                     lr=1e-2, score_scale_lr=5e-2), progress=False)
+    assert json.loads((out / "influcoder_encoder.json").read_text())["selection"]["best_epoch"] > 0
+    w = load_file(str(out / PRIOR_FILE))
+    assert abs(float(torch.nn.functional.softplus(w["raw_scale"])) - 1.0) > 1e-3  # it was trained
+    enc = InfluenceEncoder.from_pretrained(out)
+    texts = ["say a b\nb b", "what is c\nd"]
+    before = enc.encode(texts)
+    with torch.no_grad():
+        enc.prior.raw_scale.fill_(3.0)
+    assert np.array_equal(enc.encode(texts), before)
+    save_file({k: v for k, v in w.items() if k != "raw_scale"}, str(out / PRIOR_FILE))
+    old = InfluenceEncoder.from_pretrained(out)
+    assert np.allclose(old.encode(texts), before, atol=1e-6)
+    assert float(old.prior.scale) == pytest.approx(1.0)

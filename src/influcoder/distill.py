@@ -151,6 +151,10 @@ class DistillConfig:
     prior_lr: float | None = 2e-3
     """Learning rate of the pool prior's parameters (None: ``lr``); the prior starts from zero, so a larger
     rate lets it take up the pool factor within a short run."""
+    score_scale_lr: float = 2e-2
+    """Learning rate of the pool prior's training scale γ (the loss sees γ·(cos + b); see
+    encoder.build_prior): a learned temperature that lets the prior outweigh a still-noisy cosine early.
+    0 keeps γ = 1 (the loss of the earlier recipe)."""
     prior_warmup_steps: int = 0
     """Steps that fit the pool prior alone before the encoder trains: the starting encoder's embeddings of
     the training and validation texts are computed once (no gradient), then only the prior learns, on random
@@ -204,6 +208,8 @@ class DistillConfig:
             bad(f"prior_lr must be > 0, got {self.prior_lr}")
         if self.prior_hidden < 1:
             bad(f"prior_hidden must be ≥ 1, got {self.prior_hidden}")
+        if not self.score_scale_lr >= 0:
+            bad(f"score_scale_lr must be ≥ 0, got {self.score_scale_lr}")
         if self.prior_warmup_steps < 0:
             bad(f"prior_warmup_steps must be ≥ 0, got {self.prior_warmup_steps}")
         if self.prior_refit_steps < 0:
@@ -385,8 +391,10 @@ class _Writer:
 
 def warm_up_prior(prior, pool_emb: np.ndarray, query_emb: np.ndarray, pool_len: np.ndarray, labels: np.ndarray,
                   steps: int, queries_per_batch: int, candidates: int, lr: float, alpha: float, tau: float,
-                  seed: int, validate: Callable | None = None, eval_every: int = 100) -> list[dict]:
-    """Fit the pool prior alone on fixed embeddings: predicted influence = query_emb @ pool_emb.T + prior(pool),
+                  seed: int, validate: Callable | None = None, eval_every: int = 100,
+                  scale_lr: float = 2e-2) -> list[dict]:
+    """Fit the pool prior alone on fixed embeddings: the loss sees γ·(query_emb @ pool_emb.T + prior(pool))
+    (γ: the prior's training scale, rate ``scale_lr``),
     on random B × C blocks of ``labels`` (pool × query, rows and columns aligned with the embeddings), with
     :func:`distill_loss`. ``validate(prior) -> float`` (higher is better) is called every ``eval_every``
     steps and at the end; the best state is loaded into ``prior`` (without ``validate``: the last state).
@@ -400,7 +408,7 @@ def warm_up_prior(prior, pool_emb: np.ndarray, query_emb: np.ndarray, pool_len: 
     T = torch.as_tensor(labels, dtype=torch.float32)
     n_p, n_q = T.shape
     C, B = min(candidates, n_p), min(queries_per_batch, n_q)
-    opt = torch.optim.AdamW(prior.parameters(), lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(_prior_groups(prior, lr, scale_lr), lr=lr)
     prior.train()
     best, best_state, history, run = None, copy.deepcopy(prior.state_dict()), [], []
     if validate is not None:
@@ -411,7 +419,7 @@ def warm_up_prior(prior, pool_emb: np.ndarray, query_emb: np.ndarray, pool_len: 
     for s in range(1, steps + 1):
         c = torch.from_numpy(rng.choice(n_p, C, replace=False))
         q = torch.from_numpy(rng.choice(n_q, B, replace=False))
-        pred = EQ[q] @ EP[c].T + prior(torch.cat([EP[c], LEN[c]], dim=1))[None, :]
+        pred = prior.scale * (EQ[q] @ EP[c].T + prior(torch.cat([EP[c], LEN[c]], dim=1))[None, :])
         loss, _ = distill_loss(pred, T[c][:, q].T, alpha, tau)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -430,6 +438,13 @@ def warm_up_prior(prior, pool_emb: np.ndarray, query_emb: np.ndarray, pool_len: 
         prior.load_state_dict(best_state)
     prior.eval()
     return history
+
+
+def _prior_groups(prior, lr: float, scale_lr: float) -> list[dict]:
+    """AdamW parameter groups of the pool prior: its MLP and weight at ``lr``, its training scale at ``scale_lr``."""
+    rest = [p for n, p in prior.named_parameters() if n != "raw_scale"]
+    return [{"params": rest, "weight_decay": 0.0, "lr": lr},
+            {"params": [prior.raw_scale], "weight_decay": 0.0, "lr": scale_lr}]
 
 
 def _embed_all(enc, records, side: str, batch_size: int) -> np.ndarray:
@@ -466,7 +481,7 @@ def _warm_up_prior(enc, cfg: DistillConfig, cache, train_pool_recs, train_query_
 
     warm_up_prior(enc.prior, EP, EQ, pool_len.numpy(), train_block, steps or cfg.prior_warmup_steps, cfg.queries_per_batch,
                   cfg.candidates, cfg.prior_lr if cfg.prior_lr is not None else cfg.lr, cfg.alpha, cfg.tau,
-                  cfg.seed + 2, validate, cfg.prior_warmup_eval)
+                  cfg.seed + 2, validate, cfg.prior_warmup_eval, cfg.score_scale_lr)
     return evaluate_matrix(scores(), val_block, cfg.alpha, cfg.tau)
 
 
@@ -644,8 +659,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
     no_decay = [p for p in body if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if prior_ids:
-        groups.append({"params": [p for p in params if id(p) in prior_ids], "weight_decay": 0.0,
-                       "lr": cfg.prior_lr if cfg.prior_lr is not None else cfg.lr})
+        groups += _prior_groups(enc.prior, cfg.prior_lr if cfg.prior_lr is not None else cfg.lr, cfg.score_scale_lr)
     opt = torch.optim.AdamW(groups, lr=cfg.lr)
 
     def lr_at(u: int) -> float:
@@ -744,7 +758,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
                         ep = enc.embed([train_pool_recs[i] for i in cands], side="pool")
                 pred = eq.float() @ ep.float().T  # cosine (embeddings are normalised), B × C
                 if enc.prior is not None:
-                    pred = pred + enc.prior_scores(ep.float(), pool_len[cands])[None, :]
+                    pred = enc.prior.scale * (pred + enc.prior_scores(ep.float(), pool_len[cands])[None, :])
                 loss, parts = distill_loss(pred, true, cfg.alpha, cfg.tau, cfg.center_queries,
                                            pool_mean_t[cands], cfg.pool_mean_weight)
                 (loss / cfg.grad_accum).backward()

@@ -74,11 +74,27 @@ def _prior_module():
                 last.bias.zero_()
             self.mlp = torch.nn.Sequential(first, torch.nn.GELU(), last)
             self.raw_w = torch.nn.Parameter(torch.tensor(float(np.log(np.e - 1.0))))  # softplus⁻¹(1)
+            # training only: γ = softplus(raw_scale) multiplies the whole predicted score (cos + b) in the loss,
+            # a learned temperature. The KL term is scale-sensitive; with γ the loss can set the scores' overall
+            # size apart from the mix of cosine and prior, so the prior can outweigh a still-noisy cosine.
+            # A positive factor on every score changes no ranking, so scoring ignores it.
+            self.raw_scale = torch.nn.Parameter(torch.tensor(float(np.log(np.e - 1.0))))
             self.dim, self.hidden = dim, hidden
 
         @property
         def weight(self):
             return torch.nn.functional.softplus(self.raw_w)
+
+        @property
+        def scale(self):
+            """γ > 0: the training loss sees γ·(cos + b(p)); rankings (and so scoring) do not depend on it."""
+            return torch.nn.functional.softplus(self.raw_scale)
+
+        def load_state_dict(self, state, strict: bool = True, **kw):
+            state = dict(state)
+            if "raw_scale" not in state:  # priors saved before the training scale existed: start it at 1
+                state["raw_scale"] = torch.tensor(float(np.log(np.e - 1.0)))
+            return super().load_state_dict(state, strict=strict, **kw)
 
         def unit(self, x):
             """r = tanh(MLP(x)) ∈ (−1, 1)."""
