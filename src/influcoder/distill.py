@@ -155,7 +155,7 @@ class DistillConfig:
     """Learning rate of the pool prior's training scale γ (the loss sees γ·(cos + b); see
     encoder.build_prior): a learned temperature that lets the prior outweigh a still-noisy cosine early.
     0 keeps γ = 1 (the loss of the earlier recipe)."""
-    prior_warmup_steps: int = 0
+    prior_warmup_steps: int = 1000
     """Steps that fit the pool prior alone before the encoder trains: the starting encoder's embeddings of
     the training and validation texts are computed once (no gradient), then only the prior learns, on random
     B × C blocks of the training labels with the same loss (no encoder pass, so seconds). The prior state
