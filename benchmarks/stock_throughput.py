@@ -45,7 +45,7 @@ CPU the *other* processes of the machine used meanwhile (busy time from ``/proc/
 cores on average). Ratios are medians over reps of the same run.
 
 Regenerate the committed result (the exact command is also written into the file):
-  python benchmarks/stock_throughput.py --n 8 --max-length 256 --reps 2 --less-n 2 --less-proj-blocks 2 \\
+  python benchmarks/stock_throughput.py --n 64 --reps 2 --less-n 4 --less-proj-blocks 4 \\
       --out benchmarks/results/stock_throughput
 """
 
