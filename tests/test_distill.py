@@ -174,7 +174,7 @@ def _write_problem(root: Path, n_pool: int = 40, n_query: int = 12, seed: int = 
 def _cfg(tmp: Path, tiny: Path, pf, qf, lf, out: str, **kw) -> DistillConfig:
     base = dict(pool_data=str(pf), query_data=str(qf), labels=str(lf), out=str(tmp / out), encoder=str(tiny),
                 epochs=2, queries_per_batch=4, candidates=6, val_pool=10, val_queries=4, lr=1e-3, seed=0,
-                max_length=32, tau=0.5)
+                max_length=32, tau=0.5, prior_warmup_steps=0)  # tests of the warm-up set it themselves
     base.update(kw)
     return DistillConfig(**base)
 
@@ -678,10 +678,11 @@ def test_prior_warm_up_in_train_is_logged_and_needs_a_prior(tmp_path, tiny_bert_
     assert rows[1]["aggregated_spearman"] > rows[0]["aggregated_spearman"] + 0.1
     md = json.loads((out / "influcoder_encoder.json").read_text())
     assert md["epochs_run"] == 1 and md["prior_warmup"]["prior_warmup_steps"] == 60
-    with pytest.raises(UserError, match="need pool_prior"):
-        _cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "x", pool_prior=False, prior_warmup_steps=5)
-    with pytest.raises(UserError, match="need pool_prior"):
-        _cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "x", pool_prior=False, prior_refit_steps=5)
+    # without a prior there is nothing to warm up: the (default) warm-up is skipped, not an error
+    out2 = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "x", epochs=1, pool_prior=False, prior_warmup_steps=60,
+                      prior_refit_steps=60), progress=False)
+    rows2 = [json.loads(x) for x in (out2 / "metrics.jsonl").read_text().splitlines()]
+    assert [r["model"] for r in rows2] == ["untrained", "trained"]
 
 
 def test_prior_refit_after_training_is_kept_only_where_validation_improves(tmp_path, tiny_bert_dir):

@@ -159,7 +159,8 @@ class DistillConfig:
     """Steps that fit the pool prior alone before the encoder trains: the starting encoder's embeddings of
     the training and validation texts are computed once (no gradient), then only the prior learns, on random
     B × C blocks of the training labels with the same loss (no encoder pass, so seconds). The prior state
-    with the best validation score (checked every ``prior_warmup_eval`` steps) starts the joint training."""
+    with the best validation score (checked every ``prior_warmup_eval`` steps) starts the joint training.
+    Without ``pool_prior`` there is no prior and nothing is done."""
     prior_warmup_eval: int = 100
     """Validation interval (steps) of the prior warm-up and of the prior refit."""
     prior_refit_steps: int = 0
@@ -214,8 +215,6 @@ class DistillConfig:
             bad(f"prior_warmup_steps must be ≥ 0, got {self.prior_warmup_steps}")
         if self.prior_refit_steps < 0:
             bad(f"prior_refit_steps must be ≥ 0, got {self.prior_refit_steps}")
-        if (self.prior_warmup_steps or self.prior_refit_steps) and not self.pool_prior:
-            bad("prior_warmup_steps / prior_refit_steps need pool_prior (there is no prior to fit)")
         if self.prior_warmup_eval < 1:
             bad(f"prior_warmup_eval must be ≥ 1, got {self.prior_warmup_eval}")
         if self.patience is not None and self.patience < 1:
