@@ -678,6 +678,8 @@ def test_prior_warm_up_in_train_is_logged_and_needs_a_prior(tmp_path, tiny_bert_
     assert rows[1]["aggregated_spearman"] > rows[0]["aggregated_spearman"] + 0.1
     md = json.loads((out / "influcoder_encoder.json").read_text())
     assert md["epochs_run"] == 1 and md["prior_warmup"]["prior_warmup_steps"] == 60
+    # the untrained numbers stay the untrained encoder's, not the warmed-up prior's
+    assert md["validation_untrained"]["aggregated_spearman"] == pytest.approx(rows[0]["aggregated_spearman"])
     # without a prior there is nothing to warm up: the (default) warm-up is skipped, not an error
     out2 = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "x", epochs=1, pool_prior=False, prior_warmup_steps=60,
                       prior_refit_steps=60), progress=False)

@@ -400,6 +400,8 @@ def warm_up_prior(prior, pool_emb: np.ndarray, query_emb: np.ndarray, pool_len: 
     Returns the history (one row per validation: step, score, mean training loss since the last row)."""
     import torch
 
+    from .encoder import InfluenceEncoder
+
     rng = np.random.default_rng(seed)
     EP = torch.as_tensor(pool_emb, dtype=torch.float32)
     EQ = torch.as_tensor(query_emb, dtype=torch.float32)
@@ -418,7 +420,7 @@ def warm_up_prior(prior, pool_emb: np.ndarray, query_emb: np.ndarray, pool_len: 
     for s in range(1, steps + 1):
         c = torch.from_numpy(rng.choice(n_p, C, replace=False))
         q = torch.from_numpy(rng.choice(n_q, B, replace=False))
-        pred = prior.scale * (EQ[q] @ EP[c].T + prior(torch.cat([EP[c], LEN[c]], dim=1))[None, :])
+        pred = prior.scale * (EQ[q] @ EP[c].T + prior(InfluenceEncoder._prior_input(EP[c], LEN[c]))[None, :])
         loss, _ = distill_loss(pred, T[c][:, q].T, alpha, tau)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -461,10 +463,10 @@ def _warm_up_prior(enc, cfg: DistillConfig, cache, train_pool_recs, train_query_
     bs = cfg.eval_batch_size
     with torch.no_grad():
         if cache is not None:  # the cached lower layers give the same embeddings, cheaper
-            EP = torch.cat([cache.embed("pool", range(i, min(i + bs, len(train_pool_recs)))).float()
-                            for i in range(0, len(train_pool_recs), bs)]).numpy()
-            EQ = torch.cat([cache.embed("query", range(i, min(i + bs, len(train_query_recs)))).float()
-                            for i in range(0, len(train_query_recs), bs)]).numpy()
+            def cached(name: str, n: int) -> np.ndarray:
+                return torch.cat([cache.embed(name, range(i, min(i + bs, n))).float() for i in range(0, n, bs)]).numpy()
+
+            EP, EQ = cached("pool", len(train_pool_recs)), cached("query", len(train_query_recs))
         else:
             EP = enc.text_embeddings(train_pool_recs, batch_size=bs, side="pool")
             EQ = enc.text_embeddings(train_query_recs, batch_size=bs, side="query")
@@ -678,18 +680,24 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         f"query-specific {m0['query_specific_spearman']:.3f}, loss {m0['loss']:.4f}")
     best_val, best_epoch, best_metrics = m0[cfg.select_metric], 0, m0
     history = [row0]
+
+    def prior_phase(model: str, key: str, steps: int, epoch: int, at_step: int) -> dict[str, float]:
+        """Fit the prior alone (warm-up or refit); its validation row (``model``, ``{key}_steps``) joins the
+        history. Returns its validation metrics."""
+        t = time.time()
+        m = _warm_up_prior(enc, cfg, cache, train_pool_recs, train_query_recs, val_pool_recs, val_query_recs,
+                           pool_len, train_block, val_block, steps)
+        history.append({"epoch": epoch, "step": at_step, "split": "val", "model": model, **m,
+                        f"{key}_steps": steps, "seconds": time.time() - t})
+        say(f"{model} ({steps} steps, {time.time() - t:.0f} s): per-anchor {m['per_anchor_spearman']:.3f}, "
+            f"aggregated {m['aggregated_spearman']:.3f}")
+        return m
+
     if enc.prior is not None and cfg.prior_warmup_steps and not resumed:
-        tw = time.time()
-        m0 = _warm_up_prior(enc, cfg, cache, train_pool_recs, train_query_recs, val_pool_recs, val_query_recs,
-                            pool_len, train_block, val_block)
-        roww = {"epoch": 0, "step": 0, "split": "val", "model": "prior warm-up", **m0,
-                "prior_warmup_steps": cfg.prior_warmup_steps, "seconds": time.time() - tw}
-        writer.write(roww)
-        history.append(roww)
-        say(f"prior warm-up ({cfg.prior_warmup_steps} steps, {time.time() - tw:.0f} s): per-anchor "
-            f"{m0['per_anchor_spearman']:.3f}, aggregated {m0['aggregated_spearman']:.3f}")
-        if _better(cfg.select_metric, m0[cfg.select_metric], best_val):
-            best_val, best_metrics = m0[cfg.select_metric], m0
+        m_w = prior_phase("prior warm-up", "prior_warmup", cfg.prior_warmup_steps, 0, 0)
+        writer.write(history[-1])
+        if _better(cfg.select_metric, m_w[cfg.select_metric], best_val):
+            best_val, best_metrics = m_w[cfg.select_metric], m_w
     best_state = copy.deepcopy(enc.state_dict())
 
     pool_mean_t = torch.from_numpy(train_block.mean(axis=1).astype(np.float32))  # pool factor over all train queries
@@ -814,14 +822,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
     enc.load_state_dict(best_state)
     enc.eval()
     if enc.prior is not None and cfg.prior_refit_steps:
-        tr = time.time()
-        m_r = _warm_up_prior(enc, cfg, cache, train_pool_recs, train_query_recs, val_pool_recs, val_query_recs,
-                             pool_len, train_block, val_block, steps=cfg.prior_refit_steps)
-        rowr = {"epoch": best_epoch, "step": step, "split": "val", "model": "prior refit", **m_r,
-                "prior_refit_steps": cfg.prior_refit_steps, "seconds": time.time() - tr}
-        history.append(rowr)
-        say(f"prior refit ({cfg.prior_refit_steps} steps, {time.time() - tr:.0f} s): per-anchor "
-            f"{m_r['per_anchor_spearman']:.3f} (best epoch: {best_metrics['per_anchor_spearman']:.3f})")
+        m_r = prior_phase("prior refit", "prior_refit", cfg.prior_refit_steps, best_epoch, step)
         if _better(cfg.select_metric, m_r[cfg.select_metric], best_val):
             best_val, best_metrics = m_r[cfg.select_metric], m_r
     teacher = labels.meta.get("teacher") or {}
@@ -853,10 +854,9 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         "stopped_by_time_budget": any(r.get("partial") for r in history),
         "stopped_early": any(r.get("early_stop") for r in history),
         "epochs_run": sum(1 for r in history if r.get("model") == "trained"),
-        "prior_warmup": next(({k: r[k] for k in ("prior_warmup_steps", "per_anchor_spearman", "seconds")}
-                              for r in history if r.get("model") == "prior warm-up"), None),
-        "prior_refit": next(({k: r[k] for k in ("prior_refit_steps", "per_anchor_spearman", "seconds")}
-                             for r in history if r.get("model") == "prior refit"), None),
+        **{key: next(({k: r[k] for k in (f"{key}_steps", "per_anchor_spearman", "seconds")}
+                      for r in history if r.get("model") == model), None)
+           for key, model in (("prior_warmup", "prior warm-up"), ("prior_refit", "prior refit"))},
         "total_seconds": time.time() - t_start,
         "pool_prior": bool(cfg.pool_prior),
         "frozen_layers": int(n_frozen),
