@@ -45,6 +45,10 @@ def build_prior(dim: int, hidden: int, seed: int = 0):
     return _prior_module()(dim, hidden, seed)
 
 
+_SOFTPLUS_INV_1 = float(np.log(np.e - 1.0))
+"""softplus⁻¹(1): the raw value that starts a softplus-positive parameter at 1."""
+
+
 @functools.lru_cache(maxsize=None)
 def _prior_module():
     """The PoolPrior class (built once, on first use, so that importing this module does not import torch)."""
@@ -73,12 +77,12 @@ def _prior_module():
                 last.weight.zero_()
                 last.bias.zero_()
             self.mlp = torch.nn.Sequential(first, torch.nn.GELU(), last)
-            self.raw_w = torch.nn.Parameter(torch.tensor(float(np.log(np.e - 1.0))))  # softplus⁻¹(1)
+            self.raw_w = torch.nn.Parameter(torch.tensor(_SOFTPLUS_INV_1))
             # training only: γ = softplus(raw_scale) multiplies the whole predicted score (cos + b) in the loss,
             # a learned temperature. The KL term is scale-sensitive; with γ the loss can set the scores' overall
             # size apart from the mix of cosine and prior, so the prior can outweigh a still-noisy cosine.
             # A positive factor on every score changes no ranking, so scoring ignores it.
-            self.raw_scale = torch.nn.Parameter(torch.tensor(float(np.log(np.e - 1.0))))
+            self.raw_scale = torch.nn.Parameter(torch.tensor(_SOFTPLUS_INV_1))
             self.dim, self.hidden = dim, hidden
 
         @property
@@ -93,7 +97,7 @@ def _prior_module():
         def load_state_dict(self, state, strict: bool = True, **kw):
             state = dict(state)
             if "raw_scale" not in state:  # priors saved before the training scale existed: start it at 1
-                state["raw_scale"] = torch.tensor(float(np.log(np.e - 1.0)))
+                state["raw_scale"] = torch.tensor(_SOFTPLUS_INV_1)
             return super().load_state_dict(state, strict=strict, **kw)
 
         def unit(self, x):
