@@ -743,3 +743,70 @@ def test_training_scale_is_learned_but_changes_no_score(tmp_path, tiny_bert_dir)
     old = InfluenceEncoder.from_pretrained(out)
     assert np.allclose(old.encode(texts), before, atol=1e-6)
     assert float(old.prior.scale) == pytest.approx(1.0)
+
+
+def test_set_dropout_reaches_every_dropout_layer_and_the_attention(tiny_bert_dir):
+    """With p = 0 a train-mode forward equals the eval-mode one; with the model's own dropout it does not."""
+    from influcoder import InfluenceEncoder
+    from influcoder.distill import set_dropout
+
+    enc = InfluenceEncoder.from_pretrained(str(tiny_bert_dir), max_length=32)
+    recs = ["say a b\nb b", "what is c\nd"]
+    set_dropout(enc, 0.5)
+    enc.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        noisy = enc.embed(recs, side="pool")
+    enc.eval()
+    with torch.no_grad():
+        clean = enc.embed(recs, side="pool")
+    assert not torch.allclose(noisy, clean, atol=1e-4)
+    n = set_dropout(enc, 0.0)
+    assert n >= 3 and all(m.p == 0.0 for m in enc.model.modules() if isinstance(m, torch.nn.Dropout))
+    enc.train()
+    with torch.no_grad():
+        assert torch.allclose(enc.embed(recs, side="pool"), clean, atol=1e-6)
+
+
+def _mean_start_cos(out: Path, tiny: Path, pf) -> float:
+    from influcoder import InfluenceEncoder
+    from influcoder.records import FieldSpec, read_records
+
+    recs, _ = read_records(pf, FieldSpec.from_names(preset="prompt-response"))
+    a = InfluenceEncoder.from_pretrained(str(out)).text_embeddings(recs, side="pool")
+    b = InfluenceEncoder.from_pretrained(str(tiny), max_length=32).text_embeddings(recs, side="pool")
+    return float((a * b).sum(axis=1).mean())
+
+
+def test_anchor_term_keeps_the_student_near_its_start(tmp_path, tiny_bert_dir):
+    pf, qf, lf = _write_problem(tmp_path)
+    kw = dict(epochs=3, pool_prior=False, lr=5e-3, patience=None, dropout=0.0, select_metric="loss")
+    free = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "free", **kw), progress=False)
+    held = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "held", anchor_weight=50.0, **kw), progress=False)
+    c_free, c_held = _mean_start_cos(free, tiny_bert_dir, pf), _mean_start_cos(held, tiny_bert_dir, pf)
+    assert c_free < 0.99  # training moved the free student
+    assert c_held > c_free + 0.5 * (1 - c_free)  # the anchored one stayed much closer
+
+
+def test_label_noise_changes_training_and_is_seeded(tmp_path, tiny_bert_dir):
+    from safetensors.torch import load_file
+
+    pf, qf, lf = _write_problem(tmp_path)
+    kw = dict(epochs=1, pool_prior=False, dropout=0.0, select_metric="loss", patience=None)
+
+    def weights(name, **extra):
+        out = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, name, **kw, **extra), progress=False)
+        md = json.loads((out / "influcoder_encoder.json").read_text())
+        assert md["selection"]["best_epoch"] == 1, md["validation"]
+        return {k: v for k, v in load_file(str(next(out.rglob("model.safetensors")))).items()}
+
+    a, b, c = weights("a"), weights("b", label_noise=0.5), weights("c", label_noise=0.5)
+    assert all(torch.equal(b[k], c[k]) for k in b)  # same seed, same noise
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_regularisation_fields_are_validated():
+    base = dict(pool_data="p", query_data="q", labels="l", out="o")
+    for bad in (dict(dropout=1.0), dict(dropout=-0.1), dict(anchor_weight=-1.0), dict(label_noise=-0.01)):
+        with pytest.raises(UserError):
+            DistillConfig(**base, **bad)

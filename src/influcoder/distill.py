@@ -140,6 +140,15 @@ class DistillConfig:
     pool_mean_weight: float = 0.0
     """Weight of an extra term 1 − Pearson over the step's candidates between the predicted mean over the step's
     queries and the candidate's true mean influence over *all* training queries (the pool factor)."""
+    dropout: float | None = None
+    """Dropout probability of every dropout layer of the encoder while it trains (None: the model's own,
+    0.1 for MiniLM). Frozen, cached layers run without dropout either way."""
+    anchor_weight: float = 0.0
+    """Weight of a term that keeps the student close to where it started: mean over the step's texts of
+    1 − cos(E(x), E₀(x)), E₀ the starting encoder's embedding (computed once, without dropout)."""
+    label_noise: float = 0.0
+    """Standard deviation of Gaussian noise added to the step's true labels (fresh every step). The
+    CountSketch's own error on a cosine is ≈ 1/√k (0.004 at k = 65,536); labels spread ≈ 0.04 within a query."""
     patience: int | None = 3
     """Early stopping: end training after this many epochs without a better validation score."""
     pool_prior: bool = True
@@ -217,6 +226,12 @@ class DistillConfig:
             bad(f"prior_refit_steps must be ≥ 0, got {self.prior_refit_steps}")
         if self.prior_warmup_eval < 1:
             bad(f"prior_warmup_eval must be ≥ 1, got {self.prior_warmup_eval}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            bad(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.anchor_weight >= 0:
+            bad(f"anchor_weight must be ≥ 0, got {self.anchor_weight}")
+        if not self.label_noise >= 0:
+            bad(f"label_noise must be ≥ 0, got {self.label_noise}")
         if self.patience is not None and self.patience < 1:
             bad(f"patience must be ≥ 1, got {self.patience}")
 
@@ -491,6 +506,42 @@ CHECKPOINT_DIR = "checkpoint"
 """Sub-folder of the output folder holding the last epoch's training state (removed once training ends)."""
 
 
+def set_dropout(module, p: float) -> int:
+    """Set every ``torch.nn.Dropout`` inside ``module`` (an InfluenceEncoder: its transformer) to probability
+    ``p`` (BERT-style attention reads its dropout module's ``p`` too); returns how many were set."""
+    import torch
+
+    n = 0
+    for mod in getattr(module, "model", module).modules():
+        if isinstance(mod, torch.nn.Dropout):
+            mod.p = p
+            n += 1
+    return n
+
+
+def _start_embeddings(enc, cache, pool_recs, query_recs, cfg: DistillConfig) -> dict:
+    """E₀ of every training text, as the training step computes it (cached top layers or the whole encoder,
+    same autocast) but in eval mode (no dropout) and without gradient: the anchor_weight term's targets."""
+    import torch
+
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
+    was = enc.model.training
+    enc.eval()
+    out = {}
+    try:
+        with torch.no_grad(), autocast:
+            for side, recs in (("pool", pool_recs), ("query", query_recs)):
+                parts = []
+                for s in range(0, len(recs), cfg.eval_batch_size):
+                    idx = list(range(s, min(len(recs), s + cfg.eval_batch_size)))
+                    e = cache.embed(side, idx) if cache is not None else enc.embed([recs[i] for i in idx], side=side)
+                    parts.append(e.float())
+                out[side] = torch.cat(parts)
+    finally:
+        enc.train(was)
+    return out
+
+
 def _checkpoint_key(cfg: DistillConfig, labels) -> str:
     """What a checkpoint must match to be resumed: the whole config (but ``out``) and the label file."""
     import hashlib
@@ -599,6 +650,8 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         cfg.encoder, pooling=cfg.pooling, projection_dim=cfg.projection_dim, max_length=cfg.max_length,
         pool_prefix=cfg.pool_prefix, query_prefix=cfg.query_prefix, seed=cfg.seed,
     )
+    if cfg.dropout is not None:
+        set_dropout(enc, cfg.dropout)
     if cfg.pool_prior:
         from .encoder import build_prior
 
@@ -699,6 +752,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         if _better(cfg.select_metric, m_w[cfg.select_metric], best_val):
             best_val, best_metrics = m_w[cfg.select_metric], m_w
     best_state = copy.deepcopy(enc.state_dict())
+    anchors = _start_embeddings(enc, cache, train_pool_recs, train_query_recs, cfg) if cfg.anchor_weight > 0 else None
 
     pool_mean_t = torch.from_numpy(train_block.mean(axis=1).astype(np.float32))  # pool factor over all train queries
     since_best = 0
@@ -766,8 +820,16 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
                 pred = eq.float() @ ep.float().T  # cosine (embeddings are normalised), B × C
                 if enc.prior is not None:
                     pred = enc.prior.scale * (pred + enc.prior_scores(ep.float(), pool_len[cands])[None, :])
+                if cfg.label_noise > 0:
+                    true = true + cfg.label_noise * torch.randn(true.shape)
                 loss, parts = distill_loss(pred, true, cfg.alpha, cfg.tau, cfg.center_queries,
                                            pool_mean_t[cands], cfg.pool_mean_weight)
+                if anchors is not None:
+                    e_now = torch.cat([eq.float(), ep.float()])
+                    e_start = torch.cat([anchors["query"][qs], anchors["pool"][cands]])
+                    la = (1.0 - (e_now * e_start).sum(dim=-1)).mean()
+                    loss = loss + cfg.anchor_weight * la
+                    parts["anchor"] = la.detach()
                 (loss / cfg.grad_accum).backward()
                 step += 1
                 last = s == steps_per_epoch - 1

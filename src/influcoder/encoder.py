@@ -183,13 +183,14 @@ class InfluenceEncoder:
         """Load a saved InfluenceEncoder / sentence-transformers folder, or build one on any HF encoder.
 
         ``name_or_dir``: a folder written by :meth:`save`, a sentence-transformers folder, a plain Hugging
-        Face encoder (hub id or folder; a pooling head is added), or the packaged short name ``minilm-l6``.
+        Face encoder (hub id or folder; a pooling head is added), or a packaged short name (``minilm-l6``,
+        ``mpnet-base``).
         ``pooling``/``projection_dim``/prefixes apply when a head is built; a saved folder keeps its own
         (a projection is only added to a folder that has none). ``max_length`` overrides the token limit."""
         import torch
         from sentence_transformers import SentenceTransformer
 
-        from .models import ModelNotAvailable, resolve_encoder
+        from .models import ENCODER_SHORT_NAMES, ModelNotAvailable, resolve_encoder
 
         if pooling not in ("mean", "cls", "max"):
             raise UserError(f"pooling must be mean, cls or max, got {pooling!r}")
@@ -225,7 +226,7 @@ class InfluenceEncoder:
         except OSError as e:
             raise ModelNotAvailable(
                 f"Cannot load encoder '{name_or_dir}' ({e}). Give a local folder, a hub id on a machine with "
-                f"internet, or the packaged short name minilm-l6."
+                f"internet, or a packaged short name ({', '.join(ENCODER_SHORT_NAMES)})."
             ) from None
         prompts = dict(model.prompts or {})
         for side, prefix in (("pool", pool_prefix), ("query", query_prefix)):
@@ -475,12 +476,13 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 def resolve_encoder_path(name: str | os.PathLike) -> Path:
     """The local folder of an encoder given as a folder or a packaged short name (``minilm-l6``)."""
     from .errors import UserError
-    from .models import resolve_encoder
+    from .models import ENCODER_SHORT_NAMES, resolve_encoder
 
     path = Path(resolve_encoder(str(name)))
     if not path.is_dir():
         raise UserError(
-            f"encoder '{name}' is not a folder here; give a trained encoder folder (influcoder train --out) or 'minilm-l6'"
+            f"encoder '{name}' is not a folder here; give a trained encoder folder (influcoder train --out) or a "
+            f"packaged short name ({', '.join(ENCODER_SHORT_NAMES)})"
         )
     return path
 
