@@ -7,9 +7,18 @@ top ``n − k`` layers, the pooling and the head on the cached states. The resul
 as the full forward of :meth:`InfluenceEncoder.embed` (tested to float tolerance), at a fraction of the cost,
 and the saved model is the ordinary full encoder (validation and inference use the full forward).
 
-Supported students: BERT-style Hugging Face encoders whose transformer exposes ``encoder.layer`` (a list
-of layers called as ``layer(hidden, attention_mask=mask)``) and ``_create_attention_masks`` (MiniLM, BERT,
-RoBERTa, MPNet-style BGE/E5 checkpoints). Others get a clear error; train them with ``freeze_layers = 0``.
+Supported students (Hugging Face encoders whose transformer exposes ``encoder.layer``):
+
+* BERT-style encoders that build their attention mask with ``_create_attention_masks`` and call each
+  layer as ``layer(hidden, attention_mask=mask)``: BERT, MiniLM, BGE/E5 (BERT-based), RoBERTa, XLM-R, …
+* MPNet (``mpnet-base``, all-mpnet-base-v2): the mask comes from ``create_bidirectional_mask`` and every
+  layer also takes ``position_bias = encoder.compute_position_bias(hidden)``, a relative attention bias
+  computed from ``encoder.relative_attention_bias``, one embedding **shared by all layers**. The cached
+  lower-layer states were computed with it, so :func:`freeze_lower` freezes it together with the
+  embeddings and the first ``k`` layers; the trained top layers then use that same, frozen, bias (letting
+  them train it would silently invalidate the cache).
+
+Others (DistilBERT, T5, …) get a clear error; train them with ``freeze_layers = 0``.
 """
 
 from __future__ import annotations
@@ -31,18 +40,47 @@ def _hf(enc):
     return hf
 
 
-def encoder_layers(enc) -> Any:
-    """The student's list of transformer layers (BERT-style ``encoder.layer``)."""
-    hf = _hf(enc)
+def _mpnet_mask_fn(hf):
+    """The mask builder MPNetModel.forward uses (``create_bidirectional_mask`` of its own module), or None."""
+    import sys
+
+    return getattr(sys.modules.get(type(hf).__module__), "create_bidirectional_mask", None)
+
+
+def _kind(hf) -> str:
+    """``"bert"`` or ``"mpnet"``: how the layer cache runs this Hugging Face model's top layers."""
+    name = type(hf).__name__
     layers = getattr(getattr(hf, "encoder", None), "layer", None)
-    if layers is None or not hasattr(hf, "_create_attention_masks"):
-        raise UserError(f"freeze_layers: {type(hf).__name__} is not a BERT-style encoder (no encoder.layer); "
-                        "use freeze_layers 0")
-    return layers
+    if layers is None:
+        raise UserError(f"freeze_layers: {name} is not supported by the layer cache (it has no encoder.layer; "
+                        "supported: BERT-style encoders and MPNet); use freeze_layers 0")
+    if hasattr(hf, "_create_attention_masks"):
+        return "bert"
+    enc = hf.encoder
+    if (getattr(hf.config, "model_type", None) == "mpnet" and hasattr(enc, "compute_position_bias")
+            and hasattr(enc, "relative_attention_bias")):
+        if _mpnet_mask_fn(hf) is None:  # older transformers build MPNet's mask another way: not replicated here
+            raise UserError(f"freeze_layers: {name} of this transformers version does not build its mask with "
+                            "create_bidirectional_mask, which the layer cache replicates; upgrade transformers "
+                            "or use freeze_layers 0")
+        return "mpnet"
+    raise UserError(f"freeze_layers: {name} is not supported by the layer cache (it has encoder.layer, but "
+                    "neither the BERT-style _create_attention_masks nor MPNet's relative position bias; "
+                    "supported: BERT-style encoders and MPNet); use freeze_layers 0")
+
+
+def encoder_layers(enc) -> Any:
+    """The student's list of transformer layers (``encoder.layer`` of a supported encoder, see the module doc)."""
+    hf = _hf(enc)
+    _kind(hf)
+    return hf.encoder.layer
 
 
 def freeze_lower(enc, k: int) -> int:
-    """Freeze word/position embeddings and the first ``k`` layers; return the number of layers."""
+    """Freeze word/position embeddings and the first ``k`` layers; return the number of layers.
+
+    For MPNet the relative attention bias (``encoder.relative_attention_bias``) is frozen too: it is shared
+    by all layers, the cached lower states depend on it, so it must not move during training."""
     layers = encoder_layers(enc)
     n = len(layers)
     if not 0 <= k < n:
@@ -52,6 +90,9 @@ def freeze_lower(enc, k: int) -> int:
     hf = _hf(enc)
     for p in hf.embeddings.parameters():
         p.requires_grad_(False)
+    if _kind(hf) == "mpnet":
+        for p in hf.encoder.relative_attention_bias.parameters():
+            p.requires_grad_(False)
     for layer in layers[:k]:
         for p in layer.parameters():
             p.requires_grad_(False)
@@ -67,6 +108,7 @@ class LayerCache:
         self.enc, self.k = enc, k
         self.layers = encoder_layers(enc)
         self.hf = _hf(enc)
+        self.kind = _kind(self.hf)
         self.states: dict[str, list] = {}
 
     def _features(self, texts: list[str], side: str) -> dict:
@@ -110,11 +152,18 @@ class LayerCache:
         for j, t in enumerate(seqs):
             h[j, : t.shape[0]] = t
             am[j, : t.shape[0]] = 1
-        mask = self.hf._create_attention_masks(attention_mask=am, encoder_attention_mask=None, embedding_output=h,
-                                               encoder_hidden_states=None, cache=None)[0]
-        for layer in self.layers[self.k:]:
-            o = layer(h, attention_mask=mask)
-            h = o[0] if isinstance(o, tuple) else o
+        if self.kind == "mpnet":  # as MPNetModel.forward / MPNetEncoder.forward build them
+            mask = _mpnet_mask_fn(self.hf)(config=self.hf.config, inputs_embeds=h, attention_mask=am)
+            bias = self.hf.encoder.compute_position_bias(h)
+            for layer in self.layers[self.k:]:
+                o = layer(h, attention_mask=mask, position_bias=bias)
+                h = o[0] if isinstance(o, tuple) else o
+        else:
+            mask = self.hf._create_attention_masks(attention_mask=am, encoder_attention_mask=None, embedding_output=h,
+                                                   encoder_hidden_states=None, cache=None)[0]
+            for layer in self.layers[self.k:]:
+                o = layer(h, attention_mask=mask)
+                h = o[0] if isinstance(o, tuple) else o
         feats = {"token_embeddings": h, "attention_mask": am}
         mods = list(self.enc.model._modules.values())
         for m in mods[1:]:
