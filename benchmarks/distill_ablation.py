@@ -94,8 +94,11 @@ R3 = {  # round-3 levers, each on top of R3_BASE (set once the schedule is chose
     "cls": {"pooling": "cls"},
     "head128": {"projection_dim": 128},
     "freeze5": {"freeze_layers": 5},
-    "mpnet": {"encoder": "mpnet-base"},  # 10 of 12 layers frozen and cached, as MiniLM's 4 of 6
-    "mpnet_4x": {"encoder": "mpnet-base", "max_train_seconds": 800.0},  # ≈ MiniLM's steps (a cached step costs ≈ 4×)
+    "dropout0.2_noise0.004": {"dropout": 0.2, "label_noise": 0.004},  # the two screen winners together
+    "mpnet": {"encoder": "mpnet-base"},  # BASE's freeze_layers = 4: 8 of MPNet's 12 layers train
+    "mpnet_4x": {"encoder": "mpnet-base", "max_train_seconds": 800.0},  # the same with 4× the wall budget
+    # the top two of 12 layers train (as MiniLM's two of 6), 4× the budget: ≈ MiniLM's steps (such a step costs ≈ 4×)
+    "mpnet_f10_4x": {"encoder": "mpnet-base", "freeze_layers": 10, "max_train_seconds": 800.0},
 }
 R3_BASE = dict(CUR)
 for _k, _v in R3.items():
@@ -108,6 +111,14 @@ NOT_RUN = ["B×C beyond 48×48 / GradCache", "dropout, weight decay, closeness t
            "sketch label noise", "listwise KL over all candidates", "tau sweep", "query/pool prompts", "pooling",
            "head dimension", "larger student (all-mpnet-base-v2: 9.8× slower embedding, measured)",
            "lr warm-up"]
+
+# what round 3 (several seeds) left out
+NOT_RUN_R3 = ["a GradCache-style two-pass step: memory never bound (the study's processes, 96 × 96 blocks included, ran at ≈ 2–3 GB RSS of 24 GB)",
+              "a listwise KL over all training candidates per step (alpha0 is the KL over each step's 48 candidates; "
+              "the whole pool per step would be one top-layer pass over ≈ 780 texts, ≈ 25 s here)",
+              "the larger student at the variants' wall budget (only at ≈ equal steps, mpnet_4x) and with its layers unfrozen",
+              "max pooling; head dimensions other than 128; dropout 0; anchor weights other than 0.5; a τ × α grid",
+              "confirming screen results other than dropout 0.2 and τ 0.1 on seeds 1 and 2"]
 
 
 def machine_load() -> dict:
@@ -184,6 +195,28 @@ def score_block(enc_dir: str, pool, queries, truth: np.ndarray) -> dict:
             "query_specific": M.query_specific_spearman(S, truth)}
 
 
+def decompose(enc_dir: str, pool, queries, truth: np.ndarray) -> dict:
+    """Where a prior student's per-anchor fidelity comes from, on one block: its full score cos + b(p), the
+    cosine alone, the prior b(p) alone (one value per pool example: a pool-factor guess), and how well b ranks
+    the true pool factor (each example's mean label over the block's queries)."""
+    import torch
+    from scipy.stats import spearmanr
+
+    from influcoder import InfluenceEncoder, metrics as M
+
+    enc = InfluenceEncoder.from_pretrained(enc_dir)
+    P = enc.text_embeddings(pool, side="pool", batch_size=64)
+    Q = enc.text_embeddings(queries, side="query", batch_size=64)
+    cos = P @ Q.T
+    with torch.no_grad():
+        b = enc.prior_scores(torch.from_numpy(P), torch.from_numpy(enc.length_features(pool))).numpy()
+    prior = np.repeat(b[:, None], truth.shape[1], axis=1)
+    return {"full": M.per_anchor_spearman(cos + b[:, None], truth), "cosine_alone": M.per_anchor_spearman(cos, truth),
+            "prior_alone": M.per_anchor_spearman(prior, truth),
+            "prior_vs_true_pool_factor": float(spearmanr(b, truth.mean(axis=1)).statistic),
+            "query_specific_full": M.query_specific_spearman(cos + b[:, None], truth)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pool-data", required=True)
@@ -211,6 +244,8 @@ def main() -> None:
     ap.add_argument("--extra-pool-data", default="", help="more stocked pool rows (same teacher) for the curve beyond "
                     "the training part; they come after it in the curve's order")
     ap.add_argument("--extra-pool-store", default="")
+    ap.add_argument("--decompose", default="", help="variants whose saved students are split into cosine and prior "
+                    "parts on each seed's selection block")
     args = ap.parse_args()
 
     from influcoder.distill import DistillConfig, train
@@ -266,9 +301,9 @@ def main() -> None:
                 "sel_truth": block(sel_p, sel_q), "sel_pool": [pool_all[i] for i in sel_p],
                 "sel_queries": [query_all[j] for j in sel_q]}
 
-    def run(ctx: dict, name: str, start: str, over: dict, fit_pool_idx=None, budget: float | None = None) -> dict:
+    def run_dir(ctx: dict, name: str, start: str, over: dict, fit_pool_idx=None, budget: float | None = None):
+        """The run's folder (named by a hash of everything it depends on) and its DistillConfig options."""
         fit_pool_idx = ctx["fit_p"] if fit_pool_idx is None else fit_pool_idx
-        fit_q = ctx["fit_q"]
         opts = dict(TODAY if start == "TODAY" else BASE)
         opts.update(over)
         if start == "TODAY":
@@ -278,9 +313,14 @@ def main() -> None:
             opts.setdefault("val_queries", args.val_queries)
         if "max_train_seconds" not in over:  # a variant may set its own budget (the larger student's equal-steps run)
             opts["max_train_seconds"] = args.budget if budget is None else budget
-        key = hashlib.sha1(json.dumps({"o": opts, "p": [int(i) for i in fit_pool_idx], "q": [int(j) for j in fit_q],
+        key = hashlib.sha1(json.dumps({"o": opts, "p": [int(i) for i in fit_pool_idx], "q": [int(j) for j in ctx["fit_q"]],
                                        "s": ctx["seed"]}, sort_keys=True).encode()).hexdigest()[:12]
-        d = work / f"{name}-{key}"
+        return work / f"{name}-{key}", opts
+
+    def run(ctx: dict, name: str, start: str, over: dict, fit_pool_idx=None, budget: float | None = None) -> dict:
+        d, opts = run_dir(ctx, name, start, over, fit_pool_idx, budget)
+        fit_pool_idx = ctx["fit_p"] if fit_pool_idx is None else fit_pool_idx
+        fit_q = ctx["fit_q"]
         done = d / "result.json"
         if done.exists():
             return json.loads(done.read_text())
@@ -347,7 +387,8 @@ def main() -> None:
                 print(f"curve: {n} > {len(order)} available training pool rows; skipped", flush=True)
                 continue
             budget = args.curve_budget_per_row * n if args.curve_budget_per_row > 0 else None
-            if n == len(ctx0["fit_p"]) and budget is None:  # the whole training part is the curve-base variant's own run
+            # the whole training part (at the variants' budget) is the curve-base variant's own run
+            if n == len(ctx0["fit_p"]) and (budget is None or abs(budget - args.budget) < 1.0):
                 r = run(ctx0, args.curve_base, start, over)
             else:
                 r = run(ctx0, f"curve{n}", start, over, np.sort(order[:n]), budget)
@@ -355,17 +396,26 @@ def main() -> None:
             curve.append(r)
 
     refs = {seed: references(ctxs[seed]) for seed in seeds}
+    parts = {}
+    for name in [v for v in args.decompose.split(",") if v]:
+        for seed in seeds:
+            d = run_dir(ctxs[seed], name, *VARIANTS[name])[0]
+            if name not in by_seed[seed] or not (d / "encoder").exists():
+                continue
+            c = ctxs[seed]
+            parts.setdefault(name, {})[str(seed)] = decompose(str(d / "encoder"), c["sel_pool"], c["sel_queries"], c["sel_truth"])
     doc = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
            "split_seed": seeds[0], "test_block_used": False,
            "sizes": {"fit_pool": len(ctx0["fit_p"]), "fit_queries": len(ctx0["fit_q"]), "selection_pool": len(ctx0["sel_p"]),
                      "selection_queries": len(ctx0["sel_q"]), "distill_val_pool": args.val_pool,
-                     "distill_val_queries": args.val_queries, "extra_pool_rows": int(len(extra_idx))},
-           "budget_seconds": args.budget, "curve_budget_per_row": args.curve_budget_per_row, "base": BASE,
-           "today": TODAY, "pinned": PINNED, "variants": by_seed[seeds[0]], "curve": curve,
+                     "distill_val_queries": args.val_queries},
+           "budget_seconds": args.budget, "base": BASE, "today": TODAY, "variants": by_seed[seeds[0]], "curve": curve,
            "references": refs[seeds[0]], "not_run": NOT_RUN}
-    if multi:
+    if multi:  # (the single-seed form stays as the first two rounds' files have it, so they regenerate unchanged)
+        doc["sizes"]["extra_pool_rows"] = int(len(extra_idx))
         doc.update(split_seeds=seeds, screen_variants=screen, variants_by_seed={str(k): v for k, v in by_seed.items()},
-                   references_by_seed={str(k): v for k, v in refs.items()}, summary=summarise(by_seed, refs, names + screen))
+                   references_by_seed={str(k): v for k, v in refs.items()}, summary=summarise(by_seed, refs, names + screen),
+                   curve_budget_per_row=args.curve_budget_per_row, pinned=PINNED, decomposition=parts, not_run=NOT_RUN_R3)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
@@ -425,6 +475,18 @@ def markdown_multi(doc: dict) -> str:
     for n, v in summ.items():
         if n.startswith("ref: "):
             lines.append(f"| {n[5:]} | {v['per_anchor']['mean']:.3f} | {' / '.join(f'{x:.3f}' for x in v['per_anchor']['per_seed'])} |")
+    if doc.get("decomposition"):
+        lines += ["", "## Where the per-anchor fidelity comes from", "",
+                  "Saved students split into their parts on each seed's selection block: the full score cos + b(p), the "
+                  "cosine alone, the prior b(p) alone (one value per pool example, so it can only rank the pool factor), "
+                  "and the Spearman of b(p) with the true pool factor (each example's mean label over the block's queries; "
+                  "ranking by the true factor is the oracle above).", "",
+                  "| variant | seed | full per-anchor | cosine alone | prior alone | prior vs true pool factor | query-specific |",
+                  "|---|---|---|---|---|---|---|"]
+        for n, per in doc["decomposition"].items():
+            for sd, v in per.items():
+                lines.append(f"| {n} | {sd} | {v['full']:.3f} | {v['cosine_alone']:.3f} | {v['prior_alone']:.3f} | "
+                             f"{v['prior_vs_true_pool_factor']:.3f} | {v['query_specific_full']:.3f} |")
     if doc["curve"]:
         per_row = doc.get("curve_budget_per_row") or 0
         lines += ["", "## Fidelity vs stocked pool examples", "",
@@ -439,6 +501,8 @@ def markdown_multi(doc: dict) -> str:
             sb = r["selection_block"]
             lines.append(f"| {r['n_fit_pool']} | {r.get('n_extra_rows', 0)} | {sb['per_anchor']:.3f} | {sb['aggregated']:.3f} | "
                          f"{sb['query_specific']:.3f} | {r['epochs_run']} ({r['best_epoch']}) | {r['train_seconds']:.0f} |")
+    if doc.get("not_run"):
+        lines += ["", "Not run in this round: " + "; ".join(doc["not_run"]) + "."]
     lines += ["", f"Base recipe: `{json.dumps(doc['base'])}`; every run also pins `{json.dumps(doc['pinned'])}` "
               "under its overrides.", ""]
     return "\n".join(lines)
