@@ -20,6 +20,17 @@ Run (regenerates ``benchmarks/results/distill_ablation.{json,md,png}``; finished
 
     python benchmarks/distill_ablation.py --pool-data work/full/pool.jsonl --query-data work/full/bbh.jsonl \\
         --pool-store work/full/pool --query-store work/full/bbh --out benchmarks/results/distill_ablation
+
+Round 3's curve goes beyond the training part with 1,100 more pool rows stocked by the same teacher: the same mix
+drawn at n = 2,450 (its first 1,350 rows are experiment 1's pool, byte for byte; the Dolly file is exhausted, so the
+rest is Alpaca and Code-Alpaca), rows 1,351–2,450 stocked as experiment 1's pool was:
+
+    influcoder mix --source alpaca=../shared/data/alpaca/alpaca_en_demo.json \
+        --source dolly=../shared/data/dolly/databricks-dolly-15k-safety-only.jsonl \
+        --source alpaca=../shared/data/code_alpaca/code_alpaca_2k.json --n 2450 --out work/big/pool2450.jsonl
+    tail -n +1351 work/big/pool2450.jsonl > work/big/pool_extra.jsonl
+    influcoder stock --model smollm2-135m-instruct --data work/big/pool_extra.jsonl --out work/big/pool_extra \
+        --preset prompt-response --proj-dim 65536 --max-length 256 --dtype float32 --shard-size 64
 """
 
 from __future__ import annotations
