@@ -15,23 +15,31 @@ WORDS = ("the a an is of to and in what how why name list write explain say colo
          "rain roof night prime number water wet gravity mass reverse hello world true false yes no").split()
 
 
-def make_tiny_bert_dir(root: Path, seed: int = 0) -> Path:
-    """A tiny random BERT + WordPiece tokenizer saved as a plain HF folder (no downloads)."""
+def tiny_wordpiece(specials: list[str], unk: str, single: str, pair: str, ends: tuple[str, str]):
+    """A WordPiece tokenizer over WORDS and single characters (no downloads): ``specials`` first (their ids
+    0, 1, ...), ``single`` / ``pair`` the post-processing templates, ``ends`` the two tokens they insert.
+    Returns the ``tokenizers.Tokenizer`` and its vocabulary."""
     import string
 
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    chars = [c for c in dict.fromkeys(string.printable) if not c.isspace()]
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(specials + chars + ["##" + c for c in chars] + WORDS))}
+    wp = Tokenizer(models.WordPiece(vocab=vocab, unk_token=unk))
+    wp.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wp.post_processor = processors.TemplateProcessing(single=single, pair=pair,
+                                                      special_tokens=[(t, vocab[t]) for t in ends])
+    return wp, vocab
+
+
+def make_tiny_bert_dir(root: Path, seed: int = 0) -> Path:
+    """A tiny random BERT + WordPiece tokenizer saved as a plain HF folder (no downloads)."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     root.mkdir(parents=True, exist_ok=True)
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    chars = [c for c in dict.fromkeys(string.printable) if not c.isspace()]
-    vocab = {t: i for i, t in enumerate(dict.fromkeys(specials + chars + ["##" + c for c in chars] + WORDS))}
-    wp = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
-    wp.normalizer = normalizers.BertNormalizer(lowercase=True)
-    wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    wp.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    wp, _ = tiny_wordpiece(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], "[UNK]", "[CLS] $A [SEP]",
+                           "[CLS] $A [SEP] $B [SEP]", ("[CLS]", "[SEP]"))
     tok = BertTokenizerFast(tokenizer_object=wp, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                             sep_token="[SEP]", mask_token="[MASK]")
     assert "[UNK]" not in tok.tokenize("what is red\nblue dog 2+2?")

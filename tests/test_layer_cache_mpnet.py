@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from influcoder.errors import UserError
-from test_encoder import WORDS
+from test_encoder import tiny_wordpiece
 
 TEXTS = ["hello world this is a longer text than the others, about the rain on the tin roof at night " * 2,
          "hi", "paris is the capital", "2 3 5 7 11 13", "what is the colour of a blue cat?"]
@@ -22,23 +22,13 @@ TEXTS = ["hello world this is a longer text than the others, about the rain on t
 def make_tiny_mpnet_dir(root: Path, seed: int = 0, layers: int = 3) -> Path:
     """A tiny random MPNet + WordPiece tokenizer (MPNet's special-token layout: <pad> = 1), saved as a
     sentence-transformers folder (Transformer → mean Pooling → Normalize), as ``mpnet-base`` is."""
-    import string
-
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import MPNetConfig, MPNetModel, MPNetTokenizerFast
 
     from influcoder import InfluenceEncoder
 
     root.mkdir(parents=True, exist_ok=True)
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    chars = [c for c in dict.fromkeys(string.printable) if not c.isspace()]
-    vocab = {t: i for i, t in enumerate(dict.fromkeys(specials + chars + ["##" + c for c in chars] + WORDS))}
-    wp = Tokenizer(models.WordPiece(vocab=vocab, unk_token="<unk>"))
-    wp.normalizer = normalizers.BertNormalizer(lowercase=True)
-    wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    wp.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
-        special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])])
+    wp, _ = tiny_wordpiece(["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "<unk>", "<s> $A </s>",
+                           "<s> $A </s> </s> $B </s>", ("<s>", "</s>"))
     tok = MPNetTokenizerFast(tokenizer_object=wp, bos_token="<s>", eos_token="</s>", sep_token="</s>",
                              cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
     assert tok.pad_token_id == 1 and "<unk>" not in tok.tokenize("what is red\nblue dog 2+2?")
