@@ -487,14 +487,16 @@ def test_pool_prior_is_trained(tmp_path, tiny_bert_dir):
 
 
 # ------------------------------------------------------------------------------------------ checkpoint / resume
-def test_train_resumes_from_the_last_epoch_checkpoint_with_the_same_result(tmp_path, tiny_bert_dir, monkeypatch):
+@pytest.mark.parametrize("kl_over", ["batch", "pool"])
+def test_train_resumes_from_the_last_epoch_checkpoint_with_the_same_result(tmp_path, tiny_bert_dir, monkeypatch, kl_over):
     """A run killed after epoch 1 (simulated: the process dies right after the checkpoint is written) and
     rerun with the same config into the same folder ends with the same weights and metrics as a run
-    never interrupted; the rerun trains only epochs 2 and 3; the checkpoint is removed at the end."""
+    never interrupted; the rerun trains only epochs 2 and 3; the checkpoint is removed at the end. With the
+    listwise KL the embedding bank is part of the state."""
     from influcoder import distill
 
     pf, qf, lf = _write_problem(tmp_path)
-    ref = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "ref", epochs=3), progress=False)
+    ref = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "ref", epochs=3, kl_over=kl_over), progress=False)
 
     class Killed(BaseException):
         pass
@@ -509,7 +511,7 @@ def test_train_resumes_from_the_last_epoch_checkpoint_with_the_same_result(tmp_p
             raise Killed()
 
     monkeypatch.setattr(distill, "_save_checkpoint", save_then_die)
-    cfg = _cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "killed", epochs=3)
+    cfg = _cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "killed", epochs=3, kl_over=kl_over)
     with pytest.raises(Killed):
         train(cfg, progress=False)
     out = Path(cfg.out)
@@ -810,3 +812,84 @@ def test_regularisation_fields_are_validated():
     for bad in (dict(dropout=1.0), dict(dropout=-0.1), dict(anchor_weight=-1.0), dict(label_noise=-0.01)):
         with pytest.raises(UserError):
             DistillConfig(**base, **bad)
+
+
+def test_live_bank_replaces_the_step_rows_and_carries_their_gradient():
+    from influcoder.distill import live_bank
+
+    torch.manual_seed(0)
+    bank = torch.randn(7, 4)
+    ep = torch.randn(3, 4, requires_grad=True)
+    cands = np.array([5, 2, 5])  # a repeated row: its last live embedding is the one kept
+    mixed = live_bank(bank, ep, cands)
+    ref = [bank[i] for i in range(7)]
+    for k, c in enumerate(cands):
+        ref[c] = ep[k]
+    assert torch.equal(mixed, torch.stack(ref))
+    W = torch.randn(7, 4)
+    (mixed * W).sum().backward()
+    assert torch.equal(ep.grad[0], torch.zeros(4)) and torch.equal(ep.grad[1], W[2]) and torch.equal(ep.grad[2], W[5])
+    assert torch.equal(bank, bank.clone()) and not bank.requires_grad
+
+
+def test_kl_term_can_run_over_other_scores_than_the_block():
+    torch.manual_seed(1)
+    pred, true = torch.randn(4, 6), torch.randn(4, 6)
+    kp, kt = torch.randn(4, 20), torch.randn(4, 20)
+    loss, parts = distill_loss(pred, true, 0.3, 0.2, kl_pred=kp, kl_true=kt)
+    assert float(loss) == pytest.approx(0.3 * float(pearson_loss(pred, true)) + 0.7 * float(kl_loss(kp, kt, 0.2)), abs=1e-6)
+    assert float(parts["kl"]) == pytest.approx(float(kl_loss(kp, kt, 0.2)))
+    with pytest.raises(ValueError):
+        distill_loss(pred, true, kl_pred=kp)
+
+
+def test_listwise_kl_scores_each_query_against_every_training_pool_row(tmp_path, tiny_bert_dir, monkeypatch):
+    """kl_over="pool": the first step's KL sees each query's cosine with *every* training pool example, as a
+    fresh encoder embeds them all (the bank starts at the starting encoder; no dropout, float32, so the live rows
+    equal the bank's), against the labels of every training pool row for that query; the Pearson term keeps
+    the B × C block."""
+    from influcoder import distill
+    from influcoder.encoder import InfluenceEncoder
+    from influcoder.labels import load_labels
+    from influcoder.records import FieldSpec, read_records
+
+    pf, qf, lf = _write_problem(tmp_path)
+    seen = []
+    real = distill.distill_loss
+
+    def spy(pred, true, *a, **kw):
+        if len(a) == 7:  # the training step's call (validation calls it with alpha and tau only)
+            seen.append((pred.detach().clone(), true.clone(), *(x.detach().clone() if x is not None else None for x in a[-2:])))
+        return real(pred, true, *a, **kw)
+
+    monkeypatch.setattr(distill, "distill_loss", spy)
+    cfg = _cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "lw", epochs=1, kl_over="pool", pool_prior=False, dropout=0.0,
+               bf16=False, freeze_layers=0, patience=None)
+    out = train(cfg, progress=False)
+    split = json.loads((out / "split.json").read_text())
+    labels = load_labels(lf)
+    prow = {i: k for k, i in enumerate(labels.pool_ids)}
+    qcol = {i: k for k, i in enumerate(labels.query_ids)}
+    L = np.asarray(labels.matrix)[np.ix_([prow[i] for i in split["train_pool_ids"]], [qcol[j] for j in split["train_query_ids"]])]
+    recs = {r.id: r for r in read_records(pf, FieldSpec.from_names(preset="prompt-response"))[0]}
+    qrecs = {r.id: r for r in read_records(qf, FieldSpec.from_names(preset="prompt-response"))[0]}
+    fresh = InfluenceEncoder.from_pretrained(str(tiny_bert_dir), max_length=32, seed=0)
+    fresh.eval()
+    with torch.no_grad():
+        EP = fresh.embed([recs[i] for i in split["train_pool_ids"]], side="pool").float()
+        EQ = fresh.embed([qrecs[j] for j in split["train_query_ids"]], side="query").float()
+    pred, true, kl_pred, kl_true = seen[0]
+    assert pred.shape == (4, 6) and kl_pred.shape == kl_true.shape == (4, len(split["train_pool_ids"]))
+    # which training queries the step drew: the rows of the full cosine matrix the KL scores match
+    full = EQ @ EP.T
+    rows = [int(torch.argmin((full - r[None, :]).abs().amax(dim=1))) for r in kl_pred]
+    assert torch.allclose(kl_pred, full[rows], atol=1e-5)
+    assert np.allclose(kl_true.numpy(), L[:, rows].T)
+    assert all(s[2] is not None for s in seen)
+    # later steps score against the bank, refreshed by earlier steps' rows: not the starting embeddings any more
+    assert not torch.allclose(seen[-1][2], (EQ @ EP.T)[[int(torch.argmin((full - r[None, :]).abs().amax(dim=1))) for r in seen[-1][2]]], atol=1e-5)
+
+
+def test_kl_over_is_validated():
+    with pytest.raises(UserError):
+        DistillConfig(pool_data="p", query_data="q", labels="l", out="o", kl_over="all")

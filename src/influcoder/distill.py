@@ -39,6 +39,7 @@ __all__ = [
     "pearson_loss",
     "kl_loss",
     "split_indices",
+    "live_bank",
     "Split",
     "sample_candidates",
     "evaluate_matrix",
@@ -96,6 +97,11 @@ class DistillConfig:
     """Weight of the Pearson term; 1 − alpha weighs the KL term (paper: 0.5)."""
     tau: float = 0.05
     """Softmax temperature of the KL term, applied to teacher and student scores alike (paper: not given)."""
+    kl_over: str = "batch"
+    """Candidates of the KL term: ``batch`` (the step's C, the paper's form) or ``pool`` (a listwise KL over
+    every training pool example for each of the step's queries: the step's C candidates are embedded live,
+    the others come from a bank of their latest embeddings, no gradient, refreshed whenever a row is a step's
+    candidate, so at most one epoch old; the Pearson term stays on the B × C block)."""
     hard_fraction: float = 0.0
     """Share of the C candidate slots filled with high-influence pool examples of the step's queries."""
     hard_top_k: int = 50
@@ -186,6 +192,8 @@ class DistillConfig:
             bad(f"alpha must be in [0, 1], got {self.alpha}")
         if not self.tau > 0:
             bad(f"tau must be > 0, got {self.tau}")
+        if self.kl_over not in ("batch", "pool"):
+            bad(f"kl_over must be batch or pool, got {self.kl_over!r}")
         if not 0.0 <= self.hard_fraction <= 1.0:
             bad(f"hard_fraction must be in [0, 1], got {self.hard_fraction}")
         if self.hard_top_k < 1:
@@ -273,14 +281,18 @@ def kl_loss(pred, true, tau: float):
 
 
 def distill_loss(pred, true, alpha: float = 0.5, tau: float = 0.05, center_queries: bool = False,
-                 pool_mean=None, pool_mean_weight: float = 0.0):
+                 pool_mean=None, pool_mean_weight: float = 0.0, kl_pred=None, kl_true=None):
     """``α·(1 − Pearson(vec Î, vec I)) + (1 − α)·mean_q KL(softmax(I_q/τ) ‖ softmax(Î_q/τ))``
     ``+ w·(1 − Pearson(mean_q Î, m))`` when ``pool_mean`` m (one true pool-factor value per candidate) and
     ``pool_mean_weight`` w > 0 are given.
 
-    ``pred`` and ``true`` are (B queries × C candidates). Returns ``(loss, {"pearson": .., "kl": .., "pool_mean": ..})``."""
+    ``pred`` and ``true`` are (B queries × C candidates). With ``kl_pred`` / ``kl_true`` (B × N, e.g. every
+    training candidate: :func:`live_bank`) the KL term is taken over those instead of the block.
+    Returns ``(loss, {"pearson": .., "kl": .., "pool_mean": ..})``."""
     lp = pearson_loss(pred, true, center_rows=center_queries)
-    lk = kl_loss(pred, true, tau)
+    if (kl_pred is None) != (kl_true is None):
+        raise ValueError("kl_pred and kl_true go together")
+    lk = kl_loss(pred, true, tau) if kl_pred is None else kl_loss(kl_pred, kl_true, tau)
     loss = alpha * lp + (1.0 - alpha) * lk
     parts = {"pearson": lp.detach(), "kl": lk.detach()}
     if pool_mean is not None and pool_mean_weight > 0:
@@ -288,6 +300,20 @@ def distill_loss(pred, true, alpha: float = 0.5, tau: float = 0.05, center_queri
         loss = loss + pool_mean_weight * lm
         parts["pool_mean"] = lm.detach()
     return loss, parts
+
+
+def live_bank(bank, ep, cands):
+    """The bank of every training pool example's embedding (N × d, fixed) with rows ``cands`` (the step's C
+    indices into it) replaced by their live embeddings ``ep`` (C × d, with gradient): what the listwise KL
+    (``kl_over="pool"``) scores each query against. Where an index repeats, its last live row is kept."""
+    import torch
+
+    last: dict[int, int] = {}
+    for k, c in enumerate(np.asarray(cands).tolist()):
+        last[int(c)] = k
+    rows = torch.tensor(list(last), dtype=torch.long)
+    pos = torch.tensor(list(last.values()), dtype=torch.long)
+    return bank.index_copy(0, rows, ep[pos].to(bank.dtype))
 
 
 # ---------------------------------------------------------------------------------------------- split
@@ -752,7 +778,10 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         if _better(cfg.select_metric, m_w[cfg.select_metric], best_val):
             best_val, best_metrics = m_w[cfg.select_metric], m_w
     best_state = copy.deepcopy(enc.state_dict())
-    anchors = _start_embeddings(enc, cache, train_pool_recs, train_query_recs, cfg) if cfg.anchor_weight > 0 else None
+    start = (_start_embeddings(enc, cache, train_pool_recs, train_query_recs, cfg)
+             if cfg.anchor_weight > 0 or cfg.kl_over == "pool" else None)
+    anchors = start if cfg.anchor_weight > 0 else None
+    bank = start["pool"].clone() if cfg.kl_over == "pool" else None  # latest embedding of every training pool row
 
     pool_mean_t = torch.from_numpy(train_block.mean(axis=1).astype(np.float32))  # pool factor over all train queries
     since_best = 0
@@ -777,6 +806,8 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         for row in history[1:]:
             writer.write(row)
         since_best = resumed.get("since_best", 0)
+        if bank is not None:
+            bank = resumed["bank"]
         done = history[-1].get("partial") or history[-1].get("early_stop")
         start_epoch = cfg.epochs + 1 if done else resumed["epoch"] + 1
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.bf16 else None
@@ -820,10 +851,19 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
                 pred = eq.float() @ ep.float().T  # cosine (embeddings are normalised), B × C
                 if enc.prior is not None:
                     pred = enc.prior.scale * (pred + enc.prior_scores(ep.float(), pool_len[cands])[None, :])
+                kl_pred = kl_true = None
+                if bank is not None:  # listwise KL over every training pool example
+                    mixed = live_bank(bank, ep.float(), cands)
+                    kl_pred = eq.float() @ mixed.T
+                    if enc.prior is not None:
+                        kl_pred = enc.prior.scale * (kl_pred + enc.prior_scores(mixed, pool_len)[None, :])
+                    kl_true = torch.from_numpy(train_block[:, qs].T.copy())  # B × every training pool row
                 if cfg.label_noise > 0:
                     true = true + cfg.label_noise * torch.randn(true.shape)
+                    if kl_true is not None:
+                        kl_true = kl_true + cfg.label_noise * torch.randn(kl_true.shape)
                 loss, parts = distill_loss(pred, true, cfg.alpha, cfg.tau, cfg.center_queries,
-                                           pool_mean_t[cands], cfg.pool_mean_weight)
+                                           pool_mean_t[cands], cfg.pool_mean_weight, kl_pred, kl_true)
                 if anchors is not None:
                     e_now = torch.cat([eq.float(), ep.float()])
                     e_start = torch.cat([anchors["query"][qs], anchors["pool"][cands]])
@@ -831,6 +871,8 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
                     loss = loss + cfg.anchor_weight * la
                     parts["anchor"] = la.detach()
                 (loss / cfg.grad_accum).backward()
+                if bank is not None:
+                    bank[torch.as_tensor(np.asarray(cands), dtype=torch.long)] = ep.detach().float()
                 step += 1
                 last = s == steps_per_epoch - 1
                 if (s + 1) % cfg.grad_accum == 0 or last:
@@ -872,7 +914,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
                 "np_rng": np.random.get_state(), "q_order": q_order, "q_pos": q_pos, "step": step, "update": update,
                 "train_seconds": train_seconds, "best_val": best_val, "best_epoch": best_epoch,
                 "best_metrics": best_metrics, "best_state": best_state, "history": history, "m0": m0,
-                "since_best": since_best})
+                "since_best": since_best, "bank": bank})
             if stop_early:
                 say(f"early stop: no better validation {cfg.select_metric} for {since_best} epochs")
                 break
