@@ -123,10 +123,15 @@ R4 = {  # round-4 levers (session 6), on the same base: what round 3 left out
     "tau0.1_alpha0.25": {"tau": 0.1, "alpha": 0.25},
     "tau0.1_alpha0.75": {"tau": 0.1, "alpha": 0.75},
     "mpnet_f10": {"encoder": "mpnet-base", "freeze_layers": 10},  # the larger student at the variants' wall budget
+    # the boosted pool prior (prior_trees.py), fitted after training: trees from the student's embedding and the
+    # text's form to the pool factor, weighted on distill's validation block
+    "trees": {"prior_trees": True},
 }
 for _k, _v in R4.items():
     VARIANTS[_k] = ("BASE", {**R3_BASE, **_v})
-# (kl_over is not in PINNED: its default, "batch", is what every earlier run used; pin it if the default changes)
+# fields added after round 3, pinned at the value every earlier run had (kept apart from PINNED, which the round-3
+# report prints, so that its file regenerates unchanged; neither enters a run's cache key)
+PINNED_LATER = dict(kl_over="batch", prior_trees=False)
 # levers the issue lists that this study did not get to run on this CPU (see the closing note): a larger B × C
 # than 48 × 48 with GradCache, dropout / weight decay / staying close to the pretrained encoder, sketch label
 # noise, listwise KL over all candidates, τ sweeps, prompts, pooling, head dimension, a larger student
@@ -148,7 +153,7 @@ NOT_RUN_R3 = ["a GradCache-style two-pass step: memory never bound (the study's 
 NOT_RUN_R4 = ["a GradCache-style two-pass step: memory never bound (≈ 2–3 GB RSS of 24 GB, 96 × 96 blocks included); "
               "the listwise KL here scores every training pool row through an embedding bank instead",
               "the larger student with more than its top 2 of 12 layers trained (its layer cache alone takes ≈ 270 s)"]
-NOT_RUN_LISTS = {"r3": NOT_RUN_R3, "r4": NOT_RUN_R4}
+NOT_RUN_LISTS = {3: NOT_RUN_R3, 4: NOT_RUN_R4}
 
 
 def machine_load() -> dict:
@@ -238,8 +243,9 @@ def decompose(enc_dir: str, pool, queries, truth: np.ndarray) -> dict:
     P = enc.text_embeddings(pool, side="pool", batch_size=64)
     Q = enc.text_embeddings(queries, side="query", batch_size=64)
     cos = P @ Q.T
-    with torch.no_grad():
-        b = enc.prior_scores(torch.from_numpy(P), torch.from_numpy(enc.length_features(pool))).numpy()
+    feats = enc.prior_features(pool) if enc.prior_trees is not None else enc.length_features(pool)
+    with torch.no_grad():  # b(p): the MLP prior and, where the student has one, the boosted prior
+        b = enc.prior_scores(torch.from_numpy(P), torch.from_numpy(feats)).numpy()
     prior = np.repeat(b[:, None], truth.shape[1], axis=1)
     return {"full": M.per_anchor_spearman(cos + b[:, None], truth), "cosine_alone": M.per_anchor_spearman(cos, truth),
             "prior_alone": M.per_anchor_spearman(prior, truth),
@@ -276,8 +282,8 @@ def main() -> None:
     ap.add_argument("--extra-pool-store", default="")
     ap.add_argument("--decompose", default="", help="variants whose saved students are split into cosine and prior "
                     "parts on each seed's selection block")
-    ap.add_argument("--not-run-list", default="r3", choices=sorted(NOT_RUN_LISTS),
-                    help="which round's list of levers not run goes into the several-seeds report")
+    ap.add_argument("--round", type=int, default=3, choices=sorted(NOT_RUN_LISTS),
+                    help="which round's report (its list of levers not run, its pins) the several-seeds form writes")
     args = ap.parse_args()
 
     from influcoder.distill import DistillConfig, train
@@ -360,7 +366,7 @@ def main() -> None:
                                    block(fit_pool_idx, fit_q), meta)
         load_before = machine_load()
         t0 = time.perf_counter()
-        enc_dir = train(DistillConfig(pool_data=pf, query_data=qf, labels=lf, out=str(d / "encoder"), **{**PINNED, **opts}),
+        enc_dir = train(DistillConfig(pool_data=pf, query_data=qf, labels=lf, out=str(d / "encoder"), **{**PINNED, **PINNED_LATER, **opts}),
                         progress=False, log=lambda s: print(f"[{name} s{ctx['seed']}] {s}", flush=True))
         wall = time.perf_counter() - t0
         md = json.loads((Path(enc_dir) / "influcoder_encoder.json").read_text())
@@ -447,7 +453,8 @@ def main() -> None:
         doc["sizes"]["extra_pool_rows"] = int(len(extra_idx))
         doc.update(split_seeds=seeds, screen_variants=screen, variants_by_seed={str(k): v for k, v in by_seed.items()},
                    references_by_seed={str(k): v for k, v in refs.items()}, summary=summarise(by_seed, refs, names + screen),
-                   curve_budget_per_row=args.curve_budget_per_row, pinned=PINNED, decomposition=parts, not_run=NOT_RUN_LISTS[args.not_run_list])
+                   curve_budget_per_row=args.curve_budget_per_row, pinned=PINNED if args.round == 3 else {**PINNED, **PINNED_LATER},
+                   decomposition=parts, not_run=NOT_RUN_LISTS[args.round])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(doc, indent=1))

@@ -174,7 +174,7 @@ def _write_problem(root: Path, n_pool: int = 40, n_query: int = 12, seed: int = 
 def _cfg(tmp: Path, tiny: Path, pf, qf, lf, out: str, **kw) -> DistillConfig:
     base = dict(pool_data=str(pf), query_data=str(qf), labels=str(lf), out=str(tmp / out), encoder=str(tiny),
                 epochs=2, queries_per_batch=4, candidates=6, val_pool=10, val_queries=4, lr=1e-3, seed=0,
-                max_length=32, tau=0.5, prior_warmup_steps=0)  # tests of the warm-up set it themselves
+                max_length=32, tau=0.5, prior_warmup_steps=0, prior_trees=False)  # tests of these set them themselves
     base.update(kw)
     return DistillConfig(**base)
 
@@ -241,7 +241,7 @@ def test_training_never_reads_held_out_labels(tmp_path, tiny_bert_dir):
     from safetensors.numpy import load_file
 
     pf, qf, lf = _write_problem(tmp_path)
-    cfg = _cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "a", epochs=1, hard_fraction=0.3, hard_top_k=3)
+    cfg = _cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "a", epochs=1, hard_fraction=0.3, hard_top_k=3, prior_trees=True)
     s = split_indices(40, 12, cfg.val_pool, cfg.val_queries, cfg.seed)
     out_a = train(cfg, progress=False)
 
@@ -252,7 +252,8 @@ def test_training_never_reads_held_out_labels(tmp_path, tiny_bert_dir):
     lf2 = tmp_path / "labels2.npy"
     np.save(lf2, M2.astype(np.float32))
     write_meta(lf2, json.loads((tmp_path / "labels.meta.json").read_text()))
-    out_b = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf2, "b", epochs=1, hard_fraction=0.3, hard_top_k=3), progress=False)
+    out_b = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf2, "b", epochs=1, hard_fraction=0.3, hard_top_k=3, prior_trees=True),
+                  progress=False)
 
     M3 = M.copy()
     M3[s.train_pool[0], s.train_queries] *= -5
@@ -266,7 +267,16 @@ def test_training_never_reads_held_out_labels(tmp_path, tiny_bert_dir):
     assert wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
     ra = [json.loads(x) for x in (out_a / "metrics.jsonl").read_text().splitlines()]
     rb = [json.loads(x) for x in (out_b / "metrics.jsonl").read_text().splitlines()]
-    assert [r["train_loss"] for r in ra[1:]] == [r["train_loss"] for r in rb[1:]]
+    assert [r["train_loss"] for r in ra if r["model"] == "trained"] == [r["train_loss"] for r in rb if r["model"] == "trained"]
+    # the boosted pool prior is fitted on training labels only (its weight on the validation block) as well
+    from influcoder.encoder import PRIOR_TREES_FILE
+
+    assert (out_a / PRIOR_TREES_FILE).exists() == (out_b / PRIOR_TREES_FILE).exists()
+    if (out_a / PRIOR_TREES_FILE).exists():
+        ta, tb = load_file(str(out_a / PRIOR_TREES_FILE)), load_file(str(out_b / PRIOR_TREES_FILE))
+        assert all(np.array_equal(ta[k], tb[k]) for k in ta)
+    assert [r.get("kappa") for r in ra if r["model"] == "prior trees"] == [r.get("kappa") for r in rb if r["model"] == "prior trees"]
+    assert any(r["model"] == "prior trees" for r in ra)
     # sanity that the comparison can fail: a changed training label changes the trajectory
     rc = [json.loads(x) for x in (out_c / "metrics.jsonl").read_text().splitlines()]
     ra2 = [json.loads(x) for x in (out_a2 / "metrics.jsonl").read_text().splitlines()]
@@ -893,3 +903,138 @@ def test_listwise_kl_scores_each_query_against_every_training_pool_row(tmp_path,
 def test_kl_over_is_validated():
     with pytest.raises(UserError):
         DistillConfig(pool_data="p", query_data="q", labels="l", out="o", kl_over="all")
+
+
+# ------------------------------------------------------------------------------------ boosted pool prior
+def test_tree_ensemble_predicts_exactly_as_scikit_learn_and_round_trips():
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    from influcoder.prior_trees import TreeEnsemble, fit_trees
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 12)).astype(np.float32)
+    y = np.sin(X[:, 0]) + (X[:, 3] > 0.5) * 2.0 + 0.1 * rng.normal(size=300)
+    Xt = rng.normal(size=(200, 12)).astype(np.float32)
+    Xt[:5] = X[:5]  # rows on training values, where x == threshold decides the branch
+    trees, model = fit_trees(X, y, seed=3, n_trees=50)
+    assert np.allclose(trees.predict(Xt), model.predict(Xt), rtol=0, atol=1e-12)
+    plain = GradientBoostingRegressor(n_estimators=30, max_depth=3, learning_rate=0.1, random_state=0).fit(X, y)
+    assert np.allclose(TreeEnsemble.from_sklearn(plain).predict(Xt), plain.predict(Xt), rtol=0, atol=1e-12)
+    lo, hi = trees.bounds()
+    big = rng.normal(scale=100.0, size=(500, 12))
+    p = trees.predict(big)
+    assert lo <= p.min() and p.max() <= hi and lo < hi
+    back = TreeEnsemble.from_tensors(trees.to_tensors())
+    assert np.array_equal(back.predict(Xt), trees.predict(Xt))
+    with pytest.raises(ValueError):
+        trees.predict(Xt[:, :5])
+
+
+def test_style_features_hand_values():
+    from influcoder.prior_trees import STYLE_FEATURES, style_features
+    from influcoder.records import Record
+
+    f = style_features([Record(id="a", prompt="Is Jupiter a planet?", response="Jupiter is a planet."),
+                        Record(id="b", prompt="2+2?", response=" 4 "), "x = f(1);\nok"])
+    assert f.shape == (3, len(STYLE_FEATURES)) and f.dtype == np.float32
+    d = {n: f[:, k] for k, n in enumerate(STYLE_FEATURES)}
+    assert d["response_prompt_word_overlap"][0] == pytest.approx(1.0) and d["response_prompt_word_overlap"][1] == 0.0
+    assert list(d["response_is_number"]) == [0.0, 1.0, 0.0]
+    assert d["response_ends_with_period"][0] == 1.0 and d["response_ends_with_period"][2] == 0.0
+    assert d["response_code_char_share"][2] == pytest.approx(4 / 12) and d["response_newline_share"][2] == pytest.approx(1 / 12)
+    assert d["log1p_response_words"][0] == pytest.approx(math.log1p(4)) and d["response_digit_share"][1] == pytest.approx(1 / 3)
+
+
+def _encoder_with_trees(tiny_bert_dir, kappa=0.7):
+    from influcoder.encoder import InfluenceEncoder, build_prior
+    from influcoder.prior_trees import STYLE_FEATURES, fit_trees
+
+    enc = InfluenceEncoder.from_pretrained(str(tiny_bert_dir), max_length=32, seed=0)
+    enc.prior = build_prior(enc.embedding_dim, 8, seed=1)
+    with torch.no_grad():
+        enc.prior.mlp[2].weight.normal_()
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, enc.embedding_dim + 2 + len(STYLE_FEATURES))).astype(np.float32)
+    trees, _ = fit_trees(X, X[:, -1] * 0.5 + rng.normal(size=80) * 0.1, seed=0, n_trees=20)
+    enc.set_prior_trees(trees, kappa, trees.bounds())
+    return enc
+
+
+def test_boosted_prior_scores_as_one_inner_product_and_survives_save_and_load(tmp_path, tiny_bert_dir):
+    from influcoder.encoder import PRIOR_TREES_FILE, InfluenceEncoder
+    from influcoder.records import Record
+
+    enc = _encoder_with_trees(tiny_bert_dir)
+    pool = [Record(id=f"p{i}", prompt=f"say {w}", response=r) for i, (w, r) in
+            enumerate([("alpha", "42"), ("beta", "beta is the answer."), ("gamma", "x = [1, 2]\nprint(x)"), ("delta", "ok")])]
+    queries = ["what is alpha", "count to three"]
+    P, Q = enc.encode(pool), enc.encode_query(queries)
+    # slow reference from the parts: cos + w·tanh(MLP) + κ·clip(g)
+    EP, EQ = enc.text_embeddings(pool), enc.text_embeddings(queries, side="query")
+    F = enc.prior_features(pool)
+    with torch.no_grad():
+        b_mlp = enc.prior(enc._prior_input(torch.from_numpy(EP), torch.from_numpy(F))).numpy()
+    X = np.hstack([EP, F])
+    lo, hi = enc.prior_trees_clip
+    g = enc.prior_trees_kappa * np.clip(enc.prior_trees.predict(X), lo, hi)
+    assert np.abs(g).max() > 1e-3
+    ref = EQ @ EP.T + (b_mlp + g)[None, :]
+    assert np.allclose(Q @ P.T, enc.score_scale() * ref, atol=1e-5)
+    assert np.allclose(np.linalg.norm(P, axis=1), 1.0, atol=1e-5)
+    with torch.no_grad():
+        assert np.allclose(enc.prior_scores(torch.from_numpy(EP), torch.from_numpy(F)).numpy(), b_mlp + g, atol=1e-5)
+    with pytest.raises(ValueError):  # the two length features alone cannot feed the trees
+        enc.tree_scores(EP, enc.length_features(pool))
+    out = enc.save(tmp_path / "enc")
+    assert (out / PRIOR_TREES_FILE).exists()
+    md = json.loads((out / "influcoder_encoder.json").read_text())
+    assert md["prior"]["trees"]["kappa"] == pytest.approx(0.7) and "kappa" in md["prior"]["score"]
+    back = InfluenceEncoder.from_pretrained(str(out))
+    assert np.allclose(back.encode(pool), P, atol=1e-6) and np.allclose(back.encode_query(queries), Q, atol=1e-6)
+    # removing the trees and saving again leaves no stale trees file behind
+    back.set_prior_trees(None, 0.0, (0.0, 0.0))
+    back.save(out)
+    assert not (out / PRIOR_TREES_FILE).exists()
+    assert "trees" not in json.loads((out / "influcoder_encoder.json").read_text())["prior"]
+
+
+def test_boosted_prior_is_fitted_in_train_and_learns_a_pool_factor_of_form(tmp_path, tiny_bert_dir):
+    """Labels whose pool factor is the response's form (a bare number: +1): the trees, fitted after training on
+    the training pool rows, rank held-out pool rows by it; the choice of κ (0 among the candidates) is logged."""
+    from influcoder.encoder import InfluenceEncoder
+    from influcoder.records import FieldSpec, read_records
+
+    rng = np.random.default_rng(0)
+    pool, queries = [], []
+    for i in range(60):
+        ws = rng.choice(WORDS, size=2, replace=False)
+        resp = str(int(rng.integers(1, 99))) if i % 2 else f"the answer is {ws[1]} {ws[0]}."
+        pool.append({"id": f"p{i}", "prompt": f"say {ws[0]}", "response": resp})
+    for j in range(12):
+        queries.append({"id": f"q{j}", "prompt": f"what is {rng.choice(WORDS)}", "response": "7"})
+    M = np.array([[1.0 * (i % 2) + 0.05 * rng.normal() for _ in queries] for i in range(60)], dtype=np.float32)
+    pf, qf, lf = tmp_path / "pool.jsonl", tmp_path / "q.jsonl", tmp_path / "labels.npy"
+    pf.write_text("".join(json.dumps(r) + "\n" for r in pool))
+    qf.write_text("".join(json.dumps(r) + "\n" for r in queries))
+    np.save(lf, M)
+    write_meta(lf, {"pool_ids": [r["id"] for r in pool], "query_ids": [r["id"] for r in queries]})
+    logs = []
+    out = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "trees", epochs=1, val_pool=20, pool_prior=True, prior_trees=True),
+                progress=False, log=logs.append)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    tr = [r for r in rows if r.get("model") == "prior trees"]
+    assert len(tr) == 1 and [c["lambda"] for c in tr[0]["candidates"]][0] == 0.0 and len(tr[0]["candidates"]) == 6
+    assert any("boosted pool prior" in line for line in logs)
+    enc = InfluenceEncoder.from_pretrained(str(out))
+    assert enc.prior_trees is not None and enc.prior_trees_kappa > 0
+    split = json.loads((out / "split.json").read_text())
+    recs = {r.id: r for r in read_records(pf, FieldSpec.from_names(preset="prompt-response"))[0]}
+    val = [recs[i] for i in split["val_pool_ids"]]
+    g = enc.tree_scores(enc.text_embeddings(val), enc.prior_features(val))
+    truth = np.array([int(r.id[1:]) % 2 for r in val])
+    assert g[truth == 1].min() > g[truth == 0].max()
+    # without the trees the same run saves none
+    out2 = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "notrees", epochs=1, val_pool=20, pool_prior=True,
+                      prior_trees=False), progress=False)
+    assert InfluenceEncoder.from_pretrained(str(out2)).prior_trees is None
+    assert not any(r.get("model") == "prior trees" for r in map(json.loads, (out2 / "metrics.jsonl").read_text().splitlines()))

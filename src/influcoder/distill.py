@@ -47,6 +47,8 @@ __all__ = [
 ]
 
 SELECT_METRICS = ("per_anchor_spearman", "aggregated_spearman", "query_specific_spearman", "loss")
+PRIOR_TREES_WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0)
+"""λ candidates of the boosted pool prior's weight (see DistillConfig.prior_trees), besides 0."""
 
 
 @dataclass
@@ -178,6 +180,13 @@ class DistillConfig:
     Without ``pool_prior`` there is no prior and nothing is done."""
     prior_warmup_eval: int = 100
     """Validation interval (steps) of the prior warm-up and of the prior refit."""
+    prior_trees: bool = True
+    """Fit a boosted pool prior after training (prior_trees.py; needs ``pool_prior``): gradient-boosted trees
+    from the trained student's embedding of each training pool example and plain statistics of its text
+    (lengths, the response's form) to its pool factor (mean label over the training queries). Its weight κ is
+    chosen on distill's validation block among 0 (no trees) and λ·(spread of the score)/(spread of the trees'
+    prediction), λ in PRIOR_TREES_WEIGHTS; the score becomes cos + b(p) + κ·g(p), still one inner product.
+    Without ``pool_prior`` there are no trees either (their term rides on the prior's coordinate)."""
     prior_refit_steps: int = 0
     """Steps that refit the pool prior alone, as the warm-up does, on the embeddings of the encoder training
     chose (after its best epoch is loaded); the refit state is kept only where distill's validation improves."""
@@ -530,6 +539,43 @@ def _warm_up_prior(enc, cfg: DistillConfig, cache, train_pool_recs, train_query_
 # ---------------------------------------------------------------------------------------------- checkpoints
 CHECKPOINT_DIR = "checkpoint"
 """Sub-folder of the output folder holding the last epoch's training state (removed once training ends)."""
+
+
+def fit_prior_trees(enc, train_pool_recs, train_block: np.ndarray, val_pool_recs, val_query_recs,
+                    val_block: np.ndarray, cfg: DistillConfig) -> dict:
+    """Fit the boosted pool prior on the trained student (see ``DistillConfig.prior_trees``) and attach it where
+    it improves distill's validation score; returns ``{"kappa", "lambda", "candidates": [{lambda, kappa, metrics}],
+    "metrics"}`` (the chosen candidate's validation metrics)."""
+    import torch
+
+    from .prior_trees import fit_trees
+
+    enc.eval()
+    enc.set_prior_trees(None, 0.0, (0.0, 0.0))
+    bs = cfg.eval_batch_size
+    E = enc.text_embeddings(train_pool_recs, batch_size=bs, side="pool")
+    F = enc.prior_features(train_pool_recs)
+    trees, _ = fit_trees(np.hstack([E, F]), train_block.mean(axis=1), seed=cfg.seed)
+    lo, hi = trees.bounds()
+    VP = enc.text_embeddings(val_pool_recs, batch_size=bs, side="pool")
+    VF = enc.prior_features(val_pool_recs)
+    VQ = enc.text_embeddings(val_query_recs, batch_size=bs, side="query")
+    with torch.no_grad():
+        b = enc.prior_scores(torch.from_numpy(VP), torch.from_numpy(VF[:, :2])).numpy().astype(np.float64)
+    base = VP.astype(np.float64) @ VQ.T.astype(np.float64) + b[:, None]
+    g = np.clip(trees.predict(np.hstack([VP, VF])), lo, hi)
+    m0 = evaluate_matrix(base, val_block, cfg.alpha, cfg.tau)
+    cands = [{"lambda": 0.0, "kappa": 0.0, "metrics": m0}]
+    best = cands[0]
+    for lam in PRIOR_TREES_WEIGHTS:
+        kappa = float(lam * base.std() / max(g.std(), 1e-12))
+        m = evaluate_matrix(base + kappa * g[:, None], val_block, cfg.alpha, cfg.tau)
+        cands.append({"lambda": lam, "kappa": kappa, "metrics": m})
+        if _better(cfg.select_metric, m[cfg.select_metric], best["metrics"][cfg.select_metric]):
+            best = cands[-1]
+    enc.set_prior_trees(trees, best["kappa"], (lo, hi))
+    return {"kappa": best["kappa"], "lambda": best["lambda"], "candidates": cands, "metrics": best["metrics"],
+            "n_trees": int(trees.feature.shape[0]), "clip": [lo, hi]}
 
 
 def set_dropout(module, p: float) -> int:
@@ -929,6 +975,18 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         m_r = prior_phase("prior refit", "prior_refit", cfg.prior_refit_steps, best_epoch, step)
         if _better(cfg.select_metric, m_r[cfg.select_metric], best_val):
             best_val, best_metrics = m_r[cfg.select_metric], m_r
+    if enc.prior is not None and cfg.prior_trees:
+        tt = time.time()
+        fit = fit_prior_trees(enc, train_pool_recs, train_block, val_pool_recs, val_query_recs, val_block, cfg)
+        history.append({"epoch": best_epoch, "step": step, "split": "val", "model": "prior trees", **fit["metrics"],
+                        "kappa": fit["kappa"], "lambda": fit["lambda"],
+                        "candidates": [{"lambda": c["lambda"], "kappa": c["kappa"],
+                                        cfg.select_metric: c["metrics"][cfg.select_metric]} for c in fit["candidates"]],
+                        "seconds": time.time() - tt})
+        say(f"boosted pool prior ({fit['n_trees']} trees, {time.time() - tt:.0f} s): λ {fit['lambda']} "
+            + ", ".join(f"{c['lambda']}: {c['metrics'][cfg.select_metric]:.3f}" for c in fit["candidates"]))
+        if fit["kappa"] > 0:
+            best_val, best_metrics = fit["metrics"][cfg.select_metric], fit["metrics"]
     teacher = labels.meta.get("teacher") or {}
     metadata = {
         "format": "influcoder-encoder/1",

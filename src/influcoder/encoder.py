@@ -27,10 +27,11 @@ import numpy as np
 
 from .errors import UserError
 
-__all__ = ["InfluenceEncoder", "METADATA_FILE", "PRIOR_FILE", "PRIOR_FEATURES", "SIDES", "build_prior"]
+__all__ = ["InfluenceEncoder", "METADATA_FILE", "PRIOR_FILE", "PRIOR_TREES_FILE", "PRIOR_FEATURES", "SIDES", "build_prior"]
 
 METADATA_FILE = "influcoder_encoder.json"
 PRIOR_FILE = "influcoder_prior.safetensors"
+PRIOR_TREES_FILE = "influcoder_prior_trees.safetensors"
 SIDES = ("pool", "query")
 
 
@@ -110,6 +111,12 @@ def _prior_module():
     return PoolPrior
 
 
+def _style_names() -> tuple[str, ...]:
+    from .prior_trees import STYLE_FEATURES
+
+    return STYLE_FEATURES
+
+
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine similarity matrix (len(a) × len(b)) = predicted influence of a-rows on b-rows."""
     a = np.atleast_2d(np.asarray(a, dtype=np.float32))
@@ -165,6 +172,10 @@ class InfluenceEncoder:
         """Influcoder metadata (teacher, labels, training config, validation metrics); saved as JSON."""
         self.prior = prior
         """Optional pool-side prior b(p) (:func:`build_prior`); None for a plain cosine bi-encoder."""
+        self.prior_trees = None
+        """Optional boosted pool prior (prior_trees.TreeEnsemble; needs ``prior``): adds κ·clip(g(p)) to b(p)."""
+        self.prior_trees_kappa = 0.0
+        self.prior_trees_clip = (0.0, 0.0)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -249,6 +260,17 @@ class InfluenceEncoder:
                 raise UserError(f"{p / PRIOR_FILE}: pool prior does not match {METADATA_FILE}'s 'prior' entry ({e})") from None
             prior.eval()
         enc = cls(model, metadata, prior)
+        trees = (metadata.get("prior") or {}).get("trees")
+        if prior is not None and trees:
+            from safetensors.torch import load_file
+
+            from .prior_trees import TreeEnsemble
+
+            try:
+                enc.set_prior_trees(TreeEnsemble.from_tensors(load_file(str(p / trees["file"]))), trees["kappa"],
+                                    trees["clip"])
+            except (KeyError, OSError, RuntimeError, ValueError) as e:
+                raise UserError(f"{p}: boosted pool prior does not match {METADATA_FILE}'s 'prior.trees' entry ({e})") from None
         enc.metadata.setdefault("base_encoder", str(name_or_dir))
         return enc
 
@@ -311,20 +333,78 @@ class InfluenceEncoder:
         n_resp = [len(ids) for ids in tok(resp, add_special_tokens=False, truncation=False)["input_ids"]]
         return np.log1p(np.stack([n_all, n_resp], axis=1).astype(np.float32))
 
+    def prior_features(self, items: Sequence[Any] | str) -> np.ndarray:
+        """What the whole pool prior reads beside the embedding: :meth:`length_features` (the MLP's two) and, for
+        the boosted prior, prior_trees.style_features, side by side ((n, 2 + len(STYLE_FEATURES)) float32)."""
+        from .prior_trees import style_features
+        from .records import FieldSpec, Record, _row_to_record
+
+        if isinstance(items, (str, Record, dict)):
+            items = [items]
+        items = [_row_to_record("encode() input", i, x, FieldSpec()) if isinstance(x, dict) else x
+                 for i, x in enumerate(items)]
+        return np.hstack([self.length_features(items), style_features(items)]).astype(np.float32)
+
+    def set_prior_trees(self, trees, kappa: float, clip) -> None:
+        """Attach a boosted pool prior: b(p) becomes w·tanh(MLP) + κ·clip(g(p), lo, hi), g the trees' prediction on
+        [embedding, :meth:`prior_features`]. κ ≥ 0; κ = 0 or ``trees`` None removes it."""
+        if self.prior is None:
+            raise ValueError("a boosted pool prior needs the pool prior (pool_prior)")
+        lo, hi = (float(clip[0]), float(clip[1]))
+        if not (kappa >= 0 and lo <= hi and np.isfinite([kappa, lo, hi]).all()):
+            raise ValueError(f"set_prior_trees: need κ ≥ 0 and lo ≤ hi, got κ={kappa}, clip=({lo}, {hi})")
+        if trees is not None and kappa > 0 and trees.n_features != self.embedding_dim + 2 + len(_style_names()):
+            raise ValueError(f"set_prior_trees: the trees read {trees.n_features} features, this encoder gives "
+                             f"{self.embedding_dim + 2 + len(_style_names())}")
+        keep = trees is not None and kappa > 0
+        self.prior_trees = trees if keep else None
+        self.prior_trees_kappa = float(kappa) if keep else 0.0
+        self.prior_trees_clip = (lo, hi) if keep else (0.0, 0.0)
+
+    def tree_scores(self, pool_emb, features) -> np.ndarray:
+        """κ·clip(g(p)) of the boosted pool prior ((n,) float64; zeros without one). ``features``: the items'
+        :meth:`prior_features` (the two length features alone are not enough once there are trees)."""
+        n = int(pool_emb.shape[0])
+        if self.prior_trees is None:
+            return np.zeros(n)
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or features.shape[1] != 2 + len(_style_names()):
+            raise ValueError("the boosted pool prior reads prior_features(items) (length and style features), "
+                             f"got an array of shape {features.shape}; pass the items instead")
+        X = np.hstack([np.asarray(pool_emb, dtype=np.float32), features])
+        lo, hi = self.prior_trees_clip
+        return self.prior_trees_kappa * np.clip(self.prior_trees.predict(X), lo, hi)
+
+    def prior_bound(self) -> float:
+        """W > |b(p)| for every pool example: w of the MLP prior plus κ·max(|lo|, |hi|) of the boosted prior."""
+        import torch
+
+        with torch.no_grad():
+            w = float(self.prior.weight)
+        lo, hi = self.prior_trees_clip
+        return w + self.prior_trees_kappa * max(abs(lo), abs(hi))
+
     def prior_scores(self, pool_emb, lengths):
-        """b(p) for normalised pool embeddings and their :meth:`length_features` (torch → (n,)); zeros without a prior."""
+        """b(p) for normalised pool embeddings and their :meth:`length_features` (or, with a boosted prior, their
+        :meth:`prior_features`) (torch → (n,)); zeros without a prior."""
         import torch
 
         if self.prior is None:
             return torch.zeros(pool_emb.shape[0], dtype=torch.float32)
-        return self.prior(self._prior_input(pool_emb, lengths))
+        b = self.prior(self._prior_input(pool_emb, lengths))
+        if self.prior_trees is not None:
+            e = pool_emb.detach().cpu().numpy() if hasattr(pool_emb, "detach") else pool_emb
+            lf = lengths.detach().cpu().numpy() if hasattr(lengths, "detach") else lengths
+            b = b + torch.from_numpy(self.tree_scores(e, lf)).to(b.dtype)
+        return b
 
     @staticmethod
     def _prior_input(pool_emb, lengths):
-        """The prior's input: normalised pool embeddings beside their length features (torch, float32)."""
+        """The MLP prior's input: normalised pool embeddings beside their two length features (torch, float32;
+        further columns of ``lengths``, the boosted prior's style features, are not the MLP's)."""
         import torch
 
-        return torch.cat([torch.as_tensor(pool_emb).float(), torch.as_tensor(lengths, dtype=torch.float32)], dim=1)
+        return torch.cat([torch.as_tensor(pool_emb).float(), torch.as_tensor(lengths, dtype=torch.float32)[:, :2]], dim=1)
 
     def score_vectors(self, emb: np.ndarray, side: str, items: Sequence[Any] | None = None,
                       lengths: np.ndarray | None = None) -> np.ndarray:
@@ -342,23 +422,23 @@ class InfluenceEncoder:
             if items is None and lengths is None:
                 raise ValueError("score_vectors: the pool side needs its items or their lengths (the prior reads them)")
             if lengths is None:
-                lengths = self.length_features(items)
+                lengths = self.prior_features(items) if self.prior_trees is not None else self.length_features(items)
             with torch.no_grad():
                 x = self._prior_input(np.ascontiguousarray(emb, dtype=np.float32), lengths)
-                r = self.prior.unit(x).double().numpy()
+                b = float(self.prior.weight) * self.prior.unit(x).double().numpy()
+            b = b + self.tree_scores(emb, lengths)
+            r = np.clip(b / self.prior_bound(), -1.0, 1.0)
             extra = np.stack([s * r, np.sqrt(np.maximum(0.0, 1.0 - a2 - (s * r) ** 2))], axis=1)
         else:
             extra = np.tile(np.array([[s, 0.0]]), (n, 1))
         return np.hstack([a * emb.astype(np.float64), extra]).astype(np.float32)
 
     def score_scale(self) -> float:
-        """a² = 1/(1 + w): inner products of :meth:`encode` vectors are this times cos + b(p) (1 without a prior)."""
+        """a² = 1/(1 + W), W = :meth:`prior_bound`: inner products of :meth:`encode` vectors are this times
+        cos + b(p) (1 without a prior)."""
         if self.prior is None:
             return 1.0
-        import torch
-
-        with torch.no_grad():
-            return 1.0 / (1.0 + float(self.prior.weight))
+        return 1.0 / (1.0 + self.prior_bound())
 
     def eval(self) -> "InfluenceEncoder":
         return self.train(False)
@@ -439,10 +519,24 @@ class InfluenceEncoder:
                                           "weight": float(self.prior.weight.detach()), "features": list(PRIOR_FEATURES),
                                           "file": PRIOR_FILE, "score": "cos(E(q), E(p)) + b(p)",
                                           "vectors": "pool [a E(p), s r, sqrt(1-a^2-s^2 r^2)], query [a E(q), s, 0]"}
+                if self.prior_trees is not None:
+                    from .prior_trees import STYLE_FEATURES
+
+                    save_file(self.prior_trees.to_tensors(), str(tmp / PRIOR_TREES_FILE))
+                    self.metadata["prior"].update(
+                        score="cos(E(q), E(p)) + b(p) + kappa * clip(g(p), lo, hi)",
+                        trees={"file": PRIOR_TREES_FILE, "kind": "gradient-boosted regression trees",
+                               "kappa": self.prior_trees_kappa, "clip": list(self.prior_trees_clip),
+                               "n_trees": int(self.prior_trees.feature.shape[0]),
+                               "features": ["embedding", "log1p_tokens", "log1p_response_tokens", *STYLE_FEATURES],
+                               "target": "the teacher's pool factor: mean influence over the training queries"},
+                        bound=self.prior_bound())
+                else:
+                    self.metadata["prior"].pop("trees", None)
             (tmp / METADATA_FILE).write_text(json.dumps(self.metadata, indent=1, default=str))
             if out.exists():
                 for child in out.iterdir():  # keep files beside the model that save() does not own
-                    if not (tmp / child.name).exists() and child.name != PRIOR_FILE:
+                    if not (tmp / child.name).exists() and child.name not in (PRIOR_FILE, PRIOR_TREES_FILE):
                         os.replace(child, tmp / child.name)
                 old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
                 os.replace(out, old / "x")
