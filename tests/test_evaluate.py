@@ -371,3 +371,24 @@ def test_store_teacher_labels_follow_train_pool_file_records(tmp_path, tiny_mode
     _write_jsonl(tmp_path / "train_pool.jsonl", rev_pool + [{"id": "nowhere", "prompt": "p?", "response": "r."}])
     with pytest.raises(UserError, match="nowhere"):
         run(load_config(cfg_path), progress=False)
+
+
+def test_student_cache_key_is_the_resolved_recipe(monkeypatch):
+    """Students are cached by the whole recipe, defaults included: a changed DistillConfig default must not
+    reuse a student trained by the old one."""
+    import dataclasses
+
+    from influcoder import distill
+    from influcoder.evaluate import student_recipe
+
+    r = student_recipe({"seed": 1})
+    names = {f.name for f in dataclasses.fields(distill.DistillConfig)} - {"pool_data", "query_data", "labels", "out"}
+    assert set(r) == names and r["seed"] == 1 and r["prior_trees"] == distill.DistillConfig.prior_trees
+    assert student_recipe({"seed": 1, "lr": 1e-3}) != r
+
+    @dataclasses.dataclass
+    class Changed(distill.DistillConfig):
+        prior_trees: bool = not distill.DistillConfig.prior_trees
+
+    monkeypatch.setattr(distill, "DistillConfig", Changed)
+    assert student_recipe({"seed": 1}) != r

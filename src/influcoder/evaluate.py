@@ -583,6 +583,16 @@ def _write_records(path: Path, recs: list[Record]) -> None:
                                     for r in recs))
 
 
+def student_recipe(opts: dict) -> dict:
+    """The student's whole recipe: the config's ``student`` options over DistillConfig's defaults, paths aside.
+    Trained students are cached by it, so a changed default trains a new student instead of reusing one
+    trained by the old recipe."""
+    from .distill import DistillConfig
+
+    return {k: v for k, v in DistillConfig(pool_data="-", query_data="-", labels="-", out="-", **opts).to_dict().items()
+            if k not in ("pool_data", "query_data", "labels", "out")}
+
+
 def train_student(ctx: _Ctx, tag: str, train_pool: list[Record], train_queries: list[Record],
                   labels: np.ndarray, teacher_desc: dict) -> tuple[str, dict]:
     """Distil a student on (train_pool × train_queries) labels through influcoder.distill; cached by content."""
@@ -590,7 +600,7 @@ def train_student(ctx: _Ctx, tag: str, train_pool: list[Record], train_queries: 
     from .labels import write_meta
 
     opts = {k: v for k, v in ctx.cfg.student.items() if k != "path"}
-    key = _key({"pool": _ids(train_pool), "queries": _ids(train_queries), "opts": opts, "teacher": teacher_desc,
+    key = _key({"pool": _ids(train_pool), "queries": _ids(train_queries), "opts": student_recipe(opts), "teacher": teacher_desc,
                 "labels": hashlib.sha1(np.ascontiguousarray(labels, dtype=np.float32).tobytes()).hexdigest()})
     d = ctx.work / "students" / f"{tag}-{key}"
     done = d / "done.json"
