@@ -991,6 +991,14 @@ def test_boosted_prior_scores_as_one_inner_product_and_survives_save_and_load(tm
     assert md["prior"]["trees"]["kappa"] == pytest.approx(0.7) and "kappa" in md["prior"]["score"]
     back = InfluenceEncoder.from_pretrained(str(out))
     assert np.allclose(back.encode(pool), P, atol=1e-6) and np.allclose(back.encode_query(queries), Q, atol=1e-6)
+    # κ is part of the weights, so the encoder's fingerprint changes with it
+    from influcoder.encoder import encoder_fingerprint
+
+    f1 = encoder_fingerprint(out)
+    back.set_prior_trees(back.prior_trees, 0.3, back.prior_trees_clip)
+    back.save(out)
+    assert encoder_fingerprint(out) != f1
+    back = InfluenceEncoder.from_pretrained(str(out))
     # removing the trees and saving again leaves no stale trees file behind
     back.set_prior_trees(None, 0.0, (0.0, 0.0))
     back.save(out)

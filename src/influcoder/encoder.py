@@ -266,9 +266,9 @@ class InfluenceEncoder:
 
             from .prior_trees import TreeEnsemble
 
-            try:
-                enc.set_prior_trees(TreeEnsemble.from_tensors(load_file(str(p / trees["file"]))), trees["kappa"],
-                                    trees["clip"])
+            try:  # κ and the clip range live in the weights file too, so the encoder's fingerprint covers them
+                t = load_file(str(p / trees["file"]))
+                enc.set_prior_trees(TreeEnsemble.from_tensors(t), float(t["kappa"][0]), t["clip"].tolist())
             except (KeyError, OSError, RuntimeError, ValueError) as e:
                 raise UserError(f"{p}: boosted pool prior does not match {METADATA_FILE}'s 'prior.trees' entry ({e})") from None
         enc.metadata.setdefault("base_encoder", str(name_or_dir))
@@ -522,7 +522,12 @@ class InfluenceEncoder:
                 if self.prior_trees is not None:
                     from .prior_trees import STYLE_FEATURES
 
-                    save_file(self.prior_trees.to_tensors(), str(tmp / PRIOR_TREES_FILE))
+                    import torch
+
+                    save_file({**self.prior_trees.to_tensors(),
+                               "kappa": torch.tensor([self.prior_trees_kappa], dtype=torch.float64),
+                               "clip": torch.tensor(list(self.prior_trees_clip), dtype=torch.float64)},
+                              str(tmp / PRIOR_TREES_FILE))
                     self.metadata["prior"].update(
                         score="cos(E(q), E(p)) + b(p) + kappa * clip(g(p), lo, hi)",
                         trees={"file": PRIOR_TREES_FILE, "kind": "gradient-boosted regression trees",
