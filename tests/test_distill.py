@@ -1046,3 +1046,22 @@ def test_boosted_prior_is_fitted_in_train_and_learns_a_pool_factor_of_form(tmp_p
                       prior_trees=False), progress=False)
     assert InfluenceEncoder.from_pretrained(str(out2)).prior_trees is None
     assert not any(r.get("model") == "prior trees" for r in map(json.loads, (out2 / "metrics.jsonl").read_text().splitlines()))
+
+
+def test_boosted_prior_with_no_spread_is_not_attached(tmp_path, tiny_bert_dir, monkeypatch):
+    """Trees that predict one value for every validation row (nothing to split on) add nothing: κ stays 0."""
+    from influcoder import prior_trees
+    from influcoder.encoder import InfluenceEncoder
+
+    real = prior_trees.fit_trees
+
+    def constant(X, y, **kw):
+        return real(X, np.full_like(np.asarray(y, dtype=np.float64), 0.3), **kw)
+
+    monkeypatch.setattr(prior_trees, "fit_trees", constant)
+    pf, qf, lf = _write_problem(tmp_path)
+    out = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "flat", epochs=1, pool_prior=True, prior_trees=True), progress=False)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    tr = [r for r in rows if r["model"] == "prior trees"][0]
+    assert tr["kappa"] == 0.0 and len(tr["candidates"]) == 1
+    assert InfluenceEncoder.from_pretrained(str(out)).prior_trees is None

@@ -555,8 +555,15 @@ def fit_prior_trees(enc, train_pool_recs, train_block: np.ndarray, val_pool_recs
     bs = cfg.eval_batch_size
     E = enc.text_embeddings(train_pool_recs, batch_size=bs, side="pool")
     F = enc.prior_features(train_pool_recs)
-    trees, _ = fit_trees(np.hstack([E, F]), train_block.mean(axis=1), seed=cfg.seed)
-    lo, hi = trees.bounds()
+    X = np.hstack([E, F])
+    trees, _ = fit_trees(X, train_block.mean(axis=1), seed=cfg.seed)
+    # clip range: the training predictions' range widened by a quarter of its span on each side, within the
+    # trees' own bounds (those sum every tree's extreme leaf and are much wider: a wide range only shrinks the
+    # embedding part of the score vectors, a² = 1/(1 + W), and so their float32 resolution)
+    g_tr = trees.predict(X)
+    span = float(g_tr.max() - g_tr.min())
+    b_lo, b_hi = trees.bounds()
+    lo, hi = max(b_lo, float(g_tr.min()) - 0.25 * span), min(b_hi, float(g_tr.max()) + 0.25 * span)
     VP = enc.text_embeddings(val_pool_recs, batch_size=bs, side="pool")
     VF = enc.prior_features(val_pool_recs)
     VQ = enc.text_embeddings(val_query_recs, batch_size=bs, side="query")
@@ -567,7 +574,8 @@ def fit_prior_trees(enc, train_pool_recs, train_block: np.ndarray, val_pool_recs
     m0 = evaluate_matrix(base, val_block, cfg.alpha, cfg.tau)
     cands = [{"lambda": 0.0, "kappa": 0.0, "metrics": m0}]
     best = cands[0]
-    for lam in PRIOR_TREES_WEIGHTS:
+    flat = not (g.std() > 1e-9 * max(1.0, float(np.abs(g).max())))  # no spread (e.g. too few rows to split on)
+    for lam in () if flat else PRIOR_TREES_WEIGHTS:
         kappa = float(lam * base.std() / max(g.std(), 1e-12))
         m = evaluate_matrix(base + kappa * g[:, None], val_block, cfg.alpha, cfg.tau)
         cands.append({"lambda": lam, "kappa": kappa, "metrics": m})
