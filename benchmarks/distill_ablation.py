@@ -152,7 +152,7 @@ NOT_RUN_R3 = ["a GradCache-style two-pass step: memory never bound (the study's 
 # what round 4 left out
 NOT_RUN_R4 = ["a GradCache-style two-pass step: memory never bound (≈ 2–3 GB RSS of 24 GB, 96 × 96 blocks included); "
               "the listwise KL here scores every training pool row through an embedding bank instead",
-              "the larger student with more than its top 2 of 12 layers trained (its layer cache alone takes ≈ 270 s)"]
+              "the larger student with more than its top 2 of 12 layers trained (its layer cache alone took 270–420 s)"]
 NOT_RUN_LISTS = {3: NOT_RUN_R3, 4: NOT_RUN_R4}
 
 

@@ -268,7 +268,9 @@ class InfluenceEncoder:
 
             try:  # κ and the clip range live in the weights file too, so the encoder's fingerprint covers them
                 t = load_file(str(p / trees["file"]))
-                enc.set_prior_trees(TreeEnsemble.from_tensors(t), float(t["kappa"][0]), t["clip"].tolist())
+                kappa = float(t["kappa"][0]) if "kappa" in t else float(trees["kappa"])  # (first files: metadata only)
+                clip = t["clip"].tolist() if "clip" in t else trees["clip"]
+                enc.set_prior_trees(TreeEnsemble.from_tensors(t), kappa, clip)
             except (KeyError, OSError, RuntimeError, ValueError) as e:
                 raise UserError(f"{p}: boosted pool prior does not match {METADATA_FILE}'s 'prior.trees' entry ({e})") from None
         enc.metadata.setdefault("base_encoder", str(name_or_dir))
