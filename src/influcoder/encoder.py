@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import UserError
+from .prior_trees import STYLE_FEATURES
 
 __all__ = ["InfluenceEncoder", "METADATA_FILE", "PRIOR_FILE", "PRIOR_TREES_FILE", "PRIOR_FEATURES", "SIDES", "build_prior"]
 
@@ -109,12 +110,6 @@ def _prior_module():
             return self.weight * self.unit(x)
 
     return PoolPrior
-
-
-def _style_names() -> tuple[str, ...]:
-    from .prior_trees import STYLE_FEATURES
-
-    return STYLE_FEATURES
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -319,15 +314,22 @@ class InfluenceEncoder:
             self.prior.train(mode)
         return self
 
-    def length_features(self, items: Sequence[Any] | str) -> np.ndarray:
-        """(n, 2) float32: log1p of the untruncated encoder-token counts of each item's text and of its response."""
+    @staticmethod
+    def _feature_items(items: Sequence[Any] | str) -> list:
+        """Items as the prior's features read them: a list, dict rows turned into the records _texts would make
+        of them (once), so that their prompt and response are at hand."""
         from .records import FieldSpec, Record, _row_to_record
 
         if isinstance(items, (str, Record, dict)):
             items = [items]
-        # dict rows become the records _texts would make of them, once, so their response is at hand
-        items = [_row_to_record("encode() input", i, x, FieldSpec()) if isinstance(x, dict) else x
-                 for i, x in enumerate(items)]
+        return [_row_to_record("encode() input", i, x, FieldSpec()) if isinstance(x, dict) else x
+                for i, x in enumerate(items)]
+
+    def length_features(self, items: Sequence[Any] | str) -> np.ndarray:
+        """(n, 2) float32: log1p of the untruncated encoder-token counts of each item's text and of its response."""
+        from .records import Record
+
+        items = self._feature_items(items)
         texts = _texts(items)
         resp = [x.response if isinstance(x, Record) else t for x, t in zip(items, texts)]
         tok = self.model.tokenizer
@@ -339,12 +341,8 @@ class InfluenceEncoder:
         """What the whole pool prior reads beside the embedding: :meth:`length_features` (the MLP's two) and, for
         the boosted prior, prior_trees.style_features, side by side ((n, 2 + len(STYLE_FEATURES)) float32)."""
         from .prior_trees import style_features
-        from .records import FieldSpec, Record, _row_to_record
 
-        if isinstance(items, (str, Record, dict)):
-            items = [items]
-        items = [_row_to_record("encode() input", i, x, FieldSpec()) if isinstance(x, dict) else x
-                 for i, x in enumerate(items)]
+        items = self._feature_items(items)
         return np.hstack([self.length_features(items), style_features(items)]).astype(np.float32)
 
     def set_prior_trees(self, trees, kappa: float, clip) -> None:
@@ -355,9 +353,9 @@ class InfluenceEncoder:
         lo, hi = (float(clip[0]), float(clip[1]))
         if not (kappa >= 0 and lo <= hi and np.isfinite([kappa, lo, hi]).all()):
             raise ValueError(f"set_prior_trees: need κ ≥ 0 and lo ≤ hi, got κ={kappa}, clip=({lo}, {hi})")
-        if trees is not None and kappa > 0 and trees.n_features != self.embedding_dim + 2 + len(_style_names()):
+        if trees is not None and kappa > 0 and trees.n_features != self.embedding_dim + 2 + len(STYLE_FEATURES):
             raise ValueError(f"set_prior_trees: the trees read {trees.n_features} features, this encoder gives "
-                             f"{self.embedding_dim + 2 + len(_style_names())}")
+                             f"{self.embedding_dim + 2 + len(STYLE_FEATURES)}")
         keep = trees is not None and kappa > 0
         self.prior_trees = trees if keep else None
         self.prior_trees_kappa = float(kappa) if keep else 0.0
@@ -370,7 +368,7 @@ class InfluenceEncoder:
         if self.prior_trees is None:
             return np.zeros(n)
         features = np.asarray(features, dtype=np.float32)
-        if features.ndim != 2 or features.shape[1] != 2 + len(_style_names()):
+        if features.ndim != 2 or features.shape[1] != 2 + len(STYLE_FEATURES):
             raise ValueError("the boosted pool prior reads prior_features(items) (length and style features), "
                              f"got an array of shape {features.shape}; pass the items instead")
         X = np.hstack([np.asarray(pool_emb, dtype=np.float32), features])
@@ -522,8 +520,6 @@ class InfluenceEncoder:
                                           "file": PRIOR_FILE, "score": "cos(E(q), E(p)) + b(p)",
                                           "vectors": "pool [a E(p), s r, sqrt(1-a^2-s^2 r^2)], query [a E(q), s, 0]"}
                 if self.prior_trees is not None:
-                    from .prior_trees import STYLE_FEATURES
-
                     import torch
 
                     save_file({**self.prior_trees.to_tensors(),
@@ -535,11 +531,9 @@ class InfluenceEncoder:
                         trees={"file": PRIOR_TREES_FILE, "kind": "gradient-boosted regression trees",
                                "kappa": self.prior_trees_kappa, "clip": list(self.prior_trees_clip),
                                "n_trees": int(self.prior_trees.feature.shape[0]),
-                               "features": ["embedding", "log1p_tokens", "log1p_response_tokens", *STYLE_FEATURES],
+                               "features": [*PRIOR_FEATURES, *STYLE_FEATURES],
                                "target": "the teacher's pool factor: mean influence over the training queries"},
                         bound=self.prior_bound())
-                else:
-                    self.metadata["prior"].pop("trees", None)
             (tmp / METADATA_FILE).write_text(json.dumps(self.metadata, indent=1, default=str))
             if out.exists():
                 for child in out.iterdir():  # keep files beside the model that save() does not own
