@@ -50,16 +50,16 @@ sys.path.insert(0, str(ROOT / "src"))
 
 # DistillConfig's defaults before this study, pinned for every variant so that each result means what it
 # meant when it ran, whatever the defaults are now (the study's winner became the new defaults)
-PINNED = dict(max_length=256, queries_per_batch=12, candidates=15, lr=5e-5, epochs=10, bf16=False, freeze_layers=0,
+PINNED = dict(max_length=256, queries_per_batch=12, candidates=15, lr=5e-5, epochs=10, precision="float32", freeze_layers=0,
               patience=None, pool_prior=False, prior_lr=None, center_queries=False, pool_mean_weight=0.0,
               prior_warmup_steps=0, prior_refit_steps=0, score_scale_lr=0.0, warmup_ratio=0.1, weight_decay=0.01,
               alpha=0.5, tau=0.05, dropout=None, anchor_weight=0.0, label_noise=0.0, pooling="mean",
               projection_dim=None, pool_prefix="", query_prefix="")
 # the configuration experiment 1 used before this study (configs/exp1_ranking.yaml's student section)
-TODAY = dict(epochs=3, lr=2e-4, queries_per_batch=12, candidates=15, max_length=256, bf16=True)
+TODAY = dict(epochs=3, lr=2e-4, queries_per_batch=12, candidates=15, max_length=256, precision="bfloat16")
 # the cheap path every other variant starts from: lower layers frozen and cached, large blocks, 128 tokens,
 # early stopping on distill's own validation split
-BASE = dict(epochs=40, lr=2e-4, queries_per_batch=48, candidates=48, max_length=128, bf16=True, freeze_layers=4,
+BASE = dict(epochs=40, lr=2e-4, queries_per_batch=48, candidates=48, max_length=128, precision="bfloat16", freeze_layers=4,
             patience=3)
 
 WIN1 = {"pool_prior": True, "prior_lr": 2e-3, "lr": 5e-4}  # the first round's winner

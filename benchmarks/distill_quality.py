@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--hard-fraction", type=float, default=0.0)
     ap.add_argument("--max-length", type=int, default=256)
-    ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--precision", default="float32", choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--max-train-seconds", type=float, default=None, help="Training time budget per seed.")
     ap.add_argument("--tag", default="", help="Suffix for the model folders (to keep several variants).")
     ap.add_argument("--out-json", default="benchmarks/results/distill_quality.json")
@@ -206,7 +206,7 @@ def main(argv=None) -> int:
         cfg = DistillConfig(pool_data=args.pool_data, query_data=args.query_data, labels=str(train_labels), out=str(out),
                             encoder=args.encoder, epochs=args.epochs, seed=seed, val_pool=args.val_pool,
                             val_queries=args.val_queries, tau=args.tau, lr=args.lr, hard_fraction=args.hard_fraction,
-                            max_length=args.max_length, bf16=args.bf16,
+                            max_length=args.max_length, precision=args.precision,
                             max_train_seconds=args.max_train_seconds)
         t0 = time.time()
         train(cfg, progress=sys.stderr.isatty(), log=lambda s: print(s, flush=True))

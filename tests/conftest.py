@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import string
 from pathlib import Path
 
 import pytest
 import torch
+
+# `precision: auto` resolves by the CPU (influcoder.hardware): the suite states "bf16 emulated" so that auto
+# means float32 on every machine, whatever its CPU (subprocesses inherit it); tests of the other outcome fake it.
+os.environ["INFLUCODER_CPU_BF16"] = "emulated"
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

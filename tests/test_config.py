@@ -78,7 +78,7 @@ def test_field_docstrings_come_from_the_class_body():
 def _cfg(tmp_path, **over):
     d = {"out": str(tmp_path / "run"), "pool": {"path": "pool.jsonl", "preset": "alpaca", "limit": 100},
          "queries": {"path": "q.jsonl", "prompt_field": "input", "response_field": "target"},
-         "student": {"epochs": 3, "lr": 1e-4, "bf16": True}, "teacher": {"proj_dim": 1024, "dtype": "bfloat16"},
+         "student": {"epochs": 3, "lr": 1e-4, "precision": "bfloat16"}, "teacher": {"proj_dim": 1024, "dtype": "bfloat16"},
          "sample": {"n_stock": 50, "method": "random"}, "mix": {"pool": []}, "steps": ["train"]}
     d.update(over)
     return d
@@ -104,13 +104,13 @@ def test_yaml_dataclass_cli_round_trip(tmp_path):
         from influcoder.cli import app
 
         r = CliRunner().invoke(app, ["run", str(path), "--student.epochs", "7", "--pool.limit", "5",
-                                     "--student.no-bf16", "--steps", "embed,index", "--sample.method", "diverse"])
+                                     "--student.precision", "float32", "--steps", "embed,index", "--sample.method", "diverse"])
     finally:
         cli_run._run = real
     assert r.exit_code == 0, r.output
     got = seen["cfg"]
     want = from_dict(RunConfig, _cfg(tmp_path, steps=["embed", "index"],
-                                     student={"epochs": 7, "lr": 1e-4, "bf16": False},
+                                     student={"epochs": 7, "lr": 1e-4, "precision": "float32"},
                                      pool={"path": "pool.jsonl", "preset": "alpaca", "limit": 5},
                                      sample={"n_stock": 50, "method": "diverse"}))
     assert got == want and got.steps == ["embed", "index"]
@@ -138,7 +138,9 @@ def test_unknown_key_names_the_key_and_the_file(tmp_path):
 
 @pytest.mark.parametrize("bad, match", [
     ({"student": {"alpha": 2}}, r"student: DistillConfig: alpha must be in \[0, 1\]"),
-    ({"teacher": {"dtype": "int8"}}, "teacher: dtype must be float32 or bfloat16"),
+    ({"teacher": {"dtype": "int8"}}, "teacher: dtype must be one of auto, float32, bfloat16"),
+    ({"student": {"precision": "fp8"}}, "student: DistillConfig: precision must be one of auto, float32, bfloat16"),
+    ({"student": {"device": "tpu"}}, "student: DistillConfig: device must be auto, cpu, cuda or cuda:N"),
     ({"sample": {"n_stock": "many"}}, r"sample\.n_stock: expected a whole number"),
     ({"pool": {"path": "x", "preset": "nope"}}, "pool: unknown preset 'nope'"),
     ({"steps": ["trian"]}, "unknown step 'trian'"),

@@ -369,6 +369,50 @@ def test_layer_cache_matches_full_forward(tiny_bert_dir):
         assert (wrong - got).abs().max() > 1e-3
 
 
+def test_layer_cache_matches_full_forward_real_minilm():
+    """The packaged MiniLM (all-MiniLM-L6-v2): the cached path equals the full forward, with padding, for
+    every number of frozen layers, under float32 and under the device's bf16 autocast (same autocast on both
+    sides). Guards the mask the cache builds against the installed transformers (issue 20: a private mask
+    method changed signature and broke training)."""
+    from influcoder import InfluenceEncoder
+    from influcoder.layer_cache import LayerCache
+    from influcoder.models import ModelNotAvailable, resolve_encoder
+
+    try:
+        resolve_encoder("minilm-l6")
+    except ModelNotAvailable as e:
+        pytest.skip(str(e))
+    enc = InfluenceEncoder.from_pretrained("minilm-l6", max_length=64)
+    enc.eval()
+    texts = ["Write a haiku about rain on a tin roof at night, with a title.\nRain taps the tin roof " * 2,
+             "hi", "What is 2 + 3?\n5", "Name the capital of France.\nParis is the capital of France."]
+    idx = [2, 0, 3, 1]
+    for k in (1, 4, 5):
+        c = LayerCache(enc, k)
+        c.add("pool", texts, "pool", batch_size=3)
+        with torch.no_grad():
+            ref = enc.embed([texts[i] for i in idx], side="pool")
+            got = c.embed("pool", idx)
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            ref16 = enc.embed([texts[i] for i in idx], side="pool").float()
+            got16 = c.embed("pool", idx).float()
+        assert (got16 - ref16).abs().max() < 2e-2  # bf16 rounding only (both far from float32's 1e-5)
+    # a negative control: a wrong mask (no padding masked) changes the padded rows
+    c = LayerCache(enc, 4)
+    c.add("pool", texts, "pool", batch_size=3)
+    import influcoder.layer_cache as lc
+
+    orig = lc._mask_fn
+    try:
+        lc._mask_fn = lambda: (lambda config, inputs_embeds, attention_mask: None)
+        with torch.no_grad():
+            bad = c.embed("pool", idx)
+    finally:
+        lc._mask_fn = orig
+    assert (bad - ref).abs().max() > 1e-3
+
+
 def test_freeze_layers_trains_only_the_top(tmp_path, tiny_bert_dir):
     from safetensors.numpy import load_file
 
@@ -874,7 +918,7 @@ def test_listwise_kl_scores_each_query_against_every_training_pool_row(tmp_path,
 
     monkeypatch.setattr(distill, "distill_loss", spy)
     cfg = _cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "lw", epochs=1, kl_over="pool", pool_prior=False, dropout=0.0,
-               bf16=False, freeze_layers=0, patience=None)
+               precision="float32", freeze_layers=0, patience=None)
     out = train(cfg, progress=False)
     split = json.loads((out / "split.json").read_text())
     labels = load_labels(lf)

@@ -166,9 +166,9 @@ def test_unsupported_students_get_a_clear_error():
     no_layers.config = SimpleNamespace(model_type="distilbert")
     with pytest.raises(UserError, match="no encoder.layer.*use freeze_layers 0"):
         encoder_layers(_fake_enc(no_layers))
-    other = torch.nn.Module()  # encoder.layer, but neither BERT's mask builder nor MPNet's position bias
+    other = torch.nn.Module()  # encoder.layer, but neither a BERT-style model type nor MPNet's position bias
     other.encoder = torch.nn.Module()
     other.encoder.layer = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
     other.config = SimpleNamespace(model_type="other")
-    with pytest.raises(UserError, match="has encoder.layer, but neither.*use freeze_layers 0"):
+    with pytest.raises(UserError, match="model_type 'other'.*not supported.*use freeze_layers 0"):
         encoder_layers(_fake_enc(other))

@@ -266,10 +266,19 @@ class AttributeConfig:
     """Override the HNSW efSearch stored with the index."""
     batch_size: int = 64
     """Encoder batch size for the queries."""
+    device: str = "auto"
+    """Device of the encoder's forward passes: auto (CUDA when present, else cpu), cpu, cuda or cuda:N."""
+    precision: str = "auto"
+    """Precision of the encoder's forward passes: auto (bfloat16 where the device computes it natively,
+    float32 elsewhere), float32 or bfloat16."""
     ood: OODConfig = field(default_factory=OODConfig)
     """Out-of-distribution report settings."""
 
     def __post_init__(self):
+        from .hardware import check_device, check_precision
+
+        check_device(self.device)
+        check_precision(self.precision)
         if isinstance(self.ood, dict):
             self.ood = OODConfig(**self.ood)
         if self.top_k < 1:
@@ -341,7 +350,7 @@ def run_attribute(cfg: AttributeConfig, *, encoder=None, index: FaissIndex | Non
     fp = fingerprint or encoder_fingerprint(cfg.encoder)["sha256"]
     index.require_encoder(fp, f"encoder '{cfg.encoder}'")
     if encoder is None:
-        encoder = load_encoder(cfg.encoder)
+        encoder = load_encoder(cfg.encoder, device=cfg.device, precision=cfg.precision, stage="attribute")
     spec = _spec(cfg.query_preset, cfg.query_prompt_field, cfg.query_response_field)
     q_ids, q_items, q_emb = _query_embeddings(cfg.queries, cfg.query_texts, spec, encoder, fp, cfg.batch_size, index)
     scores, pos = index.search(q_emb, cfg.top_k, nprobe=cfg.nprobe, ef_search=cfg.ef_search)
@@ -472,10 +481,19 @@ class FilterConfig:
     """Encoder batch size."""
     block_rows: int = 65536
     """Pool rows scored per block (bounds memory)."""
+    device: str = "auto"
+    """Device of the encoder's forward passes: auto (CUDA when present, else cpu), cpu, cuda or cuda:N."""
+    precision: str = "auto"
+    """Precision of the encoder's forward passes: auto (bfloat16 where the device computes it natively,
+    float32 elsewhere), float32 or bfloat16."""
     ood: OODConfig = field(default_factory=OODConfig)
     """Out-of-distribution report settings."""
 
     def __post_init__(self):
+        from .hardware import check_device, check_precision
+
+        check_device(self.device)
+        check_precision(self.precision)
         if isinstance(self.ood, dict):
             self.ood = OODConfig(**self.ood)
         errs = []
@@ -515,7 +533,7 @@ def pool_embed_config(cfg: FilterConfig) -> EmbedConfig:
     """The embedding store ``filter`` makes of its pool file (``OUT/pool_embeddings``; local or on Ray)."""
     return EmbedConfig(encoder=cfg.encoder, data=cfg.data, out=str(Path(cfg.out) / "pool_embeddings"), side="pool",
                        preset=cfg.preset, prompt_field=cfg.prompt_field, response_field=cfg.response_field,
-                       dtype=cfg.dtype, batch_size=cfg.batch_size)
+                       dtype=cfg.dtype, batch_size=cfg.batch_size, device=cfg.device, precision=cfg.precision)
 
 
 def filter_pool(cfg: FilterConfig, *, encoder=None, progress: bool = True,
@@ -526,7 +544,7 @@ def filter_pool(cfg: FilterConfig, *, encoder=None, progress: bool = True,
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     fp = encoder_fingerprint(cfg.encoder)["sha256"]
     if encoder is None:
-        encoder = load_encoder(cfg.encoder)
+        encoder = load_encoder(cfg.encoder, device=cfg.device, precision=cfg.precision, stage="filter")
     # pool embeddings: a store (streamed, resumable) for files, in memory for command-line texts
     store: EmbeddingStore | None = None
     if cfg.data:
@@ -556,7 +574,7 @@ def filter_store(cfg: FilterConfig, store: EmbeddingStore | None, *, encoder=Non
     if store is not None and store.fingerprint != fp:
         raise UserError(f"pool embeddings {store.root} were made with another encoder than '{cfg.encoder}'")
     if encoder is None:
-        encoder = load_encoder(cfg.encoder)
+        encoder = load_encoder(cfg.encoder, device=cfg.device, precision=cfg.precision, stage="filter")
     q_spec = _spec(cfg.query_preset, cfg.query_prompt_field, cfg.query_response_field)
     q_ids, q_items, q_emb = _query_embeddings(cfg.queries, cfg.query_texts, q_spec, encoder, fp, cfg.batch_size, None)
 

@@ -17,7 +17,7 @@ def demo_cmd(
     epochs: int = typer.Option(3, "--epochs", help="Distillation epochs."),
     decoder: str = typer.Option("smollm2-135m-instruct", "--decoder", help="Teacher decoder."),
     encoder: str = typer.Option("minilm-l6", "--encoder", help="Student encoder."),
-    dtype: str = typer.Option("bfloat16", "--dtype", help="Stocking precision."),
+    dtype: str = typer.Option("auto", "--dtype", help="Stocking precision: auto (bf16 where native), float32, bfloat16."),
     seed: int = typer.Option(0, "--seed"),
 ):
     """The main job on real data (configs/demo.yaml): sample → stock → labels → train → embed → index → attribute → report."""

@@ -30,6 +30,8 @@ def serve_cmd(
     reference_preset: Optional[str] = typer.Option(None, "--reference-preset"),
     ood_threshold: Optional[float] = typer.Option(None, "--ood-threshold", help="Flag NN similarity below this (default: calibrated)."),
     no_ood: bool = typer.Option(False, "--no-ood", help="No OOD flags."),
+    device: str = typer.Option("auto", "--device", help="Encoder device: auto (CUDA when present), cpu, cuda, cuda:N."),
+    precision: str = typer.Option("auto", "--precision", help="Encoder precision: auto (bf16 where native), float32, bfloat16."),
 ):
     """Serve an explorer page and JSON API: attribute queries, filter the pool with a slider, export."""
     import uvicorn
@@ -43,7 +45,7 @@ def serve_cmd(
                      ood=_ood_opts(reference, reference_preset, ood_threshold, no_ood),
                      queries=str(queries) if queries else None, query_preset=query_preset,
                      query_prompt_field=query_prompt_field, query_response_field=query_response_field,
-                     query_id_field=query_id_field)
+                     query_id_field=query_id_field, device=device, precision=precision)
     for note in app.state.explorer.notes:
         console.print(f"[yellow]{note}[/]")
     console.print(f"serving {path} at http://{host}:{port}/ (Ctrl-C to stop)")

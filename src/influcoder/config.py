@@ -387,12 +387,14 @@ IndexSection = section_of(
     validate=_checked_by(IndexConfig, embeddings="-", out="-"),
     doc="The FAISS index over the pool embeddings (influcoder.index.IndexConfig's fields).")
 AttributeSection = section_of(
-    AttributeConfig, "AttributeSection", include=("top_k", "with_text", "nprobe", "ef_search", "batch_size"),
+    AttributeConfig, "AttributeSection", include=("top_k", "with_text", "nprobe", "ef_search", "batch_size", "device",
+                                                  "precision"),
     extra=[("enabled", bool, True, "Run the attribute step: the top-k pool examples of every query, from the index.")],
     validate=_checked_by(AttributeConfig, encoder="-", index="-"),
     doc="Attribution of the queries against the index (influcoder.attribute.AttributeConfig's fields).")
 FilterSection = section_of(
-    FilterConfig, "FilterSection", include=("aggregate", "fraction", "threshold", "keep", "batch_size"),
+    FilterConfig, "FilterSection", include=("aggregate", "fraction", "threshold", "keep", "batch_size", "device",
+                                            "precision"),
     extra=[("enabled", bool, False, "Run the filter step: score the pool by influence on the queries and write a filtered copy.")],
     validate=_checked_by(FilterConfig, encoder="-", out="-", data="-"),
     doc="Filtering the pool by aggregated influence (influcoder.attribute.FilterConfig's fields).")
@@ -502,6 +504,13 @@ class RunConfig:
     """Filtering the pool by influence."""
     report: ReportSection = field(default_factory=ReportSection)
     """The fidelity report."""
+    device: str = "auto"
+    """Device of every step that runs a model, where the step's own section says auto: auto (CUDA when
+    present, else cpu), cpu (force the CPU), cuda or cuda:N."""
+    precision: str = "auto"
+    """Precision of every step that runs a model, where the step's own section says auto (teacher.dtype,
+    student/embed/attribute/filter.precision): auto (bfloat16 where the device computes it natively, float32
+    elsewhere), float32 or bfloat16. Each step's record (steps/<step>.json) holds the resolved one."""
     steps: list[str] = field(default_factory=list)
     """Steps to run (each with the steps it needs; comma-separated or repeated): mix, sample, stock, labels, train, embed, index, attribute, filter, report. Empty: all enabled steps."""
 
@@ -511,6 +520,16 @@ class RunConfig:
         if bad:
             raise UserError(f"steps: unknown step '{bad[0]}' (choose from {', '.join(STEPS)})")
         self.steps = steps
+        from .hardware import check_device, check_precision
+
+        check_device(self.device, "device")
+        check_precision(self.precision, "precision")
+        for sec in (self.teacher, self.student, self.embed, self.attribute, self.filter):  # the run's choice, where a
+            if self.device != "auto" and sec.device == "auto":                          # section leaves it to auto
+                sec.device = self.device
+            pname = "dtype" if sec is self.teacher else "precision"
+            if self.precision != "auto" and getattr(sec, pname) == "auto":
+                setattr(sec, pname, self.precision)
         if not self.out:
             raise UserError("out: the run folder may not be empty")
         for side in ("pool", "queries"):

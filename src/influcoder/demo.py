@@ -39,7 +39,7 @@ class DemoConfig:
     """CountSketch dimension."""
     max_length: int = 256
     """Tokens per example."""
-    dtype: str = "bfloat16"
+    dtype: str = "auto"
     """Compute precision of stocking."""
     top_k: int = 5
     """Pool examples attributed per query."""

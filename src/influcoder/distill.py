@@ -122,8 +122,12 @@ class DistillConfig:
     """Steps whose gradients are accumulated (summed loss / grad_accum) before one optimiser update."""
     seed: int = 0
     """Seed of the held-out split, candidate sampling, head initialisation and dropout."""
-    bf16: bool = True
-    """Run the encoder forward under bfloat16 autocast (loss in float32)."""
+    precision: str = "auto"
+    """Precision of the encoder's forward: auto (bfloat16 autocast where the device computes it natively,
+    float32 elsewhere; see influcoder.hardware), float32, or bfloat16 (autocast; the loss stays float32).
+    The encoder's metadata records the resolved one."""
+    device: str = "auto"
+    """Device the student trains on: auto (CUDA when present, else cpu), cpu, cuda or cuda:N."""
     val_pool: float = 0.2
     """Held-out pool examples: a fraction if < 1, else a count."""
     val_queries: float = 0.2
@@ -251,6 +255,13 @@ class DistillConfig:
             bad(f"label_noise must be ≥ 0, got {self.label_noise}")
         if self.patience is not None and self.patience < 1:
             bad(f"patience must be ≥ 1, got {self.patience}")
+        from .hardware import check_device, check_precision
+
+        try:
+            check_precision(self.precision)
+            check_device(self.device)
+        except UserError as e:
+            bad(str(e))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -258,6 +269,9 @@ class DistillConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":
         known = {f.name for f in fields(cls)}
+        d = dict(d)
+        if "bf16" in d and "precision" not in d:  # training configs saved before `precision` replaced `bf16`
+            d["precision"] = "bfloat16" if d.pop("bf16") else "float32"
         unknown = set(d) - known
         if unknown:
             raise UserError(f"DistillConfig: unknown fields {sorted(unknown)}")
@@ -453,10 +467,11 @@ def warm_up_prior(prior, pool_emb: np.ndarray, query_emb: np.ndarray, pool_len: 
     from .encoder import InfluenceEncoder
 
     rng = np.random.default_rng(seed)
-    EP = torch.as_tensor(pool_emb, dtype=torch.float32)
-    EQ = torch.as_tensor(query_emb, dtype=torch.float32)
-    LEN = torch.as_tensor(pool_len, dtype=torch.float32)
-    T = torch.as_tensor(labels, dtype=torch.float32)
+    dev = prior.raw_w.device
+    EP = torch.as_tensor(pool_emb, dtype=torch.float32, device=dev)
+    EQ = torch.as_tensor(query_emb, dtype=torch.float32, device=dev)
+    LEN = torch.as_tensor(pool_len, dtype=torch.float32, device=dev)
+    T = torch.as_tensor(labels, dtype=torch.float32, device=dev)
     n_p, n_q = T.shape
     C, B = min(candidates, n_p), min(queries_per_batch, n_q)
     opt = torch.optim.AdamW(_prior_groups(prior, lr, scale_lr), lr=lr)
@@ -468,8 +483,8 @@ def warm_up_prior(prior, pool_emb: np.ndarray, query_emb: np.ndarray, pool_len: 
         history.append({"step": 0, "score": best})
         prior.train()
     for s in range(1, steps + 1):
-        c = torch.from_numpy(rng.choice(n_p, C, replace=False))
-        q = torch.from_numpy(rng.choice(n_q, B, replace=False))
+        c = torch.from_numpy(rng.choice(n_p, C, replace=False)).to(dev)
+        q = torch.from_numpy(rng.choice(n_q, B, replace=False)).to(dev)
         pred = prior.scale * (EQ[q] @ EP[c].T + prior(InfluenceEncoder._prior_input(EP[c], LEN[c]))[None, :])
         loss, _ = distill_loss(pred, T[c][:, q].T, alpha, tau)
         opt.zero_grad(set_to_none=True)
@@ -514,7 +529,7 @@ def _warm_up_prior(enc, cfg: DistillConfig, cache, train_pool_recs, train_query_
     with torch.no_grad():
         if cache is not None:  # the cached lower layers give the same embeddings, cheaper
             def cached(name: str, n: int) -> np.ndarray:
-                return torch.cat([cache.embed(name, range(i, min(i + bs, n))).float() for i in range(0, n, bs)]).numpy()
+                return torch.cat([cache.embed(name, range(i, min(i + bs, n))).float() for i in range(0, n, bs)]).cpu().numpy()
 
             EP, EQ = cached("pool", len(train_pool_recs)), cached("query", len(train_query_recs))
         else:
@@ -530,7 +545,7 @@ def _warm_up_prior(enc, cfg: DistillConfig, cache, train_pool_recs, train_query_
     def validate(_prior) -> float:
         return evaluate_matrix(scores(), val_block, cfg.alpha, cfg.tau)[cfg.select_metric] * (-1 if cfg.select_metric == "loss" else 1)
 
-    warm_up_prior(enc.prior, EP, EQ, pool_len.numpy(), train_block, steps or cfg.prior_warmup_steps, cfg.queries_per_batch,
+    warm_up_prior(enc.prior, EP, EQ, pool_len.cpu().numpy(), train_block, steps or cfg.prior_warmup_steps, cfg.queries_per_batch,
                   cfg.candidates, cfg.prior_lr if cfg.prior_lr is not None else cfg.lr, cfg.alpha, cfg.tau,
                   cfg.seed + 2, validate, cfg.prior_warmup_eval, cfg.score_scale_lr)
     return evaluate_matrix(scores(), val_block, cfg.alpha, cfg.tau)
@@ -568,7 +583,7 @@ def fit_prior_trees(enc, train_pool_recs, train_block: np.ndarray, val_pool_recs
     VF = enc.prior_features(val_pool_recs)
     VQ = enc.text_embeddings(val_query_recs, batch_size=bs, side="query")
     with torch.no_grad():
-        b = enc.prior_scores(torch.from_numpy(VP), torch.from_numpy(VF[:, :2])).numpy().astype(np.float64)
+        b = enc.prior_scores(torch.from_numpy(VP), torch.from_numpy(VF[:, :2])).cpu().numpy().astype(np.float64)
     base = VP.astype(np.float64) @ VQ.T.astype(np.float64) + b[:, None]
     g = np.clip(trees.predict(np.hstack([VP, VF])), lo, hi)
     m0 = evaluate_matrix(base, val_block, cfg.alpha, cfg.tau)
@@ -604,7 +619,9 @@ def _start_embeddings(enc, cache, pool_recs, query_recs, cfg: DistillConfig) -> 
     same autocast) but in eval mode (no dropout) and without gradient: the anchor_weight term's targets."""
     import torch
 
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
+    from .hardware import autocast as hw_autocast
+
+    autocast = hw_autocast(str(enc.model.device), _resolved(cfg)[1])
     was = enc.model.training
     enc.eval()
     out = {}
@@ -628,7 +645,16 @@ def _checkpoint_key(cfg: DistillConfig, labels) -> str:
 
     d = {k: v for k, v in cfg.to_dict().items() if k != "out"}
     d["labels_sha256"] = labels.fingerprint()["sha256"]
+    d["resolved_device"], d["resolved_precision"] = _resolved(cfg)  # `auto` may resolve otherwise elsewhere
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _resolved(cfg: DistillConfig) -> tuple[str, str]:
+    """(device, precision) that ``cfg.device`` and ``cfg.precision`` resolve to here."""
+    from .hardware import resolve_device, resolve_precision
+
+    device = resolve_device(cfg.device)
+    return device, resolve_precision(cfg.precision, device)
 
 
 def _save_checkpoint(out: Path, key: str, state: dict) -> None:
@@ -723,20 +749,24 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
     val_pool_recs = [pool_recs[i] for i in split.val_pool]
     val_query_recs = [query_recs[j] for j in split.val_queries]
 
+    from .hardware import announce, autocast as hw_autocast
+
+    device, precision = _resolved(cfg)
+    announce("train", device, precision, cfg.precision, say if log is not None else None)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     enc = InfluenceEncoder.from_pretrained(
         cfg.encoder, pooling=cfg.pooling, projection_dim=cfg.projection_dim, max_length=cfg.max_length,
-        pool_prefix=cfg.pool_prefix, query_prefix=cfg.query_prefix, seed=cfg.seed,
-    )
+        pool_prefix=cfg.pool_prefix, query_prefix=cfg.query_prefix, seed=cfg.seed, device=device,
+    )  # the training steps run under `precision`; validation and the trees embed in float32, as before
     if cfg.dropout is not None:
         set_dropout(enc, cfg.dropout)
     if cfg.pool_prior:
         from .encoder import build_prior
 
-        enc.prior = build_prior(enc.embedding_dim, cfg.prior_hidden, seed=cfg.seed)
-    pool_len = torch.from_numpy(enc.length_features(train_pool_recs)) if enc.prior is not None else None
+        enc.prior = build_prior(enc.embedding_dim, cfg.prior_hidden, seed=cfg.seed).to(device)
+    pool_len = torch.from_numpy(enc.length_features(train_pool_recs)).to(device) if enc.prior is not None else None
     cache = None
     n_frozen = cfg.freeze_layers
     if n_frozen is None:
@@ -837,7 +867,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
     anchors = start if cfg.anchor_weight > 0 else None
     bank = start["pool"].clone() if cfg.kl_over == "pool" else None  # latest embedding of every training pool row
 
-    pool_mean_t = torch.from_numpy(train_block.mean(axis=1).astype(np.float32))  # pool factor over all train queries
+    pool_mean_t = torch.from_numpy(train_block.mean(axis=1).astype(np.float32)).to(device)  # pool factor over all train queries
     since_best = 0
     top_cache: dict[int, np.ndarray] = {}
     q_order = rng.permutation(n_tq)
@@ -852,6 +882,8 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         sched.load_state_dict(resumed["sched"])
         rng.bit_generator.state = resumed["rng"]
         torch.set_rng_state(resumed["torch_rng"])
+        if resumed.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(resumed["cuda_rng"], torch.device(device))
         random.setstate(resumed["py_rng"])
         np.random.set_state(resumed["np_rng"])
         q_order, q_pos, step, update, train_seconds = (resumed[k] for k in ("q_order", "q_pos", "step", "update", "train_seconds"))
@@ -861,10 +893,10 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
             writer.write(row)
         since_best = resumed.get("since_best", 0)
         if bank is not None:
-            bank = resumed["bank"]
+            bank = resumed["bank"].to(device)
         done = history[-1].get("partial") or history[-1].get("early_stop")
         start_epoch = cfg.epochs + 1 if done else resumed["epoch"] + 1
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.bf16 else None
+    autocast = hw_autocast(device, precision)
     columns = [TextColumn("[bold]train[/] epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, disable=not progress, transient=False) as bar:
@@ -894,8 +926,8 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
                 qs = q_order[q_pos:q_pos + B]
                 q_pos += B
                 cands = sample_candidates(rng, chunk, qs, train_block, cfg.hard_fraction, cfg.hard_top_k, top_cache)
-                true = torch.from_numpy(train_block[np.ix_(cands, qs)].T.copy())  # B × C
-                with (autocast if autocast is not None else contextlib.nullcontext()):
+                true = torch.from_numpy(train_block[np.ix_(cands, qs)].T.copy()).to(device)  # B × C
+                with autocast:
                     if cache is not None:
                         eq = cache.embed("query", qs)
                         ep = cache.embed("pool", cands)
@@ -911,11 +943,11 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
                     kl_pred = eq.float() @ mixed.T
                     if enc.prior is not None:
                         kl_pred = enc.prior.scale * (kl_pred + enc.prior_scores(mixed, pool_len)[None, :])
-                    kl_true = torch.from_numpy(train_block[:, qs].T.copy())  # B × every training pool row
+                    kl_true = torch.from_numpy(train_block[:, qs].T.copy()).to(device)  # B × every training pool row
                 if cfg.label_noise > 0:
-                    true = true + cfg.label_noise * torch.randn(true.shape)
+                    true = true + cfg.label_noise * torch.randn(true.shape).to(device)
                     if kl_true is not None:
-                        kl_true = kl_true + cfg.label_noise * torch.randn(kl_true.shape)
+                        kl_true = kl_true + cfg.label_noise * torch.randn(kl_true.shape).to(device)
                 loss, parts = distill_loss(pred, true, cfg.alpha, cfg.tau, cfg.center_queries,
                                            pool_mean_t[cands], cfg.pool_mean_weight, kl_pred, kl_true)
                 if anchors is not None:
@@ -926,7 +958,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
                     parts["anchor"] = la.detach()
                 (loss / cfg.grad_accum).backward()
                 if bank is not None:
-                    bank[torch.as_tensor(np.asarray(cands), dtype=torch.long)] = ep.detach().float()
+                    bank[torch.as_tensor(np.asarray(cands), dtype=torch.long, device=bank.device)] = ep.detach().float()
                 step += 1
                 last = s == steps_per_epoch - 1
                 if (s + 1) % cfg.grad_accum == 0 or last:
@@ -965,7 +997,9 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
             _save_checkpoint(out, ckpt_key, {
                 "epoch": epoch, "model": enc.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                 "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(),
-                "np_rng": np.random.get_state(), "q_order": q_order, "q_pos": q_pos, "step": step, "update": update,
+                "np_rng": np.random.get_state(),
+                "cuda_rng": torch.cuda.get_rng_state(torch.device(device)) if device.startswith("cuda") else None,
+                "q_order": q_order, "q_pos": q_pos, "step": step, "update": update,
                 "train_seconds": train_seconds, "best_val": best_val, "best_epoch": best_epoch,
                 "best_metrics": best_metrics, "best_state": best_state, "history": history, "m0": m0,
                 "since_best": since_best, "bank": bank})
@@ -1014,6 +1048,8 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         "query_data": file_fingerprint(cfg.query_data),
         "data_specs": _data_specs(cfg),
         "training_config": cfg.to_dict(),
+        "device": device,
+        "precision": precision,  # resolved (training_config holds what was asked: auto, float32 or bfloat16)
         "split": {"n_train_pool": int(n_tp), "n_val_pool": int(len(split.val_pool)),
                   "n_train_queries": int(n_tq), "n_val_queries": int(len(split.val_queries)), "seed": cfg.seed},
         "selection": {"metric": cfg.select_metric, "best_epoch": best_epoch},

@@ -155,15 +155,24 @@ class EmbedConfig:
     skip_invalid: bool = False
     """Skip bad rows (listed in invalid.jsonl) instead of stopping at the first."""
     dtype: str = "float16"
-    """Storage precision of the embeddings: float16 or float32 (computed in float32 either way)."""
+    """Storage precision of the embeddings: float16 or float32 (computed at ``precision``)."""
     batch_size: int = 64
     """Examples per encoder batch (batches are formed from length-sorted records)."""
     shard_size: int = 4096
     """Records per shard: the unit of streaming, atomic writing and resume."""
     overwrite: bool = False
     """Delete an existing store at ``out`` first."""
+    device: str = "auto"
+    """Device of the encoder's forward passes: auto (CUDA when present, else cpu), cpu, cuda or cuda:N."""
+    precision: str = "auto"
+    """Precision of the encoder's forward passes: auto (bfloat16 where the device computes it natively,
+    float32 elsewhere), float32 or bfloat16."""
 
     def __post_init__(self):
+        from .hardware import check_device, check_precision
+
+        check_device(self.device)
+        check_precision(self.precision)
         errs = []
         if self.side not in ("pool", "query"):
             errs.append("side must be pool or query")
@@ -285,6 +294,13 @@ def iter_shards(rows: Iterable[tuple[int, dict]], data: str | Path, spec: FieldS
 # ------------------------------------------------------------------------------------------ writing
 
 
+def resolved_precision(cfg) -> str:
+    """The forward precision ``cfg.precision`` resolves to on ``cfg.device`` here."""
+    from .hardware import resolve_device, resolve_precision
+
+    return resolve_precision(cfg.precision, resolve_device(cfg.device))
+
+
 def store_header(cfg: EmbedConfig, data_fingerprint: dict) -> dict:
     """Everything that defines an embedding store's content (compared when a store is resumed)."""
     enc = encoder_identity(cfg.encoder)
@@ -294,6 +310,7 @@ def store_header(cfg: EmbedConfig, data_fingerprint: dict) -> dict:
         "fields": dataclasses.asdict(cfg.field_spec()),
         "side": cfg.side,
         "dtype": cfg.dtype,
+        "precision": resolved_precision(cfg),  # the forward's, resolved (auto → float32 or bfloat16)
         "limit": cfg.limit,
         "skip_invalid": cfg.skip_invalid,
     }
@@ -435,7 +452,7 @@ def embed_file(
         return writer.root
     todo = writer.todo()
     if encoder is None:
-        encoder = load_encoder(cfg.encoder)
+        encoder = load_encoder(cfg.encoder, device=cfg.device, precision=cfg.precision, stage="embed")
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -171,6 +171,9 @@ class InfluenceEncoder:
         """Optional boosted pool prior (prior_trees.TreeEnsemble; needs ``prior``): adds κ·clip(g(p)) to b(p)."""
         self.prior_trees_kappa = 0.0
         self.prior_trees_clip = (0.0, 0.0)
+        self.precision = "float32"
+        """Precision of the forward passes of :meth:`text_embeddings` / :meth:`embed` (resolved: float32 or
+        bfloat16 autocast on the model's device; :func:`load_encoder` resolves ``auto``)."""
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -391,11 +394,11 @@ class InfluenceEncoder:
 
         if self.prior is None:
             return torch.zeros(pool_emb.shape[0], dtype=torch.float32)
-        b = self.prior(self._prior_input(pool_emb, lengths))
+        b = self.prior(self._prior_input(pool_emb, lengths).to(self.prior.raw_w.device))
         if self.prior_trees is not None:
             e = pool_emb.detach().cpu().numpy() if hasattr(pool_emb, "detach") else pool_emb
             lf = lengths.detach().cpu().numpy() if hasattr(lengths, "detach") else lengths
-            b = b + torch.from_numpy(self.tree_scores(e, lf)).to(b.dtype)
+            b = b + torch.from_numpy(self.tree_scores(e, lf)).to(b.device, b.dtype)
         return b
 
     @staticmethod
@@ -404,7 +407,8 @@ class InfluenceEncoder:
         further columns of ``lengths``, the boosted prior's style features, are not the MLP's)."""
         import torch
 
-        return torch.cat([torch.as_tensor(pool_emb).float(), torch.as_tensor(lengths, dtype=torch.float32)[:, :2]], dim=1)
+        e = torch.as_tensor(pool_emb).float()
+        return torch.cat([e, torch.as_tensor(lengths, dtype=torch.float32).to(e.device)[:, :2]], dim=1)
 
     def score_vectors(self, emb: np.ndarray, side: str, items: Sequence[Any] | None = None,
                       lengths: np.ndarray | None = None) -> np.ndarray:
@@ -425,7 +429,7 @@ class InfluenceEncoder:
                 lengths = self.prior_features(items) if self.prior_trees is not None else self.length_features(items)
             with torch.no_grad():
                 x = self._prior_input(np.ascontiguousarray(emb, dtype=np.float32), lengths)
-                b = float(self.prior.weight) * self.prior.unit(x).double().numpy()
+                b = float(self.prior.weight) * self.prior.unit(x.to(self.prior.raw_w.device)).double().cpu().numpy()
             b = b + self.tree_scores(emb, lengths)
             r = np.clip(b / self.prior_bound(), -1.0, 1.0)
             extra = np.stack([s * r, np.sqrt(np.maximum(0.0, 1.0 - a2 - (s * r) ** 2))], axis=1)
@@ -444,8 +448,20 @@ class InfluenceEncoder:
         return self.train(False)
 
     # ------------------------------------------------------------------ encoding
+    def to(self, device: str) -> "InfluenceEncoder":
+        """Move the model and the prior to ``device``."""
+        self.model.to(device)
+        if self.prior is not None:
+            self.prior.to(device)
+        return self
+
+    @property
+    def device(self) -> str:
+        return str(self.model.device)
+
     def embed(self, items: Sequence[Any], side: str = "pool"):
-        """Differentiable embeddings (torch, (n, dim), L2-normalised) of one batch, for training."""
+        """Differentiable embeddings (torch, (n, dim), L2-normalised) of one batch, for training (the caller
+        chooses the autocast)."""
         prefix = self.prefix(side)
         feats = self.model.preprocess(_texts(items), prompt=prefix or None)
         dev = self.model.device
@@ -471,9 +487,13 @@ class InfluenceEncoder:
         prefix = self.prefix(side)
         was_training = self.model.training
         self.model.eval()
+        from .hardware import autocast
+
         try:
-            emb = self.model.encode(texts, batch_size=batch_size, prompt=prefix or None, convert_to_numpy=True,
-                                    show_progress_bar=show_progress_bar)
+            with autocast(self.device, self.precision):
+                emb = self.model.encode(texts, batch_size=batch_size, prompt=prefix or None, convert_to_tensor=True,
+                                        show_progress_bar=show_progress_bar)
+            emb = emb.float().cpu().numpy()
         finally:
             self.model.train(was_training)
         return np.asarray(emb, dtype=np.float32)
@@ -629,15 +649,28 @@ def encoder_identity(name: str | os.PathLike) -> dict[str, Any]:
             "fingerprint_files": fp["files"]}
 
 
-def load_encoder(name: str | os.PathLike, device: str = "cpu") -> InfluenceEncoder:
-    """Load an :class:`InfluenceEncoder` (folder or ``minilm-l6``); a bad folder is a :class:`UserError`."""
+def load_encoder(name: str | os.PathLike, device: str = "cpu", precision: str = "float32",
+                 stage: str | None = None) -> InfluenceEncoder:
+    """Load an :class:`InfluenceEncoder` (folder or ``minilm-l6``) on ``device`` (``auto``: CUDA when present)
+    with forward ``precision`` (``auto``: bf16 where the device computes it natively; see
+    influcoder.hardware); a bad folder is a :class:`UserError`. ``stage`` names who loads it in the one line
+    that says which device and precision were chosen."""
     from .errors import UserError
+    from .hardware import announce, resolve_device, resolve_precision
 
     resolve_encoder_path(name)
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
     try:
-        return InfluenceEncoder.from_pretrained(str(name), device=device)
+        enc = InfluenceEncoder.from_pretrained(str(name), device=dev)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load encoder '{name}': {e}") from None
+    if enc.prior is not None:
+        enc.prior.to(dev)
+    enc.precision = prec
+    if stage:
+        announce(stage, dev, prec, precision)
+    return enc
 
 
 def encoder_metadata(encoder) -> dict[str, Any]:

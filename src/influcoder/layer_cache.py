@@ -9,16 +9,20 @@ and the saved model is the ordinary full encoder (validation and inference use t
 
 Supported students (Hugging Face encoders whose transformer exposes ``encoder.layer``):
 
-* BERT-style encoders that build their attention mask with ``_create_attention_masks`` and call each
-  layer as ``layer(hidden, attention_mask=mask)``: BERT, MiniLM, BGE/E5 (BERT-based), RoBERTa, XLM-R, …
-* MPNet (``mpnet-base``, all-mpnet-base-v2): the mask comes from ``create_bidirectional_mask`` and every
-  layer also takes ``position_bias = encoder.compute_position_bias(hidden)``, a relative attention bias
+* BERT-style encoders (``model_type`` in :data:`BERT_STYLE`) that call each layer as
+  ``layer(hidden, attention_mask=mask)``: BERT, MiniLM, BGE/E5 (BERT-based), RoBERTa, XLM-R, ELECTRA, …
+* MPNet (``mpnet-base``, all-mpnet-base-v2): every layer also takes
+  ``position_bias = encoder.compute_position_bias(hidden)``, a relative attention bias
   computed from ``encoder.relative_attention_bias``, one embedding **shared by all layers**. The cached
   lower-layer states were computed with it, so :func:`freeze_lower` freezes it together with the
   embeddings and the first ``k`` layers; the trained top layers then use that same, frozen, bias (letting
   them train it would silently invalidate the cache).
 
-Others (DistilBERT, T5, …) get a clear error; train them with ``freeze_layers = 0``.
+For both, the top layers' attention mask is built by transformers' public helper
+``transformers.masking_utils.create_bidirectional_mask`` — the one these models' own ``forward`` calls —
+so it has the form the configured attention implementation (eager, SDPA, …) expects. No private
+transformers method is called. Others (DistilBERT, T5, …) get a clear error; train them with
+``freeze_layers = 0``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,10 @@ import numpy as np
 
 from .errors import UserError
 
-__all__ = ["LayerCache", "encoder_layers", "freeze_lower"]
+__all__ = ["LayerCache", "encoder_layers", "freeze_lower", "BERT_STYLE"]
+
+BERT_STYLE = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "electra"})
+"""``config.model_type`` of the BERT-style encoders the layer cache runs (each layer: ``layer(h, attention_mask=m)``)."""
 
 
 def _hf(enc):
@@ -40,33 +47,37 @@ def _hf(enc):
     return hf
 
 
-def _mpnet_mask_fn(hf):
-    """The mask builder MPNetModel.forward uses (``create_bidirectional_mask`` of its own module), or None."""
-    import sys
+def _mask_fn():
+    """transformers' public ``create_bidirectional_mask`` (``transformers.masking_utils``), or a clear error."""
+    try:
+        from transformers.masking_utils import create_bidirectional_mask
+    except ImportError:  # transformers < 4.5x: not replicated here
+        import transformers
 
-    return getattr(sys.modules.get(type(hf).__module__), "create_bidirectional_mask", None)
+        raise UserError(f"freeze_layers: transformers {transformers.__version__} has no masking_utils."
+                        "create_bidirectional_mask, which the layer cache uses; install the locked version "
+                        "(make setup) or use freeze_layers 0") from None
+    return create_bidirectional_mask
 
 
 def _kind(hf) -> str:
     """``"bert"`` or ``"mpnet"``: how the layer cache runs this Hugging Face model's top layers."""
     name = type(hf).__name__
+    mtype = getattr(hf.config, "model_type", None)
     layers = getattr(getattr(hf, "encoder", None), "layer", None)
     if layers is None:
         raise UserError(f"freeze_layers: {name} is not supported by the layer cache (it has no encoder.layer; "
                         "supported: BERT-style encoders and MPNet); use freeze_layers 0")
-    if hasattr(hf, "_create_attention_masks"):
+    if getattr(hf.config, "is_decoder", False):
+        raise UserError(f"freeze_layers: {name} is configured as a decoder (causal mask); the layer cache runs "
+                        "bidirectional encoders only; use freeze_layers 0")
+    if mtype in BERT_STYLE:
         return "bert"
     enc = hf.encoder
-    if (getattr(hf.config, "model_type", None) == "mpnet" and hasattr(enc, "compute_position_bias")
-            and hasattr(enc, "relative_attention_bias")):
-        if _mpnet_mask_fn(hf) is None:  # older transformers build MPNet's mask another way: not replicated here
-            raise UserError(f"freeze_layers: {name} of this transformers version does not build its mask with "
-                            "create_bidirectional_mask, which the layer cache replicates; upgrade transformers "
-                            "or use freeze_layers 0")
+    if mtype == "mpnet" and hasattr(enc, "compute_position_bias") and hasattr(enc, "relative_attention_bias"):
         return "mpnet"
-    raise UserError(f"freeze_layers: {name} is not supported by the layer cache (it has encoder.layer, but "
-                    "neither the BERT-style _create_attention_masks nor MPNet's relative position bias; "
-                    "supported: BERT-style encoders and MPNet); use freeze_layers 0")
+    raise UserError(f"freeze_layers: {name} (model_type {mtype!r}) is not supported by the layer cache "
+                    f"(supported: {', '.join(sorted(BERT_STYLE))} and mpnet); use freeze_layers 0")
 
 
 def encoder_layers(enc) -> Any:
@@ -128,7 +139,8 @@ class LayerCache:
                 for s in range(0, len(texts), batch_size):
                     idx = order[s:s + batch_size]
                     f = self._features([texts[i] for i in idx], side)
-                    kwargs = {k: f[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in f}
+                    dev = self.hf.device
+                    kwargs = {k: f[k].to(dev) for k in ("input_ids", "attention_mask", "token_type_ids") if k in f}
                     hs = self.hf(**kwargs, output_hidden_states=True).hidden_states[self.k]
                     lens = f["attention_mask"].sum(dim=1).tolist()
                     for j, i in enumerate(idx):
@@ -147,23 +159,18 @@ class LayerCache:
         seqs = [self.states[name][int(i)] for i in idx]
         L = max(int(t.shape[0]) for t in seqs)
         H = int(seqs[0].shape[1])
-        h = torch.zeros(len(seqs), L, H)
-        am = torch.zeros(len(seqs), L, dtype=torch.long)
+        dev = seqs[0].device  # the states live where the model runs
+        h = torch.zeros(len(seqs), L, H, device=dev)
+        am = torch.zeros(len(seqs), L, dtype=torch.long, device=dev)
         for j, t in enumerate(seqs):
             h[j, : t.shape[0]] = t
             am[j, : t.shape[0]] = 1
-        if self.kind == "mpnet":  # as MPNetModel.forward / MPNetEncoder.forward build them
-            mask = _mpnet_mask_fn(self.hf)(config=self.hf.config, inputs_embeds=h, attention_mask=am)
-            bias = self.hf.encoder.compute_position_bias(h)
-            for layer in self.layers[self.k:]:
-                o = layer(h, attention_mask=mask, position_bias=bias)
-                h = o[0] if isinstance(o, tuple) else o
-        else:
-            mask = self.hf._create_attention_masks(attention_mask=am, encoder_attention_mask=None, embedding_output=h,
-                                                   encoder_hidden_states=None, cache=None)[0]
-            for layer in self.layers[self.k:]:
-                o = layer(h, attention_mask=mask)
-                h = o[0] if isinstance(o, tuple) else o
+        # the mask as the model's own forward builds it (public helper; form follows the attention implementation)
+        mask = _mask_fn()(config=self.hf.config, inputs_embeds=h, attention_mask=am)
+        bias = self.hf.encoder.compute_position_bias(h) if self.kind == "mpnet" else None  # as MPNetEncoder.forward
+        for layer in self.layers[self.k:]:
+            o = layer(h, attention_mask=mask) if bias is None else layer(h, attention_mask=mask, position_bias=bias)
+            h = o[0] if isinstance(o, tuple) else o
         feats = {"token_embeddings": h, "attention_mask": am}
         mods = list(self.enc.model._modules.values())
         for m in mods[1:]:

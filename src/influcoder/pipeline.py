@@ -393,6 +393,7 @@ class Pipeline:
                               **to_dict(self.cfg.teacher)), progress=self.progress)
             info[f"{side}_seconds"] = time.perf_counter() - t0
             info[f"{side}_n"] = sum(1 for _ in open(self.path("sample", data)))
+            info["precision"] = json.loads(self.path("stores", side, "manifest.json").read_text())["dtype"]
         return info
 
     def _do_labels(self) -> dict:
@@ -426,7 +427,8 @@ class Pipeline:
         out = train(cfg, progress=self.progress, log=self.log)
         meta = json.loads((out / "influcoder_encoder.json").read_text())
         return {"validation": meta.get("validation"), "validation_untrained": meta.get("validation_untrained"),
-                "best_epoch": meta.get("selection", {}).get("best_epoch")}
+                "best_epoch": meta.get("selection", {}).get("best_epoch"), "device": meta.get("device"),
+                "precision": meta.get("precision")}
 
     def _do_embed(self) -> dict:
         from .embed import EmbedConfig, embed_file, open_embeddings
@@ -438,7 +440,7 @@ class Pipeline:
                                       id_field=p.id_field, limit=p.limit, skip_invalid=p.skip_invalid,
                                       **to_dict(self.cfg.embed)), progress=self.progress)
         s = open_embeddings(path)
-        return {"n": len(s), "dim": s.dim}
+        return {"n": len(s), "dim": s.dim, "precision": s.manifest.get("precision")}
 
     def _do_index(self) -> dict:
         from .index import IndexConfig, build_index, open_index
@@ -457,7 +459,10 @@ class Pipeline:
             encoder=str(self.path("encoder")), index=str(self.path("index")), queries=q.path,
             query_preset=q.preset, query_prompt_field=q.prompt_field, query_response_field=q.response_field,
             data=self.pool_spec.path, out=str(self.path("attribution", "attribution.jsonl")), **a))
-        return {"rows": len(rows), "n_queries": report["n_queries"], "queries_ood": report.get("queries_ood")}
+        from .embed import resolved_precision
+
+        return {"rows": len(rows), "n_queries": report["n_queries"], "queries_ood": report.get("queries_ood"),
+                "precision": resolved_precision(self.cfg.attribute)}
 
     def _do_filter(self) -> dict:
         from .attribute import FilterConfig, filter_pool
@@ -470,7 +475,10 @@ class Pipeline:
             prompt_field=p.prompt_field, response_field=p.response_field, query_preset=q.preset,
             query_prompt_field=q.prompt_field, query_response_field=q.response_field, **f), progress=self.progress)
         rep = json.loads((path / "report.json").read_text())
-        return {"n_selected": rep["n_selected"], "n_written": rep["n_written"]}
+        from .embed import resolved_precision
+
+        return {"n_selected": rep["n_selected"], "n_written": rep["n_written"],
+                "precision": resolved_precision(self.cfg.filter)}
 
     def _do_report(self) -> dict:
         from .report import fidelity_report

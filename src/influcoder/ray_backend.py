@@ -243,10 +243,11 @@ class _ShardActor:
     """Ray actor of pass 2: loads the encoder once, then embeds and writes whole store shards."""
 
     def __init__(self, encoder: str, root: str, data_label: str, spec, side: str, batch_size: int, dtype: str,
-                 device: str = "cpu"):
+                 device: str = "cpu", precision: str = "float32"):
         from .encoder import load_encoder
 
-        self.encoder = load_encoder(encoder, device=device)
+        # precision: the one the driver resolved and wrote into the store's header (every shard alike)
+        self.encoder = load_encoder(encoder, device=device, precision=precision)
         self.root, self.data_label, self.spec = root, data_label, spec
         self.side, self.batch_size, self.dtype = side, batch_size, dtype
 
@@ -300,7 +301,7 @@ def embed_with_ray(cfg, rcfg: RayConfig, *, on_shard: Callable[[int], None] | No
             device = "cuda" if rcfg.gpus_per_actor > 0 else "cpu"
             actor_cls = ray.remote(_ShardActor).options(num_cpus=rcfg.cpus_per_actor, num_gpus=rcfg.gpus_per_actor or None)
             actors = [actor_cls.remote(cfg.encoder, str(writer.root.resolve()), str(cfg.data), cfg.field_spec(), cfg.side,
-                                       cfg.batch_size, cfg.dtype, device) for _ in range(min(rcfg.num_actors, len(todo)))]
+                                       cfg.batch_size, cfg.dtype, device, writer.header["precision"]) for _ in range(min(rcfg.num_actors, len(todo)))]
 
             firsts = [first for first, _ in spans]  # blocks are in row order
 

@@ -231,11 +231,17 @@ def fidelity_report(pipe: "Pipeline") -> dict:
     true = np.asarray(lab.matrix)[np.ix_([pi[r.id] for r in pool], [qi[r.id] for r in queries])].astype(np.float64)
     k = min(cfg.report.top_k, len(pool))
 
-    student = InfluenceEncoder.from_pretrained(pipe.path("encoder"))
+    from .encoder import load_encoder
+    from .hardware import resolve_device, resolve_precision
+
+    dev = resolve_device(cfg.embed.device)  # the report scores as the embed step does
+    prec = resolve_precision(cfg.embed.precision, dev)
+    student = load_encoder(pipe.path("encoder"), device=dev, precision=prec, stage="report")
     s = cfg.student
     untrained = InfluenceEncoder.from_pretrained(s.encoder, pooling=s.pooling, projection_dim=s.projection_dim,
                                                  max_length=s.max_length, pool_prefix=s.pool_prefix,
-                                                 query_prefix=s.query_prefix, seed=s.seed)
+                                                 query_prefix=s.query_prefix, seed=s.seed, device=dev)
+    untrained.precision = prec
     bs = s.eval_batch_size
     q_emb = student.encode_query(queries, batch_size=bs)
     preds = {
@@ -253,6 +259,8 @@ def fidelity_report(pipe: "Pipeline") -> dict:
                   "query_ids": [r.id for r in queries], "n_train_pool": len(split["train_pool_ids"]),
                   "n_train_queries": len(split["train_query_ids"])},
         "top_k": k,
+        "device": dev,
+        "precision": prec,
         "methods": methods,
         "verdict": verdict(per_query, cfg.report.margin, cfg.report.bootstrap, cfg.sample.seed, len(pool),
                            cfg.report.min_spearman),

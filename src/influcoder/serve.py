@@ -190,7 +190,8 @@ def resolve_source(path: str | Path, *, queries: str | None = None, query_preset
 class Explorer:
     """The loaded state behind the app: encoder, index, OOD reference, queries, aggregate scores, labels."""
 
-    def __init__(self, source: ServeSource, *, aggregate: str = "mean", batch_size: int = 64, ood=None):
+    def __init__(self, source: ServeSource, *, aggregate: str = "mean", batch_size: int = 64, ood=None,
+                 device: str = "auto", precision: str = "auto"):
         from .attribute import OODConfig, _build_references
         from .embed import encoder_fingerprint, load_encoder
         from .index import open_index
@@ -200,7 +201,7 @@ class Explorer:
         self.batch_size = batch_size
         self.ood = ood if ood is not None else OODConfig()
         self.lock = threading.Lock()  # one encoder / index call at a time
-        self.encoder = load_encoder(source.encoder)
+        self.encoder = load_encoder(source.encoder, device=device, precision=precision, stage="serve")
         self.fingerprint = encoder_fingerprint(source.encoder)["sha256"]
         self.index = open_index(source.index)
         self.index.require_encoder(self.fingerprint, f"the encoder {source.encoder}")
@@ -402,7 +403,7 @@ class Explorer:
 
 
 def create_app(path: str | Path | None = None, *, explorer: Explorer | None = None, aggregate: str = "mean",
-               batch_size: int = 64, ood=None, **source_options):
+               batch_size: int = 64, ood=None, device: str = "auto", precision: str = "auto", **source_options):
     """The FastAPI app serving ``path`` (a run or index folder; ``source_options`` as :func:`resolve_source`)."""
     from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
@@ -415,7 +416,8 @@ def create_app(path: str | Path | None = None, *, explorer: Explorer | None = No
     if explorer is None:
         if path is None:
             raise ServeError("give the folder to serve")
-        explorer = Explorer(resolve_source(path, **source_options), aggregate=aggregate, batch_size=batch_size, ood=ood)
+        explorer = Explorer(resolve_source(path, **source_options), aggregate=aggregate, batch_size=batch_size, ood=ood,
+                            device=device, precision=precision)
     ex = explorer
 
     app = FastAPI(title="influcoder explorer", docs_url=None, redoc_url=None, openapi_url=None)

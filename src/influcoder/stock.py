@@ -25,6 +25,7 @@ import torch
 from .distributed import context
 from .errors import UserError
 from .fileio import atomic_save_npy
+from .hardware import PRECISIONS
 from .gradients import LoraGradients, LoraSettings
 from .projection import ProjectionConfig, make_projector
 from .records import FieldSpec, InvalidRow, Record, RecordError, file_fingerprint, iter_records
@@ -84,8 +85,9 @@ class StockConfig:
     """LESS-style warm-up: LoRA training steps on this data before stocking (0 = off)."""
     warmup_lr: float = 2e-5
     """Learning rate of the warm-up."""
-    dtype: str = "float32"
-    """Compute precision: float32 or bfloat16 (autocast)."""
+    dtype: str = "auto"
+    """Compute precision: auto (bfloat16 where the device computes it natively, float32 elsewhere; see
+    influcoder.hardware), float32, or bfloat16 (autocast). The store's manifest records the resolved one."""
     store_dtype: str = "float32"
     """Storage precision: float32 or float16."""
     batch_size: int = 8
@@ -103,8 +105,8 @@ class StockConfig:
 
     def __post_init__(self):
         errs = []
-        if self.dtype not in ("float32", "bfloat16"):
-            errs.append("dtype must be float32 or bfloat16")
+        if self.dtype not in PRECISIONS:
+            errs.append(f"dtype must be one of {', '.join(PRECISIONS)}")
         if self.store_dtype not in ("float32", "float16"):
             errs.append("store_dtype must be float32 or float16")
         if self.batch_size < 1 or self.shard_size < 1 or self.max_length < 2:
@@ -237,12 +239,21 @@ def warm_up_adapter(cfg: StockConfig) -> Path:
     device = context(cfg.device).device
     model.to(device)
     plan = _validate(cfg, tokenizer, keep_first=cfg.warmup_steps * cfg.batch_size)
-    lg = LoraGradients(model, cfg.lora_settings(), dtype=cfg.dtype)
+    lg = LoraGradients(model, cfg.lora_settings(), dtype=_precision(cfg, device))
     losses = _warm_up(cfg, lg, tokenizer, plan, device)
     _save_adapter(lg, adapter_dir)
     (out / "stock_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     (out / "warmup_losses.json").write_text(json.dumps(losses))
     return adapter_dir
+
+
+def _precision(cfg: StockConfig, device) -> str:
+    """The compute precision ``cfg.dtype`` resolves to on ``device`` (said once per process)."""
+    from .hardware import announce, resolve_precision
+
+    dtype = resolve_precision(cfg.dtype, str(device))
+    announce("stock", str(device), dtype, cfg.dtype)
+    return dtype
 
 
 def stock(cfg: StockConfig, *, progress: bool = True, on_shard: Callable[[int], None] | None = None) -> Path:
@@ -273,7 +284,8 @@ def stock(cfg: StockConfig, *, progress: bool = True, on_shard: Callable[[int], 
         adapter = str(adapter_dir)
     elif cfg.warmup_steps and (adapter_dir / "adapter_config.json").exists():
         adapter = str(adapter_dir)  # resumed run: reuse the warmed-up adapter saved before the kill
-    lg = LoraGradients(model, cfg.lora_settings(), dtype=cfg.dtype, adapter_path=adapter)
+    dtype = _precision(cfg, ctx.device)
+    lg = LoraGradients(model, cfg.lora_settings(), dtype=dtype, adapter_path=adapter)
     warmup_losses = None
     if cfg.warmup_steps and adapter is None:
         warmup_losses = _warm_up(cfg, lg, tokenizer, plan, ctx.device)
@@ -292,7 +304,7 @@ def stock(cfg: StockConfig, *, progress: bool = True, on_shard: Callable[[int], 
         "projection": cfg.projection_config().to_dict() | {"output_dim": projector.output_dim},
         "gradient_dim": lg.dim,
         "layout_hash": hashlib.sha256(json.dumps(layout).encode()).hexdigest(),
-        "dtype": cfg.dtype,
+        "dtype": dtype,  # the resolved compute precision (cfg.dtype may be auto)
         "loss": LOSS_DESCRIPTION,
         "data": file_fingerprint(cfg.data),
         "fields": dataclasses.asdict(cfg.field_spec()),
