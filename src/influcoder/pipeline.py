@@ -38,6 +38,7 @@ import numpy as np
 
 from .config import STEPS, RunConfig, save_yaml, to_dict
 from .errors import UserError
+from .killpoints import kill_point
 from .fileio import atomic_save_npy, atomic_write_text
 from .records import DataSpec, Record, file_fingerprint, iter_records, read_records
 
@@ -268,6 +269,7 @@ class Pipeline:
         t0 = time.perf_counter()
         info = getattr(self, f"_do_{step}")() or {}
         seconds = time.perf_counter() - t0
+        kill_point(f"run:{step}")
         atomic_write_text(self.path("steps", f"{step}.json"), json.dumps({
             "step": step, "key": key, "complete": True, "config": self._section(step),
             "inputs": {d: self.key(d) for d in DEPENDS[step] if self._active(d) or d != "mix"},
