@@ -518,6 +518,8 @@ class InfluenceEncoder:
 
         An existing folder at ``out_dir`` is replaced, except for files this method does not write
         (e.g. a training log or config beside the model), which are kept."""
+        from .killpoints import kill_point
+
         out = Path(out_dir)
         if metadata is not None:
             self.metadata = dict(metadata)
