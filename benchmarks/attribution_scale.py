@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from influcoder.hardware import cpu_info, cpu_line  # noqa: F401  (the CPU beside every figure)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -370,7 +372,7 @@ def bench_int8(args, work: Path) -> dict:
 def write_md(res: dict, path: Path) -> None:
     cmds = res.get("commands") or [res["command"]]
     L = ["# Attribution at scale", "", f"Command: `{res['command']}`", "",
-         f"Machine: {res['machine']}. " + (f"This file merges {len(cmds)} runs (the commands above, one after another; "
+         f"Machine: {res['machine']}; CPU: {cpu_line(res.get('cpu'))}. " + (f"This file merges {len(cmds)} runs (the commands above, one after another; "
                                            "each part below comes from one of them). " if len(cmds) > 1 else "")
          + f"Last run started {res['started']} and took {res['seconds']:.0f} s. Ratios are within one part of one run.", ""]
     f = res.get("faiss")
@@ -467,13 +469,14 @@ def main():
     t0 = time.perf_counter()
     res = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"}
+           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+           "cpu": cpu_info()}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.merge and out.with_suffix(".json").exists():
         old = json.loads(out.with_suffix(".json").read_text())
         cmds = old.get("commands", [old.get("command")])
-        old.update({k: res[k] for k in ("started", "machine")})
+        old.update({k: res[k] for k in ("started", "machine", "cpu")})
         old["commands"] = cmds + [res["command"]]
         old["command"] = " && ".join(old["commands"])
         res = old

@@ -45,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from influcoder.hardware import cpu_info, cpu_line  # noqa: F401  (the CPU beside every figure)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -383,7 +385,7 @@ def main() -> None:
                "stopped_by_budget": md["stopped_by_time_budget"], "stopped_early": md.get("stopped_early"),
                "history": [{k: r.get(k) for k in ("epoch", "model", "per_anchor_spearman", "aggregated_spearman",
                                                    "query_specific_spearman", "train_loss", "train_seconds")} for r in hist],
-               "load_before": load_before, "load_after": machine_load(), "torch_threads": _threads()}
+               "load_before": load_before, "load_after": machine_load(), "torch_threads": _threads(), "cpu": cpu_info()}
         done.write_text(json.dumps(res, indent=1))
         print(f"[{name} s{ctx['seed']}] selection block per-anchor {sel['per_anchor']:.3f} "
               f"aggregated {sel['aggregated']:.3f} query-specific {sel['query_specific']:.3f}", flush=True)

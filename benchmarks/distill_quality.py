@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from influcoder.hardware import cpu_info, cpu_line  # noqa: F401  (the CPU beside every figure)
+
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -157,6 +159,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     result: dict = {"command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0]] + (argv or sys.argv[1:])),
                     "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
+                    "cpu": cpu_info(),
                     "stores": {}, "seeds": {}}
     for side, d in (("pool", args.pool_store), ("query", args.query_store)):
         s = open_store(d, allow_incomplete=args.allow_incomplete)

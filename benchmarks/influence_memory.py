@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from influcoder.hardware import cpu_info, cpu_line  # noqa: F401  (the CPU beside every figure)
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 GB = 1e9
@@ -214,7 +216,7 @@ def main() -> None:
 
     command = "python benchmarks/" + " ".join([Path(__file__).name] + sys.argv[1:])
     report: dict = {"command": command, "host": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                                 "python": platform.python_version()},
+                                                 "python": platform.python_version()}, "cpu": cpu_info(),
                     "load_before": load(), "numpy": np.__version__}
     import torch
 

@@ -466,7 +466,12 @@ def report(args, info: dict, runs: dict, command: str, out: Path) -> None:
         if ok:
             lines += ["", f"{m} command (rep 1): `{shlex.join(ok[0]['cmd'])}`"]
     out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"command": command, "info": info, "args": vars(args), "runs": runs, "medians": med, "ratios": ratios}
+    from influcoder.hardware import cpu_info, cpu_line
+
+    cpu = cpu_info()
+    lines += ["", f"CPU: {cpu_line(cpu)}."]
+    payload = {"command": command, "info": info, "args": vars(args), "runs": runs, "medians": med, "ratios": ratios,
+               "cpu": cpu}
     for ext, text in (("json", json.dumps(payload, indent=1)), ("md", "\n".join(lines) + "\n")):
         tmp = out.with_name(out.name + f".{ext}.tmp")
         tmp.write_text(text)

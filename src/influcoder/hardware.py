@@ -27,7 +27,7 @@ from typing import Any
 from .errors import UserError
 
 __all__ = ["PRECISIONS", "check_device", "check_precision", "resolve_device", "resolve_precision", "native_bf16",
-           "cpu_bf16_probe", "autocast", "cpu_info", "announce"]
+           "cpu_bf16_probe", "autocast", "cpu_info", "cpu_line", "announce"]
 
 CPU_BF16_ENV = "INFLUCODER_CPU_BF16"
 """Environment variable that states whether this CPU's bf16 is native (``native``/``emulated``) instead of measuring."""
@@ -182,3 +182,15 @@ def announce(stage: str, device: str, precision: str, requested: str, log=None) 
         log(msg)
     else:
         print(msg, file=sys.stderr)
+
+
+def cpu_line(info: dict | None) -> str:
+    """One line of :func:`cpu_info` for a results page (model, capability, threads, bf16 native or not)."""
+    if not info:
+        return "not recorded"
+    bf = info.get("bf16_native")
+    rates = (f", fp32 {info['float32_gflops']:.0f} / bf16 {info['bfloat16_gflops']:.0f} GFLOP/s"
+             if info.get("float32_gflops") else "")
+    env = "".join(f", {k}={v}" for k, v in (info.get("env") or {}).items() if k != "OMP_NUM_THREADS")
+    return (f"{info.get('cpu_model')} ({info.get('capability')}{env}; bf16 {'native' if bf else 'emulated' if bf is False else '?'}"
+            f"{rates}), {info.get('torch_threads')} torch threads of {info.get('cores')} cores")
