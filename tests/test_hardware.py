@@ -13,24 +13,6 @@ from influcoder import hardware
 from influcoder.errors import UserError
 
 
-@pytest.fixture
-def native(monkeypatch):
-    """This CPU computes bf16 natively (faked)."""
-    monkeypatch.setenv(hardware.CPU_BF16_ENV, "native")
-    hardware.cpu_bf16_probe.cache_clear()
-    yield
-    hardware.cpu_bf16_probe.cache_clear()
-
-
-@pytest.fixture
-def emulated(monkeypatch):
-    """This CPU emulates bf16 (faked; the suite's default, stated here too)."""
-    monkeypatch.setenv(hardware.CPU_BF16_ENV, "emulated")
-    hardware.cpu_bf16_probe.cache_clear()
-    yield
-    hardware.cpu_bf16_probe.cache_clear()
-
-
 def test_auto_precision_follows_the_cpu(monkeypatch):
     hardware.cpu_bf16_probe.cache_clear()
     monkeypatch.setenv(hardware.CPU_BF16_ENV, "native")

@@ -580,6 +580,7 @@ def fit_prior_trees(enc, train_pool_recs, train_block: np.ndarray, val_pool_recs
     span = float(g_tr.max() - g_tr.min())
     b_lo, b_hi = trees.bounds()
     lo, hi = max(b_lo, float(g_tr.min()) - 0.25 * span), min(b_hi, float(g_tr.max()) + 0.25 * span)
+    hi = max(hi, lo)  # trees with no spread: min == max, and the bounds' rounding may put lo one ulp above hi
     VP = enc.text_embeddings(val_pool_recs, batch_size=bs, side="pool")
     VF = enc.prior_features(val_pool_recs)
     VQ = enc.text_embeddings(val_query_recs, batch_size=bs, side="query")
