@@ -275,10 +275,9 @@ class AttributeConfig:
     """Out-of-distribution report settings."""
 
     def __post_init__(self):
-        from .hardware import check_device, check_precision
+        from .hardware import check_compute
 
-        check_device(self.device)
-        check_precision(self.precision)
+        check_compute(self.device, self.precision)
         if isinstance(self.ood, dict):
             self.ood = OODConfig(**self.ood)
         if self.top_k < 1:
@@ -490,10 +489,9 @@ class FilterConfig:
     """Out-of-distribution report settings."""
 
     def __post_init__(self):
-        from .hardware import check_device, check_precision
+        from .hardware import check_compute
 
-        check_device(self.device)
-        check_precision(self.precision)
+        check_compute(self.device, self.precision)
         if isinstance(self.ood, dict):
             self.ood = OODConfig(**self.ood)
         errs = []

@@ -520,10 +520,9 @@ class RunConfig:
         if bad:
             raise UserError(f"steps: unknown step '{bad[0]}' (choose from {', '.join(STEPS)})")
         self.steps = steps
-        from .hardware import check_device, check_precision
+        from .hardware import check_compute
 
-        check_device(self.device, "device")
-        check_precision(self.precision, "precision")
+        check_compute(self.device, self.precision)
         for sec in (self.teacher, self.student, self.embed, self.attribute, self.filter):  # the run's choice, where a
             if self.device != "auto" and sec.device == "auto":                          # section leaves it to auto
                 sec.device = self.device

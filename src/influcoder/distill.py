@@ -256,11 +256,10 @@ class DistillConfig:
             bad(f"label_noise must be ≥ 0, got {self.label_noise}")
         if self.patience is not None and self.patience < 1:
             bad(f"patience must be ≥ 1, got {self.patience}")
-        from .hardware import check_device, check_precision
+        from .hardware import check_compute
 
         try:
-            check_precision(self.precision)
-            check_device(self.device)
+            check_compute(self.device, self.precision)
         except UserError as e:
             bad(str(e))
 
@@ -616,14 +615,14 @@ def set_dropout(module, p: float) -> int:
     return n
 
 
-def _start_embeddings(enc, cache, pool_recs, query_recs, cfg: DistillConfig) -> dict:
+def _start_embeddings(enc, cache, pool_recs, query_recs, cfg: DistillConfig, precision: str) -> dict:
     """E₀ of every training text, as the training step computes it (cached top layers or the whole encoder,
     same autocast) but in eval mode (no dropout) and without gradient: the anchor_weight term's targets."""
     import torch
 
     from .hardware import autocast as hw_autocast
 
-    autocast = hw_autocast(str(enc.model.device), _resolved(cfg)[1])
+    autocast = hw_autocast(enc.device, precision)
     was = enc.model.training
     enc.eval()
     out = {}
@@ -641,22 +640,14 @@ def _start_embeddings(enc, cache, pool_recs, query_recs, cfg: DistillConfig) -> 
     return out
 
 
-def _checkpoint_key(cfg: DistillConfig, labels) -> str:
+def _checkpoint_key(cfg: DistillConfig, labels, device: str, precision: str) -> str:
     """What a checkpoint must match to be resumed: the whole config (but ``out``) and the label file."""
     import hashlib
 
     d = {k: v for k, v in cfg.to_dict().items() if k != "out"}
     d["labels_sha256"] = labels.fingerprint()["sha256"]
-    d["resolved_device"], d["resolved_precision"] = _resolved(cfg)  # `auto` may resolve otherwise elsewhere
+    d["resolved_device"], d["resolved_precision"] = device, precision  # `auto` may resolve otherwise elsewhere
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _resolved(cfg: DistillConfig) -> tuple[str, str]:
-    """(device, precision) that ``cfg.device`` and ``cfg.precision`` resolve to here."""
-    from .hardware import resolve_device, resolve_precision
-
-    device = resolve_device(cfg.device)
-    return device, resolve_precision(cfg.precision, device)
 
 
 def _save_checkpoint(out: Path, key: str, state: dict) -> None:
@@ -751,9 +742,9 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
     val_pool_recs = [pool_recs[i] for i in split.val_pool]
     val_query_recs = [query_recs[j] for j in split.val_queries]
 
-    from .hardware import announce, autocast as hw_autocast
+    from .hardware import announce, autocast as hw_autocast, resolve
 
-    device, precision = _resolved(cfg)
+    device, precision = resolve(cfg.device, cfg.precision)
     announce("train", device, precision, cfg.precision, say if log is not None else None)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -837,7 +828,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
 
     t0 = time.time()
-    ckpt_key = _checkpoint_key(cfg, labels)
+    ckpt_key = _checkpoint_key(cfg, labels, device, precision)
     resumed = _load_checkpoint(out, ckpt_key, say)
     m0 = resumed["m0"] if resumed else validate()
     row0 = {"epoch": 0, "step": 0, "split": "val", "model": "untrained", **m0, "seconds": time.time() - t0}
@@ -866,7 +857,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
             best_val, best_metrics = m_w[cfg.select_metric], m_w
         kill_point("train:warm-up")
     best_state = copy.deepcopy(enc.state_dict())
-    start = (_start_embeddings(enc, cache, train_pool_recs, train_query_recs, cfg)
+    start = (_start_embeddings(enc, cache, train_pool_recs, train_query_recs, cfg, precision)
              if cfg.anchor_weight > 0 or cfg.kl_over == "pool" else None)
     anchors = start if cfg.anchor_weight > 0 else None
     bank = start["pool"].clone() if cfg.kl_over == "pool" else None  # latest embedding of every training pool row

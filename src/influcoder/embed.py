@@ -169,10 +169,9 @@ class EmbedConfig:
     float32 elsewhere), float32 or bfloat16."""
 
     def __post_init__(self):
-        from .hardware import check_device, check_precision
+        from .hardware import check_compute
 
-        check_device(self.device)
-        check_precision(self.precision)
+        check_compute(self.device, self.precision)
         errs = []
         if self.side not in ("pool", "query"):
             errs.append("side must be pool or query")
@@ -296,9 +295,9 @@ def iter_shards(rows: Iterable[tuple[int, dict]], data: str | Path, spec: FieldS
 
 def resolved_precision(cfg) -> str:
     """The forward precision ``cfg.precision`` resolves to on ``cfg.device`` here."""
-    from .hardware import resolve_device, resolve_precision
+    from .hardware import resolve
 
-    return resolve_precision(cfg.precision, resolve_device(cfg.device))
+    return resolve(cfg.device, cfg.precision)[1]
 
 
 def store_header(cfg: EmbedConfig, data_fingerprint: dict) -> dict:

@@ -256,7 +256,7 @@ class InfluenceEncoder:
                 prior.load_state_dict(load_file(str(p / PRIOR_FILE)))
             except (KeyError, RuntimeError) as e:
                 raise UserError(f"{p / PRIOR_FILE}: pool prior does not match {METADATA_FILE}'s 'prior' entry ({e})") from None
-            prior.eval()
+            prior.to(device).eval()
         enc = cls(model, metadata, prior)
         trees = (metadata.get("prior") or {}).get("trees")
         if prior is not None and trees:
@@ -448,13 +448,6 @@ class InfluenceEncoder:
         return self.train(False)
 
     # ------------------------------------------------------------------ encoding
-    def to(self, device: str) -> "InfluenceEncoder":
-        """Move the model and the prior to ``device``."""
-        self.model.to(device)
-        if self.prior is not None:
-            self.prior.to(device)
-        return self
-
     @property
     def device(self) -> str:
         return str(self.model.device)
@@ -659,17 +652,14 @@ def load_encoder(name: str | os.PathLike, device: str = "cpu", precision: str = 
     influcoder.hardware); a bad folder is a :class:`UserError`. ``stage`` names who loads it in the one line
     that says which device and precision were chosen."""
     from .errors import UserError
-    from .hardware import announce, resolve_device, resolve_precision
+    from .hardware import announce, resolve
 
     resolve_encoder_path(name)
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
+    dev, prec = resolve(device, precision)
     try:
         enc = InfluenceEncoder.from_pretrained(str(name), device=dev)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load encoder '{name}': {e}") from None
-    if enc.prior is not None:
-        enc.prior.to(dev)
     enc.precision = prec
     if stage:
         announce(stage, dev, prec, precision)

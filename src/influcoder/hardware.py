@@ -26,7 +26,8 @@ from typing import Any
 
 from .errors import UserError
 
-__all__ = ["PRECISIONS", "check_device", "check_precision", "resolve_device", "resolve_precision", "native_bf16",
+__all__ = ["PRECISIONS", "check_device", "check_precision", "check_compute", "resolve_device", "resolve_precision",
+           "resolve", "native_bf16",
            "cpu_bf16_probe", "autocast", "cpu_info", "cpu_line", "announce"]
 
 CPU_BF16_ENV = "INFLUCODER_CPU_BF16"
@@ -47,6 +48,12 @@ def check_device(value: str, what: str = "device") -> None:
     ok = value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())
     if not ok:
         raise UserError(f"{what} must be auto, cpu, cuda or cuda:N, got {value!r}")
+
+
+def check_compute(device: str, precision: str) -> None:
+    """Config validation of a stage's ``device`` and ``precision`` pair (no torch import)."""
+    check_device(device)
+    check_precision(precision)
 
 
 def resolve_device(requested: str | None = "auto") -> str:
@@ -110,6 +117,12 @@ def resolve_precision(requested: str | None, device: str) -> str:
     if requested != "auto":
         return requested
     return "bfloat16" if native_bf16(device) else "float32"
+
+
+def resolve(device: str | None, precision: str | None) -> tuple[str, str]:
+    """A stage's ``(device, precision)`` as they resolve here (``auto`` of either decided by the hardware)."""
+    dev = resolve_device(device)
+    return dev, resolve_precision(precision, dev)
 
 
 def autocast(device: str, precision: str):

@@ -232,10 +232,9 @@ def fidelity_report(pipe: "Pipeline") -> dict:
     k = min(cfg.report.top_k, len(pool))
 
     from .encoder import load_encoder
-    from .hardware import resolve_device, resolve_precision
+    from .hardware import resolve
 
-    dev = resolve_device(cfg.embed.device)  # the report scores as the embed step does
-    prec = resolve_precision(cfg.embed.precision, dev)
+    dev, prec = resolve(cfg.embed.device, cfg.embed.precision)  # the report scores as the embed step does
     student = load_encoder(pipe.path("encoder"), device=dev, precision=prec, stage="report")
     s = cfg.student
     untrained = InfluenceEncoder.from_pretrained(s.encoder, pooling=s.pooling, projection_dim=s.projection_dim,
