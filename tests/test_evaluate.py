@@ -392,3 +392,54 @@ def test_student_cache_key_is_the_resolved_recipe(monkeypatch):
 
     monkeypatch.setattr(distill, "DistillConfig", Changed)
     assert student_recipe({"seed": 1}) != r
+
+
+def test_evaluate_precision_auto_resolves_and_equals_the_explicit_choice(tmp_path, tiny_model_dir, monkeypatch):
+    """evaluate's decoder methods run in the precision the hardware resolves: auto on a CPU without native bf16
+    gives the float32 result exactly; auto where bf16 is native runs the methods in bf16 (recorded per method and
+    in the results), close to float32 but computed anew (not a float32 cache reused)."""
+    from influcoder import hardware
+
+    methods = [{"kind": "repsim"}, {"kind": "logra", "k": 2, "rank": 4}]
+
+    def once(name, precision, native):
+        monkeypatch.setenv("INFLUCODER_CPU_BF16", native)
+        hardware.cpu_bf16_probe.cache_clear()
+        d = tmp_path / name
+        d.mkdir()
+        p = _ranking_cfg(d, tiny_model_dir, methods)
+        cfg = yaml.safe_load(p.read_text())
+        cfg.update(seeds=[0], precision=precision, device="auto")
+        p.write_text(yaml.safe_dump(cfg))
+        return run(load_config(p), progress=False)
+
+    try:
+        explicit = once("f32", "float32", "native")
+        auto_emulated = once("auto_e", "auto", "emulated")
+        auto_native = once("auto_n", "auto", "native")
+    finally:
+        monkeypatch.undo()
+        hardware.cpu_bf16_probe.cache_clear()  # later tests must not see this test's faked answer
+    assert explicit["compute"] == auto_emulated["compute"] == {"device": "cpu", "precision": "float32"}
+    assert auto_native["compute"] == {"device": "cpu", "precision": "bfloat16"}
+    for m in ("repsim", "logra"):
+        a = explicit["per_seed"][0]["methods"][m]
+        b = auto_emulated["per_seed"][0]["methods"][m]
+        c = auto_native["per_seed"][0]["methods"][m]
+        assert a["per_anchor"] == b["per_anchor"]
+        assert a["info"]["method"]["precision"] == "float32" and c["info"]["method"]["precision"] == "bfloat16"
+        assert abs(a["per_anchor"] - c["per_anchor"]) < 0.5
+    # float32 under auto has the explicit float32 cache keys; the bf16 features are other cache entries
+    names = {k: {p.name for p in (tmp_path / k / "work" / "features").iterdir()} for k in ("f32", "auto_e", "auto_n")}
+    assert names["f32"] == names["auto_e"] and names["f32"]
+    assert not names["f32"] & names["auto_n"]
+
+
+def test_evaluate_config_rejects_bad_device_or_precision(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("experiment: ranking\nname: x\nprecision: fp8\n")
+    with pytest.raises(UserError, match="precision"):
+        load_config(p)
+    p.write_text("experiment: ranking\nname: x\ndevice: tpu\n")
+    with pytest.raises(UserError, match="device"):
+        load_config(p)

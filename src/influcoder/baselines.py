@@ -220,9 +220,11 @@ class BM25Method(Method):
 class EncoderMethod(Method):
     """Cosine of :class:`InfluenceEncoder` embeddings (``semantic``: untrained; ``influcoder``: distilled)."""
 
-    def __init__(self, encoder: str = "minilm-l6", name: str = "semantic", batch_size: int = 32):
+    def __init__(self, encoder: str = "minilm-l6", name: str = "semantic", batch_size: int = 32,
+                 device: str = "cpu", precision: str = "float32"):
         super().__init__()
         self.encoder_name, self.name, self.batch_size = encoder, name, batch_size
+        self.device, self.precision = device, precision
         self._enc = None
 
     def encoder(self):
@@ -230,7 +232,8 @@ class EncoderMethod(Method):
             from .encoder import InfluenceEncoder
 
             t0 = time.perf_counter()
-            self._enc = InfluenceEncoder.from_pretrained(self.encoder_name)
+            self._enc = InfluenceEncoder.from_pretrained(self.encoder_name, device=self.device)
+            self._enc.precision = self.precision
             self.cost["seconds_load"] = time.perf_counter() - t0
         return self._enc
 
@@ -251,7 +254,7 @@ class EncoderMethod(Method):
         return s
 
     def describe(self) -> dict:
-        return {**super().describe(), "encoder": self.encoder_name}
+        return {**super().describe(), "encoder": self.encoder_name, "device": self.device, "precision": self.precision}
 
 
 # ============================================================================ decoder features
@@ -372,8 +375,15 @@ class DecoderFeatures:
     def __init__(self, model: str = "smollm2-135m-instruct", *, max_length: int = 256, batch_size: int = 8,
                  token_budget: int = 2048, cache_dir: str | Path | None = None, attn: str = "eager",
                  progress: bool = False, log: Callable[[str], None] | None = None,
-                 adapters: dict[tuple[int, int], str] | None = None):
+                 adapters: dict[tuple[int, int], str] | None = None, device: str = "cpu",
+                 precision: str = "float32"):
+        from .hardware import check_compute
+
+        check_compute(device, precision)
+        if "auto" in (device, precision):
+            raise ValueError("DecoderFeatures takes a resolved device and precision (see influcoder.hardware.resolve)")
         self.model_name = model
+        self.device, self.precision = device, precision
         # {(LoRA rank, LoRA seed): adapter folder}, e.g. adapters warmed up on the pool (None = fresh adapters)
         self.adapters = dict(adapters) if adapters is not None else None
         self._adapter_hashes: dict[str, str] = {}
@@ -391,17 +401,19 @@ class DecoderFeatures:
         from .models import load_decoder
 
         model, tok, _ = load_decoder(self.model_name, attn_implementation=self.attn)
-        return model, tok
+        return model.to(self.device), tok
 
     def _batches(self, tok, records):
         from .tokenization import collate, encode_record, pack_by_tokens
 
         enc = [encode_record(tok, r, self.max_length) for r in records]
         for b in pack_by_tokens([len(e) for e in enc], self.batch_size, self.token_budget):
-            yield b, collate([enc[i] for i in b], tok.pad_token_id, "right")
+            yield b, collate([enc[i] for i in b], tok.pad_token_id, "right").to(self.device)
 
     def key(self, kind: str, **kw) -> str:
-        return f"{kind}-{_slug({'model': self.model_name, 'max_length': self.max_length, **kw})}"
+        # float32 keys stay as they were before precision was a setting
+        prec = {} if self.precision == "float32" else {"precision": self.precision}
+        return f"{kind}-{_slug({'model': self.model_name, 'max_length': self.max_length, **prec, **kw})}"
 
     def adapter(self, rank: int, seed: int) -> str | None:
         """The adapter folder LoRA rank-``rank`` seed-``seed`` gradients are taken at (None: a fresh adapter)."""
@@ -435,16 +447,19 @@ class DecoderFeatures:
         n, h = len(records), model.config.hidden_size
         mean = np.zeros((n, h), np.float32)
         rds = np.zeros((n, h), np.float32)
+        from .hardware import autocast
+
         with torch.no_grad():
             for idx, batch in self._iter(tok, records, "hidden states"):
-                hs = dec(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                         position_ids=batch.position_ids, use_cache=False).last_hidden_state.float()
+                with autocast(self.device, self.precision):
+                    hs = dec(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                             position_ids=batch.position_ids, use_cache=False).last_hidden_state.float()
                 m = batch.attention_mask.float()
-                mean[idx] = ((hs * m[..., None]).sum(1) / m.sum(1, keepdim=True)).numpy()
+                mean[idx] = ((hs * m[..., None]).sum(1) / m.sum(1, keepdim=True)).cpu().numpy()
                 pos = batch.position_ids.float() + 1.0  # 1..T over real tokens
                 w = pos * m
                 w = w / w.sum(1, keepdim=True)
-                rds[idx] = (hs * w[..., None]).sum(1).numpy()
+                rds[idx] = (hs * w[..., None]).sum(1).cpu().numpy()
         return {"mean": mean, "rds": rds}
 
     def _iter(self, tok, records, what):
@@ -487,7 +502,8 @@ class DecoderFeatures:
         from .gradients import LoraGradients, LoraSettings
 
         model, tok = self._load()
-        lg = LoraGradients(model, LoraSettings(rank=rank, seed=seed), adapter_path=self.adapter(rank, seed))
+        lg = LoraGradients(model, LoraSettings(rank=rank, seed=seed), adapter_path=self.adapter(rank, seed),
+                           dtype=self.precision)
         self._layouts[f"{rank}-{seed}-{self.adapter_key(rank, seed)}"] = lg.layout()
         hooks = _LoGraHooks(lg.causal_lm, logra_k, logra_seed) if logra_k else None
         n = len(records)
@@ -504,8 +520,8 @@ class DecoderFeatures:
                     nr = g.norm(dim=1)
                     if bool((nr == 0).any()) or not bool(torch.isfinite(nr).all()):
                         raise ValueError("a LoRA gradient is zero or not finite")
-                    unit[idx] = (g / nr[:, None]).float().numpy().astype(np.float16)
-                    norm[idx] = nr.numpy()
+                    unit[idx] = (g / nr[:, None]).float().cpu().numpy().astype(np.float16)
+                    norm[idx] = nr.cpu().numpy()
                 else:
                     lg.losses(batch, track=True).sum().backward()
                 if hooks:
@@ -540,8 +556,9 @@ class _LoGraHooks:
         for i, (name, m) in enumerate(self.mods):
             base = m.base_layer
             g = torch.Generator().manual_seed(int(seed) * 1_000_003 + i)
-            p_in = torch.randn(k, base.in_features, generator=g) / np.sqrt(k)
-            p_out = torch.randn(k, base.out_features, generator=g) / np.sqrt(k)
+            dev = base.weight.device
+            p_in = (torch.randn(k, base.in_features, generator=g) / np.sqrt(k)).to(dev)
+            p_out = (torch.randn(k, base.out_features, generator=g) / np.sqrt(k)).to(dev)
             self.proj[name] = (p_in, p_out)
             self.handles.append(m.register_forward_hook(self._hook(name)))
         self.dim = len(self.mods) * k * k
@@ -551,7 +568,9 @@ class _LoGraHooks:
             if not self.active or not output.requires_grad:
                 return
             p_in, p_out = self.proj[name]
-            xp = inputs[0].detach().float() @ p_in.T  # (B, T, k)
+            x = inputs[0].detach()
+            with torch.autocast(x.device.type, enabled=False):  # projections in float32 under a bf16 forward too
+                xp = x.float() @ p_in.T  # (B, T, k)
 
             def grad_hook(g):
                 gp = g.float() @ p_out.T  # (B, T, k)
@@ -565,7 +584,7 @@ class _LoGraHooks:
         out = torch.cat([self.grads.pop(name) for name, _ in self.mods], 1)
         if out.shape[0] != n:
             raise RuntimeError("LoGra: batch size mismatch")
-        return out.numpy()
+        return out.cpu().numpy()
 
     def remove(self):
         for h in self.handles:
@@ -584,7 +603,8 @@ class _DecoderMethod(Method):
         return out, time.perf_counter() - t0
 
     def describe(self) -> dict:
-        d = {**super().describe(), "model": self.features.model_name, "max_length": self.features.max_length}
+        d = {**super().describe(), "model": self.features.model_name, "max_length": self.features.max_length,
+             "device": getattr(self.features, "device", "cpu"), "precision": getattr(self.features, "precision", "float32")}
         if self.features.adapters is not None and hasattr(self, "lora_seed"):
             d["adapter"] = self.features.adapter(self.rank, self.lora_seed)
         return d
@@ -781,8 +801,10 @@ METHOD_KINDS = ("random", "length", "tfidf", "bm25", "semantic", "influcoder", "
                 "logra", "datainf")
 
 
-def make_method(spec: dict, features: DecoderFeatures | None = None) -> Method:
-    """Build a method from a config entry ``{"kind": ..., "name": ..., <options>}``."""
+def make_method(spec: dict, features: DecoderFeatures | None = None, *, device: str = "cpu",
+                precision: str = "float32") -> Method:
+    """Build a method from a config entry ``{"kind": ..., "name": ..., <options>}``. Decoder methods run where
+    ``features`` runs; encoder methods on ``device`` in ``precision`` (both resolved)."""
     spec = dict(spec)
     kind = spec.pop("kind")
     name = spec.pop("name", None)
@@ -797,7 +819,7 @@ def make_method(spec: dict, features: DecoderFeatures | None = None) -> Method:
     elif kind == "bm25":
         m = BM25Method(**spec)
     elif kind in ("semantic", "influcoder"):
-        m = EncoderMethod(name=name or kind, **spec)
+        m = EncoderMethod(name=name or kind, **{"device": device, "precision": precision, **spec})
     else:
         if features is None:
             raise ValueError(f"method '{kind}' needs decoder features")

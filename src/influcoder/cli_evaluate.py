@@ -14,6 +14,8 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars or log lines."),
         out_dir: str = typer.Option(None, "--out-dir", help="Override the config's out_dir."),
         work_dir: str = typer.Option(None, "--work-dir", help="Override the config's work_dir (caches)."),
+        device: str = typer.Option(None, "--device", help="Override the config's device (auto, cpu, cuda, cuda:N)."),
+        precision: str = typer.Option(None, "--precision", help="Override the config's precision (auto, float32, bfloat16)."),
     ):
         """Run an experiment from a config: caches features, labels, students and scores under work_dir
         (a rerun recomputes only what changed), writes eval_<name>.json/.md/.png under out_dir."""
@@ -21,7 +23,11 @@ def register(app: typer.Typer) -> None:
 
         from .evaluate import load_config, run
 
+        from dataclasses import replace
+
         cfg = load_config(config)
+        if device or precision:  # replace() re-runs the config's checks on the overridden values
+            cfg = replace(cfg, **{k: v for k, v in (("device", device), ("precision", precision)) if v})
         if out_dir:
             cfg.out_dir = out_dir
         if work_dir:

@@ -88,6 +88,13 @@ class EvalConfig:
     """fidelity: {results: [paths to the projection-fidelity benchmark's JSON]}."""
     ks: list = field(default_factory=lambda: [10, 20])
     """k for precision@k / recall@k (toxicity)."""
+    device: str = "auto"
+    """Where the decoder methods, the teacher's exact gradients and the encoder methods run: auto (CUDA when
+    present, else the CPU), cpu, cuda, cuda:N. The student follows ``student.device`` where the student section
+    sets it, else this."""
+    precision: str = "auto"
+    """Compute precision of those same methods: auto (bfloat16 where the device computes it natively, float32
+    elsewhere), float32 or bfloat16. The student follows ``student.precision`` where set, else this."""
 
     def __post_init__(self):
         if self.experiment not in ("ranking", "toxicity", "fidelity"):
@@ -99,6 +106,12 @@ class EvalConfig:
         for m in self.methods:
             if not isinstance(m, dict) or "kind" not in m:
                 raise UserError(f"config: every method needs a 'kind', got {m!r}")
+        from .hardware import check_compute
+
+        try:
+            check_compute(self.device, self.precision)
+        except UserError as e:
+            raise UserError(f"config: {e}") from None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -518,9 +531,13 @@ class _Ctx:
         self.work.mkdir(parents=True, exist_ok=True)
         self.log = log
         self.progress = progress
+        from .hardware import announce, resolve
+
+        self.device, self.precision = resolve(cfg.device, cfg.precision)
+        announce("evaluate", self.device, self.precision, cfg.precision, log=log)
         self.features = DecoderFeatures(cfg.model, max_length=cfg.max_length, batch_size=cfg.batch_size,
                                         token_budget=cfg.token_budget, cache_dir=self.work / "features",
-                                        progress=progress, log=log)
+                                        progress=progress, log=log, device=self.device, precision=self.precision)
         self.state_path = self.work / f"state_{cfg.name}.json"
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {"done": {}}
 
@@ -600,6 +617,9 @@ def train_student(ctx: _Ctx, tag: str, train_pool: list[Record], train_queries: 
     from .labels import write_meta
 
     opts = {k: v for k, v in ctx.cfg.student.items() if k != "path"}
+    # the student runs where the experiment runs unless its own section says otherwise
+    opts.setdefault("device", ctx.cfg.device)
+    opts.setdefault("precision", ctx.cfg.precision)
     key = _key({"pool": _ids(train_pool), "queries": _ids(train_queries), "opts": student_recipe(opts), "teacher": teacher_desc,
                 "labels": hashlib.sha1(np.ascontiguousarray(labels, dtype=np.float32).tobytes()).hexdigest()})
     d = ctx.work / "students" / f"{tag}-{key}"
@@ -628,14 +648,17 @@ def score_method(ctx: _Ctx, spec: dict, pool: list[Record], queries: list[Record
     from .baselines import make_method
 
     cfg = ctx.cfg
-    key = _key({"spec": spec, "model": cfg.model, "max_length": cfg.max_length, "pool": _ids(pool),
-                "queries": _ids(queries), "extra": extra_key})
+    key = {"spec": spec, "model": cfg.model, "max_length": cfg.max_length, "pool": _ids(pool),
+           "queries": _ids(queries), "extra": extra_key}
+    if ctx.precision != "float32":  # float32 keys stay as they were before precision was a setting
+        key["precision"] = ctx.precision
+    key = _key(key)
     name = method_name(spec)
     path = ctx.work / "scores" / f"{name}-{key}.npy"
     meta_p = path.with_suffix(".json")
     if path.exists() and meta_p.exists():
         return np.load(path), json.loads(meta_p.read_text())
-    m = make_method(spec, ctx.features)
+    m = make_method(spec, ctx.features, device=ctx.device, precision=ctx.precision)
     ctx.log(f"scoring {name} on {len(pool)}×{len(queries)}")
     s = m.scores(pool, queries)
     if not np.isfinite(s).all():
@@ -883,7 +906,7 @@ def warmup_stock_config(cfg: EvalConfig, data: str | Path, out: str | Path, rank
     t = cfg.teacher
     return StockConfig(model=cfg.model, data=str(data), out=str(out), preset="prompt-response",
                        max_length=cfg.max_length, batch_size=cfg.batch_size, token_budget=cfg.token_budget,
-                       projection="none", lora_rank=rank, seed=lora_seed,
+                       projection="none", lora_rank=rank, seed=lora_seed, device=cfg.device, dtype=cfg.precision,
                        warmup_steps=int(t.get("warmup_steps", 0)), warmup_lr=float(t.get("warmup_lr", 2e-5)))
 
 
@@ -900,7 +923,8 @@ def warmup_adapter(ctx: _Ctx, records: list[Record], rank: int, lora_seed: int) 
                         f"must see every row at least once (warmup_steps ≥ {-(-len(records) // ctx.cfg.batch_size)})")
     key = _key({"model": ctx.cfg.model, "max_length": ctx.cfg.max_length, "batch_size": ctx.cfg.batch_size,
                 "token_budget": ctx.cfg.token_budget, "rank": rank, "lora_seed": lora_seed, "steps": steps,
-                "lr": float(t.get("warmup_lr", 2e-5)), "records": _ids(records)})
+                "lr": float(t.get("warmup_lr", 2e-5)), "records": _ids(records),
+                **({} if ctx.precision == "float32" else {"precision": ctx.precision})})
     d = ctx.work / "adapters" / f"r{rank}-s{lora_seed}-{key}"
     if not (d / "adapter" / "adapter_config.json").exists():
         _write_records(d / "data.jsonl", records)
@@ -930,7 +954,8 @@ def _warmed(ctx: _Ctx, records: list[Record]) -> tuple[_Ctx, dict]:
     c = copy.copy(ctx)
     c.features = DecoderFeatures(ctx.cfg.model, max_length=ctx.cfg.max_length, batch_size=ctx.cfg.batch_size,
                                  token_budget=ctx.cfg.token_budget, cache_dir=ctx.work / "features",
-                                 progress=ctx.progress, log=ctx.log, adapters=adapters)
+                                 progress=ctx.progress, log=ctx.log, adapters=adapters,
+                                 device=ctx.device, precision=ctx.precision)
     return c, info
 
 
@@ -1221,6 +1246,7 @@ def run(cfg: EvalConfig, *, progress: bool = True, log: Callable[[str], None] | 
         res["flops"] = add_flops(ctx, res, sample_p, sample_q)
         res.pop("_student_path", None)
     res["config"] = cfg.to_dict()
+    res["compute"] = {"device": ctx.device, "precision": ctx.precision}  # what auto resolved to, this run
     res["command"] = command
     res["seconds_this_run"] = time.perf_counter() - t0
     out = Path(cfg.out_dir)
