@@ -266,3 +266,23 @@ def test_verdict_levels_on_known_per_query_scores():
     assert (hi["level"], low["level"], bad["level"]) == ("use", "weak", "do-not-use")
     assert hi["baseline"] == "length" and hi["ci95"][0] > 0.5 and "below 0.50" in low["line"]
     assert verdict({**base, "student": 0.3 + 0.01 * rng.standard_normal(20)}, 0.05, 500, 0, 100, min_spearman=0.2)["level"] == "use"
+
+
+def test_last_screen_says_what_was_done_the_verdict_and_where_to_look(reference):
+    """What `influcoder run` prints at its end: the work done, the verdict word with its figures from the report,
+    what to do next, the report, figure and attribution paths (all existing) and the explorer command."""
+    from influcoder.report import NEXT_STEP, WORDS, last_screen
+
+    out, _ = reference
+    rep = json.loads((out / "report" / "fidelity.json").read_text())
+    text = last_screen(out)
+    v, m = rep["verdict"], rep["methods"]
+    assert f"Verdict: {WORDS[v['level']]} — held-out per-anchor Spearman {m['student']['per_anchor_spearman']:.3f} vs " \
+           f"{m[v['baseline']]['per_anchor_spearman']:.3f} for the {v['baseline']} baseline" in text
+    assert f"Next: {NEXT_STEP[v['level']]}" in text
+    assert f"{rep['cost']['n_stocked']} examples stocked" in text
+    for label in ("Report: ", "Top attributions: "):
+        path = next(line for line in text.splitlines() if line.startswith(label))[len(label):].split()[0]
+        assert Path(path).exists(), path
+    assert (out / "report" / "fidelity.png").exists() and str(out / "report" / "fidelity.png") in text
+    assert f"Explore: influcoder serve {out}" in text

@@ -52,7 +52,25 @@ def run_dir(tmp_path_factory) -> Path:
     build_index(IndexConfig(str(run / "embeddings"), str(run / "index")))
     (run / "report").mkdir()
     (run / "report" / "fidelity.md").write_text("# Fidelity report\n\n| metric | value |\n|---|---|\n| per-anchor | 0.5 |\n\n"
-                                                "<script>alert(1)</script>\n")
+                                                "<script>alert(1)</script>\n\n![fidelity](fidelity.png)\n")
+    # the report's JSON as report.fidelity_report writes it (the fields the explorer reads), its verdict from
+    # report.verdict on made-up per-query figures: the student below the length baseline
+    from influcoder.report import verdict
+
+    per_query = {"student": np.linspace(0.1, 0.3, 8), "untrained": np.zeros(8), "length": np.linspace(0.3, 0.5, 8)}
+    methods = {m: {"per_anchor_spearman": float(v.mean())} for m, v in per_query.items()}
+    (run / "report" / "fidelity.json").write_text(json.dumps({
+        "methods": methods, "block": {"n_pool": 8, "n_queries": 8},
+        "verdict": verdict(per_query, 0.02, 200, 0, 40)}))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.bar(["student", "length"], [0.2, 0.4])
+    fig.savefig(run / "report" / "fidelity.png")
+    plt.close(fig)
     (run / "config.yaml").write_text("pool: {path: %s}\nqueries: {path: %s}\n" % (pf, qf))
     spec = {"preset": None, "prompt_field": None, "response_field": None, "id_field": None}
     (run / "run_manifest.json").write_text(json.dumps({
@@ -238,6 +256,27 @@ def test_report_is_rendered_without_raw_html(client):
     assert client.get("/report/fidelity.md").text.startswith("# Fidelity report")
 
 
+def test_the_runs_verdict_travels_with_every_score(run_dir, client):
+    """info, every attribution, every filter answer and the export carry the run's verdict (report/fidelity.json);
+    an index folder without a report says its scores were never checked."""
+    from fastapi.testclient import TestClient
+
+    from influcoder.serve import create_app
+
+    rep = json.loads((run_dir / "report" / "fidelity.json").read_text())
+    info = client.get("/api/info").json()
+    t = info["trust"]
+    assert t["level"] == rep["verdict"]["level"] == "do-not-use" and t["word"] == "DO NOT USE"
+    assert t["per_anchor"] == pytest.approx(0.2) and t["baseline"] == "length" and t["baseline_per_anchor"] == pytest.approx(0.4)
+    assert info["report_figure"] == "/report/fidelity.png" and client.get("/report/fidelity.png").status_code == 200
+    assert client.get("/api/attribute", params={"text": "say red dog", "k": 3}).json()["trust"] == t
+    assert client.get("/api/filter", params={"fraction": 0.1}).json()["trust"] == t
+    exp = client.get("/api/export", params={"fraction": 0.1})
+    assert exp.headers["x-influcoder-verdict"] == "DO NOT USE (held-out per-anchor Spearman 0.200 vs 0.400 for the length baseline)"
+    bare = TestClient(create_app(run_dir / "index")).get("/api/info").json()["trust"]
+    assert bare["level"] == "unknown" and bare["per_anchor"] is None and "never compared" in bare["line"]
+
+
 def test_bad_folders_are_refused(run_dir, tmp_path):
     from influcoder.serve import ServeError, create_app
 
@@ -352,6 +391,12 @@ def test_page_in_headless_chromium(run_dir, server, client, browser, tmp_path):
     assert "8" in d.find_element(By.ID, "filter-help").text
     assert len(d.find_elements(By.CSS_SELECTOR, "#queries button")) == 8
     assert d.find_element(By.ID, "report").get_attribute("href") == server + "/report/"
+    # how far to trust the scores: the run's verdict in the header, coloured by its level, with its figures
+    banner = d.find_element(By.ID, "verdict")
+    assert banner.get_attribute("data-level") == "do-not-use"
+    assert "DO NOT USE" in banner.text and "0.200 vs 0.400 for the length baseline" in banner.text
+    assert banner.value_of_css_property("background-color") == "rgba(180, 35, 24, 1)"
+    assert "DO NOT USE" in d.find_element(By.ID, "filter-trust").text
 
     # type a query: the rendered ranking is `influcoder attribute`'s
     text = "say blue night"
@@ -363,6 +408,9 @@ def test_page_in_headless_chromium(run_dir, server, client, browser, tmp_path):
     got = _rendered(d)
     assert [i for i, _ in got] == [r["id"] for r in want]
     np.testing.assert_allclose([s for _, s in got], [r["score"] for r in want], atol=1e-6)
+    # ... and beside the score list
+    trust = d.find_element(By.ID, "results-trust")
+    assert trust.is_displayed() and "DO NOT USE" in trust.text and "0.200" in trust.text
     assert "?q=say%20blue%20night" in d.current_url or "?q=say+blue+night" in d.current_url
     # expand the first result: its full texts are shown
     first = d.find_element(By.CSS_SELECTOR, "#results li.result")
@@ -409,3 +457,19 @@ def test_page_in_headless_chromium(run_dir, server, client, browser, tmp_path):
     assert [i for i, _ in _rendered(d)] == [r["id"] for r in _attribute_cli(run_dir, tmp_path, text2, 10)]
     d.save_screenshot(str(tmp_path / "explorer-shared-link.png"))
     assert (tmp_path / "explorer.png").stat().st_size > 10_000
+
+    # no sideways scroll at 1,400 px (the queries' one-line buttons once widened the left column past the window)
+    for width in (1400, 1024):
+        d.set_window_size(width, 1000)
+        d.get(server + "/?query_id=q2")
+        _wait(d, lambda d: len(_rendered(d)) == 10)
+        sw, cw = d.execute_script("return [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+        assert sw <= cw, (width, sw, cw)
+
+    # the report page shows the report's figure, rendered (a decoded image, not a broken link)
+    d.find_element(By.ID, "report").click()
+    _wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "body.report img"))
+    img = d.find_element(By.CSS_SELECTOR, "body.report img")
+    _wait(d, lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 0)
+    assert img.get_attribute("src") == server + "/report/fidelity.png"
+    d.save_screenshot(str(tmp_path / "explorer-report.png"))

@@ -38,13 +38,10 @@ def _run(values: dict, extras: dict):
     quiet = extras["quiet"]
     pipe = Pipeline(cfg, log=(lambda s: None) if quiet else (lambda s: console.print(s, highlight=False, markup=False)),
                     progress=not quiet)
-    m = pipe.run()
-    print(f"{pipe.root}/{'run_manifest.json'}  steps done: {', '.join(m['steps_done'])}")
-    if m.get("report"):
-        import json
+    pipe.run()
+    from .report import last_screen
 
-        rep = json.loads((pipe.root / "report" / "fidelity.json").read_text())
-        print(rep["verdict"]["line"], file=sys.stdout)
+    print(last_screen(pipe.root), file=sys.stdout)
 
 
 def register(app: typer.Typer) -> None:

@@ -29,7 +29,7 @@ from .fileio import atomic_write_text
 if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import Pipeline
 
-__all__ = ["fidelity_report", "precision_of_teacher_top_k", "verdict"]
+__all__ = ["fidelity_report", "precision_of_teacher_top_k", "verdict", "trust_summary", "last_screen"]
 
 METHODS = ("student", "untrained", "length")
 
@@ -273,6 +273,71 @@ def fidelity_report(pipe: "Pipeline") -> dict:
     atomic_write_text(d / "fidelity.md", _markdown(res))
     pipe.log(res["verdict"]["line"])
     return res
+
+
+WORDS = {"use": "USE", "weak": "WEAK", "do-not-use": "DO NOT USE"}
+"""The verdict levels as the report, the last screen and the explorer print them."""
+
+NEXT_STEP = {
+    "use": "the scores reproduce the teacher on held-out data: rank and filter with them (influcoder attribute / filter).",
+    "weak": "rank coarsely only; to improve: stock more examples (sample.n_stock), a longer token budget "
+            "(teacher.max_length, student.max_length), or a larger encoder (student.encoder mpnet-base).",
+    "do-not-use": "do not rank or filter with these scores; stock more examples (sample.n_stock), or score the "
+                  "examples you care about with the teacher directly (influcoder stock + influence).",
+}
+"""What to do after each verdict (the README's "Reading the report" says the same)."""
+
+
+def trust_summary(report: dict | None) -> dict:
+    """How far a run's scores can be trusted, in the few fields every screen shows: the verdict word and level,
+    the student's held-out per-anchor Spearman and the baseline it was compared with. ``report`` is the content of
+    ``report/fidelity.json`` (None: the scores were never checked against the teacher)."""
+    if not report or "verdict" not in report:
+        return {"level": "unknown", "word": "NOT CHECKED", "per_anchor": None, "baseline": None,
+                "baseline_per_anchor": None, "line": "No fidelity report: these scores were never compared with the "
+                "teacher on held-out data; treat them as unchecked.", "next": NEXT_STEP["do-not-use"]}
+    v = report["verdict"]
+    m = report["methods"]
+    base = v["baseline"]
+    return {"level": v["level"], "word": WORDS.get(v["level"], v["level"].upper()),
+            "per_anchor": float(m["student"]["per_anchor_spearman"]), "baseline": base,
+            "baseline_per_anchor": float(m[base]["per_anchor_spearman"]),
+            "n_pool": report["block"]["n_pool"], "n_queries": report["block"]["n_queries"],
+            "line": v["line"], "next": NEXT_STEP.get(v["level"], "")}
+
+
+def last_screen(root: str | Path) -> str:
+    """What ``influcoder run`` (and ``make demo``) prints at its end: what was done, the verdict with its numbers,
+    where the report and the top attributions are, and the command that explores them."""
+    root = Path(root)
+    m = json.loads((root / "run_manifest.json").read_text())
+    rep_p = root / "report" / "fidelity.json"
+    rep = json.loads(rep_p.read_text()) if rep_p.exists() else None
+    t = trust_summary(rep)
+    out = [f"Run folder: {root}   (steps done: {', '.join(m.get('steps_done', []))})"]
+    if rep is not None:
+        c = rep["cost"]
+        b = rep["block"]
+        out.append(f"Done: {c['n_stocked']} examples stocked with the teacher ({rep.get('teacher')}), an encoder trained on "
+                   f"{b['n_train_pool']} pool × {b['n_train_queries']} queries of their influence labels, the whole pool "
+                   f"of {c['n_pool']} embedded and indexed, in {c['seconds_total']:.0f} s.")
+        out.append(f"Verdict: {t['word']} — held-out per-anchor Spearman {t['per_anchor']:.3f} vs {t['baseline_per_anchor']:.3f} "
+                   f"for the {t['baseline']} baseline ({b['n_pool']} pool × {b['n_queries']} queries never trained on).")
+        out.append(f"Next: {t['next']}")
+        est = c.get("estimated_seconds_to_stock_whole_pool")
+        if est and t["level"] != "use":
+            out.append(f"      Stocking ran at {c['stock_seconds_per_example']:.2f} s per example here: the whole pool "
+                       f"({c['n_pool']}) would take ≈ {est / 60:.0f} min; see docs/STUDY.md for how fidelity grew with "
+                       f"stocked examples on other data.")
+        out.append(f"Report: {root / 'report' / 'fidelity.md'}   (figure: {root / 'report' / 'fidelity.png'})")
+    else:
+        out.append(f"Verdict: {t['word']} — {t['line']}")
+    if m.get("attribution"):
+        out.append(f"Top attributions: {root / m['attribution']}")
+    if m.get("filter"):
+        out.append(f"Filtered data: {root / m['filter']}")
+    out.append(f"Explore: influcoder serve {root}   (then open http://127.0.0.1:8000/)")
+    return "\n".join(out)
 
 
 def read(path: Path):

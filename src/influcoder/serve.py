@@ -207,6 +207,7 @@ class Explorer:
         self.index.require_encoder(self.fingerprint, f"the encoder {source.encoder}")
         self.references = _build_references(self.encoder, self.ood, batch_size)
         self.notes = list(source.notes)
+        self.trust = self._trust()
         if self.references[1]:
             self.notes.append(self.references[1])
 
@@ -234,6 +235,20 @@ class Explorer:
         if self.labels is not None:
             self.label_row = {pid: i for i, pid in enumerate(self.labels.pool_ids)}
             self.label_col = {qid: j for j, qid in enumerate(self.labels.query_ids)}
+
+    def _trust(self) -> dict:
+        """The run's verdict (report/fidelity.json beside the report), shown beside every score the page lists."""
+        from .report import trust_summary
+
+        rep = self.source.report
+        js = rep.with_suffix(".json") if rep is not None else None
+        if js is None or not js.is_file():
+            return trust_summary(None)
+        try:
+            return trust_summary(json.loads(js.read_text()))
+        except (OSError, ValueError, KeyError) as e:
+            self.notes.append(f"fidelity report {js} unreadable ({e})")
+            return trust_summary(None)
 
     # --- aggregate scores (the filter's own code, run once into a scratch folder)
     def _score_pool(self) -> None:
@@ -309,6 +324,7 @@ class Explorer:
             "n_pool": n,
             "teacher": None if teacher is None else {"n_labelled": len(self.labels.pool_ids), "query_id": query_id},
             "results": results,
+            "trust": self.trust,
             "notes": summary["notes"] + ([note] if note else []),
         }
 
@@ -355,6 +371,7 @@ class Explorer:
             "n_selected": int(selected.sum()),
             "n_kept": int(kept.sum()),
             "min_selected_score": float(self.scores[sel[-1]]) if len(sel) else None,
+            "trust": self.trust,
         }
         if with_ids:
             out["selected_ids"] = [self.pool_ids[i] for i in sel]
@@ -393,6 +410,9 @@ class Explorer:
             "has_labels": self.labels is not None,
             "labelled_queries": sorted(self.label_col, key=self.label_col.get) if self.labels is not None else [],
             "report": "/report/" if src.report is not None else None,
+            "report_figure": ("/report/fidelity.png" if src.report is not None
+                              and (src.report.parent / "fidelity.png").is_file() else None),
+            "trust": self.trust,
             "ood_reference": {k: v.summary() for k, v in self.references[0].items()},
             "max_k": min(len(self.index), MAX_K),
             "notes": self.notes,
@@ -467,8 +487,13 @@ def create_app(path: str | Path | None = None, *, explorer: Explorer | None = No
     @app.get("/api/export")
     def export(fraction: float | None = None, threshold: float | None = None, keep: bool = False):
         lines = ex.export_lines(fraction, threshold, keep)  # validates before the response starts
+        t = ex.trust
+        verdict = t["word"] + (f" (held-out per-anchor Spearman {t['per_anchor']:.3f} vs {t['baseline_per_anchor']:.3f} "
+                               f"for the {t['baseline']} baseline)" if t["per_anchor"] is not None else "")
+        # the file stays the data set, row for row; the verdict of the scores that chose it travels in a header
         return StreamingResponse(lines, media_type="application/x-ndjson",
-                                 headers={"Content-Disposition": 'attachment; filename="filtered.jsonl"'})
+                                 headers={"Content-Disposition": 'attachment; filename="filtered.jsonl"',
+                                          "X-Influcoder-Verdict": verdict})
 
     @app.get("/report", include_in_schema=False)
     def report_redirect():

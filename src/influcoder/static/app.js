@@ -43,6 +43,21 @@ function preview(text, n) {
   return t.length > n ? t.slice(0, n) + "…" : t;
 }
 
+// ------------------------------------------------------------------ trust
+function trustText(t) {
+  if (t.per_anchor === null || t.per_anchor === undefined) return `${t.word}: ${t.line}`;
+  return `${t.word}: held-out per-anchor Spearman ${t.per_anchor.toFixed(3)} vs ${t.baseline_per_anchor.toFixed(3)} ` +
+    `for the ${t.baseline} baseline`;
+}
+
+function showTrust(node, t) {
+  node.className = node.id === "verdict" ? `verdict ${t.level}` : `trust ${t.level}`;
+  node.setAttribute("data-level", t.level);
+  node.textContent = node.id === "verdict" ? `Scores: ${trustText(t)}. Next: ${t.next || ""}` : `Scores: ${trustText(t)}`;
+  node.title = t.line;
+  node.hidden = false;
+}
+
 // ------------------------------------------------------------------ attribution
 async function search(params) {
   const k = parseInt($("#k").value, 10) || 10;
@@ -74,6 +89,7 @@ function renderResults(res) {
   ];
   if (res.teacher) parts.push(el("span", { class: "teacher" }, ` · teacher ranks among ${res.teacher.n_labelled} labelled examples`));
   qi.replaceChildren(...parts);
+  showTrust($("#results-trust"), res.trust);
   const ol = $("#results");
   ol.replaceChildren();
   for (const r of res.results) {
@@ -185,6 +201,9 @@ async function init() {
   const rl = $("#report-link");
   rl.replaceChildren(info.report ? el("a", { href: info.report, id: "report" }, "fidelity report") :
     el("span", { class: "muted" }, "no fidelity report in this folder"));
+  if (info.report_figure) rl.append(" · ", el("a", { href: info.report_figure, id: "report-figure" }, "figure"));
+  showTrust($("#verdict"), info.trust);
+  showTrust($("#filter-trust"), info.trust);
   $("#k").max = String(info.max_k);
   const ul = $("#queries");
   ul.replaceChildren();
