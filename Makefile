@@ -48,7 +48,7 @@ lock:
 	rm -rf .venv-lock
 
 demo: setup
-	$(VENV)/bin/influcoder run configs/demo.yaml
+	$(VENV)/bin/influcoder run demo
 
 test: setup
 	$(PY) -m pytest -q -ra

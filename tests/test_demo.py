@@ -1,4 +1,4 @@
-"""The main job's code path (configs/demo.yaml through the pipeline) end to end, on tiny random
+"""The main job's code path (the shipped demo config through the pipeline) end to end, on tiny random
 decoder/encoder fixtures and the real shared data, so `make demo` cannot silently rot."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``influcoder demo``: ``influcoder run configs/demo.yaml`` with its sizes as flags."""
+"""``influcoder demo``: ``influcoder run demo`` (the shipped demo config) with its sizes as flags."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def demo_cmd(
     dtype: str = typer.Option("auto", "--dtype", help="Stocking precision: auto (bf16 where native), float32, bfloat16."),
     seed: int = typer.Option(0, "--seed"),
 ):
-    """The main job on real data (configs/demo.yaml): sample → stock → labels → train → embed → index → attribute → report."""
+    """The main job on real data (the shipped demo config; same as `influcoder run demo`). README: "Set-up"."""
     from rich.console import Console
 
     from .demo import DemoConfig, run_demo
@@ -29,4 +29,6 @@ def demo_cmd(
     m = run_demo(DemoConfig(workdir=workdir, pool_size=pool_size, n_stock=n_stock, n_queries=n_queries, epochs=epochs,
                             decoder=decoder, encoder=encoder, dtype=dtype, seed=seed),
                  log=lambda s: console.print(s, highlight=False, markup=False))
-    print(f"{m['root']}/run_manifest.json; report: {m['root']}/{m['report']}")
+    from .report import last_screen
+
+    print(last_screen(m["root"]))

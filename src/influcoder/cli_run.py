@@ -30,10 +30,10 @@ def _run(values: dict, extras: dict):
 
     from rich.console import Console
 
-    from .config import RunConfig, load_yaml
+    from .config import RunConfig, find_run_config, load_yaml
     from .pipeline import Pipeline
 
-    cfg = _apply_overrides(load_yaml(RunConfig, extras["config"]), values, extras["ctx"])
+    cfg = _apply_overrides(load_yaml(RunConfig, find_run_config(extras["config"])), values, extras["ctx"])
     console = Console(stderr=True)
     quiet = extras["quiet"]
     pipe = Pipeline(cfg, log=(lambda s: None) if quiet else (lambda s: console.print(s, highlight=False, markup=False)),
@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
 
     extra = [
         inspect.Parameter("config", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str,
-                          default=typer.Argument(..., help="Run config (YAML), e.g. configs/demo.yaml.")),
+                          default=typer.Argument(..., help="Run config: a YAML file (e.g. configs/own_data.yaml) or a shipped config's name (demo).")),
         inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
                           default=typer.Option(False, "--quiet", help="No progress bars or log lines.")),
     ]

@@ -220,6 +220,22 @@ def to_dict(cfg: Any) -> dict:
     return plain(cfg)
 
 
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+"""Run configs installed with the package (``influcoder run demo`` = ``influcoder/configs/demo.yaml``)."""
+
+
+def find_run_config(name_or_path: str | Path) -> Path:
+    """A run config given as a file path, or by the name of a config shipped with the package (``demo``)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    shipped = SHIPPED_CONFIGS / f"{p.name.removesuffix('.yaml')}.yaml"
+    if p.parent == Path(".") and shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(f.stem for f in SHIPPED_CONFIGS.glob("*.yaml")))
+    raise ConfigError(f"{p}: config file not found (give a YAML file, or the name of a shipped config: {names})")
+
+
 def load_yaml(cls: type, path: str | Path) -> Any:
     """Read a YAML file into ``cls``; every problem names the file (and the key)."""
     import yaml

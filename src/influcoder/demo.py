@@ -1,4 +1,5 @@
-"""The main job as a Python call: ``run_demo(DemoConfig(...))`` is ``influcoder run configs/demo.yaml``
+"""The main job as a Python call: ``run_demo(DemoConfig(...))`` is ``influcoder run demo`` (the shipped
+``influcoder/configs/demo.yaml``)
 with its sizes as arguments (``make demo`` runs the YAML file itself; both go through :mod:`influcoder.pipeline`)."""
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from .errors import UserError
 
 __all__ = ["DemoConfig", "demo_run_config", "run_demo", "DEMO_YAML"]
 
-DEMO_YAML = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+DEMO_YAML = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 
 
 @dataclass
 class DemoConfig:
-    """Sizes and places of the end-to-end demo (overrides of configs/demo.yaml)."""
+    """Sizes and places of the end-to-end demo (overrides of the shipped demo.yaml)."""
 
     workdir: str = "work/demo"
     """Run folder."""
@@ -48,11 +49,11 @@ class DemoConfig:
 
 
 def demo_run_config(cfg: DemoConfig):
-    """configs/demo.yaml with ``cfg``'s values written over it."""
+    """The shipped demo.yaml with ``cfg``'s values written over it."""
     from .config import RunConfig, from_dict, load_yaml, to_dict
 
     if not DEMO_YAML.exists():
-        raise UserError(f"{DEMO_YAML}: the demo config is missing (run from a checkout of the repository)")
+        raise UserError(f"{DEMO_YAML}: the demo config is missing from this installation of influcoder")
     d = to_dict(load_yaml(RunConfig, DEMO_YAML))
     d["out"] = cfg.workdir
     d["mix"].update(pool_n=cfg.pool_size, queries_n=cfg.n_queries, seed=cfg.seed)
