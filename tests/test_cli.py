@@ -96,3 +96,28 @@ def test_missing_data_file_is_one_line_exit_2(cmd, tmp_path):
     p = run(cmd, *args)
     assert p.returncode == 2 and f"{tmp_path / 'nope.jsonl'}: --data file not found" in p.stderr
     assert "Traceback" not in p.stderr and not (tmp_path / "o").exists()
+
+
+def test_every_help_fits_one_screen_and_points_to_the_readme():
+    """`influcoder --help` and every command's --help fit one 120 × 50 screen and name where to read on;
+    the generated commands list every option with --help-all."""
+    import os
+    import subprocess
+    import sys
+
+    from influcoder.cli import app
+    from influcoder.config import RunConfig, typer_params
+
+    env = {**os.environ, "COLUMNS": "120"}
+    names = [""] + [c.name for c in app.registered_commands]
+    for name in names:
+        r = subprocess.run([sys.executable, "-m", "influcoder", *([name] if name else []), "--help"], env=env,
+                           capture_output=True, text=True)
+        assert r.returncode == 0, (name, r.stderr)
+        assert len(r.stdout.splitlines()) <= 50, (name, len(r.stdout.splitlines()))
+        assert "README" in r.stdout, name
+    r = subprocess.run([sys.executable, "-m", "influcoder", "run", "--help-all"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0
+    for p in typer_params(RunConfig):
+        flag = p.default.param_decls[0].split("/")[0]
+        assert f"  {flag}  [" in r.stdout, flag

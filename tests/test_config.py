@@ -161,12 +161,19 @@ def test_cli_run_bad_config_is_one_line_exit_2(tmp_path):
     assert r.returncode == 2 and "unknown key 'studnet'" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_committed_demo_config_loads():
+def test_shipped_configs_load():
+    """The demo config ships inside the package (found by name) and the own-data template loads as it is."""
     from pathlib import Path
 
-    cfg = load_yaml(RunConfig, Path(__file__).parent.parent / "configs" / "demo.yaml")
+    from influcoder.config import ConfigError, find_run_config
+
+    cfg = load_yaml(RunConfig, find_run_config("demo"))
     assert cfg.teacher.model == "smollm2-135m-instruct" and cfg.student.encoder == "minilm-l6"
     assert cfg.mix.pool and cfg.mix.queries and cfg.report.enabled
+    own = load_yaml(RunConfig, Path(__file__).parent.parent / "configs" / "own_data.yaml")
+    assert own.pool.path == "my_pool.jsonl" and own.queries.path == "my_queries.jsonl" and not own.mix.pool
+    with pytest.raises(ConfigError, match="shipped config: demo"):
+        find_run_config("no_such_config")
 
 
 def test_typer_params_of_a_section_are_dotted():

@@ -16,6 +16,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    epilog="Start with `make demo`, then README \"Run it on your data\"; each command's --help names its section.",
 )
 console = Console(stderr=True)
 
@@ -39,6 +40,17 @@ cli_attribute.register(app)
 cli_demo.register(app)
 from . import cli_serve; cli_serve.register(app)  # noqa: E402,E702
 from . import cli_run; cli_run.register(app)  # noqa: E402,E702
+
+README_SECTION = {
+    "run": "Run it on your data", "demo": "Set-up: two commands", "serve": "Explore",
+    "filter": "Filter a data set", "attribute": "Filter a data set", "evaluate": "More (docs/METHOD.md#evaluation)",
+}
+"""The README section each command's --help points to (the others: docs/METHOD.md, the stages one by one)."""
+for _info in app.registered_commands:
+    _name = _info.name or ""
+    _where = README_SECTION.get(_name)
+    _info.epilog = (f"README: \"{_where}\"." if _where else
+                    "README: \"More\" → docs/METHOD.md, \"The stages one by one\".")
 
 
 def main() -> None:

@@ -88,7 +88,8 @@ def _embed_command():
              _param("quiet", bool, typer.Option(False, "--quiet", help="No progress bar.")),
              _param("ray", Optional[str], _RAY), _param("ray_actors", int, _RAY_ACTORS), _param("ray_cpus", float, _RAY_CPUS),
              _param("ray_gpus", float, _RAY_GPUS), _param("ray_batch_rows", int, _RAY_BATCH_ROWS)]
-    return command_from(EmbedConfig, _embed, exclude=("dtype",), extra=extra, doc=(
+    return command_from(EmbedConfig, _embed, exclude=("dtype",), extra=extra,
+                        shown=("encoder", "data", "out", "preset", "device", "precision", "batch_size"), doc=(
         "Embed a records file with an influence encoder into a sharded, resumable store (or Parquet shards on Ray)."))
 
 

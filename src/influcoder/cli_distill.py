@@ -38,6 +38,8 @@ def register(app: typer.Typer) -> None:
     from .config import command_from
     from .distill import DistillConfig
 
-    app.command("train")(command_from(DistillConfig, _train, extra=EXTRA, doc=(
+    shown = ("pool_data", "query_data", "labels", "out", "encoder", "max_length", "max_train_seconds", "epochs",
+             "seed", "device", "precision")
+    app.command("train")(command_from(DistillConfig, _train, extra=EXTRA, shown=shown, doc=(
         "Distil the teacher's influence rankings (label file) into a bi-encoder, with a leak-free held-out split. "
         "Checkpoints each epoch: the same command resumes an interrupted run.")))

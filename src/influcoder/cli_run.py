@@ -53,7 +53,9 @@ def register(app: typer.Typer) -> None:
         inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
                           default=typer.Option(False, "--quiet", help="No progress bars or log lines.")),
     ]
-    cmd = command_from(RunConfig, lambda values, extras: _run(values, extras), extra=extra, context=True, doc=(
+    shown = ("out", "pool__path", "pool__prompt_field", "pool__response_field", "queries__path", "sample__n_stock",
+             "teacher__model", "student__encoder", "device", "precision", "steps")
+    cmd = command_from(RunConfig, lambda values, extras: _run(values, extras), extra=extra, context=True, shown=shown, doc=(
         "Run the whole job from a config: sample → stock → labels → train → embed → index → attribute/filter → "
         "fidelity report. Every step is cached by its config and inputs; rerun the same command after an "
         "interruption to resume. Flags override the file's values."))

@@ -45,7 +45,9 @@ def _stock_command():
 
     quiet = inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
                               default=typer.Option(False, "--quiet", help="No progress bar."))
-    return command_from(StockConfig, _stock, extra=[quiet], doc=(
+    shown = ("model", "data", "out", "preset", "prompt_field", "response_field", "projection", "proj_dim",
+             "max_length", "batch_size", "dtype", "device", "warmup_steps")
+    return command_from(StockConfig, _stock, extra=[quiet], shown=shown, doc=(
         "Stock per-example LoRA gradients (response tokens only), projected, into a resumable store."))
 
 

@@ -292,10 +292,12 @@ def _typer_type(tp: Any) -> Any:
 
 
 def typer_params(cls: type, *, prefix: str = "", flags: dict[str, str] | None = None, exclude: Iterable[str] = (),
-                 required: Iterable[str] = ()) -> list[inspect.Parameter]:
+                 required: Iterable[str] = (), shown: Iterable[str] | None = None) -> list[inspect.Parameter]:
     """One keyword-only typer option per field of ``cls`` (nested dataclass fields recurse with a
     ``section.`` flag prefix). The parameter name is the dotted path with ``__`` (``student__epochs``).
-    ``flags`` renames flags by field name; a field without a default (or named in ``required``) is required."""
+    ``flags`` renames flags by field name; a field without a default (or named in ``required``) is required.
+    ``shown``: the parameter names ``--help`` lists (the others work as usual and are listed by ``--help-all``;
+    None: all)."""
     import typer
 
     flags, exclude, required = dict(flags or {}), set(exclude), set(required)
@@ -308,7 +310,7 @@ def typer_params(cls: type, *, prefix: str = "", flags: dict[str, str] | None = 
         inner, _ = _origin(tp)
         pname = (prefix.replace(".", "__") + f.name)
         if dataclasses.is_dataclass(inner):
-            out += typer_params(inner, prefix=prefix + f.name + ".")
+            out += typer_params(inner, prefix=prefix + f.name + ".", shown=shown)
             continue
         if f.default is not dataclasses.MISSING:
             default = f.default
@@ -324,20 +326,56 @@ def typer_params(cls: type, *, prefix: str = "", flags: dict[str, str] | None = 
             flag = f"{flag}/--{prefix}no-{flag[2 + len(prefix):]}"
         if isinstance(default, (list, tuple)):
             default = list(default) or None
-        opt = typer.Option(default, flag, help=docs.get(f.name, ""))
+        hidden = shown is not None and pname not in set(shown) and default is not ...
+        opt = typer.Option(default, flag, help=_first_sentence(docs.get(f.name, "")), hidden=hidden)
+        opt.full_help = docs.get(f.name, "")  # what --help-all prints
         out.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=ttype))
     return out
 
 
+def _first_sentence(doc: str) -> str:
+    """--help shows a field's first sentence (its whole docstring: --help-all, and the config classes)."""
+    doc = " ".join(doc.split())
+    i = doc.find(". ")
+    if 0 < i < 100:
+        return doc[: i + 1]
+    return doc if len(doc) <= 100 else doc[:97].rsplit(" ", 1)[0] + " …"
+
+
+def _help_all(params: list[inspect.Parameter]):
+    """The eager ``--help-all`` callback: every generated option with its default and the first line of its doc."""
+    def show(value: bool):
+        if not value:
+            return
+        import typer
+
+        lines = ["Every option (a config key; --help lists the common ones):", ""]
+        for p in params:
+            opt = p.default
+            flag = opt.param_decls[0].split("/")[0] if opt.param_decls else "--" + p.name
+            default = "required" if opt.default is ... else repr(opt.default)
+            doc = " ".join(getattr(opt, "full_help", opt.help or "").split())
+            lines.append(f"  {flag}  [{default}]\n      {doc}")
+        print("\n".join(lines))
+        raise typer.Exit()
+    return show
+
+
 def command_from(cls: type, body: Callable[..., Any], *, flags: dict[str, str] | None = None,
                  exclude: Iterable[str] = (), extra: Sequence[inspect.Parameter] = (), doc: str | None = None,
-                 context: bool = False) -> Callable[..., Any]:
+                 context: bool = False, shown: Iterable[str] | None = None) -> Callable[..., Any]:
     """A typer command function whose options are generated from ``cls``'s fields (see
     :func:`typer_params`) plus ``extra`` parameters; it calls ``body(values, extras)`` with the field
-    values (``{field: value}``) and the extra values (``{name: value}``, ``ctx`` included with ``context``)."""
+    values (``{field: value}``) and the extra values (``{name: value}``, ``ctx`` included with ``context``).
+    ``shown``: the generated options ``--help`` lists (one screen); ``--help-all`` then lists every one."""
     import typer
 
-    params = typer_params(cls, flags=flags, exclude=exclude)
+    params = typer_params(cls, flags=flags, exclude=exclude, shown=shown)
+    if True:  # every generated command lists its options in full with --help-all
+        extra = list(extra) + [inspect.Parameter(
+            "help_all", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+            default=typer.Option(False, "--help-all", is_eager=True, expose_value=False, callback=_help_all(params),
+                                 help="List every option (each config key) with its default, and exit."))]
     names = {p.name for p in params}
     extra = list(extra)
     lead = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)] if context else []

@@ -157,6 +157,28 @@ def _texts(items: Sequence[Any] | str | dict) -> list[str]:
     return out
 
 
+def budget_text(rec, tokenizer, max_tokens: int, separator: str = "\n") -> tuple[str, str]:
+    """The text of a record that fits ``max_tokens`` encoder tokens (special tokens counted) *keeping the
+    response*: the whole response when it fits, else its start; the end of the prompt fills what is left (the
+    prompt is cut from the left, as the teacher cuts it). Returns ``(text, seen)``, ``seen`` saying how much of
+    the response the encoder reads: ``full`` or ``part``. Cut at token boundaries through the fast tokenizer's
+    character offsets, so the text is a substring join of the record's own prompt and response."""
+    budget = max_tokens - tokenizer.num_special_tokens_to_add(pair=False)
+    if budget < 1:
+        raise ValueError(f"max_tokens {max_tokens} leaves no room after the special tokens")
+    r = tokenizer(rec.response, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    if len(r) >= budget:
+        return (rec.response[: r[budget - 1][1]] if r else rec.response), ("full" if len(r) == budget else "part")
+    left = budget - len(r)
+    if not rec.prompt:
+        return rec.response, "full"
+    p = tokenizer(rec.prompt, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    if not p:
+        return rec.response, "full"
+    start = 0 if len(p) <= left else p[len(p) - left][0]
+    return f"{rec.prompt[start:]}{separator}{rec.response}", "full"
+
+
 class InfluenceEncoder:
     """Shared-weight bi-encoder for influence embeddings; predicted influence = cos(E(pool), E(query))."""
 
