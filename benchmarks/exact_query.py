@@ -39,10 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pool-data", required=True)
-    ap.add_argument("--query-data", required=True)
-    ap.add_argument("--pool-store", required=True)
-    ap.add_argument("--query-store", required=True)
+    ap.add_argument("--pool-data")
+    ap.add_argument("--query-data")
+    ap.add_argument("--pool-store")
+    ap.add_argument("--query-store")
+    ap.add_argument("--run-dir", help="instead of the four above: a finished `influcoder run` folder (its stocked "
+                    "sample and stores); seed 0 is the run's own held-out block, other seeds re-split the stocked "
+                    "rows at the same sizes")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--test-pool", type=int, default=200)
     ap.add_argument("--test-queries", type=int, default=200)
@@ -68,6 +71,14 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     spec = FieldSpec.from_names(preset="prompt-response")
+    run_split = None
+    if args.run_dir:
+        rd = Path(args.run_dir)
+        args.pool_data, args.query_data = str(rd / "sample" / "stock_pool.jsonl"), str(rd / "sample" / "stock_queries.jsonl")
+        args.pool_store, args.query_store = str(rd / "stores" / "pool"), str(rd / "stores" / "queries")
+        run_split = json.loads((rd / "sample" / "split.json").read_text())
+    elif not all((args.pool_data, args.query_data, args.pool_store, args.query_store)):
+        ap.error("give --pool-data, --query-data, --pool-store and --query-store, or --run-dir")
     pool_all, _ = read_records(args.pool_data, spec)
     query_all, _ = read_records(args.query_data, spec)
     ps, qs = open_store(args.pool_store), open_store(args.query_store)
@@ -108,6 +119,15 @@ def main() -> None:
             feat_seconds[key] = json.loads((work / f"emb-{args.encoder}-{key}.json").read_text())["seconds_per_example"]
         texts[key] = np.load(path)
         print(f"features {key}: {feat_seconds[key] * 1000:.1f} ms/ex, response seen {seen[key]}", flush=True)
+    views = {}
+    for view, L in itertools.product(("response", "prompt"), (128, 256)):
+        key = f"{view}-{L}"
+        path = work / f"emb-{args.encoder}-{key}.npy"
+        if not path.exists():
+            enc.model.max_seq_length = L
+            tx = [(r.response if view == "response" else r.prompt) or " " for r in pool_all]
+            np.save(path, enc.encode(tx, batch_size=32, side="pool"))
+        views[key] = np.load(path)
     F_form = form_features(pool_all)
     # the untrained encoder's own query embeddings (the symmetric baseline's query side and the 'semantic' row)
     qpath = work / f"qemb-{args.encoder}-right-cut-128.npy"
@@ -116,8 +136,16 @@ def main() -> None:
         np.save(qpath, enc.encode([record_to_text(r) for r in query_all], batch_size=32, side="query"))
     Eq = np.load(qpath)
 
-    def feats(key: str, form: bool) -> np.ndarray:
-        return np.concatenate([texts[key], F_form], axis=1) if form else texts[key]
+    def feats(key: str, form: bool, views_used: str = "text") -> np.ndarray:
+        L = key.rsplit("-", 1)[1]
+        parts = [texts[key]]
+        if "response" in views_used:
+            parts.append(views[f"response-{L}"])
+        if "prompt" in views_used:
+            parts.append(views[f"prompt-{L}"])
+        if form:
+            parts.append(F_form)
+        return np.concatenate(parts, axis=1)
 
     ks = [int(x) for x in args.ks.split(",")]
     alphas = [float(x) for x in args.alphas.split(",")]
@@ -126,29 +154,56 @@ def main() -> None:
         return {"per_anchor": M.per_anchor_spearman(pred, truth), "query_specific": M.query_specific_spearman(pred, truth),
                 "aggregated": M.aggregated_spearman(pred, truth)}
 
-    def fit_score(fit_p, fit_q, ev_p, ev_q, basis: str, k: int, alpha: float, key: str, form: bool, symmetric=False):
-        B = np.concatenate([Up[fit_p], Uq[fit_q]]) if basis == "train" else Uq[fit_q]
-        k = min(k, len(B))
-        V, _ = principal_basis(B, k)
-        X = feats(key, form)
-        head = fit_ridge_head(X[fit_p], coordinates(Up[fit_p], V), alpha)
+    kmax = max(ks)
+    bases: dict = {}
+
+    def basis_coords(fit_p, fit_q, basis: str):
+        """(pool coordinates, query coordinates) of every row in the top-kmax basis of this fit set (cached)."""
+        key = (basis, fit_p.tobytes(), fit_q.tobytes())
+        if key not in bases:
+            B = np.concatenate([Up[fit_p], Uq[fit_q]]) if basis == "train" else Uq[fit_q]
+            V, _ = principal_basis(B, min(kmax, len(B)))
+            bases.clear()  # one fit set at a time
+            bases[key] = (coordinates(Up, V), coordinates(Uq, V))
+        return bases[key]
+
+    Fq_form = form_features(query_all)
+
+    def fit_score(fit_p, fit_q, ev_p, ev_q, basis: str, k: int, alpha: float, key: str, form: bool, views_used="text",
+                  symmetric=False):
+        Cp, Cq = basis_coords(fit_p, fit_q, basis)
+        Cp, Cq = Cp[:, :k], Cq[:, :k]
+        X = feats(key, form, views_used)
+        head = fit_ridge_head(X[fit_p], Cp[fit_p], alpha)
         cp = head.predict(X[ev_p])
         if symmetric:  # the query side learned from text too (no query gradient at scoring time)
-            Xq = np.concatenate([Eq, form_features(query_all)], axis=1) if form else Eq
-            hq = fit_ridge_head(Xq[fit_q], coordinates(Uq[fit_q], V), alpha)
+            Xq = np.concatenate([Eq, Fq_form], axis=1) if form else Eq
+            hq = fit_ridge_head(Xq[fit_q], Cq[fit_q], alpha)
             cq = hq.predict(Xq[ev_q])
         else:
-            cq = coordinates(Uq[ev_q], V)
-        return cp @ cq.T, V
+            cq = Cq[ev_q]
+        return cp @ cq.T
 
-    grid = [(basis, k, a, key, form) for basis in ("train", "queries") for k in ks for a in alphas
-            for key in texts for form in (False, True)]
+    grid = [(basis, k, a, key, form, vu) for basis in ("train", "queries") for k in ks for a in alphas
+            for key in texts for form in (False, True) for vu in ("text", "text+response", "text+response+prompt")]
     seeds = [int(x) for x in args.seeds.split(",")]
     per_seed = []
     for seed in seeds:
         t_seed = time.time()
-        sp = exp1_training_part(pool_all, query_all, seed, args.test_pool, args.test_queries)
-        tr_p, tr_q, te_p, te_q = (np.asarray(sp[k]) for k in ("train_pool", "train_queries", "test_pool", "test_queries"))
+        if run_split is not None:
+            pid = {r.id: i for i, r in enumerate(pool_all)}
+            qid = {r.id: j for j, r in enumerate(query_all)}
+            te_p = np.array([pid[i] for i in run_split["holdout_pool_ids"]])
+            te_q = np.array([qid[i] for i in run_split["holdout_query_ids"]])
+            if seed:  # another split of the same stocked rows, same sizes
+                r = np.random.default_rng(seed)
+                te_p = np.sort(r.permutation(len(pool_all))[:len(te_p)])
+                te_q = np.sort(r.permutation(len(query_all))[:len(te_q)])
+            tr_p = np.setdiff1d(np.arange(len(pool_all)), te_p)
+            tr_q = np.setdiff1d(np.arange(len(query_all)), te_q)
+        else:
+            sp = exp1_training_part(pool_all, query_all, seed, args.test_pool, args.test_queries)
+            tr_p, tr_q, te_p, te_q = (np.asarray(sp[k]) for k in ("train_pool", "train_queries", "test_pool", "test_queries"))
         rng = np.random.default_rng(1000 + seed)  # the selection block as distill_ablation.py draws it
         pp, qq = rng.permutation(tr_p), rng.permutation(tr_q)
         sel_p, fit_p = np.sort(pp[:args.sel_pool]), np.sort(pp[args.sel_pool:])
@@ -157,12 +212,13 @@ def main() -> None:
         truth = Up[te_p] @ Uq[te_q].T
         # selection: every setting on the selection block
         sel = []
-        for basis, k, a, key, form in grid:
+        for basis, k, a, key, form, vu in sorted(grid):
             if basis == "queries" and k > len(fit_q):
                 continue
-            pred, _ = fit_score(fit_p, fit_q, sel_p, sel_q, basis, k, a, key, form)
-            sel.append({"basis": basis, "k": k, "alpha": a, "text": key, "form": form,
+            pred = fit_score(fit_p, fit_q, sel_p, sel_q, basis, k, a, key, form, vu)
+            sel.append({"basis": basis, "k": k, "alpha": a, "text": key, "form": form, "views": vu,
                         **metrics(pred, sel_truth)})
+        print(f"seed {seed}: {len(sel)} settings scored on the selection block", flush=True)
         best = max(sel, key=lambda r: r["per_anchor"])
         best_by_text = {key: max((r for r in sel if r["text"] == key), key=lambda r: r["per_anchor"]) for key in texts}
         print(f"seed {seed}: selected {best}", flush=True)
@@ -170,13 +226,39 @@ def main() -> None:
 
         def test_row(name, r, symmetric=False):
             t0 = time.perf_counter()
-            pred, V = fit_score(tr_p, tr_q, te_p, te_q, r["basis"], r["k"], r["alpha"], r["text"], r["form"], symmetric)
-            rows[name] = {**metrics(pred, truth), "setting": {k: r[k] for k in ("basis", "k", "alpha", "text", "form")},
+            pred = fit_score(tr_p, tr_q, te_p, te_q, r["basis"], r["k"], r["alpha"], r["text"], r["form"], r["views"],
+                             symmetric)
+            rows[name] = {**metrics(pred, truth),
+                          "setting": {k: r[k] for k in ("basis", "k", "alpha", "text", "form", "views")},
                           "selection_per_anchor": r["per_anchor"], "fit_and_score_seconds": time.perf_counter() - t0,
                           "feature_ms_per_example": feat_seconds[r["text"]] * 1000}
-            return V
 
-        V = test_row("exact-query (selected)", best)
+        test_row("exact-query (selected)", best)
+        # non-linear pool factor: boosted trees (prior_trees.fit_trees, the student's) predict the first m coordinates
+        # from the text embedding + form features instead of the ridge; m chosen on the selection block
+        from influcoder.prior_trees import fit_trees
+
+        def with_trees(fit_pp, fit_qq, ev_p, ev_q, r, m):
+            Cp, Cq = basis_coords(fit_pp, fit_qq, r["basis"])
+            Cp, Cq = Cp[:, :r["k"]], Cq[:, :r["k"]]
+            X = feats(r["text"], r["form"], r["views"])
+            cp = fit_ridge_head(X[fit_pp], Cp[fit_pp], r["alpha"]).predict(X[ev_p])
+            Xt = feats(r["text"], True, "text")
+            for j in range(m):
+                cp[:, j] = fit_trees(Xt[fit_pp], Cp[fit_pp, j], seed=seed)[0].predict(Xt[ev_p])
+            return cp @ Cq[ev_q].T
+
+        tree_sel = {m: metrics(with_trees(fit_p, fit_q, sel_p, sel_q, best, m), sel_truth) for m in (1, 2, 4)}
+        m_best = max(tree_sel, key=lambda m: tree_sel[m]["per_anchor"])
+        t0 = time.perf_counter()
+        rows["exact-query + trees on the first m coordinates (m selected)"] = {
+            **metrics(with_trees(tr_p, tr_q, te_p, te_q, best, m_best), truth), "m": m_best,
+            "selection": {str(m): v for m, v in tree_sel.items()}, "fit_and_score_seconds": time.perf_counter() - t0}
+        print(f"seed {seed}: trees on selection {tree_sel}", flush=True)
+        best_q = max(sel, key=lambda r: r["query_specific"])
+        test_row("exact-query (selected on query-specific ρ)", best_q)
+        for vu in ("text", "text+response", "text+response+prompt"):
+            test_row(f"exact-query, views {vu}", max((r for r in sel if r["views"] == vu), key=lambda r: r["per_anchor"]))
         for key, r in best_by_text.items():
             test_row(f"exact-query, text {key}", r)
         test_row("symmetric ridge (selected setting, both sides predicted)", best, symmetric=True)
@@ -201,7 +283,19 @@ def main() -> None:
             v = [p["test"][n][m] for p in per_seed]
             summary[n][m] = {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
                              "per_seed": v}
-    res = {"command": "python " + " ".join(sys.argv), "cpu": cpu_info(), "load": machine_load(),
+    if run_split is not None:
+        data = (f"Data: the stocked sample of the run `{args.run_dir}` ({len(pool_all)} pool × {len(query_all)} queries, its "
+                f"teacher `{ps.manifest.get('model')}`, projection {ps.manifest.get('projection', {}).get('kind')} "
+                f"{ps.manifest.get('projection', {}).get('dim')}, {ps.manifest.get('dtype')}); seed 0 is the run's own "
+                f"held-out block ({len(run_split['holdout_pool_ids'])} × {len(run_split['holdout_query_ids'])}), other seeds "
+                f"re-split the stocked rows at the same sizes; selection block {args.sel_pool} × {args.sel_queries} inside "
+                "the training part.")
+    else:
+        data = ("Teacher: cosine of SmolLM2-135M-Instruct LoRA gradients (CountSketch 65,536) — the committed experiment 1's. "
+                f"Test blocks: {args.test_pool} pool × {args.test_queries} BBH queries per split seed, as `influcoder evaluate` "
+                f"draws them; every setting chosen on a {args.sel_pool} × {args.sel_queries} selection block inside the "
+                "training part.")
+    res = {"command": "python " + " ".join(sys.argv), "cpu": cpu_info(), "load": machine_load(), "data": data,
            "response_seen": seen, "feature_ms_per_example": {k: v * 1000 for k, v in feat_seconds.items()},
            "summary": summary, "per_seed": per_seed, "seconds_total": time.time() - t_start}
     out = Path(args.out)
@@ -215,12 +309,9 @@ def markdown(res: dict) -> str:
     from influcoder.hardware import cpu_line
 
     s = res["summary"]
-    lines = ["# Exact-query scoring on experiment 1's test blocks (issue 24)", "",
+    lines = ["# Exact-query scoring against the teacher on held-out blocks (issue 24)", "",
              f"Command: `{res['command']}`", "", f"CPU: {cpu_line(res['cpu'])}; load at the end: "
-             f"{res['load'].get('loadavg_1m', 0):.1f} (1 min).", "",
-             "Teacher: cosine of SmolLM2-135M-Instruct LoRA gradients (CountSketch 65,536) — the committed experiment 1's. "
-             "Test blocks: 200 pool × 200 BBH queries per split seed, as `influcoder evaluate` draws them; every setting "
-             "chosen on a 250 × 60 selection block inside the training part; mean ± std over the seeds.", "",
+             f"{res['load'].get('loadavg_1m', 0):.1f} (1 min).", "", res["data"] + " Mean ± std over the seeds.", "",
              "| scorer | per-anchor ρ | query-specific ρ | aggregated ρ |", "|---|---|---|---|"]
     for n, v in s.items():
         lines.append(f"| {n} | " + " | ".join(f"{v[m]['mean']:.3f} ± {v[m]['std']:.3f}" for m in
@@ -229,7 +320,7 @@ def markdown(res: dict) -> str:
     for p in res["per_seed"]:
         b = p["selected"]
         lines.append(f"- seed {p['seed']}: basis {b['basis']}, k {b['k']}, α {b['alpha']:g}, text {b['text']}, "
-                     f"form features {b['form']} (selection {b['per_anchor']:.3f}); trained on "
+                     f"views {b['views']}, form features {b['form']} (selection {b['per_anchor']:.3f}); trained on "
                      f"{p['n_train_pool']} × {p['n_train_queries']}")
     lines += ["", "Share of pool rows whose response the encoder reads fully / in part / not at all:", ""]
     for k, v in res["response_seen"].items():

@@ -31,7 +31,9 @@ def make_tiny_encoder(d: Path, seed: int = 0, hidden: int = 32) -> Path:
     chars = [c for c in dict.fromkeys(string.printable) if not c.isspace()]
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars]
     (raw / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(raw / "vocab.txt"), do_lower_case=False)
+    # vocab= (a dict): under transformers 5, vocab_file= is ignored and every token came out [UNK]
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=False)
+    assert tok.convert_ids_to_tokens(tok("ab 7", add_special_tokens=False)["input_ids"]) == ["a", "##b", "7"]
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
                      intermediate_size=2 * hidden, max_position_embeddings=512, initializer_range=0.5)

@@ -113,3 +113,58 @@ def test_budget_text_keeps_the_response_and_cuts_the_prompt_from_the_left(tok):
     rec = Record(id="q", prompt="word " * 200, response="the answer is 7")
     text, seen = budget_text(rec, tok, 64)
     assert seen == "full" and text.endswith("the answer is 7")
+
+
+def test_the_encoder_keeps_the_response_and_records_the_contract(tmp_path):
+    """Two records that differ only in their response after a long prompt: the legacy right cut gave them
+    bit-identical embeddings; the input contract reads both responses. The mode is saved with the encoder, an
+    encoder saved before it existed keeps the legacy cut, and a plain string is refused where a pool prior
+    needs the response."""
+    import json
+
+    from test_embed import make_tiny_encoder
+
+    from influcoder.encoder import TEXT_MODE, TEXT_MODE_LEGACY, InfluenceEncoder, build_prior
+    enc = InfluenceEncoder.from_pretrained(str(make_tiny_encoder(tmp_path / "e")), max_length=64)
+    assert enc.text_mode == TEXT_MODE == "response-kept"
+    a = Record(id="a", prompt="alpha beta " * 100, response="the answer is 7")
+    b = Record(id="b", prompt=a.prompt, response="no idea, sorry")
+    def ids(texts):  # the token ids the model reads (sentence-transformers' own tokenisation and truncation)
+        return enc.model.tokenize(texts)["input_ids"].tolist()
+
+    ta, tb = enc.texts([a, b])
+    assert ta.endswith("\nthe answer is 7") and tb.endswith("\nno idea, sorry") and ids([ta]) != ids([tb])
+    assert len(ids([ta])[0]) <= 64
+    np.testing.assert_allclose(enc.encode([a, b]), enc.encode([ta, tb]), atol=1e-6)  # encode reads those texts
+    ea, eb = enc.encode([a, b])
+    assert enc.response_seen([a, b]) == {"full": 1.0, "part": 0.0, "none": 0.0, "n": 2}
+    # the same record as one flattened string is read as it is (cut from the right: the answer is lost)
+    from influcoder.records import record_to_text
+
+    flat = [record_to_text(a), record_to_text(b)]
+    assert ids(flat[:1]) == ids(flat[1:])
+    # saved and reloaded: the mode travels; an old folder (metadata without it) reads as before
+    d = enc.save(tmp_path / "saved", metadata={"note": "x"})
+    assert json.loads((d / "influcoder_encoder.json").read_text())["text"] == {"mode": TEXT_MODE}
+    again = InfluenceEncoder.from_pretrained(str(d), max_length=64)
+    np.testing.assert_allclose(again.encode([a, b]), np.stack([ea, eb]), atol=1e-6)
+    meta = json.loads((d / "influcoder_encoder.json").read_text())
+    del meta["text"]
+    (d / "influcoder_encoder.json").write_text(json.dumps(meta))
+    old = InfluenceEncoder.from_pretrained(str(d), max_length=64)
+    assert old.text_mode == TEXT_MODE_LEGACY
+    assert old.texts([a, b]) == flat  # what the legacy cut did: identical tokens for both
+    assert old.response_seen([a, b])["none"] == 1.0
+    # a pool prior reads the response: a plain string on the pool side is a text-only row, and says so; the
+    # query side reads strings silently (no prior there)
+    import warnings
+
+    from influcoder.encoder import TextOnlyRowWarning
+
+    enc.prior = build_prior(enc.embedding_dim, 8)
+    with pytest.warns(TextOnlyRowWarning, match=r"1 pool item\(s\) \(the first: item 1\) are plain strings"):
+        enc.encode([a, "some text"], side="pool")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert enc.encode(["some text"], side="query").shape[0] == 1
+        enc.encode([a], side="pool")

@@ -337,21 +337,27 @@ def attribute(cfg: AttributeConfig, *, encoder=None) -> list[dict]:
 
 
 def run_attribute(cfg: AttributeConfig, *, encoder=None, index: FaissIndex | None = None, fingerprint: str | None = None,
-                  references: tuple[dict, str | None] | None = None) -> tuple[list[dict], dict]:
+                  references: tuple[dict, str | None] | None = None,
+                  query_records: Sequence[Record] | None = None) -> tuple[list[dict], dict]:
     """Top-k pool examples per query. Returns one dict per (query, rank) with ``query_id``, ``rank``
     (1-based), ``id``, ``score``, ``row`` and (with ``with_text``) ``text``/``query_text``, plus the
     query's and the pool example's OOD similarity and flag; writes them to ``cfg.out`` when set.
 
     A long-lived caller (``influcoder serve``) passes the loaded ``encoder``, the opened ``index`` (of
     ``cfg.index``), the encoder's ``fingerprint`` and the OOD ``references`` (from
-    :func:`_build_references`) so that they are made once, not per call."""
+    :func:`_build_references`) so that they are made once, not per call; and ``query_records`` (instead of the
+    config's queries) to score records as records — the encoder keeps their response — not as flat strings."""
     index = index if index is not None else open_index(cfg.index)
     fp = fingerprint or encoder_fingerprint(cfg.encoder)["sha256"]
     index.require_encoder(fp, f"encoder '{cfg.encoder}'")
     if encoder is None:
         encoder = load_encoder(cfg.encoder, device=cfg.device, precision=cfg.precision, stage="attribute")
     spec = _spec(cfg.query_preset, cfg.query_prompt_field, cfg.query_response_field)
-    q_ids, q_items, q_emb = _query_embeddings(cfg.queries, cfg.query_texts, spec, encoder, fp, cfg.batch_size, index)
+    if query_records is not None:
+        q_ids, q_items = [r.id for r in query_records], list(query_records)
+        q_emb = normalise(encode_sorted(encoder, q_items, batch_size=cfg.batch_size, side="query"))
+    else:
+        q_ids, q_items, q_emb = _query_embeddings(cfg.queries, cfg.query_texts, spec, encoder, fp, cfg.batch_size, index)
     scores, pos = index.search(q_emb, cfg.top_k, nprobe=cfg.nprobe, ef_search=cfg.ef_search)
 
     refs, ood_note = references if references is not None else _build_references(encoder, cfg.ood, cfg.batch_size)

@@ -770,14 +770,13 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         except UserError:
             n_frozen = 0  # not a BERT-style student: train every layer
     if n_frozen > 0:
-        from .encoder import _texts
         from .layer_cache import LayerCache, freeze_lower
 
         freeze_lower(enc, n_frozen)
         tc = time.time()
         cache = LayerCache(enc, n_frozen)
-        cache.add("pool", _texts(train_pool_recs), "pool", cfg.eval_batch_size)
-        cache.add("query", _texts(train_query_recs), "query", cfg.eval_batch_size)
+        cache.add("pool", enc.texts(train_pool_recs, "pool"), "pool", cfg.eval_batch_size)
+        cache.add("query", enc.texts(train_query_recs, "query"), "query", cfg.eval_batch_size)
         say(f"cached the {n_frozen} frozen layers' output for {len(train_pool_recs)} pool and "
             f"{len(train_query_recs)} query texts in {time.time() - tc:.0f} s ({cache.nbytes() / 2**20:.0f} MiB)")
         kill_point("train:layer-cache")

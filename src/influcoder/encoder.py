@@ -31,6 +31,12 @@ from .prior_trees import STYLE_FEATURES
 __all__ = ["InfluenceEncoder", "METADATA_FILE", "PRIOR_FILE", "PRIOR_TREES_FILE", "PRIOR_FEATURES", "SIDES", "build_prior"]
 
 METADATA_FILE = "influcoder_encoder.json"
+TEXT_MODE = "response-kept"
+"""How a new encoder reads a record: :func:`budget_text` (the whole response within the token budget, the prompt
+cut from the left, as the teacher cuts it)."""
+TEXT_MODE_LEGACY = "right-cut"
+"""How encoders saved before the input contract read a record: prompt + "\\n" + response, cut from the right."""
+TEXT_MODES = (TEXT_MODE, TEXT_MODE_LEGACY)
 PRIOR_FILE = "influcoder_prior.safetensors"
 PRIOR_TREES_FILE = "influcoder_prior_trees.safetensors"
 SIDES = ("pool", "query")
@@ -179,6 +185,10 @@ def budget_text(rec, tokenizer, max_tokens: int, separator: str = "\n") -> tuple
     return f"{rec.prompt[start:]}{separator}{rec.response}", "full"
 
 
+class TextOnlyRowWarning(UserWarning):
+    """A plain string was scored on the pool side of an encoder whose pool prior reads the response."""
+
+
 class InfluenceEncoder:
     """Shared-weight bi-encoder for influence embeddings; predicted influence = cos(E(pool), E(query))."""
 
@@ -294,6 +304,13 @@ class InfluenceEncoder:
             except (KeyError, OSError, RuntimeError, ValueError) as e:
                 raise UserError(f"{p}: boosted pool prior does not match {METADATA_FILE}'s 'prior.trees' entry ({e})") from None
         enc.metadata.setdefault("base_encoder", str(name_or_dir))
+        # the input contract: an encoder saved before it existed read prompt + response cut from the right and
+        # keeps doing so (its scores reproduce); every new encoder keeps the response (see :meth:`texts`)
+        saved = (p / "modules.json").exists() and (p / METADATA_FILE).exists()
+        enc.metadata.setdefault("text", {"mode": TEXT_MODE_LEGACY if saved else TEXT_MODE})
+        if enc.metadata["text"].get("mode") not in TEXT_MODES:
+            raise UserError(f"{p / METADATA_FILE}: text mode must be one of {', '.join(TEXT_MODES)}, "
+                            f"got {enc.metadata['text'].get('mode')!r}")
         return enc
 
     # ------------------------------------------------------------------ properties
@@ -486,17 +503,81 @@ class InfluenceEncoder:
     def encode(self, items: Sequence[Any] | str, batch_size: int = 32, side: str = "pool",
                show_progress_bar: bool = False) -> np.ndarray:
         """L2-normalised float32 numpy embeddings ((n, dim); one item → (1, dim)) of texts, Records or dict
-        rows (``{"prompt", "response"}`` or ``{"messages"}``, as read from JSONL or a ``datasets`` row)."""
+        rows (``{"prompt", "response"}`` or ``{"messages"}``, as read from JSONL or a ``datasets`` row).
+
+        Records are read through the input contract (:meth:`texts`: the response kept). A plain string is read as it
+        is; on the pool side of an encoder with a pool prior it is a *text-only row*: the prior takes the whole
+        string as the response (it has no prompt), and a :class:`TextOnlyRowWarning` says so."""
+        if side == "pool" and self.prior is not None:
+            bad = [i for i, x in enumerate([items] if isinstance(items, str) else items) if isinstance(x, str)]
+            if bad:
+                warnings.warn(f"{len(bad)} pool item(s) (the first: item {bad[0]}) are plain strings: scored as text-only "
+                              "rows, the whole string read as the response by the pool prior (its length and form); "
+                              "give records (prompt/response or messages rows) to score them as records",
+                              TextOnlyRowWarning, stacklevel=2)
         emb = self.text_embeddings(items, batch_size=batch_size, side=side, show_progress_bar=show_progress_bar)
         if not len(emb):
             return np.zeros((0, self.dim), dtype=np.float32)
         return self.score_vectors(emb, side, items)
 
+    @property
+    def text_mode(self) -> str:
+        """``response-kept`` or ``right-cut`` (legacy): how :meth:`texts` turns a record into the text read."""
+        return (self.metadata.get("text") or {}).get("mode", TEXT_MODE_LEGACY)
+
+    def _budget(self, side: str) -> int:
+        """Tokens left for a record's text: the token limit minus the side's prefix (the special tokens are
+        counted by :func:`budget_text`)."""
+        prefix = self.prefix(side)
+        n = len(self.model.tokenizer(prefix, add_special_tokens=False)["input_ids"]) if prefix else 0
+        return self.max_length - n
+
+    def texts(self, items: Sequence[Any] | str, side: str = "pool") -> list[str]:
+        """The texts the encoder reads — the one input contract of training, :meth:`encode`, ``embed``,
+        ``attribute``, ``filter``, ``serve`` and Ray. A record (or dict row) keeps its whole response within the
+        token budget and the end of its prompt fills the rest (:func:`budget_text`; legacy encoders: prompt +
+        response cut from the right); a plain string is read as it is."""
+        from .records import FieldSpec, Record, _row_to_record
+
+        if self.text_mode == TEXT_MODE_LEGACY:
+            return _texts(items)
+        if isinstance(items, (str, Record, dict)):
+            items = [items]
+        _texts(items)  # the same type checks and errors
+        tok, budget = self.model.tokenizer, self._budget(side)
+        out = []
+        for i, x in enumerate(items):
+            if isinstance(x, dict):
+                x = _row_to_record("encode() input", i, x, FieldSpec())
+            out.append(budget_text(x, tok, budget)[0] if isinstance(x, Record) else x)
+        return out
+
+    def response_seen(self, items: Sequence[Any], side: str = "pool") -> dict[str, float]:
+        """Share of ``items`` (records) whose response the encoder reads fully, in part, or not at all (the
+        legacy right cut can hide it behind a long prompt; the input contract never does)."""
+        from .records import FieldSpec, Record, _row_to_record
+
+        tok = self.model.tokenizer
+        counts = {"full": 0, "part": 0, "none": 0}
+        recs = [_row_to_record("items", i, x, FieldSpec()) if isinstance(x, dict) else x for i, x in enumerate(items)]
+        recs = [r for r in recs if isinstance(r, Record)]
+        budget = self._budget(side) - tok.num_special_tokens_to_add(pair=False)
+        for r in recs:
+            n_r = len(tok(r.response, add_special_tokens=False)["input_ids"])
+            if self.text_mode == TEXT_MODE_LEGACY:
+                n_p = len(tok(r.prompt + "\n", add_special_tokens=False)["input_ids"]) if r.prompt else 0
+                room = budget - n_p
+            else:
+                room = budget
+            counts["full" if room >= n_r else ("part" if room > 0 else "none")] += 1
+        n = max(len(recs), 1)
+        return {k: v / n for k, v in counts.items()} | {"n": len(recs)}
+
     def text_embeddings(self, items: Sequence[Any] | str, batch_size: int = 32, side: str = "pool",
                         show_progress_bar: bool = False) -> np.ndarray:
         """The normalised text embeddings alone ((n, :attr:`embedding_dim`), float32, no prior coordinates):
         what :meth:`encode` builds its score vectors from."""
-        texts = _texts(items)
+        texts = self.texts(items, side)
         if not texts:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
         prefix = self.prefix(side)
@@ -536,8 +617,10 @@ class InfluenceEncoder:
         from .killpoints import kill_point
 
         out = Path(out_dir)
+        mode = self.text_mode
         if metadata is not None:
             self.metadata = dict(metadata)
+        self.metadata.setdefault("text", {"mode": mode})  # the input contract travels with the weights
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:
@@ -699,9 +782,11 @@ def read_encoder_metadata(name: str | os.PathLike) -> dict[str, Any]:
     the model (what a Ray driver records in an embedding store's manifest)."""
     p = resolve_encoder_path(name)
     meta: dict[str, Any] = {}
-    if (p / "modules.json").exists() and (p / METADATA_FILE).exists():
+    saved = (p / "modules.json").exists() and (p / METADATA_FILE).exists()
+    if saved:
         meta = json.loads((p / METADATA_FILE).read_text())
     meta.setdefault("base_encoder", str(name))
+    meta.setdefault("text", {"mode": TEXT_MODE_LEGACY if saved else TEXT_MODE})  # as from_pretrained sets it
     return meta
 
 

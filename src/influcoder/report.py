@@ -194,6 +194,11 @@ def _markdown(res: dict) -> str:
                      f"{r['query_specific_spearman']:.3f} | {r[f'precision_at_{k}']:.3f} |")
     lines += ["", "Student: the trained encoder; untrained: the same base encoder and head before distillation; "
               "length: −len(pool response). ρ = Spearman against the teacher's gradient cosine.", ""]
+    rs = res.get("response_seen")
+    if rs:
+        lines += [f"What the encoder reads ({rs['text_mode']}, {rs['max_length']} tokens): " + "; ".join(
+            f"{side}: response seen fully {v['full']:.0%}, in part {v['part']:.0%}, not at all {v['none']:.0%}"
+            for side, v in (("held-out pool", rs["pool"]), ("held-out queries", rs["queries"]))) + ".", ""]
     ood = res["ood"]
     lines.append("## Does the OOD flag predict low fidelity?")
     if ood.get("available"):
@@ -264,6 +269,9 @@ def fidelity_report(pipe: "Pipeline") -> dict:
         "verdict": verdict(per_query, cfg.report.margin, cfg.report.bootstrap, cfg.sample.seed, len(pool),
                            cfg.report.min_spearman),
         "ood": _ood(student, q_emb, [r.id for r in queries], per_query["student"], bs),
+        # how much of each held-out record's response the student reads (its input contract and token limit)
+        "response_seen": {"text_mode": student.text_mode, "max_length": student.max_length,
+                          "pool": student.response_seen(pool, "pool"), "queries": student.response_seen(queries, "query")},
         "cost": _cost(pipe),
     }
     d = pipe.path("report")
@@ -324,6 +332,11 @@ def last_screen(root: str | Path) -> str:
         out.append(f"Verdict: {t['word']} — held-out per-anchor Spearman {t['per_anchor']:.3f} vs {t['baseline_per_anchor']:.3f} "
                    f"for the {t['baseline']} baseline ({b['n_pool']} pool × {b['n_queries']} queries never trained on).")
         out.append(f"Next: {t['next']}")
+        rs = rep.get("response_seen")
+        if rs:
+            out.append("Read by the encoder: " + "; ".join(
+                f"{side} responses fully {v['full']:.0%} / in part {v['part']:.0%} / not at all {v['none']:.0%}"
+                for side, v in (("held-out pool", rs["pool"]), ("held-out query", rs["queries"]))) + ".")
         est = c.get("estimated_seconds_to_stock_whole_pool")
         if est and t["level"] != "use":
             out.append(f"      Stocking ran at {c['stock_seconds_per_example']:.2f} s per example here: the whole pool "

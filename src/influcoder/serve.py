@@ -213,10 +213,12 @@ class Explorer:
 
         self.query_ids: list[str] = []
         self.query_texts: list[str] = []
+        self.query_records: dict[str, Record] = {}
         if source.queries:
             recs, _ = read_records(source.queries, source.query_spec)
             self.query_ids = [r.id for r in recs]
-            self.query_texts = [record_to_text(r) for r in recs]
+            self.query_texts = [record_to_text(r) for r in recs]  # what the page shows
+            self.query_records = {r.id: r for r in recs}  # what the encoder reads (the response kept)
         self.query_by_text = {t: i for i, t in reversed(list(zip(self.query_ids, self.query_texts)))}
         self.query_text_of = dict(zip(self.query_ids, self.query_texts))
 
@@ -301,9 +303,11 @@ class Explorer:
             query_id = self.query_by_text.get(text)
         cfg = AttributeConfig(encoder=self.source.encoder, index=str(self.source.index), query_texts=[text], top_k=k,
                               data=self.source.pool, with_text=False, batch_size=self.batch_size, ood=self.ood)
+        # one of the run's queries is scored as the record it is (the encoder keeps its response); typed text as text
+        known = self.query_records.get(query_id) if query_id is not None and text == self.query_text_of.get(query_id) else None
         with self.lock:
             recs, summary = run_attribute(cfg, encoder=self.encoder, index=self.index, fingerprint=self.fingerprint,
-                                          references=self.references)
+                                          references=self.references, query_records=[known] if known else None)
         records, note = records_for_rows(self.source.pool, self.index.meta["fields"], {r["row"]: r["id"] for r in recs})
         teacher = self._teacher(query_id)
         results = []
