@@ -56,7 +56,11 @@ def main() -> None:
     ap.add_argument("--alphas", default="1,10,100,1000,10000")
     ap.add_argument("--work", default="work/exact_query")
     ap.add_argument("--out", default="benchmarks/results/exact_query_exp1")
+    ap.add_argument("--toxicity", help="instead: a filtering case, the toxicity config of `influcoder evaluate` "
+                    "(e.g. configs/exp2_toxicity.yaml): exact teacher gradients, AUPRC of the aggregated score")
     args = ap.parse_args()
+    if args.toxicity:
+        return run_toxicity(args)
 
     from distill_ablation import exp1_training_part, machine_load
 
@@ -302,6 +306,123 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=float))
     out.with_suffix(".md").write_text(markdown(res))
+    print(out.with_suffix(".md").read_text())
+
+
+def run_toxicity(args) -> None:
+    """The filtering case: planted unsafe rows in a benign pool, found by the mean score over unsafe references
+    (AUPRC), per variant (Het / Hom). Teacher: the cosine of exact LoRA gradients (the config's rank and seed);
+    exact-query: the basis from the student's training rows (benign + unsafe, never in the pool or references),
+    the head fitted on them, its setting chosen on a quarter of them held out (per-anchor Spearman)."""
+    from distill_ablation import machine_load
+
+    from influcoder import metrics as M
+    from influcoder.baselines import DecoderFeatures
+    from influcoder.encoder import InfluenceEncoder
+    from influcoder.evaluate import load_config, toxicity_data
+    from influcoder.exact_query import coordinates, fit_ridge_head, form_features, principal_basis
+    from influcoder.hardware import cpu_info, resolve
+    from influcoder.prior_trees import fit_trees
+
+    t_start = time.time()
+    cfg = load_config(args.toxicity)
+    dev, prec = resolve(cfg.device, cfg.precision)
+    feats_dec = DecoderFeatures(cfg.model, max_length=cfg.max_length, batch_size=cfg.batch_size,
+                                token_budget=cfg.token_budget, cache_dir=Path(args.work) / "features", progress=True,
+                                device=dev, precision=prec)
+    rank, lseed = int(cfg.teacher.get("rank", 8)), int(cfg.teacher.get("lora_seed", 0))
+    enc = InfluenceEncoder.from_pretrained(args.encoder)
+    ks = [int(x) for x in args.ks.split(",")]
+    alphas = [float(x) for x in args.alphas.split(",")]
+    per_seed = []
+    for seed in [int(x) for x in args.seeds.split(",")]:
+        td = toxicity_data(cfg.data, seed)
+        pool = td["variants"][next(iter(td["variants"]))]["pool"]
+        assert all(v["pool"] == pool for v in td["variants"].values())
+        trp, trq = td["train_pool"], td["train_queries"]
+        refs = td["refs"]
+        recs = pool + trp + trq + [r for v in refs.values() for r in v]
+        g = feats_dec.lora(recs, rank, lseed)
+        U = np.asarray(g["unit"], dtype=np.float32)
+        at = {}
+        o = 0
+        for name, part in (("pool", pool), ("trp", trp), ("trq", trq), *[(f"ref:{k}", v) for k, v in refs.items()]):
+            at[name] = U[o:o + len(part)]
+            o += len(part)
+        texts = {r.id: r for r in recs}
+        Ep = enc.encode(pool + trp, side="pool")
+        X_all = np.concatenate([Ep, form_features(pool + trp)], axis=1)
+        Xp, Xt = X_all[:len(pool)], X_all[len(pool):]
+        # selection on a quarter of the training pool (× the training queries), fitted on the rest
+        rng = np.random.default_rng(1000 + seed)
+        perm = rng.permutation(len(trp))
+        sel, fit = np.sort(perm[:len(trp) // 4]), np.sort(perm[len(trp) // 4:])
+        sel_truth = at["trp"][sel] @ at["trq"].T
+        best = None
+        for basis in ("train", "queries"):
+            B = np.concatenate([at["trp"][fit], at["trq"]]) if basis == "train" else at["trq"]
+            V, _ = principal_basis(B, min(max(ks), len(B)))
+            Cp, Cq = coordinates(at["trp"], V), coordinates(at["trq"], V)
+            for k in ks:
+                if k > V.shape[1]:
+                    continue
+                for a in alphas:
+                    pred = fit_ridge_head(Xt[fit], Cp[fit, :k], a).predict(Xt[sel]) @ Cq[:, :k].T
+                    pa = M.per_anchor_spearman(pred, sel_truth)
+                    if best is None or pa > best["per_anchor"]:
+                        best = {"basis": basis, "k": k, "alpha": a, "per_anchor": pa}
+        B = np.concatenate([at["trp"], at["trq"]]) if best["basis"] == "train" else at["trq"]
+        V, _ = principal_basis(B, best["k"])
+        Ct = coordinates(at["trp"], V)
+        head = fit_ridge_head(Xt, Ct, best["alpha"])
+        cp = head.predict(Xp)
+        cp_trees = cp.copy()
+        cp_trees[:, 0] = fit_trees(Xt, Ct[:, 0], seed=seed)[0].predict(Xp)
+        Eq_all = {k: enc.encode(v, side="query") for k, v in refs.items()}
+        rows = {}
+        for vname, v in td["variants"].items():
+            pos = np.asarray(v["positive"], dtype=bool)
+            Cr = coordinates(at[f"ref:{vname}"], V)
+            scores = {
+                "teacher (exact gradient cosine)": at["pool"] @ at[f"ref:{vname}"].T,
+                "oracle: true pool coordinates in the training basis": coordinates(at["pool"], V) @ Cr.T,
+                "exact-query (ridge)": cp @ Cr.T,
+                "exact-query (ridge + trees on the first coordinate)": cp_trees @ Cr.T,
+                "untrained encoder cosine (semantic)": Ep[:len(pool)] @ Eq_all[vname].T,
+                "length (shorter response)": np.repeat(-np.array([len(r.response) for r in pool], float)[:, None],
+                                                       len(refs[vname]), 1),
+            }
+            rows[vname] = {n: {"auprc": M.auprc(M.aggregate_scores(s), pos),
+                               "per_anchor_vs_teacher": M.per_anchor_spearman(s, scores["teacher (exact gradient cosine)"])}
+                           for n, s in scores.items()}
+            print(seed, vname, {n: round(r["auprc"], 3) for n, r in rows[vname].items()}, flush=True)
+        per_seed.append({"seed": seed, "selected": best, "n_pool": len(pool), "n_positive": int(pos.sum()),
+                         "n_train_pool": len(trp), "n_train_queries": len(trq), "variants": rows})
+    res = {"command": "python " + " ".join(sys.argv), "cpu": cpu_info(), "load": machine_load(), "compute": [dev, prec],
+           "per_seed": per_seed, "seconds_total": time.time() - t_start}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=float))
+    from influcoder.hardware import cpu_line
+
+    lines = ["# Exact-query scoring on a filtering case (issue 24)", "", f"Command: `{res['command']}`", "",
+             f"CPU: {cpu_line(res['cpu'])}; decoder on {dev} in {prec}.", "",
+             f"Data: `{args.toxicity}` (planted XSTest unsafe completions in a benign pool; Het / Hom references), "
+             f"split seeds {args.seeds}. AUPRC of each pool row's mean score over the references; per-anchor: Spearman "
+             "against the teacher's scores. Exact-query's setting chosen on a quarter of the student's training rows.", "",
+             "| scorer | " + " | ".join(f"AUPRC {v} | per-anchor {v}" for v in per_seed[0]["variants"]) + " |",
+             "|---|" + "---|---|" * len(per_seed[0]["variants"])]
+    for n in per_seed[0]["variants"][next(iter(per_seed[0]["variants"]))]:
+        cells = []
+        for v in per_seed[0]["variants"]:
+            a = [p["variants"][v][n]["auprc"] for p in per_seed]
+            r = [p["variants"][v][n]["per_anchor_vs_teacher"] for p in per_seed]
+            cells += [f"{np.mean(a):.3f} ± {np.std(a, ddof=1) if len(a) > 1 else 0:.3f}",
+                      f"{np.mean(r):.3f} ± {np.std(r, ddof=1) if len(r) > 1 else 0:.3f}"]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines += ["", "Selected per seed: " + "; ".join(f"seed {p['seed']}: basis {p['selected']['basis']}, k "
+              f"{p['selected']['k']}, α {p['selected']['alpha']:g}" for p in per_seed), ""]
+    out.with_suffix(".md").write_text("\n".join(lines))
     print(out.with_suffix(".md").read_text())
 
 
