@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -104,7 +105,7 @@ def test_run_folder_follows_the_contract(tiny, reference):
     assert m["format"] == "influcoder-run/1" and m["config"] == "config.yaml"
     for key in ("encoder", "embeddings", "index", "labels", "report"):
         assert (out / m[key]).exists(), key
-    assert m["steps_done"] == [s for s in STEPS if s != "mix"]
+    assert m["steps_done"] == [s for s in STEPS if s not in ("mix", "exact_query")]
     assert m["pool"]["path"] == str(Path(tiny["pool"]).resolve()) and Path(m["pool"]["path"]).is_absolute()
     assert json.loads((out / "index" / "index_meta.json").read_text())["n"] == 40  # the WHOLE pool is indexed
     # the resolved config reads back to the same config
@@ -115,7 +116,7 @@ def test_run_folder_follows_the_contract(tiny, reference):
     assert not set(split["holdout_pool_ids"]) & trained and len(split["train_pool_ids"]) == 16
     trained_q = set(json.loads((out / "encoder" / "split.json").read_text())["train_query_ids"])
     assert not set(split["holdout_query_ids"]) & trained_q and len(split["holdout_query_ids"]) == 4
-    for step in STEPS[1:]:
+    for step in [s for s in STEPS[1:] if s != "exact_query"]:
         rec = json.loads((out / "steps" / f"{step}.json").read_text())
         assert rec["complete"] and rec["config"] is not None and len(rec["key"]) == 64
 
@@ -152,12 +153,12 @@ def test_report_contents(reference):
 
 def test_second_run_is_cached(tiny, reference):
     out, ref = reference
-    before = {s: json.loads((out / "steps" / f"{s}.json").read_text())["finished"] for s in STEPS[1:]}
+    before = {s: json.loads((out / "steps" / f"{s}.json").read_text())["finished"] for s in STEPS[1:] if s != "exact_query"}
     logs = []
     time.sleep(1.1)
     Pipeline(from_dict(RunConfig, config_dict(tiny, out)), progress=False, log=logs.append).run()
-    after = {s: json.loads((out / "steps" / f"{s}.json").read_text())["finished"] for s in STEPS[1:]}
-    assert before == after and sum("up to date" in line for line in logs) == len(STEPS) - 1
+    after = {s: json.loads((out / "steps" / f"{s}.json").read_text())["finished"] for s in STEPS[1:] if s != "exact_query"}
+    assert before == after and sum("up to date" in line for line in logs) == len(STEPS) - 2
     assert_same(ref, scores(out))
 
 
@@ -175,7 +176,7 @@ def test_killed_in_every_step_then_rerun_gives_the_same_scores(tiny, reference, 
     out = tmp_path / "run"
     cfg = from_dict(RunConfig, config_dict(tiny, out))
     killed_in = []
-    for step in [s for s in STEPS if s != "mix"]:
+    for step in [s for s in STEPS if s not in ("mix", "exact_query")]:
         with monkeypatch.context() as mp:
             if step == "train":
                 real = distill._save_checkpoint
@@ -205,7 +206,7 @@ def test_killed_in_every_step_then_rerun_gives_the_same_scores(tiny, reference, 
                 Pipeline(cfg, progress=False).run()
             killed_in.append(step)
             assert (out / "steps" / f"{step}.started.json").exists() and not (out / "steps" / f"{step}.json").exists()
-    assert killed_in == [s for s in STEPS if s != "mix"]
+    assert killed_in == [s for s in STEPS if s not in ("mix", "exact_query")]
     logs = []
     Pipeline(cfg, progress=False, log=logs.append).run()
     assert_same(ref, scores(out))
@@ -290,3 +291,60 @@ def test_last_screen_says_what_was_done_the_verdict_and_where_to_look(reference)
         assert Path(path).exists(), path
     assert (out / "report" / "fidelity.png").exists() and str(out / "report" / "fidelity.png") in text
     assert f"Explore: influcoder serve {out}" in text
+
+
+def test_exact_query_step_beside_the_student(tiny, reference, tmp_path):
+    """exact_query (off by default) fits on the training part, writes the model, the whole pool's coordinates and
+    the top-k of every stocked query, and adds its row to the report; its held-out scores equal a recomputation
+    from the saved model, the stores and the encoder; the other steps' keys do not move."""
+    from influcoder.encoder import InfluenceEncoder
+    from influcoder.exact_query import ExactQueryModel, pool_features
+    from influcoder.labels import load_labels
+    from influcoder.metrics import per_anchor_spearman
+    from influcoder.records import read_records
+    from influcoder.store import open_store
+
+    ref_out, _ = reference
+    out = tmp_path / "eq"
+    shutil.copytree(ref_out, out)
+    d = config_dict(tiny, out, exact_query={"enabled": True, "encoder": str(tiny["enc"]), "max_length": 32,
+                                             "ks": [2, 4, 8], "alphas": [0.1, 10.0], "top_k": 3})
+    logs: list[str] = []
+    pipe = Pipeline(from_dict(RunConfig, d), progress=False, log=logs.append)
+    m = pipe.run()
+    ran = [s for s in STEPS if f"[{s}] running" in logs]
+    assert ran == ["exact_query", "report"], ran  # nothing else recomputed
+    assert m["exact_query"] == "exact_query" and "exact_query" in m["steps_done"]
+    e = out / "exact_query"
+    model = ExactQueryModel.load(e / "model")
+    info = json.loads((out / "steps" / "exact_query.json").read_text())["info"]
+    assert info["basis"] in ("train", "queries") and model.V.shape[1] == info["k"] and info["alpha"] in (0.1, 10.0)
+    # held-out scores = saved model on the held-out records and the held-out queries' stored gradients
+    enc = InfluenceEncoder.from_pretrained(str(tiny["enc"]), max_length=32)
+    hp, _ = read_records(out / "sample" / "holdout_pool.jsonl")
+    hq, _ = read_records(out / "sample" / "holdout_queries.jsonl")
+    qs = open_store(out / "stores" / "queries")
+    G = np.asarray(qs.matrix)[[list(qs.ids).index(r.id) for r in hq]]
+    want = model.pool_coordinates(pool_features(enc, hp)) @ model.query_coordinates(G).T
+    got = np.load(e / "heldout_scores.npy")
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # the report's row is that matrix against the teacher's labels
+    lab = load_labels(out / "labels" / "labels.npy")
+    truth = np.asarray(lab.matrix)[np.ix_([list(lab.pool_ids).index(r.id) for r in hp],
+                                          [list(lab.query_ids).index(r.id) for r in hq])]
+    rep = json.loads((out / "report" / "fidelity.json").read_text())
+    assert rep["methods"]["exact_query"]["per_anchor_spearman"] == pytest.approx(per_anchor_spearman(got, truth), abs=1e-9)
+    assert "| exact_query |" in (out / "report" / "fidelity.md").read_text()
+    # attribution: top-3 of the whole pool for every stocked query, by the saved coordinates
+    C = np.load(e / "pool_coordinates.npy")
+    ids = json.loads((e / "pool_ids.json").read_text())
+    rows = [json.loads(x) for x in (e / "attribution.jsonl").read_text().splitlines()]
+    assert len(ids) == len(C) == sum(1 for _ in open(tiny["pool"])) and len(rows) == 3 * len(qs.ids)
+    Q = model.query_coordinates(np.asarray(qs.matrix))
+    for j, qid in enumerate(qs.ids):
+        mine = [r["id"] for r in rows if r["query_id"] == qid]
+        assert mine == [ids[i] for i in np.argsort(-(C @ Q[j]), kind="stable")[:3]]
+    # turned off again: the report is recomputed without the row; exact_query's outputs are not required
+    d["exact_query"]["enabled"] = False
+    Pipeline(from_dict(RunConfig, d), progress=False).run()
+    assert "exact_query" not in json.loads((out / "report" / "fidelity.json").read_text())["methods"]

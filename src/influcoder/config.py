@@ -410,7 +410,7 @@ from .records import DataSpec  # noqa: E402
 from .stock import StockConfig  # noqa: E402
 
 _FIELD_OPTIONS = ("preset", "prompt_field", "response_field", "messages_field", "id_field", "limit", "skip_invalid")
-STEPS = ("mix", "sample", "stock", "labels", "train", "embed", "index", "attribute", "filter", "report")
+STEPS = ("mix", "sample", "stock", "labels", "train", "exact_query", "embed", "index", "attribute", "filter", "report")
 """The steps of a run, in order."""
 
 
@@ -508,6 +508,40 @@ class SampleConfig:
 
 
 @dataclass
+class ExactQuerySection:
+    """Exact-query scoring beside the student (influcoder.exact_query; off by default, not yet the default scorer):
+    the stocked queries keep their exact gradients, projected on the top-k principal directions of the training
+    gradients; a ridge head predicts each pool example's coordinates from an untrained encoder's embeddings (text,
+    response, prompt) and 10 form features. Writes exact_query/ (model, the whole pool's coordinates, the top-k
+    of every stocked query) and adds its row to the fidelity report."""
+
+    enabled: bool = False
+    """Run the exact_query step."""
+    encoder: str = "minilm-l6"
+    """The (untrained) encoder whose embeddings are the head's features."""
+    max_length: int = 256
+    """Encoder tokens per view (the response kept, the prompt cut from the left)."""
+    ks: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    """Candidate numbers of principal directions (chosen on the selection part)."""
+    alphas: list[float] = field(default_factory=lambda: [1.0, 10.0, 100.0, 1000.0, 10000.0])
+    """Candidate ridge penalties (chosen on the selection part)."""
+    selection: float = 0.25
+    """Share of the training pool held out to choose the basis (training pool + queries, or queries only), k and α."""
+    top_k: int = 10
+    """Pool examples listed per stocked query in exact_query/attribution.jsonl."""
+    batch_size: int = 32
+    """Encoder batch size."""
+
+    def __post_init__(self):
+        if not self.ks or min(self.ks) < 1 or not self.alphas or min(self.alphas) <= 0:
+            raise UserError("ks must be positive integers and alphas positive numbers")
+        if not 0 < self.selection < 1:
+            raise UserError(f"selection must be in (0, 1), got {self.selection}")
+        if self.top_k < 1 or self.max_length < 8:
+            raise UserError("top_k must be ≥ 1 and max_length ≥ 8")
+
+
+@dataclass
 class ReportSection:
     """The fidelity report on the held-out block (student vs teacher, next to the untrained encoder and the length heuristic)."""
 
@@ -556,6 +590,8 @@ class RunConfig:
     """Top-k attribution of the queries."""
     filter: FilterSection = field(default_factory=FilterSection)
     """Filtering the pool by influence."""
+    exact_query: ExactQuerySection = field(default_factory=ExactQuerySection)
+    """Exact-query scoring beside the student (off by default)."""
     report: ReportSection = field(default_factory=ReportSection)
     """The fidelity report."""
     device: str = "auto"

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = ["principal_basis", "unit_rows", "coordinates", "form_features", "RidgeHead", "fit_ridge_head",
-           "ExactQueryModel"]
+           "ExactQueryModel", "pool_features", "select_and_fit", "VIEWS"]
 
 
 def unit_rows(G: np.ndarray, block: int = 4096) -> np.ndarray:
@@ -70,6 +70,65 @@ def form_features(records: Sequence[Any]) -> np.ndarray:
     pr = np.array([[np.log1p(len(_WORD.findall(p))), np.log1p(len(p))] for p, _ in map(_prompt_response, records)],
                   dtype=np.float32).reshape(len(records), 2)
     return np.concatenate([st, pr], axis=1)
+
+
+VIEWS = ("text", "response", "prompt")
+"""What the head reads of a pool record: the encoder's embedding of its text (the input contract: the response
+kept), of its response alone and of its prompt alone, then :func:`form_features`."""
+
+
+def pool_features(encoder, records: Sequence[Any], batch_size: int = 32) -> np.ndarray:
+    """The head's features of pool records: the three :data:`VIEWS`' embeddings and the 10 form features,
+    (n, 3·dim + 10) float32. ``encoder``: an (untrained) :class:`~influcoder.encoder.InfluenceEncoder`."""
+    from .records import Record
+
+    recs = list(records)
+    if not all(isinstance(r, Record) for r in recs):
+        raise TypeError("pool_features reads records (prompt and response), not plain strings")
+    parts = [encoder.encode(recs, batch_size=batch_size, side="pool"),
+             encoder.encode([r.response or " " for r in recs], batch_size=batch_size, side="pool"),
+             encoder.encode([r.prompt or " " for r in recs], batch_size=batch_size, side="pool"),
+             form_features(recs)]
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def select_and_fit(X_train: np.ndarray, U_train_pool: np.ndarray, U_train_queries: np.ndarray, ks: Sequence[int],
+                   alphas: Sequence[float], selection: float, seed: int = 0) -> tuple[np.ndarray, "RidgeHead", dict]:
+    """Choose the basis (training pool + queries, or queries only), k and α on a held-out share ``selection`` of the
+    training pool (per-anchor Spearman of ⟨ĉ_p, c_q⟩ against the teacher's cosine over the training queries),
+    then fit on the whole training part. Returns (V, head, the choice and its selection figures)."""
+    from .metrics import per_anchor_spearman, query_specific_spearman
+
+    n = len(X_train)
+    rng = np.random.default_rng(1000 + seed)
+    perm = rng.permutation(n)
+    n_sel = max(2, int(round(selection * n)))
+    if n - n_sel < 2:
+        raise ValueError(f"{n} training pool rows are too few to hold {n_sel} out for the selection")
+    sel, fit = np.sort(perm[:n_sel]), np.sort(perm[n_sel:])
+    truth = U_train_pool[sel] @ U_train_queries.T
+    best = None
+    for basis in ("train", "queries"):
+        B = np.concatenate([U_train_pool[fit], U_train_queries]) if basis == "train" else U_train_queries
+        kmax = min(max(ks), len(B))
+        try:
+            V, _ = principal_basis(B, kmax)
+        except ValueError:
+            continue
+        Cp, Cq = coordinates(U_train_pool, V), coordinates(U_train_queries, V)
+        for k in sorted(set(min(k, kmax) for k in ks)):
+            for a in alphas:
+                pred = fit_ridge_head(X_train[fit], Cp[fit, :k], a).predict(X_train[sel]) @ Cq[:, :k].T
+                pa = per_anchor_spearman(pred, truth)
+                if best is None or pa > best["selection_per_anchor"]:
+                    best = {"basis": basis, "k": int(k), "alpha": float(a), "selection_per_anchor": pa,
+                            "selection_query_specific": query_specific_spearman(pred, truth)}
+    if best is None:
+        raise ValueError("no basis could be formed from the training gradients")
+    B = np.concatenate([U_train_pool, U_train_queries]) if best["basis"] == "train" else U_train_queries
+    V, _ = principal_basis(B, best["k"])
+    head = fit_ridge_head(X_train, coordinates(U_train_pool, V), best["alpha"])
+    return V, head, {**best, "n_selection": int(n_sel), "n_fit": int(n - n_sel)}
 
 
 @dataclass

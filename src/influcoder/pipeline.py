@@ -57,10 +57,13 @@ DEPENDS = {
     "index": ("embed",),
     "attribute": ("index",),
     "filter": ("embed",),
-    "report": ("train", "stock"),
+    "exact_query": ("labels",),
+    "report": ("train", "stock", "exact_query"),
 }
+OPTIONAL = ("mix", "exact_query")
+"""Steps that are needed only when enabled (a step that depends on one skips it when it is off)."""
 OUTPUTS = {
-    "mix": ("data",), "sample": ("sample",), "stock": ("stores",), "labels": ("labels",), "train": ("encoder",),
+    "mix": ("data",), "sample": ("sample",), "stock": ("stores",), "labels": ("labels",), "train": ("encoder",), "exact_query": ("exact_query",),
     "embed": ("embeddings",), "index": ("index",), "attribute": ("attribution",), "filter": ("filter",),
     "report": ("report",),
 }
@@ -165,6 +168,7 @@ class Pipeline:
             "index": to_dict(c.index),
             "attribute": {**to_dict(c.attribute), "queries": to_dict(self.queries_spec), "pool": to_dict(self.pool_spec)},
             "filter": {**to_dict(c.filter), "queries": to_dict(self.queries_spec), "pool": to_dict(self.pool_spec)},
+            "exact_query": {**to_dict(c.exact_query), "pool": to_dict(self.pool_spec)},
             "report": {**to_dict(c.report), "untrained_encoder": student_encoder},
         }[step]
 
@@ -174,7 +178,7 @@ class Pipeline:
 
             files = [str(p) for s in self.cfg.mix.pool + self.cfg.mix.queries for p in parse_source(expand_path(s))[1]]
             return {p: self._fingerprint(p) for p in files}
-        if step in ("sample", "embed"):
+        if step in ("sample", "embed", "exact_query"):
             paths = [self.pool_spec.path] + ([self.queries_spec.path] if step == "sample" else [])
         elif step in ("attribute", "filter"):
             paths = [self.queries_spec.path, self.pool_spec.path]
@@ -187,11 +191,12 @@ class Pipeline:
     def _active(self, step: str) -> bool:
         c = self.cfg
         return {"mix": bool(c.mix.pool or c.mix.queries), "attribute": c.attribute.enabled,
-                "filter": c.filter.enabled, "report": c.report.enabled}.get(step, True)
+                "filter": c.filter.enabled, "report": c.report.enabled,
+                "exact_query": c.exact_query.enabled}.get(step, True)
 
     def key(self, step: str) -> str:
         """sha256 of the step's config section, its inputs' keys and the fingerprints of the data it reads."""
-        deps = {d: self.key(d) for d in DEPENDS[step] if self._active(d) or d != "mix"}
+        deps = {d: self.key(d) for d in DEPENDS[step] if self._active(d) or d not in OPTIONAL}
         doc = {"step": step, "config": self._section(step), "inputs": deps, "data": self._data_inputs(step)}
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -215,7 +220,7 @@ class Pipeline:
         need: set[str] = set()
 
         def add(s: str):
-            if s in need or (s == "mix" and not self._active("mix")):
+            if s in need or (s in OPTIONAL and not self._active(s)):
                 return
             need.add(s)
             for d in DEPENDS[s]:
@@ -272,7 +277,7 @@ class Pipeline:
         kill_point(f"run:{step}")
         atomic_write_text(self.path("steps", f"{step}.json"), json.dumps({
             "step": step, "key": key, "complete": True, "config": self._section(step),
-            "inputs": {d: self.key(d) for d in DEPENDS[step] if self._active(d) or d != "mix"},
+            "inputs": {d: self.key(d) for d in DEPENDS[step] if self._active(d) or d not in OPTIONAL},
             "seconds": seconds, "attempts": attempts, "info": info,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1, default=str))
         started_p.unlink(missing_ok=True)
@@ -299,6 +304,7 @@ class Pipeline:
             "report": have("report", "report/fidelity.md"),
             "attribution": have("attribute", "attribution/attribution.jsonl"),
             "filter": have("filter", "filter"),
+            "exact_query": have("exact_query", "exact_query"),
             "sample": have("sample", "sample/split.json"),
             "steps_done": done,
         }
@@ -431,6 +437,59 @@ class Pipeline:
         return {"validation": meta.get("validation"), "validation_untrained": meta.get("validation_untrained"),
                 "best_epoch": meta.get("selection", {}).get("best_epoch"), "device": meta.get("device"),
                 "precision": meta.get("precision")}
+
+    def _do_exact_query(self) -> dict:
+        """Fit exact-query scoring on the training part (influcoder.exact_query), then score: the whole pool's
+        predicted coordinates, the top-k of every stocked query, and the held-out block (for the report)."""
+        from .encoder import InfluenceEncoder
+        from .exact_query import ExactQueryModel, coordinates, pool_features, select_and_fit, unit_rows
+        from .labels import load_labels
+        from .store import open_store
+
+        c = self.cfg.exact_query
+        split = json.loads(self.path("sample", "split.json").read_text())
+        ps, qs = open_store(self.path("stores", "pool")), open_store(self.path("stores", "queries"))
+
+        def rows(store, ids):
+            where = {i: k for k, i in enumerate(store.ids)}
+            return unit_rows(np.asarray(store.matrix)[[where[i] for i in ids]])
+
+        Utp, Utq = rows(ps, split["train_pool_ids"]), rows(qs, split["train_query_ids"])
+        train_pool, _ = read_records(self.path("sample", "train_pool.jsonl"))
+        enc = InfluenceEncoder.from_pretrained(c.encoder, max_length=c.max_length)
+        Xt = pool_features(enc, train_pool, c.batch_size)
+        V, head, choice = select_and_fit(Xt, Utp, Utq, c.ks, c.alphas, c.selection, self.cfg.sample.seed)
+        self.log(f"exact-query: basis {choice['basis']}, k {choice['k']}, α {choice['alpha']:g} (selection per-anchor "
+                 f"{choice['selection_per_anchor']:.3f} on {choice['n_selection']} held-out training rows)")
+        model = ExactQueryModel(V=V, head=head, encoder=c.encoder, info={**choice, "max_length": c.max_length,
+                                                                          "views": "text,response,prompt+form"})
+        out = self.path("exact_query")
+        model.save(out / "model")
+        # the whole pool, streamed in blocks: predicted coordinates
+        pool, _ = self.pool_spec.read()
+        C = np.concatenate([model.pool_coordinates(pool_features(enc, pool[s:s + 4096], c.batch_size))
+                            for s in range(0, len(pool), 4096)])
+        atomic_save_npy(out / "pool_coordinates.npy", np.ascontiguousarray(C, dtype=np.float32))
+        atomic_write_text(out / "pool_ids.json", json.dumps([r.id for r in pool]))
+        # every stocked query: exact coordinates, its top-k of the whole pool
+        Q = model.query_coordinates(np.asarray(qs.matrix))
+        S = C @ Q.T
+        k = min(c.top_k, len(pool))
+        lines = []
+        for j, qid in enumerate(qs.ids):
+            top = np.argsort(-S[:, j], kind="stable")[:k]
+            lines += [json.dumps({"query_id": qid, "rank": r + 1, "id": pool[i].id, "score": float(S[i, j])})
+                      for r, i in enumerate(top)]
+        atomic_write_text(out / "attribution.jsonl", "".join(line + "\n" for line in lines))
+        # the held-out block, scored as the report scores the student
+        hp, _ = read_records(self.path("sample", "holdout_pool.jsonl"))
+        hq, _ = read_records(self.path("sample", "holdout_queries.jsonl"))
+        Ch = model.pool_coordinates(pool_features(enc, hp, c.batch_size))
+        Qh = coordinates(rows(qs, [r.id for r in hq]), V)  # the report's row and column order
+        atomic_save_npy(out / "heldout_scores.npy", np.ascontiguousarray(Ch @ Qh.T, dtype=np.float64))
+        lab = load_labels(self.path("labels", "labels.npy"))
+        assert list(lab.pool_ids) == list(ps.ids) and list(lab.query_ids) == list(qs.ids)
+        return {**choice, "n_pool": len(pool), "n_queries": len(qs.ids), "k_used": int(V.shape[1])}
 
     def _do_embed(self) -> dict:
         from .embed import EmbedConfig, embed_file, open_embeddings

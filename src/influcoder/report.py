@@ -141,10 +141,11 @@ def _plot(res: dict, path: Path) -> None:
     keys = ["per_anchor_spearman", "aggregated_spearman", "query_specific_spearman", f"precision_at_{k}"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     ax = axes[0]
-    w = 0.8 / len(METHODS)
-    for i, m in enumerate(METHODS):
+    shown = list(res["methods"])
+    w = 0.8 / len(shown)
+    for i, m in enumerate(shown):
         ax.bar(np.arange(len(keys)) + i * w, [res["methods"][m][x] for x in keys], w, label=m)
-    ax.set_xticks(np.arange(len(keys)) + w * (len(METHODS) - 1) / 2)
+    ax.set_xticks(np.arange(len(keys)) + w * (len(shown) - 1) / 2)
     ax.set_xticklabels(["per-anchor ρ", "aggregated ρ", "query-specific ρ", f"precision@{k}"])
     ax.axhline(0, color="black", lw=0.5)
     ax.set_title(f"held-out block {res['block']['n_pool']} pool × {res['block']['n_queries']} queries vs the teacher")
@@ -188,12 +189,14 @@ def _markdown(res: dict) -> str:
         f"| method | per-anchor ρ | aggregated ρ | query-specific ρ | precision@{k} of the teacher's top-{k} |",
         "|---|---|---|---|---|",
     ]
-    for m in METHODS:
+    for m in res["methods"]:
         r = res["methods"][m]
         lines.append(f"| {m} | {r['per_anchor_spearman']:.3f} | {r['aggregated_spearman']:.3f} | "
                      f"{r['query_specific_spearman']:.3f} | {r[f'precision_at_{k}']:.3f} |")
     lines += ["", "Student: the trained encoder; untrained: the same base encoder and head before distillation; "
-              "length: −len(pool response). ρ = Spearman against the teacher's gradient cosine.", ""]
+              "length: −len(pool response)" + ("; exact_query: the queries' exact gradients, the pool's coordinates "
+              "predicted by the exact_query step's head (influcoder.exact_query)" if "exact_query" in res["methods"] else "")
+              + ". ρ = Spearman against the teacher's gradient cosine.", ""]
     rs = res.get("response_seen")
     if rs:
         lines += [f"What the encoder reads ({rs['text_mode']}, {rs['max_length']} tokens): " + "; ".join(
@@ -253,6 +256,9 @@ def fidelity_report(pipe: "Pipeline") -> dict:
         "untrained": untrained.encode_document(pool, batch_size=bs) @ untrained.encode_query(queries, batch_size=bs).T,
         "length": LengthMethod().scores(pool, queries),
     }
+    eq = pipe.path("exact_query", "heldout_scores.npy")
+    if cfg.exact_query.enabled and eq.exists():  # exact-query scoring beside the student (the exact_query step)
+        preds["exact_query"] = np.load(eq)
     methods = {m: _scores(np.asarray(p, dtype=np.float64), true, k) for m, p in preds.items()}
     per_query = {m: np.asarray(methods[m]["per_query_spearman"]) for m in METHODS}
     res = {
