@@ -344,6 +344,22 @@ def test_exact_query_step_beside_the_student(tiny, reference, tmp_path):
     for j, qid in enumerate(qs.ids):
         mine = [r["id"] for r in rows if r["query_id"] == qid]
         assert mine == [ids[i] for i in np.argsort(-(C @ Q[j]), kind="stable")[:3]]
+    # new queries (here: the run's own, stocked again under exact_query/added/) through `influcoder exact-query`:
+    # the same top-3 as the step wrote
+    new = tmp_path / "new.jsonl"
+    r = subprocess.run([sys.executable, "-m", "influcoder", "exact-query", str(out), "--queries", str(tiny["queries"]),
+                        "--out", str(new), "--top-k", "3", "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    def by_query(rs):  # the file's query order is the stocking order of each side
+        return sorted(rs, key=lambda x: (x["query_id"], x["rank"]))
+
+    got_rows, want_rows = by_query([json.loads(x) for x in new.read_text().splitlines()]), by_query(rows)
+    assert [(x["query_id"], x["rank"], x["id"]) for x in got_rows] == [(x["query_id"], x["rank"], x["id"]) for x in want_rows]
+    np.testing.assert_allclose([x["score"] for x in got_rows], [x["score"] for x in want_rows], atol=1e-5)
+    assert len(list((e / "added").iterdir())) == 1
+    bad = subprocess.run([sys.executable, "-m", "influcoder", "exact-query", str(tmp_path), "--queries",
+                          str(tiny["queries"]), "--out", str(tmp_path / "x.jsonl")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a run folder" in bad.stderr and not (tmp_path / "x.jsonl").exists()
     # turned off again: the report is recomputed without the row; exact_query's outputs are not required
     d["exact_query"]["enabled"] = False
     Pipeline(from_dict(RunConfig, d), progress=False).run()

@@ -60,3 +60,38 @@ def register(app: typer.Typer) -> None:
         "fidelity report. Every step is cached by its config and inputs; rerun the same command after an "
         "interruption to resume. Flags override the file's values."))
     app.command("run")(cmd)
+
+    @app.command("exact-query")
+    def exact_query_cmd(
+        run_dir: str = typer.Argument(..., help="A run folder whose exact_query step is done."),
+        queries: str = typer.Option(..., "--queries", help="New queries (records file); only they are stocked."),
+        out: str = typer.Option(..., "--out", help="Output JSONL: query_id, rank, id, score."),
+        top_k: int = typer.Option(None, "--top-k", help="Pool examples per query (default: the run's exact_query.top_k)."),
+        preset: str = typer.Option(None, "--preset", help="Field mapping of the queries file."),
+        prompt_field: str = typer.Option(None, "--prompt-field"),
+        response_field: str = typer.Option(None, "--response-field"),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bars or log lines."),
+    ):
+        """Attribute new queries by exact-query scoring against a finished run: stock only them with the run's
+        teacher, project them on its basis, rank its pool. README: docs/METHOD.md, "Exact-query scoring"."""
+        from pathlib import Path
+
+        from rich.console import Console
+
+        from .config import RunConfig, load_yaml
+        from .errors import UserError
+        from .pipeline import Pipeline
+        from .records import DataSpec
+
+        cfg_path = Path(run_dir) / "config.yaml"
+        if not cfg_path.is_file():
+            raise UserError(f"{run_dir}: not a run folder (no config.yaml)")
+        import dataclasses
+
+        cfg = dataclasses.replace(load_yaml(RunConfig, cfg_path), out=str(run_dir))  # wherever the folder now is
+        console = Console(stderr=True)
+        pipe = Pipeline(cfg, log=(lambda s: None) if quiet else (lambda s: console.print(s, highlight=False, markup=False)),
+                        progress=not quiet)
+        path = pipe.exact_query_attribute(DataSpec(path=queries, preset=preset, prompt_field=prompt_field,
+                                                   response_field=response_field), out, top_k)
+        print(path)

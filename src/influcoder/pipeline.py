@@ -491,6 +491,49 @@ class Pipeline:
         assert list(lab.pool_ids) == list(ps.ids) and list(lab.query_ids) == list(qs.ids)
         return {**choice, "n_pool": len(pool), "n_queries": len(qs.ids), "k_used": int(V.shape[1])}
 
+    def exact_query_attribute(self, queries: DataSpec, out: str | Path, top_k: int | None = None) -> Path:
+        """Top-k pool examples of *new* queries by exact-query scoring: only the queries are stocked (the run's
+        teacher settings, so their gradients are comparable), projected on the run's basis and scored against the
+        pool coordinates the exact_query step wrote. Writes ``out`` (JSONL: query_id, rank, id, score) atomically;
+        the store of the added queries is kept under exact_query/added/ (a rerun reuses or resumes it)."""
+        from .exact_query import ExactQueryModel
+        from .stock import StockConfig, stock
+        from .store import open_store
+
+        if not (self.record("exact_query") and self.up_to_date("exact_query")):
+            raise UserError(f"{self.root}: no up-to-date exact_query step (run it with --exact_query.enabled first)")
+        e = self.path("exact_query")
+        model = ExactQueryModel.load(e / "model")
+        C = np.load(e / "pool_coordinates.npy", mmap_mode="r")
+        ids = json.loads((e / "pool_ids.json").read_text())
+        if not queries.path or not Path(queries.path).exists():
+            raise UserError(f"{queries.path or '(none)'}: queries file not found")
+        fields = {k: v for k, v in to_dict(queries).items() if k not in ("path",)}
+        tag = hashlib.sha256(json.dumps({"data": file_fingerprint(queries.path)["sha256"], "fields": fields,
+                                         "teacher": to_dict(self.cfg.teacher)}, sort_keys=True).encode()).hexdigest()[:16]
+        store = self.path("exact_query", "added", tag)
+        stock(StockConfig(data=queries.path, out=str(store), **fields, **to_dict(self.cfg.teacher)), progress=self.progress)
+        qs = open_store(store)
+        ref = json.loads(self.path("stores", "queries", "manifest.json").read_text())
+        new = qs.manifest
+        for k in ("model_hash", "adapter_hash", "projection", "layout_hash"):
+            if new.get(k) != ref.get(k):
+                raise UserError(f"{store}: the added queries' gradients differ from the run's in '{k}' "
+                                f"({new.get(k)!r} vs {ref.get(k)!r}); they cannot be projected on its basis")
+        Q = model.query_coordinates(np.asarray(qs.matrix))
+        k = min(top_k or self.cfg.exact_query.top_k, len(ids))
+        lines = []
+        for j, qid in enumerate(qs.ids):
+            s = np.asarray(C @ Q[j], dtype=np.float64)
+            top = np.argsort(-s, kind="stable")[:k]
+            lines += [json.dumps({"query_id": qid, "rank": r + 1, "id": ids[i], "score": float(s[i])})
+                      for r, i in enumerate(top)]
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, "".join(line + "\n" for line in lines))
+        self.log(f"exact-query: {len(qs.ids)} queries stocked and scored against {len(ids)} pool rows → {out}")
+        return out
+
     def _do_embed(self) -> dict:
         from .embed import EmbedConfig, embed_file, open_embeddings
 
