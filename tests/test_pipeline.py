@@ -344,6 +344,11 @@ def test_exact_query_step_beside_the_student(tiny, reference, tmp_path):
     for j, qid in enumerate(qs.ids):
         mine = [r["id"] for r in rows if r["query_id"] == qid]
         assert mine == [ids[i] for i in np.argsort(-(C @ Q[j]), kind="stable")[:3]]
+    # the aggregate ranking: each pool row's mean score over the stocked queries, highest first
+    agg = [json.loads(x) for x in (e / "scores.jsonl").read_text().splitlines()]
+    mean = (C @ Q.T).mean(axis=1)
+    assert [x["id"] for x in agg] == [ids[i] for i in np.argsort(-mean, kind="stable")]
+    np.testing.assert_allclose([x["score"] for x in agg], np.sort(mean)[::-1], atol=1e-6)
     # new queries (here: the run's own, stocked again under exact_query/added/) through `influcoder exact-query`:
     # the same top-3 as the step wrote
     new = tmp_path / "new.jsonl"

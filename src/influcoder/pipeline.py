@@ -481,6 +481,11 @@ class Pipeline:
             lines += [json.dumps({"query_id": qid, "rank": r + 1, "id": pool[i].id, "score": float(S[i, j])})
                       for r, i in enumerate(top)]
         atomic_write_text(out / "attribution.jsonl", "".join(line + "\n" for line in lines))
+        # every pool row's mean score over the stocked queries (as `filter --aggregate mean` ranks), highest first
+        agg = S.mean(axis=1)
+        order = np.argsort(-agg, kind="stable")
+        atomic_write_text(out / "scores.jsonl", "".join(json.dumps({"id": pool[i].id, "score": float(agg[i])}) + "\n"
+                                                      for i in order))
         # the held-out block, scored as the report scores the student
         hp, _ = read_records(self.path("sample", "holdout_pool.jsonl"))
         hq, _ = read_records(self.path("sample", "holdout_queries.jsonl"))
