@@ -212,6 +212,13 @@ def test_config_errors(tmp_path):
         load_config(p)
     with pytest.raises(UserError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+    # device and precision are checked like every other field
+    p.write_text("experiment: ranking\nname: x\nprecision: fp8\n")
+    with pytest.raises(UserError, match="precision"):
+        load_config(p)
+    p.write_text("experiment: ranking\nname: x\ndevice: tpu\n")
+    with pytest.raises(UserError, match="device"):
+        load_config(p)
 
 
 def test_cli_evaluate_bad_config_exits_2(tmp_path):
@@ -433,13 +440,3 @@ def test_evaluate_precision_auto_resolves_and_equals_the_explicit_choice(tmp_pat
     names = {k: {p.name for p in (tmp_path / k / "work" / "features").iterdir()} for k in ("f32", "auto_e", "auto_n")}
     assert names["f32"] == names["auto_e"] and names["f32"]
     assert not names["f32"] & names["auto_n"]
-
-
-def test_evaluate_config_rejects_bad_device_or_precision(tmp_path):
-    p = tmp_path / "bad.yaml"
-    p.write_text("experiment: ranking\nname: x\nprecision: fp8\n")
-    with pytest.raises(UserError, match="precision"):
-        load_config(p)
-    p.write_text("experiment: ranking\nname: x\ndevice: tpu\n")
-    with pytest.raises(UserError, match="device"):
-        load_config(p)

@@ -371,13 +371,12 @@ def command_from(cls: type, body: Callable[..., Any], *, flags: dict[str, str] |
     import typer
 
     params = typer_params(cls, flags=flags, exclude=exclude, shown=shown)
-    if True:  # every generated command lists its options in full with --help-all
-        extra = list(extra) + [inspect.Parameter(
-            "help_all", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-            default=typer.Option(False, "--help-all", is_eager=True, expose_value=False, callback=_help_all(params),
-                                 help="List every option (each config key) with its default, and exit."))]
+    # every generated command lists its options in full with --help-all
+    extra = list(extra) + [inspect.Parameter(
+        "help_all", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+        default=typer.Option(False, "--help-all", is_eager=True, expose_value=False, callback=_help_all(params),
+                             help="List every option (each config key) with its default, and exit."))]
     names = {p.name for p in params}
-    extra = list(extra)
     lead = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)] if context else []
     positional = [p for p in extra if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
     keyword = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in extra if p not in positional]

@@ -134,8 +134,9 @@ def _modules():
     return M
 
 
-def _texts(items: Sequence[Any] | str | dict) -> list[str]:
-    """The texts the encoder sees, as the CLI makes them (records.record_to_text: prompt + "\\n" + response).
+def _texts(items: Sequence[Any] | str | dict, to_text=None) -> list[str]:
+    """The texts the encoder sees: a record (or dict row) through ``to_text`` (default records.record_to_text:
+    prompt + "\\n" + response, the legacy text), a string as it is.
 
     Accepts a string, a :class:`~influcoder.records.Record`, or a dict row as read from JSONL or a
     ``datasets`` row (``prompt``/``response`` or chat ``messages``, read with the default field mapping
@@ -144,6 +145,7 @@ def _texts(items: Sequence[Any] | str | dict) -> list[str]:
     :class:`~influcoder.records.RecordError` naming the item and the field."""
     from .records import FieldSpec, Record, _row_to_record, record_to_text
 
+    to_text = to_text or record_to_text
     if isinstance(items, (str, Record, dict)):
         items = [items]
     elif isinstance(items, (bytes, bytearray)) or not hasattr(items, "__iter__"):
@@ -152,11 +154,11 @@ def _texts(items: Sequence[Any] | str | dict) -> list[str]:
     spec = FieldSpec()
     for i, x in enumerate(items):
         if isinstance(x, Record):
-            out.append(record_to_text(x))
+            out.append(to_text(x))
         elif isinstance(x, str):
             out.append(x)
         elif isinstance(x, dict):
-            out.append(record_to_text(_row_to_record("encode() input", i, x, spec)))
+            out.append(to_text(_row_to_record("encode() input", i, x, spec)))
         else:
             raise TypeError(f"item {i}: expected a str, a Record or a dict row (prompt/response or messages), "
                             f"got {type(x).__name__}")
@@ -537,30 +539,19 @@ class InfluenceEncoder:
         ``attribute``, ``filter``, ``serve`` and Ray. A record (or dict row) keeps its whole response within the
         token budget and the end of its prompt fills the rest (:func:`budget_text`; legacy encoders: prompt +
         response cut from the right); a plain string is read as it is."""
-        from .records import FieldSpec, Record, _row_to_record
-
         if self.text_mode == TEXT_MODE_LEGACY:
             return _texts(items)
-        if isinstance(items, (str, Record, dict)):
-            items = [items]
-        _texts(items)  # the same type checks and errors
         tok, budget = self.model.tokenizer, self._budget(side)
-        out = []
-        for i, x in enumerate(items):
-            if isinstance(x, dict):
-                x = _row_to_record("encode() input", i, x, FieldSpec())
-            out.append(budget_text(x, tok, budget)[0] if isinstance(x, Record) else x)
-        return out
+        return _texts(items, lambda rec: budget_text(rec, tok, budget)[0])
 
     def response_seen(self, items: Sequence[Any], side: str = "pool") -> dict[str, float]:
         """Share of ``items`` (records) whose response the encoder reads fully, in part, or not at all (the
         legacy right cut can hide it behind a long prompt; the input contract never does)."""
-        from .records import FieldSpec, Record, _row_to_record
+        from .records import Record
 
         tok = self.model.tokenizer
         counts = {"full": 0, "part": 0, "none": 0}
-        recs = [_row_to_record("items", i, x, FieldSpec()) if isinstance(x, dict) else x for i, x in enumerate(items)]
-        recs = [r for r in recs if isinstance(r, Record)]
+        recs = [r for r in self._feature_items(items) if isinstance(r, Record)]
         budget = self._budget(side) - tok.num_special_tokens_to_add(pair=False)
         for r in recs:
             n_r = len(tok(r.response, add_special_tokens=False)["input_ids"])

@@ -16,14 +16,14 @@ through :meth:`InfluenceEncoder.encode`.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 __all__ = ["principal_basis", "unit_rows", "coordinates", "form_features", "RidgeHead", "fit_ridge_head",
-           "ExactQueryModel", "pool_features", "select_and_fit", "VIEWS"]
+           "ExactQueryModel", "pool_features", "select_and_fit", "top_k_rows", "VIEWS"]
 
 
 def unit_rows(G: np.ndarray, block: int = 4096) -> np.ndarray:
@@ -202,8 +202,16 @@ class ExactQueryModel:
         return cls(V=t["V"], head=head, encoder=meta["encoder"], info=meta.get("info", {}))
 
     def describe(self) -> dict:
-        return {"k": int(self.V.shape[1]), "alpha": self.head.alpha, "encoder": self.encoder, **asdict_safe(self.info)}
+        return {"k": int(self.V.shape[1]), "alpha": self.head.alpha, "encoder": self.encoder, **self.info}
 
 
-def asdict_safe(d: Any) -> dict:
-    return dict(d) if isinstance(d, dict) else asdict(d)
+def top_k_rows(pool_coordinates: np.ndarray, query_coordinates: np.ndarray, query_ids: Sequence[str],
+               pool_ids: Sequence[str], k: int) -> list[dict]:
+    """The top-``k`` pool rows of every query by ⟨ĉ_p, c_q⟩ (ties by pool order): one dict per (query, rank) with
+    ``query_id``, ``rank`` (1-based), ``id`` and ``score``."""
+    rows = []
+    for j, qid in enumerate(query_ids):
+        s = np.asarray(pool_coordinates @ query_coordinates[j], dtype=np.float64)
+        rows += [{"query_id": qid, "rank": r + 1, "id": pool_ids[i], "score": float(s[i])}
+                 for r, i in enumerate(np.argsort(-s, kind="stable")[:k])]
+    return rows

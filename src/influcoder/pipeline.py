@@ -442,8 +442,7 @@ class Pipeline:
         """Fit exact-query scoring on the training part (influcoder.exact_query), then score: the whole pool's
         predicted coordinates, the top-k of every stocked query, and the held-out block (for the report)."""
         from .encoder import InfluenceEncoder
-        from .exact_query import ExactQueryModel, coordinates, pool_features, select_and_fit, unit_rows
-        from .labels import load_labels
+        from .exact_query import ExactQueryModel, coordinates, pool_features, select_and_fit, top_k_rows, unit_rows
         from .store import open_store
 
         c = self.cfg.exact_query
@@ -470,30 +469,25 @@ class Pipeline:
         C = np.concatenate([model.pool_coordinates(pool_features(enc, pool[s:s + 4096], c.batch_size))
                             for s in range(0, len(pool), 4096)])
         atomic_save_npy(out / "pool_coordinates.npy", np.ascontiguousarray(C, dtype=np.float32))
-        atomic_write_text(out / "pool_ids.json", json.dumps([r.id for r in pool]))
+        pool_ids = [r.id for r in pool]
+        atomic_write_text(out / "pool_ids.json", json.dumps(pool_ids))  # the coordinates' row order
         # every stocked query: exact coordinates, its top-k of the whole pool
         Q = model.query_coordinates(np.asarray(qs.matrix))
-        S = C @ Q.T
-        k = min(c.top_k, len(pool))
-        lines = []
-        for j, qid in enumerate(qs.ids):
-            top = np.argsort(-S[:, j], kind="stable")[:k]
-            lines += [json.dumps({"query_id": qid, "rank": r + 1, "id": pool[i].id, "score": float(S[i, j])})
-                      for r, i in enumerate(top)]
-        atomic_write_text(out / "attribution.jsonl", "".join(line + "\n" for line in lines))
+        rows_out = top_k_rows(C, Q, qs.ids, pool_ids, min(c.top_k, len(pool)))
+        atomic_write_text(out / "attribution.jsonl", "".join(json.dumps(r) + "\n" for r in rows_out))
         # every pool row's mean score over the stocked queries (as `filter --aggregate mean` ranks), highest first
-        agg = S.mean(axis=1)
+        agg = (C @ Q.T).mean(axis=1)
         order = np.argsort(-agg, kind="stable")
-        atomic_write_text(out / "scores.jsonl", "".join(json.dumps({"id": pool[i].id, "score": float(agg[i])}) + "\n"
+        atomic_write_text(out / "scores.jsonl", "".join(json.dumps({"id": pool_ids[i], "score": float(agg[i])}) + "\n"
                                                       for i in order))
-        # the held-out block, scored as the report scores the student
+        # the held-out block (pool rows the sample drew from the pool: their coordinates are rows of C), in the
+        # report's row and column order
         hp, _ = read_records(self.path("sample", "holdout_pool.jsonl"))
         hq, _ = read_records(self.path("sample", "holdout_queries.jsonl"))
-        Ch = model.pool_coordinates(pool_features(enc, hp, c.batch_size))
-        Qh = coordinates(rows(qs, [r.id for r in hq]), V)  # the report's row and column order
+        where = {i: n for n, i in enumerate(pool_ids)}
+        Ch = C[[where[r.id] for r in hp]]
+        Qh = coordinates(rows(qs, [r.id for r in hq]), V)
         atomic_save_npy(out / "heldout_scores.npy", np.ascontiguousarray(Ch @ Qh.T, dtype=np.float64))
-        lab = load_labels(self.path("labels", "labels.npy"))
-        assert list(lab.pool_ids) == list(ps.ids) and list(lab.query_ids) == list(qs.ids)
         return {**choice, "n_pool": len(pool), "n_queries": len(qs.ids), "k_used": int(V.shape[1])}
 
     def exact_query_attribute(self, queries: DataSpec, out: str | Path, top_k: int | None = None) -> Path:
@@ -501,7 +495,7 @@ class Pipeline:
         teacher settings, so their gradients are comparable), projected on the run's basis and scored against the
         pool coordinates the exact_query step wrote. Writes ``out`` (JSONL: query_id, rank, id, score) atomically;
         the store of the added queries is kept under exact_query/added/ (a rerun reuses or resumes it)."""
-        from .exact_query import ExactQueryModel
+        from .exact_query import ExactQueryModel, top_k_rows
         from .stock import StockConfig, stock
         from .store import open_store
 
@@ -526,16 +520,10 @@ class Pipeline:
                 raise UserError(f"{store}: the added queries' gradients differ from the run's in '{k}' "
                                 f"({new.get(k)!r} vs {ref.get(k)!r}); they cannot be projected on its basis")
         Q = model.query_coordinates(np.asarray(qs.matrix))
-        k = min(top_k or self.cfg.exact_query.top_k, len(ids))
-        lines = []
-        for j, qid in enumerate(qs.ids):
-            s = np.asarray(C @ Q[j], dtype=np.float64)
-            top = np.argsort(-s, kind="stable")[:k]
-            lines += [json.dumps({"query_id": qid, "rank": r + 1, "id": ids[i], "score": float(s[i])})
-                      for r, i in enumerate(top)]
+        rows_out = top_k_rows(C, Q, qs.ids, ids, min(top_k or self.cfg.exact_query.top_k, len(ids)))
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out, "".join(line + "\n" for line in lines))
+        atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows_out))
         self.log(f"exact-query: {len(qs.ids)} queries stocked and scored against {len(ids)} pool rows → {out}")
         return out
 
