@@ -320,7 +320,7 @@ def run_toxicity(args) -> None:
     from influcoder.baselines import DecoderFeatures
     from influcoder.encoder import InfluenceEncoder
     from influcoder.evaluate import load_config, toxicity_data
-    from influcoder.exact_query import coordinates, fit_ridge_head, form_features, principal_basis
+    from influcoder.exact_query import coordinates, form_features, select_and_fit
     from influcoder.hardware import cpu_info, resolve
     from influcoder.prior_trees import fit_trees
 
@@ -353,28 +353,10 @@ def run_toxicity(args) -> None:
         Ep = enc.encode(pool + trp, side="pool")
         X_all = np.concatenate([Ep, form_features(pool + trp)], axis=1)
         Xp, Xt = X_all[:len(pool)], X_all[len(pool):]
-        # selection on a quarter of the training pool (× the training queries), fitted on the rest
-        rng = np.random.default_rng(1000 + seed)
-        perm = rng.permutation(len(trp))
-        sel, fit = np.sort(perm[:len(trp) // 4]), np.sort(perm[len(trp) // 4:])
-        sel_truth = at["trp"][sel] @ at["trq"].T
-        best = None
-        for basis in ("train", "queries"):
-            B = np.concatenate([at["trp"][fit], at["trq"]]) if basis == "train" else at["trq"]
-            V, _ = principal_basis(B, min(max(ks), len(B)))
-            Cp, Cq = coordinates(at["trp"], V), coordinates(at["trq"], V)
-            for k in ks:
-                if k > V.shape[1]:
-                    continue
-                for a in alphas:
-                    pred = fit_ridge_head(Xt[fit], Cp[fit, :k], a).predict(Xt[sel]) @ Cq[:, :k].T
-                    pa = M.per_anchor_spearman(pred, sel_truth)
-                    if best is None or pa > best["per_anchor"]:
-                        best = {"basis": basis, "k": k, "alpha": a, "per_anchor": pa}
-        B = np.concatenate([at["trp"], at["trq"]]) if best["basis"] == "train" else at["trq"]
-        V, _ = principal_basis(B, best["k"])
+        # the basis, k and α chosen on a quarter of the training pool (× the training queries), as the run's
+        # exact_query step chooses them (exact_query.select_and_fit), then refitted on the whole training part
+        V, head, best = select_and_fit(Xt, at["trp"], at["trq"], ks, alphas, 0.25, seed)
         Ct = coordinates(at["trp"], V)
-        head = fit_ridge_head(Xt, Ct, best["alpha"])
         cp = head.predict(Xp)
         cp_trees = cp.copy()
         cp_trees[:, 0] = fit_trees(Xt, Ct[:, 0], seed=seed)[0].predict(Xp)
