@@ -295,7 +295,21 @@ def test_committed_datelm_config_matches_its_comment_and_todays_baselines():
     cfg = load_config(ROOT / "configs" / "exp2_toxicity_datelm.yaml")
     old = load_config(ROOT / "configs" / "exp2_toxicity.yaml")
     assert cfg.experiment == "toxicity" and cfg.seeds == [0, 1, 2] and cfg.data["construction"] == "datelm"
-    assert cfg.methods == old.methods  # every baseline of today's experiment 2
+    from influcoder.evaluate import method_name, method_spec, methods_of_seed
+
+    # the reduced protocol (issue 21): every baseline of the earlier experiment 2 but LESS r16 and LoGra + FIM, the
+    # exact teacher as a row; seed 0 runs them all, seeds 1 and 2 the teacher, LESS r8, the student and text baselines
+    dropped = {"less_r16", "logra_fim"}
+    assert {method_name(m): method_spec(m) for m in old.methods if method_name(m) not in dropped} == \
+        {method_name(m): method_spec(m) for m in cfg.methods if method_name(m) != "teacher"}
+    assert [method_name(m) for m in methods_of_seed(cfg, 0)] == [method_name(m) for m in cfg.methods]
+    for seed in (1, 2):
+        assert {method_name(m) for m in methods_of_seed(cfg, seed)} == {
+            "teacher", "less_r8", "influcoder", "semantic", "bm25", "tfidf", "random"}
+    assert method_spec(next(m for m in cfg.methods if method_name(m) == "teacher")) == {
+        "kind": "gradsim", "rank": cfg.teacher["rank"], "proj_dim": None, "logra_k": cfg.teacher["share_logra_k"],
+        "name": "teacher"}
+    assert cfg.teacher["warmup_on"] == "Het" and cfg.parts_dir == "benchmarks/results/exp2_datelm"
     d = {**DATELM_DATA, **cfg.data}
     het = d["n_benign"] + d["n_unsafe"] + d["n_refusals"] + d["n_harmless"]
     assert het == 2037 and d["n_refs"] == 10
@@ -305,3 +319,80 @@ def test_committed_datelm_config_matches_its_comment_and_todays_baselines():
     # the warm-up covers the whole Het pool (one epoch): the run-time check would refuse less
     assert cfg.teacher["warmup_steps"] * cfg.batch_size >= het > (cfg.teacher["warmup_steps"] - 1) * cfg.batch_size
     assert cfg.token_budget >= cfg.batch_size * cfg.max_length
+
+
+# ------------------------------------------------------------------------------------------ committed parts
+def test_results_are_committed_per_seed_and_method_and_reused_by_construction_key(tmp_path, tiny_model_dir):
+    """Reduced protocol: one warm-up per (rank, seed) on Het scores Hom too; each (seed, method) result is
+    written as it finishes and read back (not recomputed) when its construction key matches; the table is rebuilt
+    from the parts alone with committed_only; a changed construction makes every part stale."""
+    from influcoder import metrics as M
+    from influcoder.baselines import DecoderFeatures, cosine_matrix
+    from influcoder.evaluate import _unb64, run
+
+    methods = [{"kind": "gradsim", "rank": 4, "proj_dim": None, "name": "teacher"},
+               {"kind": "gradsim", "rank": 4, "proj_dim": 64, "name": "less_r4"},
+               {"kind": "tfidf", "seeds": [0]}, {"kind": "random"}]
+    path = _tiny_cfg(tmp_path, tiny_model_dir, 5, methods)
+    raw = yaml.safe_load(path.read_text())
+    parts = tmp_path / "parts"
+    raw.update(seeds=[0, 1], parts_dir=str(parts))
+    raw["teacher"]["warmup_on"] = "Het"
+    path.write_text(yaml.safe_dump(raw))
+    res = run(load_config(path), progress=False)
+    assert sorted(p.name for p in parts.glob("s*.json")) == [
+        "s0-less_r4.json", "s0-random.json", "s0-teacher.json", "s0-tfidf.json",
+        "s1-less_r4.json", "s1-random.json", "s1-teacher.json"]  # tfidf only on seed 0
+    assert res["summary"]["Het"]["tfidf"]["n_seeds"] == 1 and res["summary"]["Het"]["teacher"]["n_seeds"] == 2
+    # one adapter per seed (rank 4 for both gradient rows), warmed up on Het, used for Hom
+    adapters = sorted((tmp_path / "w" / "adapters").iterdir())
+    assert len(adapters) == 2 and all(len((a / "data.jsonl").read_text().splitlines()) == 17 for a in adapters)
+    for r in res["per_seed"]:
+        assert {v["warmup_on"] for v in r["variants"].values()} == {"Het"}
+    # the teacher row is the exact cosine at that adapter; Hom's scores are Het's rows of Hom
+    cfg = load_config(path)
+    td = toxicity_data(cfg.data, 0)
+    het, hom, refs = td["variants"]["Het"], td["variants"]["Hom"], td["refs"]["Het"]
+    a0 = next(a for a in adapters if json.loads((a / "stock_config.json").read_text())["data"].endswith("data.jsonl")
+              and (a / "data.jsonl").read_text().splitlines()[0] == json.dumps({"id": het["pool"][0].id,
+                                                                              "prompt": het["pool"][0].prompt,
+                                                                              "response": het["pool"][0].response}))
+    f = DecoderFeatures(str(tiny_model_dir), max_length=48, batch_size=4, token_budget=256,
+                        adapters={(4, 0): str(a0 / "adapter")})
+    u = np.asarray(f.lora(het["pool"] + refs, 4, 0)["unit"], np.float32)
+    want = cosine_matrix(u[:len(het["pool"])], u[len(het["pool"]):]).mean(axis=1)
+    part = json.loads((parts / "s0-teacher.json").read_text())
+    assert np.allclose(_unb64(part["variants"]["Het"]["scores_f32_b64"]), want, atol=1e-5)
+    idx = {r.id: i for i, r in enumerate(het["pool"])}
+    assert np.allclose(_unb64(part["variants"]["Hom"]["scores_f32_b64"]), want[[idx[r.id] for r in hom["pool"]]], atol=1e-6)
+    assert res["per_seed"][0]["variants"]["Het"]["methods"]["teacher"]["auprc"] == pytest.approx(
+        M.auprc(want, het["positive"]), abs=1e-6)
+    assert part["compute"]["precision"] in ("float32", "bfloat16") and "cpu_model" in part["compute"]["cpu"]
+    # rebuilt from the parts alone: a fresh work folder, nothing computed, the same table
+    raw["work_dir"] = str(tmp_path / "w2")
+    path.write_text(yaml.safe_dump(raw))
+    again = run(load_config(path), progress=False, committed_only=True)
+    assert not (tmp_path / "w2" / "adapters").exists() and "missing" not in again
+    assert again["summary"] == res["summary"]
+    # a stale part is never read: another construction (one benign row more) makes every part's key differ
+    raw["data"]["n_benign"] += 1
+    path.write_text(yaml.safe_dump(raw))
+    stale = run(load_config(path), progress=False, committed_only=True)
+    assert len(stale["missing"]) == 7 and {m["why"] for m in stale["missing"]} == {"key differs"}
+    md = (tmp_path / "out" / "eval_tiny_datelm.md").read_text()
+    assert "Not yet run" in md and "seed 1 teacher (key differs)" in md
+    # running one method recomputes that one only
+    raw["work_dir"] = str(tmp_path / "w")
+    path.write_text(yaml.safe_dump(raw))
+    before = {p.name: p.read_text() for p in parts.glob("s*.json")}
+    run(load_config(path), progress=False, only_methods={"random"})
+    after = {p.name: p.read_text() for p in parts.glob("s*.json")}
+    assert {n for n in after if after[n] != before[n]} == {"s0-random.json", "s1-random.json"}
+    with pytest.raises(UserError, match="methods nope not in the config"):
+        run(load_config(path), progress=False, only_methods={"nope"})
+
+
+def test_method_seeds_must_be_the_configs(tmp_path, tiny_model_dir):
+    path = _tiny_cfg(tmp_path, tiny_model_dir, 5, [{"kind": "random", "seeds": [3]}])
+    with pytest.raises(UserError, match="seeds must be a list of the config's seeds"):
+        load_config(path)

@@ -635,9 +635,10 @@ class RDSPlusMethod(RepSimMethod):
 
 
 class GradSimMethod(_DecoderMethod):
-    """Grad-Sim / LESS: cosine of Rademacher-projected (k = ``proj_dim``) LoRA rank-``rank`` gradients."""
+    """Grad-Sim / LESS: cosine of Rademacher-projected (k = ``proj_dim``) LoRA rank-``rank`` gradients;
+    ``proj_dim`` None: cosine of the exact gradients (Grad-Sim unprojected, the exact teacher's score)."""
 
-    def __init__(self, features: DecoderFeatures, rank: int = 8, proj_dim: int = 8192, seed: int = 0,
+    def __init__(self, features: DecoderFeatures, rank: int = 8, proj_dim: int | None = 8192, seed: int = 0,
                  lora_seed: int = 0, logra_k: int | None = None, name: str | None = None):
         super().__init__(features)
         self.rank, self.proj_dim, self.seed, self.lora_seed = rank, proj_dim, seed, lora_seed
@@ -670,6 +671,13 @@ class GradSimMethod(_DecoderMethod):
         f = self.features
         gp, tp = self._time(lambda r: f.lora(r, self.rank, self.lora_seed, self.logra_k), pool)
         gq, tq = self._time(lambda r: f.lora(r, self.rank, self.lora_seed, self.logra_k), queries)
+        if not self.proj_dim:
+            t1 = time.perf_counter()
+            s = cosine_matrix(np.asarray(gp["unit"], dtype=np.float32), np.asarray(gq["unit"], dtype=np.float32))
+            self.cost.update(seconds_pool=tp, seconds_query=tq, seconds_score=time.perf_counter() - t1,
+                             gradient_dim=int(gp["unit"].shape[1]), seconds_per_example_featurize=gp["seconds_per_example"],
+                             bytes_per_example=float(gp["unit"].shape[1] * 4))
+            return s
         t0 = time.perf_counter()
         self.prepare(list(pool) + list(queries))
         pk = self._proj_key()
@@ -685,7 +693,8 @@ class GradSimMethod(_DecoderMethod):
         return s
 
     def describe(self) -> dict:
-        return {**super().describe(), "rank": self.rank, "proj_dim": self.proj_dim, "projection": "rademacher"}
+        return {**super().describe(), "rank": self.rank, "proj_dim": self.proj_dim,
+                "projection": "rademacher" if self.proj_dim else "none"}
 
 
 def logra_preconditioner(pool_feats: np.ndarray, k: int, damping: float = 0.1) -> list[np.ndarray]:

@@ -16,6 +16,10 @@ def register(app: typer.Typer) -> None:
         work_dir: str = typer.Option(None, "--work-dir", help="Override the config's work_dir (caches)."),
         device: str = typer.Option(None, "--device", help="Override the config's device (auto, cpu, cuda, cuda:N)."),
         precision: str = typer.Option(None, "--precision", help="Override the config's precision (auto, float32, bfloat16)."),
+        seeds: str = typer.Option(None, "--seeds", help="Run only these of the config's seeds (comma-separated)."),
+        methods: str = typer.Option(None, "--methods", help="Run only these methods (names, comma-separated)."),
+        committed_only: bool = typer.Option(False, "--committed-only", help="Toxicity with parts_dir: compute "
+                                            "nothing; build the table from the committed (seed, method) results."),
     ):
         """Run an experiment from a config: caches features, labels, students and scores under work_dir
         (a rerun recomputes only what changed), writes eval_<name>.json/.md/.png under out_dir."""
@@ -28,11 +32,25 @@ def register(app: typer.Typer) -> None:
         cfg = load_config(config)
         if device or precision:  # replace() re-runs the config's checks on the overridden values
             cfg = replace(cfg, **{k: v for k, v in (("device", device), ("precision", precision)) if v})
+        if seeds:
+            try:
+                chosen = [int(x) for x in seeds.split(",")]
+            except ValueError:
+                raise typer.BadParameter(f"--seeds: comma-separated integers, got '{seeds}'") from None
+            bad = [x for x in chosen if x not in cfg.seeds]
+            if bad:
+                raise typer.BadParameter(f"--seeds: {bad} not among the config's seeds {cfg.seeds}")
+            cfg = replace(cfg, seeds=chosen, methods=[{**m, "seeds": [x for x in m["seeds"] if x in chosen]}
+                                                      if "seeds" in m else m for m in cfg.methods])
+        if committed_only and not (cfg.experiment == "toxicity" and cfg.parts_dir):
+            raise typer.BadParameter("--committed-only: only for a toxicity config with parts_dir")
         if out_dir:
             cfg.out_dir = out_dir
         if work_dir:
             cfg.work_dir = work_dir
         console = Console(stderr=True)
         log = (lambda s: None) if quiet else (lambda s: console.log(s))
-        res = run(cfg, progress=not quiet, log=log, command="influcoder " + " ".join(sys.argv[1:]))
+        only = set(methods.split(",")) if methods else None
+        res = run(cfg, progress=not quiet, log=log, command="influcoder " + " ".join(sys.argv[1:]),
+                  committed_only=committed_only, only_methods=only)
         print(f"{cfg.out_dir}/eval_{cfg.name}.json  ({res['seconds_this_run']:.0f} s)")

@@ -95,6 +95,10 @@ class EvalConfig:
     precision: str = "auto"
     """Compute precision of those same methods: auto (bfloat16 where the device computes it natively, float32
     elsewhere), float32 or bfloat16. The student follows ``student.precision`` where set, else this."""
+    parts_dir: str | None = None
+    """Toxicity: where each (seed, method) result is written as it finishes (``s<seed>-<method>.json``: per-row
+    scores, timing, the machine) and read back instead of recomputed when its construction key matches; also
+    each method's FLOPs (``flops-<method>.json``). Meant to be committed, so an experiment runs in pieces."""
 
     def __post_init__(self):
         if self.experiment not in ("ranking", "toxicity", "fidelity"):
@@ -106,6 +110,10 @@ class EvalConfig:
         for m in self.methods:
             if not isinstance(m, dict) or "kind" not in m:
                 raise UserError(f"config: every method needs a 'kind', got {m!r}")
+            bad = [x for x in m.get("seeds", self.seeds) if x not in self.seeds] if isinstance(m.get("seeds", []), list) else None
+            if bad is None or bad:
+                raise UserError(f"config: method {m.get('name') or m['kind']}: seeds must be a list of the config's "
+                                f"seeds {self.seeds}, got {m.get('seeds')!r}")
         from .hardware import check_compute
 
         try:
@@ -538,6 +546,8 @@ class _Ctx:
         self.features = DecoderFeatures(cfg.model, max_length=cfg.max_length, batch_size=cfg.batch_size,
                                         token_budget=cfg.token_budget, cache_dir=self.work / "features",
                                         progress=progress, log=log, device=self.device, precision=self.precision)
+        self.committed_only = False  # toxicity with parts_dir: read committed results only, compute nothing
+        self.only_methods: set[str] | None = None  # run only these methods (by name)
         self.state_path = self.work / f"state_{cfg.name}.json"
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {"done": {}}
 
@@ -554,7 +564,7 @@ def method_name(spec: dict) -> str:
         return spec["name"]
     if spec["kind"] in ("semantic", "influcoder"):
         return spec["kind"]
-    return make_method(spec, _NAME_FEATURES).name
+    return make_method(method_spec(spec), _NAME_FEATURES).name
 
 
 class _NoFeatures:
@@ -648,7 +658,7 @@ def score_method(ctx: _Ctx, spec: dict, pool: list[Record], queries: list[Record
     from .baselines import make_method
 
     cfg = ctx.cfg
-    key = {"spec": spec, "model": cfg.model, "max_length": cfg.max_length, "pool": _ids(pool),
+    key = {"spec": method_spec(spec), "model": cfg.model, "max_length": cfg.max_length, "pool": _ids(pool),
            "queries": _ids(queries), "extra": extra_key}
     if ctx.precision != "float32":  # float32 keys stay as they were before precision was a setting
         key["precision"] = ctx.precision
@@ -658,6 +668,7 @@ def score_method(ctx: _Ctx, spec: dict, pool: list[Record], queries: list[Record
     meta_p = path.with_suffix(".json")
     if path.exists() and meta_p.exists():
         return np.load(path), json.loads(meta_p.read_text())
+    spec = method_spec(spec)
     m = make_method(spec, ctx.features, device=ctx.device, precision=ctx.precision)
     ctx.log(f"scoring {name} on {len(pool)}×{len(queries)}")
     s = m.scores(pool, queries)
@@ -683,6 +694,7 @@ def method_flops(ctx: _Ctx, spec: dict, sample_pool: list[Record], sample_querie
     from .baselines import DecoderFeatures, make_method
     from .costs import measure
 
+    spec = method_spec(spec)
     key = _key({"spec": spec, "model": ctx.cfg.model, "pool": _ids(sample_pool), "q": _ids(sample_queries), "v": 2})
     path = ctx.work / "flops" / f"{method_name(spec)}-{key}.json"
     if path.exists():
@@ -846,27 +858,31 @@ def _store_labels(ctx: _Ctx, teacher: dict):
 
 
 def _summarise(per_seed: list[dict], metrics: tuple[str, ...]) -> dict:
-    names = list(per_seed[0]["methods"])
+    """Mean ± std of each metric over the seeds that have the method (``n_seeds``; per-seed values stay in
+    ``per_seed``); median seconds per 1,000 examples."""
+    names = list(dict.fromkeys(n for r in per_seed for n in r["methods"]))
     out = {}
     for n in names:
-        row = {}
+        have = [r["methods"][n] for r in per_seed if n in r["methods"]]
+        row = {"n_seeds": len(have)}
         for m in metrics:
-            mu, sd = _mean_std([r["methods"][n].get(m) for r in per_seed if n in r["methods"]])
+            mu, sd = _mean_std([h.get(m) for h in have])
             row[m] = {"mean": mu, "std": sd}
-        secs = [r["methods"][n].get("seconds_per_example") for r in per_seed]
+        secs = [h.get("seconds_per_example") for h in have]
         secs = [s for s in secs if s is not None]
         row["seconds_per_1000"] = 1000 * float(np.median(secs)) if secs else None
-        row["bytes_per_example"] = per_seed[0]["methods"][n].get("bytes_per_example")
+        row["bytes_per_example"] = have[0].get("bytes_per_example")
         out[n] = row
     return out
 
 
-def _prefetch(ctx: _Ctx, records: list[Record]) -> None:
+def _prefetch(ctx: _Ctx, records: list[Record], specs: list[dict] | None = None) -> None:
     """Dense-projection methods: project every record of the experiment in one call (one matrix generation)."""
     from .baselines import GradSimMethod, make_method
 
-    for spec in ctx.cfg.methods:
-        if spec["kind"] != "gradsim":
+    for spec in (ctx.cfg.methods if specs is None else specs):
+        spec = method_spec(spec)
+        if spec["kind"] != "gradsim" or not spec.get("proj_dim", 8192):
             continue
         key = _key({"spec": spec, "model": ctx.cfg.model, "max_length": ctx.cfg.max_length, "pool": _ids(records), "pref": 1,
                     **({"adapters": _adapter_keys(ctx.features)} if ctx.features.adapters is not None else {})})
@@ -893,7 +909,7 @@ def _lora_combos(cfg: EvalConfig) -> list[tuple[int, int]]:
     combos = {(int(t.get("rank", 8)), int(t.get("lora_seed", 0)))}
     for spec in cfg.methods:
         if spec["kind"] in GRADIENT_KINDS:
-            m = make_method(spec, _NAME_FEATURES)
+            m = make_method(method_spec(spec), _NAME_FEATURES)
             combos.add((int(m.rank), int(m.lora_seed)))
     return sorted(combos)
 
@@ -929,7 +945,7 @@ def warmup_adapter(ctx: _Ctx, records: list[Record], rank: int, lora_seed: int) 
     if not (d / "adapter" / "adapter_config.json").exists():
         _write_records(d / "data.jsonl", records)
         ctx.log(f"warm-up: LoRA r{rank} seed {lora_seed}, {steps} steps on {len(records)} rows")
-        warm_up_adapter(warmup_stock_config(ctx.cfg, d / "data.jsonl", d, rank, lora_seed))
+        warm_up_adapter(warmup_stock_config(ctx.cfg, d / "data.jsonl", d, rank, lora_seed), progress=ctx.progress)
     losses = json.loads((d / "warmup_losses.json").read_text())
     return str(d / "adapter"), {"steps": steps, "epochs": steps * ctx.cfg.batch_size / len(records),
                                 "loss_first": losses[0], "loss_last": losses[-1], "n_rows": len(records)}
@@ -959,65 +975,213 @@ def _warmed(ctx: _Ctx, records: list[Record]) -> tuple[_Ctx, dict]:
     return c, info
 
 
-def run_toxicity(ctx: _Ctx) -> dict:
+def method_spec(spec: dict) -> dict:
+    """A config method entry without the harness's own keys (``seeds``): what :func:`make_method` takes."""
+    return {k: v for k, v in spec.items() if k != "seeds"}
+
+
+def methods_of_seed(cfg: EvalConfig, seed: int) -> list[dict]:
+    """The methods run on ``seed``: every method whose ``seeds`` list (default: all of the config's) holds it."""
+    return [m for m in cfg.methods if seed in m.get("seeds", cfg.seeds)]
+
+
+DECODER_KINDS = ("repsim", "rds") + GRADIENT_KINDS
+
+
+def part_key(cfg: EvalConfig, spec: dict, td: dict, student: dict | None = None) -> str:
+    """Construction key of one (seed, method) result: the evaluated rows (content hashes of every pool,
+    the references, the labels), the method's definition, the decoder settings and warm-up for decoder methods,
+    the student's recipe and training split for the student. Device and precision are not in it (they are
+    recorded in the part): a result computed on one machine is reused on another."""
+    k: dict = {"v": 1, "spec": method_spec(spec),
+               "variants": {v: {"pool": _ids(vd["pool"]), "positive": [int(x) for x in vd["positive"]],
+                                "refs": _ids(td["refs"][v])} for v, vd in td["variants"].items()}}
+    if spec["kind"] in DECODER_KINDS or spec["kind"] == "influcoder":
+        k["decoder"] = {"model": cfg.model, "max_length": cfg.max_length}
+    if spec["kind"] in GRADIENT_KINDS or spec["kind"] == "influcoder":
+        k["teacher"] = {**cfg.teacher, "batch_size": cfg.batch_size, "token_budget": cfg.token_budget}
+    if spec["kind"] == "influcoder":
+        k["student"] = student
+    return _key(k)
+
+
+def _b64(a: np.ndarray) -> str:
+    import base64
+
+    return base64.b64encode(np.ascontiguousarray(a, dtype="<f4").tobytes()).decode()
+
+
+def _unb64(s: str) -> np.ndarray:
+    import base64
+
+    return np.frombuffer(base64.b64decode(s), dtype="<f4").astype(np.float64)
+
+
+def read_part(path: Path, key: str) -> dict | None:
+    """A committed (seed, method) result whose construction key is ``key``; None when absent or built otherwise."""
+    if not path.exists():
+        return None
+    try:
+        part = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e}); delete it to recompute that result") from None
+    return part if part.get("key") == key else None
+
+
+def detection_metrics(agg: np.ndarray, pos: np.ndarray, ks: Sequence[int]) -> dict:
+    """AUPRC (DATE-LM's computation), precision / recall at each k and the PR curve of one aggregated ranking."""
     from . import metrics as M
 
+    prec, rec, _ = M.precision_recall(agg, pos)
+    return {"auprc": M.auprc(agg, pos), **{f"precision@{k}": M.precision_at_k(agg, pos, k) for k in ks},
+            **{f"recall@{k}": M.recall_at_k(agg, pos, k) for k in ks},
+            "pr_curve": {"precision": prec.tolist(), "recall": rec.tolist()}}
+
+
+class _SeedRun:
+    """Everything one toxicity seed computes lazily: warmed-up contexts and the student (trained only when a
+    result that needs it is not committed)."""
+
+    def __init__(self, ctx: _Ctx, td: dict, seed: int):
+        self.ctx, self.td, self.seed = ctx, td, seed
+        self.warm: dict[str, tuple[_Ctx, dict]] = {}
+        self.student: tuple[str, dict] | None = None
+
+    def warmup_pool(self, variant: str) -> str:
+        """The variant whose pool the adapters are warmed up on: ``teacher.warmup_on`` (one warm-up shared by
+        every variant: the reduced protocol) or the variant itself (a checkpoint per subset, as DATE-LM)."""
+        return self.ctx.cfg.teacher.get("warmup_on") or variant
+
+    def vctx(self, variant: str) -> tuple[_Ctx, dict]:
+        w = self.warmup_pool(variant)
+        if w not in self.warm:
+            if w not in self.td["variants"]:
+                raise UserError(f"config: teacher.warmup_on '{w}' is not a variant (variants: "
+                                f"{', '.join(self.td['variants'])})")
+            self.warm[w] = _warmed(self.ctx, self.td["variants"][w]["pool"])
+        return self.warm[w]
+
+    def student_opts(self) -> dict:
+        opts = {k: v for k, v in self.ctx.cfg.student.items() if k != "path"}
+        opts.setdefault("device", self.ctx.cfg.device)
+        opts.setdefault("precision", self.ctx.cfg.precision)
+        return opts
+
+    def student_def(self) -> dict:
+        """What defines the student (for the part's key): a given encoder, or the recipe and training split."""
+        cfg = self.ctx.cfg
+        if "path" in cfg.student:
+            return {"given": cfg.student["path"]}
+        return {"recipe": student_recipe(self.student_opts()), "pool": _ids(self.td["train_pool"]),
+                "queries": _ids(self.td["train_queries"])}
+
+    def student_encoder(self) -> tuple[str, dict]:
+        if self.student is None:
+            ctx, cfg = self.ctx, self.ctx.cfg
+            if "path" in cfg.student:
+                self.student = cfg.student["path"], {"student": "given"}
+            else:
+                trp, trq = self.td["train_pool"], self.td["train_queries"]
+                t0 = time.perf_counter()
+                lctx, warm = _warmed(ctx, trp)  # the labelling teacher is warmed up on the pool it labels
+                lab = exact_teacher(lctx, trp, trq)
+                t_lab = time.perf_counter() - t0
+                path, info = train_student(
+                    ctx, f"toxicity-s{self.seed}", trp, trq, lab,
+                    {"kind": "exact", **cfg.teacher, **({"adapters": _adapter_keys(lctx.features)} if warm else {})})
+                info = {**info, "seconds_labels_this_run": t_lab, **({"teacher_warmup": warm} if warm else {})}
+                self.student = path, info
+        return self.student
+
+    def compute(self, spec: dict) -> dict:
+        """Score every variant with one method: {variant: {scores (aggregated per pool row), info, ...}}."""
+        name = method_name(spec)
+        out = {}
+        for variant, vd in self.td["variants"].items():
+            pool, refs = vd["pool"], self.td["refs"][variant]
+            vctx, warm = self.vctx(variant) if spec["kind"] in DECODER_KINDS else (self.ctx, {})
+            sp, extra, s_info = method_spec(spec), None, {}
+            if warm:
+                extra = {"adapters": _adapter_keys(vctx.features)}
+            if spec["kind"] == "gradsim" and sp.get("proj_dim"):
+                _prefetch(vctx, pool + refs, [sp])
+            if spec["kind"] == "influcoder":
+                path, s_info = self.student_encoder()
+                sp = {"kind": "influcoder", "name": name, "encoder": path}
+            s, info = score_method(vctx, sp, pool, refs, extra_key=extra)
+            from . import metrics as M
+
+            out[variant] = {"scores": M.aggregate_scores(s), "info": {**info, **s_info},
+                            "seconds_per_example": per_example_seconds(info["cost"], len(pool), len(refs)),
+                            "seconds_total_measured": info["cost"].get("seconds_total"),
+                            "bytes_per_example": info["cost"].get("bytes_per_example")}
+            if warm:
+                out[variant]["warmup"] = warm
+        return out
+
+
+def run_toxicity(ctx: _Ctx) -> dict:
+    """Every (seed, method) of a toxicity experiment. With ``parts_dir`` each one's per-row scores and timing go
+    to ``<parts_dir>/s<seed>-<method>.json`` as soon as they are computed, and a part whose construction key
+    matches is read instead of recomputed (so the experiment runs in pieces, on different days and machines);
+    with ``ctx.committed_only`` nothing is computed and what is missing is reported as such."""
+    from .hardware import cpu_info
+
     cfg = ctx.cfg
-    per_seed = []
+    parts = Path(cfg.parts_dir) if cfg.parts_dir else None
+    per_seed, missing = [], []
     for seed in cfg.seeds:
         td = toxicity_data(cfg.data, seed)
+        sr = _SeedRun(ctx, td, seed)
         result = {"seed": seed, "construction": td["construction"], "types": td["types"],
                   "sizes": td.get("sizes"), "overlap_check": td["overlap_check"], "variants": {}}
         first = td["variants"][next(iter(td["variants"]))]
         result["n_pool"], result["n_positive"] = len(first["pool"]), int(first["positive"].sum())
-        student_path, student_info = None, {}
-        for spec in cfg.methods:
-            if spec["kind"] == "influcoder":
-                if "path" in cfg.student:
-                    student_path, student_info = cfg.student["path"], {"student": "given"}
-                else:
-                    trp, trq = td["train_pool"], td["train_queries"]
-                    t0 = time.perf_counter()
-                    lctx, warm = _warmed(ctx, trp)  # the labelling teacher is warmed up on the pool it labels
-                    lab = exact_teacher(lctx, trp, trq)
-                    t_lab = time.perf_counter() - t0
-                    student_path, student_info = train_student(
-                        ctx, f"toxicity-s{seed}", trp, trq, lab,
-                        {"kind": "exact", **cfg.teacher, **({"adapters": _adapter_keys(lctx.features)} if warm else {})})
-                    student_info["seconds_labels_this_run"] = t_lab
-                    if warm:
-                        student_info["teacher_warmup"] = warm
         for variant, vd in td["variants"].items():
-            pool, pos, refs = vd["pool"], vd["positive"], td["refs"][variant]
-            vctx, warm = _warmed(ctx, pool)  # DATE-LM attributes on a checkpoint fine-tuned on this pool
-            _prefetch(vctx, pool + refs)
-            vres = {"n_pool": len(pool), "n_positive": int(pos.sum()), "n_refs": len(refs),
-                    "kinds": {k: vd["kind"].count(k) for k in sorted(set(vd["kind"]))}, "methods": {}}
-            if warm:
-                vres["warmup"] = warm
-            extra = {"adapters": _adapter_keys(vctx.features)} if warm else None
-            for spec in cfg.methods:
-                name = method_name(spec)
-                sp = spec
-                if spec["kind"] == "influcoder":
-                    sp = {"kind": "influcoder", "name": name, "encoder": student_path}
-                s, info = score_method(vctx, sp, pool, refs, extra_key=extra)
-                if spec["kind"] == "influcoder":
-                    info.update(student_info)
-                agg = M.aggregate_scores(s)
-                prec, rec, _ = M.precision_recall(agg, pos)
-                vres["methods"][name] = {
-                    "auprc": M.auprc(agg, pos),
-                    **{f"precision@{k}": M.precision_at_k(agg, pos, k) for k in cfg.ks},
-                    **{f"recall@{k}": M.recall_at_k(agg, pos, k) for k in cfg.ks},
-                    "seconds_per_example": per_example_seconds(info["cost"], len(pool), len(refs)),
-                    "seconds_total_measured": info["cost"].get("seconds_total"),
-                    "bytes_per_example": info["cost"].get("bytes_per_example"),
-                    "pr_curve": {"precision": prec.tolist(), "recall": rec.tolist()},
-                    "info": info,
-                }
-                ctx.log(f"seed {seed} {variant} {name}: AUPRC {vres['methods'][name]['auprc']:.3f}")
-            result["variants"][variant] = vres
+            result["variants"][variant] = {
+                "n_pool": len(vd["pool"]), "n_positive": int(vd["positive"].sum()), "n_refs": len(td["refs"][variant]),
+                "kinds": {k: vd["kind"].count(k) for k in sorted(set(vd["kind"]))}, "methods": {},
+                "warmup_on": sr.warmup_pool(variant) if int(cfg.teacher.get("warmup_steps", 0)) else None}
+        for spec in methods_of_seed(cfg, seed):
+            name = method_name(spec)
+            if ctx.only_methods and name not in ctx.only_methods:
+                continue
+            key = part_key(cfg, spec, td, sr.student_def() if spec["kind"] == "influcoder" else None)
+            path = parts / f"s{seed}-{name}.json" if parts else None
+            part = read_part(path, key) if path else None
+            if part is None and ctx.committed_only:
+                missing.append({"seed": seed, "method": name, "why": "absent" if not (path and path.exists()) else "key differs"})
+                ctx.log(f"seed {seed} {name}: no committed result with this construction key")
+                continue
+            if part is None:
+                if path is not None and path.exists():
+                    ctx.log(f"seed {seed} {name}: {path} was built from another construction; recomputing")
+                t0 = time.perf_counter()
+                got = sr.compute(spec)
+                part = {"key": key, "seed": seed, "method": name, "spec": method_spec(spec), "config": cfg.name,
+                        "compute": {"device": ctx.device, "precision": ctx.precision, "cpu": cpu_info(probe=False),
+                                    "seconds_wall": time.perf_counter() - t0},
+                        "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                        "variants": {v: {**{k: x for k, x in g.items() if k != "scores"},
+                                         "n_rows": len(g["scores"]), "scores_f32_b64": _b64(g["scores"])}
+                                     for v, g in got.items()}}
+                if path is not None:
+                    _atomic_json(path, part)
+            for variant, vd in td["variants"].items():
+                pv = part["variants"][variant]
+                agg = _unb64(pv["scores_f32_b64"])
+                if len(agg) != len(vd["pool"]):
+                    raise UserError(f"{path}: {variant} has {len(agg)} scores for {len(vd['pool'])} pool rows")
+                m = detection_metrics(agg, vd["positive"], cfg.ks)
+                result["variants"][variant]["methods"][name] = {
+                    **m, "seconds_per_example": pv["seconds_per_example"],
+                    "seconds_total_measured": pv.get("seconds_total_measured"),
+                    "bytes_per_example": pv.get("bytes_per_example"), "info": pv["info"],
+                    "compute": {k: part["compute"].get(k) for k in ("device", "precision")},
+                    **({"part": str(path)} if path else {})}
+                if pv.get("warmup"):
+                    result["variants"][variant]["warmup"] = pv["warmup"]
+                ctx.log(f"seed {seed} {variant} {name}: AUPRC {m['auprc']:.3f}")
         per_seed.append(result)
         ctx.mark(f"toxicity-seed{seed}")
     summary = {}
@@ -1025,7 +1189,10 @@ def run_toxicity(ctx: _Ctx) -> dict:
         rows = [{"methods": r["variants"][variant]["methods"]} for r in per_seed]
         summary[variant] = _summarise(rows, ("auprc",) + tuple(f"precision@{k}" for k in cfg.ks)
                                       + tuple(f"recall@{k}" for k in cfg.ks))
-    return {"per_seed": per_seed, "summary": summary}
+    out = {"per_seed": per_seed, "summary": summary}
+    if missing:
+        out["missing"] = missing
+    return out
 
 
 # ----------------------------------------------------------------------------- fidelity
@@ -1046,13 +1213,26 @@ def add_flops(ctx: _Ctx, result: dict, pool: list[Record], queries: list[Record]
     nq = max(1, n // 3)
     sp, sq = pool[: max(1, n - nq)], queries[:nq]
     out = {}
+    parts = Path(ctx.cfg.parts_dir) if ctx.cfg.parts_dir else None
     for spec in ctx.cfg.methods:
         name = method_name(spec)
-        s = spec
+        if ctx.only_methods and name not in ctx.only_methods:
+            continue
+        s = method_spec(spec)
+        # the student's FLOPs are its architecture's: keyed without the (machine-local) path of its weights
+        key = _key({"spec": s, "model": ctx.cfg.model, "pool": _ids(sp), "q": _ids(sq)})
+        path = parts / f"flops-{name}.json" if parts else None
+        if path is not None and path.exists() and json.loads(path.read_text()).get("key") == key:
+            out[name] = json.loads(path.read_text())
+            continue
+        if ctx.committed_only:
+            continue
         if spec["kind"] == "influcoder":
             s = {"kind": "influcoder", "name": name, "encoder": result.get("_student_path") or "minilm-l6"}
         ctx.log(f"FLOPs of {name} on {len(sp)}+{len(sq)} examples")
-        out[name] = method_flops(ctx, s, sp, sq)
+        out[name] = {**method_flops(ctx, s, sp, sq), "key": key}
+        if path is not None:
+            _atomic_json(path, out[name])
     return out
 
 
@@ -1089,6 +1269,66 @@ def teacher_description(t: dict) -> str:
                 f"{lora.get('seed')}; {proj.get('kind')} {proj.get('dim')}; {m.get('dtype')}), cosine")
     return "exact LoRA-gradient cosine recomputed on the block (" + \
         ", ".join(f"{k} {v}" for k, v in t.items() if k != "kind") + ")"
+
+
+DATELM_LEADERBOARD = {"LESS": (0.734, 0.724), "Grad-Sim": (0.601, 0.647), "Rep-Sim": (0.580, 0.657),
+                      "DataInf": (0.392, 0.487)}
+"""DATE-LM's leaderboard AUPRC (XSTest-response, Pythia-1b), (Het, Hom) — ../shared/docs/DATE-LM-TOXICITY.md."""
+_OURS = {"LESS": "less_r8", "Grad-Sim": "teacher", "Rep-Sim": "repsim", "DataInf": "datainf"}
+
+
+def datelm_comparison(res: dict) -> list[str]:
+    """Our rows beside DATE-LM's leaderboard, with what differs named."""
+    summ = res["summary"]
+    lines = ["Beside DATE-LM's leaderboard (XSTest-response, AUPRC Het / Hom):", "",
+             "| DATE-LM method | DATE-LM (Pythia-1b) | here | ours (SmolLM2-135M) |", "|---|---|---|---|"]
+    for lb, (het, hom) in DATELM_LEADERBOARD.items():
+        ours = _OURS[lb]
+        got = " / ".join(_ms(summ[v][ours]["auprc"]) if ours in summ[v] else "not run" for v in ("Het", "Hom") if v in summ)
+        lines.append(f"| {lb} | {het:.3f} / {hom:.3f} | {ours} | {got} |")
+    lines += ["", "What differs: the decoder (SmolLM2-135M-Instruct here, Pythia-1b there); the pool at 1/5 of DATE-LM's "
+              "size with its proportions (Benign from Alpaca / Dolly / Code-Alpaca, not UltraChat; Unsafe and "
+              "Safety-Aligned rows from XSTest's released completions, not WildGuard's XSTest-response); LoRA r 8 "
+              "warmed up one epoch here, DATE-LM's checkpoint recipe unpublished; Grad-Sim here is the exact "
+              "(unprojected) LoRA-gradient cosine, LESS a Rademacher projection to 8,192 of the same gradients."]
+    return lines
+
+
+def datelm_bar(res: dict) -> list[dict]:
+    """Issue 21's bar for the student, checked on each subset: the pool is hard (untrained encoder and TF-IDF ≥ 0.2
+    AUPRC below LESS r8); the student ≥ 0.15 above the untrained encoder, above TF-IDF and BM25, within 0.05 of
+    LESS r8, at ≥ 25× less inference time per example. Means over the seeds each method has."""
+    summ = res["summary"]
+    out = []
+    for v, rows in summ.items():
+        a = {n: r["auprc"]["mean"] for n, r in rows.items()}
+
+        def check(what, ok, detail):
+            out.append({"subset": v, "check": what, "met": ok, "detail": detail})
+
+        if not all(n in a for n in ("less_r8", "influcoder", "semantic", "tfidf", "bm25")):
+            check("all rows present", None, "less_r8, influcoder, semantic, tfidf, bm25 needed")
+            continue
+        L, S, U = a["less_r8"], a["influcoder"], a["semantic"]
+        check("pool is hard: untrained encoder ≤ LESS r8 − 0.2", U <= L - 0.2, f"{U:.3f} vs {L:.3f} − 0.2 = {L - 0.2:.3f}")
+        check("pool is hard: TF-IDF ≤ LESS r8 − 0.2", a["tfidf"] <= L - 0.2, f"{a['tfidf']:.3f} vs {L - 0.2:.3f}")
+        check("student ≥ untrained encoder + 0.15", S >= U + 0.15, f"{S:.3f} vs {U + 0.15:.3f} ({S - U:+.3f})")
+        check("student > TF-IDF and BM25", S > a["tfidf"] and S > a["bm25"],
+              f"{S:.3f} vs {a['tfidf']:.3f} / {a['bm25']:.3f}")
+        check("student ≥ LESS r8 − 0.05", S >= L - 0.05, f"{S:.3f} vs {L - 0.05:.3f} ({S - L:+.3f})")
+        tl, ts = rows["less_r8"].get("seconds_per_1000"), rows["influcoder"].get("seconds_per_1000")
+        if tl and ts:
+            check("student ≥ 25× less inference time / example than LESS r8", tl / ts >= 25, f"{tl / ts:.0f}×")
+    return out
+
+
+def bar_lines(bar: list[dict]) -> list[str]:
+    if not bar:
+        return []
+    mark = {True: "met", False: "**not met**", None: "not checked"}
+    return ["The bar the student is judged by (issue 21; a finding either way is a result):", "",
+            "| subset | check | result | values |", "|---|---|---|---|"] + \
+        [f"| {b['subset']} | {b['check']} | {mark[b['met']]} | {b['detail']} |" for b in bar]
 
 
 def report_markdown(cfg: EvalConfig, res: dict, command: str) -> str:
@@ -1138,20 +1378,33 @@ def report_markdown(cfg: EvalConfig, res: dict, command: str) -> str:
                       f"Hom references {ps['types']['Hom']}; Het references {ps['types']['Het']}. "
                       f"Student training split: {ps['overlap_check']} (no prompt or example shared with the pool or references).", ""]
         variants = list(res["summary"])
-        head = "| Method | " + " | ".join(f"AUPRC {v}" for v in variants) + " | " + \
-               " | ".join(f"P@{k} {v}" for v in variants for k in cfg.ks[:1]) + " | " + \
+        reduced = ps["variants"][variants[-1]].get("warmup_on")
+        if reduced and any(vr.get("warmup_on") != v for v, vr in ps["variants"].items()):
+            lines += [f"Reduced protocol: one LoRA warm-up per (rank, seed) on the {reduced} pool; its adapter scores "
+                      "every subset (DATE-LM fine-tunes a checkpoint per subset).", ""]
+        seeds_of = {n: [r["seed"] for r in res["per_seed"] if n in r["variants"][variants[0]]["methods"]]
+                    for n in res["summary"][variants[0]]}
+        head = "| Method | seeds | " + " | ".join(f"AUPRC {v}" for v in variants) + " | " + \
+               " | ".join(f"P@{k} {v}" for v in variants for k in cfg.ks) + " | " + \
                " | ".join(f"R@{k} {v}" for v in variants for k in cfg.ks) + " | s / 1,000 ex | FLOPs / ex | bytes / ex |"
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         first = res["summary"][variants[0]]
         for n in sorted(first, key=lambda k: -first[k]["auprc"]["mean"]):
             fl = flops.get(n, {}).get("flops_per_example")
             aucs = " | ".join(_ms(res["summary"][v][n]["auprc"]) for v in variants)
-            pk = " | ".join(_ms(res["summary"][v][n][f"precision@{cfg.ks[0]}"]) for v in variants)
+            pk = " | ".join(_ms(res["summary"][v][n][f"precision@{k}"]) for v in variants for k in cfg.ks)
             rk = " | ".join(_ms(res["summary"][v][n][f"recall@{k}"]) for v in variants for k in cfg.ks)
-            lines.append(f"| {n} | {aucs} | {pk} | {rk} | {_fmt(first[n]['seconds_per_1000'], 1)} | {_human_flops(fl)} | "
+            lines.append(f"| {n} | {','.join(map(str, seeds_of[n]))} | {aucs} | {pk} | {rk} | "
+                         f"{_fmt(first[n]['seconds_per_1000'], 1)} | {_human_flops(fl)} | "
                          f"{_human_bytes(first[n]['bytes_per_example'])} |")
-        lines += ["", "Random ranking's expected AUPRC ≈ the positive rate: " +
+        lines += ["", "Mean ± std over the seeds listed (std 0.000 where one seed); per-seed values in the JSON. "
+                  "Random ranking's expected AUPRC ≈ the positive rate: " +
                   ", ".join(f"{v} {vr['n_positive'] / vr['n_pool']:.4f}" for v, vr in ps["variants"].items()) + "."]
+        if res.get("missing"):
+            lines += ["", "**Not yet run** (no committed result with this construction): " +
+                      "; ".join(f"seed {m['seed']} {m['method']} ({m['why']})" for m in res["missing"]) + "."]
+        if ps.get("construction") == "datelm":
+            lines += ["", *datelm_comparison(res), "", *bar_lines(datelm_bar(res))]
     else:
         for item in res["linked"]:
             lines.append(f"- `{item['path']}` ({'present' if item['exists'] else 'not found'})")
@@ -1216,10 +1469,18 @@ def make_figures(cfg: EvalConfig, res: dict, path: Path) -> list[str]:
 
 # ============================================================================ entry point
 def run(cfg: EvalConfig, *, progress: bool = True, log: Callable[[str], None] | None = None,
-        command: str | None = None) -> dict:
-    """Run the experiment; write eval_<name>.json/.md/.png under cfg.out_dir; return the results dict."""
+        command: str | None = None, committed_only: bool = False, only_methods: set[str] | None = None) -> dict:
+    """Run the experiment; write eval_<name>.json/.md/.png under cfg.out_dir; return the results dict.
+    ``committed_only`` (toxicity with ``parts_dir``): compute nothing, tabulate the committed results;
+    ``only_methods``: run only the methods of these names."""
     log = log or (lambda s: None)
     ctx = _Ctx(cfg, log, progress)
+    if only_methods:
+        unknown = sorted(set(only_methods) - {method_name(m) for m in cfg.methods})
+        if unknown:
+            raise UserError(f"methods {', '.join(unknown)} not in the config (it has: "
+                            f"{', '.join(method_name(m) for m in cfg.methods)})")
+    ctx.committed_only, ctx.only_methods = committed_only, set(only_methods) if only_methods else None
     t0 = time.perf_counter()
     if cfg.experiment == "ranking":
         res = run_ranking(ctx)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from dataclasses import asdict, dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -439,10 +439,12 @@ class LoraGradients:
             if "lora_" in n:
                 yield n, p
 
-    def warmup(self, batches: list[Batch], steps: int, lr: float = 2e-5, seed: int = 0) -> list[float]:
+    def warmup(self, batches: list[Batch], steps: int, lr: float = 2e-5, seed: int = 0,
+               on_step: Callable[[int, float], None] | None = None) -> list[float]:
         """LESS-style warm-up: ``steps`` AdamW steps on the LoRA parameters over ``batches`` (cycled).
 
-        Loss per step: mean over the batch of each example's mean response-token CE. Returns the losses."""
+        Loss per step: mean over the batch of each example's mean response-token CE; ``on_step(step, loss)``
+        after each step (progress). Returns the losses."""
         params = [p for _, p in self.lora_parameters()]
         for p in params:
             p.requires_grad_(True)
@@ -457,6 +459,8 @@ class LoraGradients:
                 loss.backward()
                 opt.step()
                 history.append(loss.item())
+                if on_step is not None:
+                    on_step(step, history[-1])
         finally:
             self.peft.eval()
             for p in params:

@@ -205,13 +205,20 @@ def _shards(cfg: StockConfig, tokenizer, plan: _Plan, shard_size: int, wanted: l
         raise UserError(f"{cfg.data} changed while stocking: {n - k} valid rows no longer found")
 
 
-def _warm_up(cfg: StockConfig, lg: LoraGradients, tokenizer, plan: _Plan, device) -> list[float]:
+def _warm_up(cfg: StockConfig, lg: LoraGradients, tokenizer, plan: _Plan, device, progress: bool = False) -> list[float]:
     """LESS-style warm-up: ``cfg.warmup_steps`` AdamW steps on the LoRA parameters over the first
     ``warmup_steps × batch_size`` valid records of ``cfg.data``, batched as stocking batches them, cycled."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     first = plan.first
     batches = [collate([first[i] for i in b], tokenizer.pad_token_id, cfg.padding_side).to(device)
                for b in pack_by_tokens([len(e) for e in first], cfg.batch_size, cfg.token_budget)]
-    return lg.warmup(batches, cfg.warmup_steps, cfg.warmup_lr, cfg.seed)
+    columns = [TextColumn("warm-up"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+               TextColumn("ETA"), TimeRemainingColumn()]
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("warm-up", total=cfg.warmup_steps, loss="-")
+        return lg.warmup(batches, cfg.warmup_steps, cfg.warmup_lr, cfg.seed,
+                         on_step=lambda i, loss: bar.update(task, advance=1, loss=f"{loss:.3f}"))
 
 
 def _save_adapter(lg: LoraGradients, adapter_dir: Path) -> None:
@@ -222,7 +229,7 @@ def _save_adapter(lg: LoraGradients, adapter_dir: Path) -> None:
     tmp.rename(adapter_dir)
 
 
-def warm_up_adapter(cfg: StockConfig) -> Path:
+def warm_up_adapter(cfg: StockConfig, *, progress: bool = False) -> Path:
     """Only the ``--warmup-steps`` part of :func:`stock`: warm a fresh LoRA adapter up on ``cfg.data`` and save
     it as ``<out>/adapter`` (the adapter ``stock`` would save, then stock with), with ``stock_config.json`` and
     ``warmup_losses.json`` beside it. An adapter already saved there is reused. Returns the adapter folder."""
@@ -240,7 +247,7 @@ def warm_up_adapter(cfg: StockConfig) -> Path:
     model.to(device)
     plan = _validate(cfg, tokenizer, keep_first=cfg.warmup_steps * cfg.batch_size)
     lg = LoraGradients(model, cfg.lora_settings(), dtype=_precision(cfg, device))
-    losses = _warm_up(cfg, lg, tokenizer, plan, device)
+    losses = _warm_up(cfg, lg, tokenizer, plan, device, progress=progress)
     _save_adapter(lg, adapter_dir)
     (out / "stock_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     (out / "warmup_losses.json").write_text(json.dumps(losses))
@@ -288,7 +295,7 @@ def stock(cfg: StockConfig, *, progress: bool = True, on_shard: Callable[[int], 
     lg = LoraGradients(model, cfg.lora_settings(), dtype=dtype, adapter_path=adapter)
     warmup_losses = None
     if cfg.warmup_steps and adapter is None:
-        warmup_losses = _warm_up(cfg, lg, tokenizer, plan, ctx.device)
+        warmup_losses = _warm_up(cfg, lg, tokenizer, plan, ctx.device, progress=progress and ctx.is_main)
         _save_adapter(lg, adapter_dir)
     if cfg.warmup_steps and ctx.is_main:
         ctx.barrier()
