@@ -339,7 +339,13 @@ def test_results_are_committed_per_seed_and_method_and_reused_by_construction_ke
     raw.update(seeds=[0, 1], parts_dir=str(parts))
     raw["teacher"]["warmup_on"] = "Het"
     path.write_text(yaml.safe_dump(raw))
+    run(load_config(path), progress=False, only_seeds=[1], only_methods={"random"})  # a piece first
+    assert [p.name for p in parts.glob("s*.json")] == ["s1-random.json"]
+    piece = (parts / "s1-random.json").read_text()
+    with pytest.raises(UserError, match=r"seeds \[5\] not among"):
+        run(load_config(path), progress=False, only_seeds=[5])
     res = run(load_config(path), progress=False)
+    assert (parts / "s1-random.json").read_text() == piece  # read back, not recomputed
     assert sorted(p.name for p in parts.glob("s*.json")) == [
         "s0-less_r4.json", "s0-random.json", "s0-teacher.json", "s0-tfidf.json",
         "s1-less_r4.json", "s1-random.json", "s1-teacher.json"]  # tfidf only on seed 0
@@ -396,3 +402,18 @@ def test_method_seeds_must_be_the_configs(tmp_path, tiny_model_dir):
     path = _tiny_cfg(tmp_path, tiny_model_dir, 5, [{"kind": "random", "seeds": [3]}])
     with pytest.raises(UserError, match="seeds must be a list of the config's seeds"):
         load_config(path)
+
+
+def test_evaluate_cli_pieces_refused_clearly(tmp_path, tiny_model_dir):
+    import subprocess
+    import sys
+
+    path = _tiny_cfg(tmp_path, tiny_model_dir, 5, [{"kind": "random"}])
+    run_ = lambda *a: subprocess.run([sys.executable, "-m", "influcoder", "evaluate", str(path), *a],  # noqa: E731
+                                     capture_output=True, text=True)
+    r = run_("--committed-only")
+    assert r.returncode != 0 and "only for a toxicity config with parts_dir" in r.stderr
+    r = run_("--seeds", "0,x")
+    assert r.returncode != 0 and "comma-separated integers" in r.stderr
+    r = run_("--seeds", "4", "--quiet")
+    assert r.returncode != 0 and "seeds [4] not among the config's seeds [0]" in r.stderr

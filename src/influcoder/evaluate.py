@@ -548,6 +548,7 @@ class _Ctx:
                                         progress=progress, log=log, device=self.device, precision=self.precision)
         self.committed_only = False  # toxicity with parts_dir: read committed results only, compute nothing
         self.only_methods: set[str] | None = None  # run only these methods (by name)
+        self.seeds: list[int] = list(cfg.seeds)  # the seeds this run computes (a subset of the config's)
         self.state_path = self.work / f"state_{cfg.name}.json"
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {"done": {}}
 
@@ -745,7 +746,7 @@ def run_ranking(ctx: _Ctx) -> dict:
         if min(rows) < 0 or min(cols) < 0:
             raise UserError("ranking: the stores do not cover every pool/query record of the data files")
     per_seed = []
-    for seed in cfg.seeds:
+    for seed in ctx.seeds:
         sp = ranking_split(len(pool_all), len(query_all), data["test_pool"], data["test_queries"], seed,
                            data.get("train_pool"), data.get("train_queries"),
                            pool_keys=_ids(pool_all), query_keys=_ids(query_all))
@@ -1130,7 +1131,7 @@ def run_toxicity(ctx: _Ctx) -> dict:
     cfg = ctx.cfg
     parts = Path(cfg.parts_dir) if cfg.parts_dir else None
     per_seed, missing = [], []
-    for seed in cfg.seeds:
+    for seed in ctx.seeds:
         td = toxicity_data(cfg.data, seed)
         sr = _SeedRun(ctx, td, seed)
         result = {"seed": seed, "construction": td["construction"], "types": td["types"],
@@ -1333,7 +1334,7 @@ def bar_lines(bar: list[dict]) -> list[str]:
 
 def report_markdown(cfg: EvalConfig, res: dict, command: str) -> str:
     lines = [f"# Evaluation `{cfg.name}` ({cfg.experiment})", "", f"Command: `{command}`", "",
-             f"Decoder: `{cfg.model}`, max length {cfg.max_length}; seeds {cfg.seeds}.", ""]
+             f"Decoder: `{cfg.model}`, max length {cfg.max_length}; seeds {res.get('seeds', cfg.seeds)}.", ""]
     flops = res.get("flops", {})
     if cfg.experiment == "ranking":
         ps = res["per_seed"][0]
@@ -1469,10 +1470,12 @@ def make_figures(cfg: EvalConfig, res: dict, path: Path) -> list[str]:
 
 # ============================================================================ entry point
 def run(cfg: EvalConfig, *, progress: bool = True, log: Callable[[str], None] | None = None,
-        command: str | None = None, committed_only: bool = False, only_methods: set[str] | None = None) -> dict:
+        command: str | None = None, committed_only: bool = False, only_methods: set[str] | None = None,
+        only_seeds: list[int] | None = None) -> dict:
     """Run the experiment; write eval_<name>.json/.md/.png under cfg.out_dir; return the results dict.
     ``committed_only`` (toxicity with ``parts_dir``): compute nothing, tabulate the committed results;
-    ``only_methods``: run only the methods of these names."""
+    ``only_methods`` / ``only_seeds``: run only these methods (names) / these of the config's seeds (the cost
+    sample stays the config's first seed's, so pieces run apart share it)."""
     log = log or (lambda s: None)
     ctx = _Ctx(cfg, log, progress)
     if only_methods:
@@ -1481,6 +1484,11 @@ def run(cfg: EvalConfig, *, progress: bool = True, log: Callable[[str], None] | 
             raise UserError(f"methods {', '.join(unknown)} not in the config (it has: "
                             f"{', '.join(method_name(m) for m in cfg.methods)})")
     ctx.committed_only, ctx.only_methods = committed_only, set(only_methods) if only_methods else None
+    if only_seeds:
+        bad = [x for x in only_seeds if x not in cfg.seeds]
+        if bad:
+            raise UserError(f"seeds {bad} not among the config's seeds {cfg.seeds}")
+        ctx.seeds = [x for x in cfg.seeds if x in only_seeds]
     t0 = time.perf_counter()
     if cfg.experiment == "ranking":
         res = run_ranking(ctx)
@@ -1507,6 +1515,7 @@ def run(cfg: EvalConfig, *, progress: bool = True, log: Callable[[str], None] | 
         res["flops"] = add_flops(ctx, res, sample_p, sample_q)
         res.pop("_student_path", None)
     res["config"] = cfg.to_dict()
+    res["seeds"] = ctx.seeds
     res["compute"] = {"device": ctx.device, "precision": ctx.precision}  # what auto resolved to, this run
     res["command"] = command
     res["seconds_this_run"] = time.perf_counter() - t0
