@@ -2,8 +2,9 @@
 
     python benchmarks/eval_report.py
 
-Reads benchmarks/results/eval_exp1_ranking.json, eval_exp2_toxicity.json and eval_exp3_fidelity.json
-(whichever exist) and writes the report with the exact commands recorded in them.
+Reads benchmarks/results/eval_exp1_ranking.json, eval_exp2_toxicity_datelm.json (experiment 2 as DATE-LM builds
+it; the earlier planted construction, eval_exp2_toxicity.json, is kept as a labelled earlier run) and
+eval_exp3_fidelity.json (whichever exist) and writes the report with the exact commands recorded in them.
 """
 
 from __future__ import annotations
@@ -34,10 +35,16 @@ def kb(b):
 NON_GRADIENT = ("semantic", "tfidf", "bm25", "repsim", "rds", "length", "random")
 
 
+def exp2_path() -> Path:
+    """Experiment 2's results: DATE-LM's construction when it has been run, else the earlier planted one."""
+    p = R / "eval_exp2_toxicity_datelm.json"
+    return p if p.exists() else R / "eval_exp2_toxicity.json"
+
+
 def goal_checks() -> list[str]:
     """The issue's two goals, computed from the results (not asserted)."""
     out = ["## Goal checks (computed from the results below)", ""]
-    p2 = R / "eval_exp2_toxicity.json"
+    p2 = exp2_path()
     close = []
     if p2.exists():
         r = json.loads(p2.read_text())
@@ -45,14 +52,19 @@ def goal_checks() -> list[str]:
             if "influcoder" in rows and "less_r8" in rows:
                 a, b = rows["influcoder"], rows["less_r8"]
                 ratio = b["seconds_per_1000"] / a["seconds_per_1000"]
-                fr = r["flops"]["less_r8"]["flops_per_example"] / r["flops"]["influcoder"]["flops_per_example"]
+                fl = r.get("flops", {})
+                fr = (fl["less_r8"]["flops_per_example"] / fl["influcoder"]["flops_per_example"]
+                      if fl.get("less_r8", {}).get("flops_per_example") and fl.get("influcoder", {}).get("flops_per_example")
+                      else None)
                 d = a["auprc"]["mean"] - b["auprc"]["mean"]
-                out.append(f"- Experiment 2 {v}: Influcoder AUPRC {a['auprc']['mean']:.3f} vs LESS r8 {b['auprc']['mean']:.3f} "
-                           f"(difference {d:+.3f}; goal: within 0.05 → {'met' if d >= -0.05 else 'not met'}), "
-                           f"inference {ratio:.0f}× less time and {fr:.0f}× fewer FLOPs per example (goal ≥ 25×).")
-                close.append(d >= -0.05 and ratio >= 25 and fr >= 25)
+                seeds = min(a.get("n_seeds", 1), b.get("n_seeds", 1))
+                out.append(f"- Experiment 2 {v}: Influcoder AUPRC {ms(a['auprc'])} vs LESS r8 {ms(b['auprc'])} "
+                           f"({seeds} seed{'s' if seeds > 1 else ''}; difference {d:+.3f}; goal: within 0.05 → "
+                           f"{'met' if d >= -0.05 else 'not met'}), inference {ratio:.0f}× less time"
+                           + (f" and {fr:.0f}× fewer FLOPs" if fr else "") + " per example (goal ≥ 25×).")
+                close.append(d >= -0.05 and ratio >= 25 and (fr is None or fr >= 25))
         if close:
-            out.append("- Goal \"within 0.05 AUPRC of LESS at ≥ 25× less inference\" (both variants, one seed): "
+            out.append("- Goal \"within 0.05 AUPRC of LESS at ≥ 25× less inference\" (both variants): "
                        + ("met." if all(close) else f"**not met** (holds in {sum(close)} of {len(close)})."))
     # "ahead of every non-gradient baseline": met only where it holds in every experiment and variant
     verdicts = []
@@ -107,13 +119,56 @@ def teacher_line(r: dict) -> str:
     return line
 
 
+def datelm_section(r: dict) -> list[str]:
+    """Experiment 2 as DATE-LM builds it: the construction, the table (mean ± std over the seeds each row has),
+    DATE-LM's leaderboard beside ours, the student's bar — from eval_exp2_toxicity_datelm.json."""
+    from influcoder.evaluate import bar_lines, datelm_bar, datelm_comparison
+
+    ps = r["per_seed"][0]
+    variants = list(r["summary"])
+    ks = r["config"]["ks"]
+    desc = "; ".join(f"{v} {vr['n_pool']:,} rows, {vr['n_positive']} Unsafe ({100 * vr['n_positive'] / vr['n_pool']:.2f} %; "
+                     + ", ".join(f"{k} {n}" for k, n in vr["kinds"].items()) + ")" for v, vr in ps["variants"].items())
+    warm = ps["variants"][variants[-1]].get("warmup_on")
+    out = ["## Experiment 2 — toxicity filtering, DATE-LM's XSTest-response construction", "",
+           f"Command: `{r['command']}` (each (seed, method) result is committed under "
+           f"`{r['config'].get('parts_dir')}` as it finishes; this table is rebuilt from those files by "
+           "`influcoder evaluate configs/exp2_toxicity_datelm.yaml --committed-only`).", "",
+           f"Pools per seed: {desc}; {ps['variants'][variants[0]]['n_refs']} references (Unsafe XSTest completions of other "
+           "prompts), score = mean over references, AUPRC = `auc(recall, precision)` of sklearn's `precision_recall_curve` "
+           "(DATE-LM). Reduced protocol (agreed in issue 21): "
+           + (f"one LoRA warm-up per seed on the {warm} pool scores both subsets; " if warm else "")
+           + "LESS r16 and LoGra + FIM not run; seed 0 runs every method, seeds 1 and 2 the teacher, LESS r8, the "
+           "student and the text baselines. Details, per-seed values and the machine of each result: "
+           "`eval_exp2_toxicity_datelm.md` / `.json`.", "",
+           "| Method | seeds | " + " | ".join(f"AUPRC {v}" for v in variants) + " | "
+           + " | ".join(f"P@{k} Het" for k in ks) + " | " + " | ".join(f"R@{k} Het" for k in ks)
+           + " | s / 1,000 ex | GFLOPs / ex | KB / ex |"]
+    out.append("|" + "---|" * (out[-1].count("|") - 1))
+    first = r["summary"][variants[0]]
+    for n in sorted(first, key=lambda k: -first[k]["auprc"]["mean"]):
+        t = first[n]["seconds_per_1000"]
+        seeds = [str(p["seed"]) for p in r["per_seed"] if n in p["variants"][variants[0]]["methods"]]
+        out.append(f"| {n} | {','.join(seeds)} | " + " | ".join(ms(r["summary"][v][n]["auprc"]) for v in variants) + " | "
+                   + " | ".join(ms(first[n][f"precision@{k}"]) for k in ks) + " | "
+                   + " | ".join(ms(first[n][f"recall@{k}"]) for k in ks)
+                   + f" | {'–' if t is None else f'{t:.0f}'} | {gflops(r, n)} | {kb(first[n]['bytes_per_example'])} |")
+    out += ["", "A random ranking's expected AUPRC is about the positive rate: "
+            + ", ".join(f"{v} {vr['n_positive'] / vr['n_pool']:.4f}" for v, vr in ps["variants"].items()) + "."]
+    if r.get("missing"):
+        out += ["", "**Not yet run:** " + "; ".join(f"seed {m['seed']} {m['method']}" for m in r["missing"]) + "."]
+    out += ["", *datelm_comparison(r), "", *bar_lines(datelm_bar(r)), ""]
+    return out
+
+
 def main() -> None:
     out = ["# Influcoder evaluation report", "",
            "All numbers below were produced on a 2-core CPU machine (no GPU); see "
            "*Reductions* for everything that is smaller than the paper's set-up. Per-experiment reports with "
-           "per-seed details: `eval_exp1_ranking.md`, `eval_exp2_toxicity.md`, `eval_exp3_fidelity.md`; "
+           "per-seed details: `eval_exp1_ranking.md`, `eval_exp2_toxicity_datelm.md` (the earlier planted "
+           "construction: `eval_exp2_toxicity.md`), `eval_exp3_fidelity.md`; "
            "figures: `eval_exp1_ranking.png` (Spearman vs inference time, the paper's Figure 2), "
-           "`eval_exp2_toxicity.png` (precision–recall curves and AUPRC vs time).", ""]
+           "`eval_exp2_toxicity_datelm.png` (precision–recall curves and AUPRC vs time).", ""]
     out += goal_checks()
     p1 = R / "eval_exp1_ranking.json"
     if p1.exists():
@@ -141,12 +196,16 @@ def main() -> None:
         for n, row in sorted(r["summary"].items(), key=lambda kv: -kv[1]["per_anchor"]["mean"]):
             out.append(f"| {n} | {ms(row['per_anchor'])} | {ms(row['query_specific'])} | {ms(row['aggregated'])} |")
         out.append("")
+    pd = R / "eval_exp2_toxicity_datelm.json"
+    if pd.exists():
+        out += datelm_section(json.loads(pd.read_text()))
     p2 = R / "eval_exp2_toxicity.json"
     if p2.exists():
         r = json.loads(p2.read_text())
         ps = r["per_seed"][0]
         variants = list(r["summary"])
-        out += ["## Experiment 2 — toxicity filtering (DATE-LM XSTest-response style)", "",
+        out += ["### Experiment 2, earlier run: the planted construction (an easy pool, kept for the record)"
+                if pd.exists() else "## Experiment 2 — toxicity filtering (DATE-LM XSTest-response style)", "",
                 f"Command: `{r['command']}`", "",
                 f"Pool: {ps['n_pool']} examples with {ps['n_positive']} planted unsafe XSTest full-compliance "
                 f"responses ({100 * ps['n_positive'] / ps['n_pool']:.1f}%); references per variant: "
