@@ -293,3 +293,25 @@ def test_feature_cache_writes_in_one_millisecond_do_not_collide(tmp_path, monkey
     a.get("k", recs[3:5], compute, ("x",))
     out = B._FeatureCache(tmp_path).get("k", recs[:5], compute, ("x",))
     assert out["x"][:, 0].tolist() == [len(r.response) for r in recs[:5]]
+
+
+def test_feature_cache_chunks_are_saved_as_they_finish_and_a_killed_pass_resumes(tmp_path):
+    """With ``chunk`` the missing rows are computed a chunk at a time and each chunk is saved before the next
+    begins: a pass killed in its third chunk keeps the first two, and the rerun computes only the rest."""
+    recs = _records()[:8]
+    calls, logs = [], []
+
+    def compute(rs):
+        calls.append(len(rs))
+        if len(calls) == 3 and boom:
+            raise KeyboardInterrupt
+        return {"x": np.array([[len(r.response)] for r in rs], np.float32)}
+
+    boom = True
+    with pytest.raises(KeyboardInterrupt):
+        B._FeatureCache(tmp_path).get("k", recs, compute, ("x",), chunk=3, log=logs.append)
+    assert calls == [3, 3, 2] and len(logs) == 2 and "6/8 rows computed" in logs[-1]
+    boom = False
+    out = B._FeatureCache(tmp_path).get("k", recs, compute, ("x",), chunk=3)
+    assert calls == [3, 3, 2, 2]  # only the two rows of the killed chunk
+    assert out["x"][:, 0].tolist() == [len(r.response) for r in recs]

@@ -292,8 +292,11 @@ class _FeatureCache:
         self.meta[key] = meta
         return meta
 
-    def get(self, key: str, records, compute: Callable[[list], dict[str, np.ndarray]], parts: Sequence[str]):
-        """Rows of ``parts`` for ``records`` (computing only the missing ones); returns dict part → array."""
+    def get(self, key: str, records, compute: Callable[[list], dict[str, np.ndarray]], parts: Sequence[str],
+            chunk: int | None = None, log: Callable[[str], None] | None = None):
+        """Rows of ``parts`` for ``records`` (computing only the missing ones); returns dict part → array.
+        With ``chunk``, the missing rows are computed and saved ``chunk`` at a time (a killed pass resumes from
+        the last saved chunk), each chunk logged with its rate."""
         meta = self._load_index(key)
         keys = [record_key(r) for r in records]
         missing, seen = [], set()
@@ -301,6 +304,30 @@ class _FeatureCache:
             if k not in meta["rows"] and k not in seen:
                 missing.append(r)
                 seen.add(k)
+        step = chunk or max(len(missing), 1)
+        t_all, total = time.perf_counter(), len(missing)
+        for start in range(0, total, step):
+            meta = self._add(key, missing[start:start + step], compute, parts, meta)
+            if chunk and total > chunk and log is not None:
+                done = min(start + step, total)
+                log(f"{key.split('-')[0]}: {done}/{total} rows computed "
+                    f"({done / (time.perf_counter() - t_all):.2f} ex/s), saved")
+        out = {}
+        for p in parts:
+            cache: dict = {}
+            rows = []
+            for k in keys:
+                s, i = meta["rows"][k]
+                if s not in cache:
+                    d = self._dir(key)
+                    cache[s] = (np.load(d / f"{_shard_file(s, p)}.npy", mmap_mode="r") if d is not None
+                                else self.mem[key][s][p])
+                rows.append(cache[s][i])
+            out[p] = np.stack(rows) if rows else np.zeros((0,), np.float32)
+        return out
+
+    def _add(self, key: str, missing: list, compute, parts: Sequence[str], meta: dict) -> dict:
+        """Compute ``missing`` and add them as one shard; returns the updated index."""
         if missing:
             t0 = time.perf_counter()
             new = compute(missing)
@@ -319,19 +346,7 @@ class _FeatureCache:
                     meta["rows"][record_key(r)] = [shard, i]
                 meta["seconds"] += dt
                 meta["count"] += len(missing)
-        out = {}
-        for p in parts:
-            cache: dict = {}
-            rows = []
-            for k in keys:
-                s, i = meta["rows"][k]
-                if s not in cache:
-                    d = self._dir(key)
-                    cache[s] = (np.load(d / f"{_shard_file(s, p)}.npy", mmap_mode="r") if d is not None
-                                else self.mem[key][s][p])
-                rows.append(cache[s][i])
-            out[p] = np.stack(rows) if rows else np.zeros((0,), np.float32)
-        return out
+        return meta
 
     def _merge_on_disk(self, key: str, d: Path, missing, shard: str, dt: float) -> dict:
         """Add the new rows to index.json under an exclusive lock, re-reading it first, so that several
@@ -392,6 +407,7 @@ class DecoderFeatures:
         self.token_budget = token_budget
         self.attn = attn
         self.cache = _FeatureCache(cache_dir)
+        self.chunk = 512  # decoder passes are computed and saved this many records at a time (resumable)
         self.progress = progress
         self.log = log or (lambda s: None)
         self._layouts: dict[str, list] = {}
@@ -439,7 +455,8 @@ class DecoderFeatures:
     # ------------------------------------------------------------------ hidden states
     def hidden(self, records: Sequence[Record]) -> dict[str, np.ndarray]:
         """``mean`` (token mean) and ``rds`` (position-weighted mean) of the last hidden state, (n, h) each."""
-        return self.cache.get(self.key("hidden"), list(records), self._compute_hidden, ("mean", "rds"))
+        return self.cache.get(self.key("hidden"), list(records), self._compute_hidden, ("mean", "rds"),
+                              chunk=self.chunk, log=self.log)
 
     def _compute_hidden(self, records):
         model, tok = self._load()
@@ -484,7 +501,7 @@ class DecoderFeatures:
         def compute(recs):
             return self._compute_lora(recs, rank, seed, logra_k, logra_seed, want_full)
 
-        out = self.cache.get(key, list(records), compute, parts)
+        out = self.cache.get(key, list(records), compute, parts, chunk=self.chunk, log=self.log)
         out["seconds_per_example"] = self.cache.seconds_per_example(key)
         return out
 
