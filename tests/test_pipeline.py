@@ -362,6 +362,15 @@ def test_exact_query_step_beside_the_student(tiny, reference, tmp_path):
     assert [(x["query_id"], x["rank"], x["id"]) for x in got_rows] == [(x["query_id"], x["rank"], x["id"]) for x in want_rows]
     np.testing.assert_allclose([x["score"] for x in got_rows], [x["score"] for x in want_rows], atol=1e-5)
     assert len(list((e / "added").iterdir())) == 1
+    # --aggregate: every pool row by its mean score over the new queries — the step's aggregate ranking again
+    filt = tmp_path / "filter.jsonl"
+    r = subprocess.run([sys.executable, "-m", "influcoder", "exact-query", str(out), "--queries", str(tiny["queries"]),
+                        "--out", str(filt), "--aggregate", "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ranked = [json.loads(x) for x in filt.read_text().splitlines()]
+    assert [x["rank"] for x in ranked] == list(range(1, len(ids) + 1))
+    assert [x["id"] for x in ranked] == [x["id"] for x in agg]
+    np.testing.assert_allclose([x["score"] for x in ranked], [x["score"] for x in agg], atol=1e-5)
     bad = subprocess.run([sys.executable, "-m", "influcoder", "exact-query", str(tmp_path), "--queries",
                           str(tiny["queries"]), "--out", str(tmp_path / "x.jsonl")], capture_output=True, text=True)
     assert bad.returncode == 2 and "not a run folder" in bad.stderr and not (tmp_path / "x.jsonl").exists()

@@ -67,6 +67,8 @@ def register(app: typer.Typer) -> None:
         queries: str = typer.Option(..., "--queries", help="New queries (records file); only they are stocked."),
         out: str = typer.Option(..., "--out", help="Output JSONL: query_id, rank, id, score."),
         top_k: int = typer.Option(None, "--top-k", help="Pool examples per query (default: the run's exact_query.top_k)."),
+        aggregate: bool = typer.Option(False, "--aggregate", help="Rank every pool row by its mean score over the "
+                                       "queries (a filter ranking: rank, id, score) instead of top-k per query."),
         preset: str = typer.Option(None, "--preset", help="Field mapping of the queries file."),
         prompt_field: str = typer.Option(None, "--prompt-field"),
         response_field: str = typer.Option(None, "--response-field"),
@@ -93,5 +95,5 @@ def register(app: typer.Typer) -> None:
         pipe = Pipeline(cfg, log=(lambda s: None) if quiet else (lambda s: console.print(s, highlight=False, markup=False)),
                         progress=not quiet)
         path = pipe.exact_query_attribute(DataSpec(path=queries, preset=preset, prompt_field=prompt_field,
-                                                   response_field=response_field), out, top_k)
+                                                   response_field=response_field), out, top_k, aggregate=aggregate)
         print(path)

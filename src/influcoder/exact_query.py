@@ -215,3 +215,11 @@ def top_k_rows(pool_coordinates: np.ndarray, query_coordinates: np.ndarray, quer
         rows += [{"query_id": qid, "rank": r + 1, "id": pool_ids[i], "score": float(s[i])}
                  for r, i in enumerate(np.argsort(-s, kind="stable")[:k])]
     return rows
+
+
+def ranked_pool_rows(pool_coordinates: np.ndarray, query_coordinates: np.ndarray, pool_ids: Sequence[str]) -> list[dict]:
+    """Every pool row ranked by its mean score over the queries, ⟨ĉ_p, mean_q c_q⟩ (as ``filter --aggregate mean``
+    ranks; ties by pool order), highest first: one dict per row with ``rank`` (1-based), ``id`` and ``score``."""
+    agg = np.asarray(pool_coordinates @ np.asarray(query_coordinates, dtype=np.float64).mean(axis=0), dtype=np.float64)
+    return [{"rank": r + 1, "id": pool_ids[i], "score": float(agg[i])}
+            for r, i in enumerate(np.argsort(-agg, kind="stable"))]

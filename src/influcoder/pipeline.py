@@ -442,7 +442,8 @@ class Pipeline:
         """Fit exact-query scoring on the training part (influcoder.exact_query), then score: the whole pool's
         predicted coordinates, the top-k of every stocked query, and the held-out block (for the report)."""
         from .encoder import InfluenceEncoder
-        from .exact_query import ExactQueryModel, coordinates, pool_features, select_and_fit, top_k_rows, unit_rows
+        from .exact_query import (ExactQueryModel, coordinates, pool_features, ranked_pool_rows, select_and_fit, top_k_rows,
+                                  unit_rows)
         from .store import open_store
 
         c = self.cfg.exact_query
@@ -476,10 +477,7 @@ class Pipeline:
         rows_out = top_k_rows(C, Q, qs.ids, pool_ids, min(c.top_k, len(pool)))
         atomic_write_text(out / "attribution.jsonl", "".join(json.dumps(r) + "\n" for r in rows_out))
         # every pool row's mean score over the stocked queries (as `filter --aggregate mean` ranks), highest first
-        agg = (C @ Q.T).mean(axis=1)
-        order = np.argsort(-agg, kind="stable")
-        atomic_write_text(out / "scores.jsonl", "".join(json.dumps({"id": pool_ids[i], "score": float(agg[i])}) + "\n"
-                                                      for i in order))
+        atomic_write_text(out / "scores.jsonl", "".join(json.dumps(r) + "\n" for r in ranked_pool_rows(C, Q, pool_ids)))
         # the held-out block (pool rows the sample drew from the pool: their coordinates are rows of C), in the
         # report's row and column order
         hp, _ = read_records(self.path("sample", "holdout_pool.jsonl"))
@@ -490,12 +488,15 @@ class Pipeline:
         atomic_save_npy(out / "heldout_scores.npy", np.ascontiguousarray(Ch @ Qh.T, dtype=np.float64))
         return {**choice, "n_pool": len(pool), "n_queries": len(qs.ids), "k_used": int(V.shape[1])}
 
-    def exact_query_attribute(self, queries: DataSpec, out: str | Path, top_k: int | None = None) -> Path:
+    def exact_query_attribute(self, queries: DataSpec, out: str | Path, top_k: int | None = None,
+                              aggregate: bool = False) -> Path:
         """Top-k pool examples of *new* queries by exact-query scoring: only the queries are stocked (the run's
         teacher settings, so their gradients are comparable), projected on the run's basis and scored against the
-        pool coordinates the exact_query step wrote. Writes ``out`` (JSONL: query_id, rank, id, score) atomically;
-        the store of the added queries is kept under exact_query/added/ (a rerun reuses or resumes it)."""
-        from .exact_query import ExactQueryModel, top_k_rows
+        pool coordinates the exact_query step wrote. Writes ``out`` (JSONL: query_id, rank, id, score; with
+        ``aggregate``, every pool row ranked by its mean score over the queries: rank, id, score — a filter
+        ranking) atomically; the store of the added queries is kept under exact_query/added/ (a rerun reuses or
+        resumes it)."""
+        from .exact_query import ExactQueryModel, ranked_pool_rows, top_k_rows
         from .stock import StockConfig, stock
         from .store import open_store
 
@@ -520,7 +521,8 @@ class Pipeline:
                 raise UserError(f"{store}: the added queries' gradients differ from the run's in '{k}' "
                                 f"({new.get(k)!r} vs {ref.get(k)!r}); they cannot be projected on its basis")
         Q = model.query_coordinates(np.asarray(qs.matrix))
-        rows_out = top_k_rows(C, Q, qs.ids, ids, min(top_k or self.cfg.exact_query.top_k, len(ids)))
+        rows_out = (ranked_pool_rows(C, Q, ids) if aggregate else
+                    top_k_rows(C, Q, qs.ids, ids, min(top_k or self.cfg.exact_query.top_k, len(ids))))
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in rows_out))
