@@ -85,13 +85,18 @@ __all__ = [
 ]
 
 
-def cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a) × len(b)) cosine similarities in float32 (zero rows give 0)."""
-    a = np.asarray(a, dtype=np.float32)
-    b = np.asarray(b, dtype=np.float32)
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-30)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-30)
-    return (a @ b.T).astype(np.float32)
+def cosine_matrix(a: np.ndarray, b: np.ndarray, block: int = 256) -> np.ndarray:
+    """(len(a) × len(b)) cosine similarities in float32 (zero rows give 0). ``a`` is read ``block`` rows at a
+    time, so a float16 (or memory-mapped) matrix of exact gradients is never copied whole to float32."""
+    def unit(x):
+        x = np.asarray(x, dtype=np.float32)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+
+    b = unit(b)
+    out = np.empty((len(a), len(b)), np.float32)
+    for s in range(0, len(a), block):
+        out[s:s + block] = unit(a[s:s + block]) @ b.T
+    return out
 
 
 def record_key(rec: Record) -> str:
@@ -686,15 +691,17 @@ class GradSimMethod(_DecoderMethod):
 
     def _scores(self, pool, queries):
         f = self.features
-        gp, tp = self._time(lambda r: f.lora(r, self.rank, self.lora_seed, self.logra_k), pool)
-        gq, tq = self._time(lambda r: f.lora(r, self.rank, self.lora_seed, self.logra_k), queries)
         if not self.proj_dim:
+            gp, tp = self._time(lambda r: f.lora(r, self.rank, self.lora_seed, self.logra_k), pool)
+            gq, tq = self._time(lambda r: f.lora(r, self.rank, self.lora_seed, self.logra_k), queries)
             t1 = time.perf_counter()
-            s = cosine_matrix(np.asarray(gp["unit"], dtype=np.float32), np.asarray(gq["unit"], dtype=np.float32))
+            s = cosine_matrix(gp["unit"], gq["unit"])  # a block of rows at a time: no float32 copy of the pool
             self.cost.update(seconds_pool=tp, seconds_query=tq, seconds_score=time.perf_counter() - t1,
                              gradient_dim=int(gp["unit"].shape[1]), seconds_per_example_featurize=gp["seconds_per_example"],
                              bytes_per_example=float(gp["unit"].shape[1] * 4))
             return s
+        # projected: only the projections are loaded (the gradients of rows not yet projected are computed or
+        # read inside prepare, and dropped once projected)
         t0 = time.perf_counter()
         self.prepare(list(pool) + list(queries))
         pk = self._proj_key()
@@ -702,9 +709,10 @@ class GradSimMethod(_DecoderMethod):
         Q = f.cache.get(pk, list(queries), None, ("proj",))["proj"]
         t1 = time.perf_counter()
         s = cosine_matrix(P, Q)
-        self.cost.update(seconds_pool=tp, seconds_query=tq, seconds_project=t1 - t0,
-                         seconds_score=time.perf_counter() - t1, gradient_dim=int(gp["unit"].shape[1]),
-                         seconds_per_example_featurize=gp["seconds_per_example"],
+        g1 = f.lora(list(pool[:1]), self.rank, self.lora_seed, self.logra_k)  # cached: dimension and featurisation rate
+        self.cost.update(seconds_prepare=t1 - t0,
+                         seconds_score=time.perf_counter() - t1, gradient_dim=int(g1["unit"].shape[1]),
+                         seconds_per_example_featurize=g1["seconds_per_example"],
                          seconds_per_example_project=f.cache.seconds_per_example(pk),
                          bytes_per_example=float(self.proj_dim * 4))
         return s
@@ -771,12 +779,15 @@ def datainf_scores(pool_grads: Sequence[np.ndarray], query_grads: Sequence[np.nd
     """DataInf on per-tensor gradients: lists (one entry per LoRA tensor l) of (n_pool, d_l) and (n_query, d_l).
 
     score(p, q) = Σ_l (1/(nλ_l)) [ n⟨g_q,g_p⟩ − Σ_i ⟨g_q,g_i⟩⟨g_i,g_p⟩/(λ_l + |g_i|²) ],
-    λ_l = mean_i mean_j g_il[j]² / lambda_param. Returns (n_pool × n_query) float64."""
-    n = pool_grads[0].shape[0]
-    out = torch.zeros(n, query_grads[0].shape[0], dtype=torch.float64)
-    for gp, gq in zip(pool_grads, query_grads):
-        P = torch.as_tensor(gp, dtype=torch.float64)
-        Qg = torch.as_tensor(gq, dtype=torch.float64)
+    λ_l = mean_i mean_j g_il[j]² / lambda_param. Returns (n_pool × n_query) float64. The lists may be iterables
+    that make each tensor's rows when asked (only one tensor's gradients are then held at a time)."""
+    out = None
+    for gp, gq in zip(pool_grads, query_grads):  # lists, or iterables made one tensor at a time
+        P = torch.as_tensor(np.asarray(gp), dtype=torch.float64)
+        Qg = torch.as_tensor(np.asarray(gq), dtype=torch.float64)
+        n = P.shape[0]
+        if out is None:
+            out = torch.zeros(n, Qg.shape[0], dtype=torch.float64)
         sq = (P * P).sum(1)
         lam = float(sq.mean()) / P.shape[1] / lambda_param
         Gpp = P @ P.T
@@ -795,16 +806,17 @@ class DataInfMethod(_DecoderMethod):
         self.rank, self.lora_seed, self.lambda_param, self.logra_k = rank, lora_seed, lambda_param, logra_k
         self.name = name
 
-    def _split(self, g: dict, layout: list[dict]) -> list[np.ndarray]:
-        full = np.asarray(g["unit"], dtype=np.float32) * g["norm"].astype(np.float32)[:, None]
-        out, o = [], 0
-        for item in layout:
-            d = int(np.prod(item["shape"]))
-            out.append(full[:, o:o + d])
-            o += d
-        if o != full.shape[1]:
+    def _split(self, g: dict, layout: list[dict]):
+        """The gradient of each LoRA tensor (rows rescaled by their norms), made one tensor at a time in float32,
+        so the whole gradient matrix is never copied."""
+        sizes = [int(np.prod(item["shape"])) for item in layout]
+        unit, norm = g["unit"], g["norm"].astype(np.float32)[:, None]
+        if sum(sizes) != unit.shape[1]:
             raise RuntimeError("DataInf: layout does not match the gradient dimension")
-        return out
+        o = 0
+        for d in sizes:
+            yield np.asarray(unit[:, o:o + d], dtype=np.float32) * norm
+            o += d
 
     def _scores(self, pool, queries):
         f = self.features

@@ -590,16 +590,15 @@ def exact_teacher(ctx: _Ctx, pool: list[Record], queries: list[Record]) -> np.nd
     logra_k = t.get("share_logra_k")
     gp = ctx.features.lora(pool, rank, seed, logra_k=logra_k)
     gq = ctx.features.lora(queries, rank, seed, logra_k=logra_k)
-    P = np.asarray(gp["unit"], dtype=np.float32)
-    Q = np.asarray(gq["unit"], dtype=np.float32)
+    P, Q = gp["unit"], gq["unit"]  # float16; cosine_matrix reads them a block at a time
     if t.get("sketch_dim"):
         import torch
 
         from .projection import ProjectionConfig, make_projector
 
         proj = make_projector(P.shape[1], ProjectionConfig("countsketch", int(t["sketch_dim"]), int(t.get("sketch_seed", 0))))
-        P = proj.project(torch.from_numpy(P)).numpy()
-        Q = proj.project(torch.from_numpy(Q)).numpy()
+        P = proj.project(torch.from_numpy(np.asarray(P, dtype=np.float32))).numpy()
+        Q = proj.project(torch.from_numpy(np.asarray(Q, dtype=np.float32))).numpy()
     from .baselines import cosine_matrix
 
     return cosine_matrix(P, Q)
