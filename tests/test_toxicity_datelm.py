@@ -380,6 +380,9 @@ def test_results_are_committed_per_seed_and_method_and_reused_by_construction_ke
     again = run(load_config(path), progress=False, committed_only=True)
     assert not (tmp_path / "w2" / "adapters").exists() and "missing" not in again
     assert again["summary"] == res["summary"]
+    files = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    run(load_config(path), progress=False, committed_only=True)  # the same command rewrites the same bytes
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == files
     # a stale part is never read: another construction (one benign row more) makes every part's key differ
     raw["data"]["n_benign"] += 1
     path.write_text(yaml.safe_dump(raw))

@@ -49,4 +49,5 @@ def register(app: typer.Typer) -> None:
         only = set(methods.split(",")) if methods else None
         res = run(cfg, progress=not quiet, log=log, command="influcoder " + " ".join(sys.argv[1:]),
                   committed_only=committed_only, only_methods=only, only_seeds=chosen)
-        print(f"{cfg.out_dir}/eval_{cfg.name}.json  ({res['seconds_this_run']:.0f} s)")
+        took = f"  ({res['seconds_this_run']:.0f} s)" if "seconds_this_run" in res else ""
+        print(f"{cfg.out_dir}/eval_{cfg.name}.json{took}")
