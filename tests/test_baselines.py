@@ -315,3 +315,20 @@ def test_feature_cache_chunks_are_saved_as_they_finish_and_a_killed_pass_resumes
     out = B._FeatureCache(tmp_path).get("k", recs, compute, ("x",), chunk=3)
     assert calls == [3, 3, 2, 2]  # only the two rows of the killed chunk
     assert out["x"][:, 0].tolist() == [len(r.response) for r in recs]
+
+
+def test_gradsim_projection_feeds_column_blocks_and_equals_the_whole_matrix_projected():
+    """GradSimMethod.project streams the float16 gradients a column block at a time (one generation of the
+    dense matrix for every row): the same as projecting the whole float32 matrix, across several blocks."""
+    from influcoder.projection import BLOCK, ProjectionConfig, make_projector
+
+    rng = np.random.default_rng(0)
+    n, d = 300, 2 * BLOCK + 123
+    g = rng.normal(size=(n, d)).astype(np.float32)
+    norm = np.linalg.norm(g, axis=1)
+    unit = (g / norm[:, None]).astype(np.float16)
+    m = B.GradSimMethod(B.DecoderFeatures.__new__(B.DecoderFeatures), rank=4, proj_dim=32, seed=3)
+    got = m.project({"unit": unit, "norm": norm})
+    full = torch.from_numpy(unit.astype(np.float32)) * torch.from_numpy(norm).float()[:, None]
+    want = make_projector(d, ProjectionConfig("rademacher", 32, 3)).project(full).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -668,16 +668,16 @@ class GradSimMethod(_DecoderMethod):
         self.name = name or f"gradsim_r{rank}"
 
     def project(self, grads: dict) -> np.ndarray:
-        """Rademacher projection of the exact gradients (rows rescaled by their norms first)."""
-        from .projection import ProjectionConfig, make_projector
+        """Rademacher projection of the exact gradients (rows rescaled by their norms first). Every row at once,
+        fed a column block at a time: the dense matrix is generated once (not once per batch of rows) and the
+        gradients are never copied whole to float32."""
+        from .projection import BLOCK, ProjectionConfig, make_projector
 
-        unit, norm = grads["unit"], grads["norm"]
-        proj = make_projector(unit.shape[1], ProjectionConfig("rademacher", self.proj_dim, self.seed))
-        out = np.zeros((len(unit), self.proj_dim), np.float32)
-        for s in range(0, len(unit), 256):
-            g = torch.from_numpy(np.asarray(unit[s:s + 256], dtype=np.float32)) * torch.from_numpy(norm[s:s + 256]).float()[:, None]
-            out[s:s + 256] = proj.project(g).numpy()
-        return out
+        unit, norm = grads["unit"], torch.from_numpy(np.asarray(grads["norm"])).float()[:, None]
+        d = unit.shape[1]
+        proj = make_projector(d, ProjectionConfig("rademacher", self.proj_dim, self.seed))
+        pieces = (torch.from_numpy(np.asarray(unit[:, c:c + BLOCK], dtype=np.float32)) * norm for c in range(0, d, BLOCK))
+        return proj.project_pieces(pieces).numpy()
 
     def _proj_key(self) -> str:
         return self.features.key("rademacher", rank=self.rank, lora_seed=self.lora_seed, logra_k=self.logra_k,
