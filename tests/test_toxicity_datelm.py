@@ -301,11 +301,11 @@ def test_committed_datelm_config_matches_its_comment_and_todays_baselines():
     # exact teacher as a row; seed 0 runs them all, seeds 1 and 2 the teacher, LESS r8, the student and text baselines
     dropped = {"less_r16", "logra_fim"}
     assert {method_name(m): method_spec(m) for m in old.methods if method_name(m) not in dropped} == \
-        {method_name(m): method_spec(m) for m in cfg.methods if method_name(m) != "teacher"}
+        {method_name(m): method_spec(m) for m in cfg.methods if method_name(m) not in ("teacher", "exact_query")}
     assert [method_name(m) for m in methods_of_seed(cfg, 0)] == [method_name(m) for m in cfg.methods]
     for seed in (1, 2):
         assert {method_name(m) for m in methods_of_seed(cfg, seed)} == {
-            "teacher", "less_r8", "influcoder", "semantic", "bm25", "tfidf", "random"}
+            "teacher", "less_r8", "influcoder", "exact_query", "semantic", "bm25", "tfidf", "random"}
     assert method_spec(next(m for m in cfg.methods if method_name(m) == "teacher")) == {
         "kind": "gradsim", "rank": cfg.teacher["rank"], "proj_dim": None, "logra_k": cfg.teacher["share_logra_k"],
         "name": "teacher"}
@@ -420,3 +420,72 @@ def test_evaluate_cli_pieces_refused_clearly(tmp_path, tiny_model_dir):
     assert r.returncode != 0 and "comma-separated integers" in r.stderr
     r = run_("--seeds", "4", "--quiet")
     assert r.returncode != 0 and "seeds [4] not among the config's seeds [0]" in r.stderr
+
+
+def test_exact_query_row_is_fitted_on_the_students_split_at_its_adapter(tmp_path, tiny_model_dir):
+    """The harness's exact_query row (issue 24 on experiment 2): basis, k and α chosen on the student's training
+    split, gradients at the adapter warmed up on the training pool; the scores equal a direct reconstruction
+    (numpy SVD for the basis, scikit-learn Ridge on standardised features for the head)."""
+    from sklearn.linear_model import Ridge
+
+    from influcoder.baselines import DecoderFeatures
+    from influcoder.encoder import InfluenceEncoder
+    from influcoder.evaluate import _unb64, run
+    from influcoder.exact_query import pool_features
+    from test_embed import make_tiny_encoder
+
+    enc_dir = make_tiny_encoder(tmp_path / "enc")
+    spec = {"kind": "exact_query", "encoder": str(enc_dir), "ks": [2, 4], "alphas": [1.0, 10.0], "max_length": 64,
+            "sketch_dim": 0}
+    path = _tiny_cfg(tmp_path, tiny_model_dir, 5, [spec])
+    raw = yaml.safe_load(path.read_text())
+    raw.update(parts_dir=str(tmp_path / "parts"))
+    raw["teacher"]["warmup_on"] = "Het"
+    path.write_text(yaml.safe_dump(raw))
+    res = run(load_config(path), progress=False)
+    part = json.loads((tmp_path / "parts" / "s0-exact_query.json").read_text())
+    chosen = part["variants"]["Het"]["info"]["method"]
+    assert chosen["kind"] == "exact_query" and chosen["k"] in (2, 4) and chosen["alpha"] in (1.0, 10.0)
+    cfg = load_config(path)
+    td = toxicity_data(cfg.data, 0)
+    trp, trq = td["train_pool"], td["train_queries"]
+    adapters = [a for a in (tmp_path / "w" / "adapters").iterdir()
+                if len((a / "data.jsonl").read_text().splitlines()) == len(trp)]
+    assert len(adapters) == 1  # the student split's warm-up
+    f = DecoderFeatures(str(tiny_model_dir), max_length=48, batch_size=4, token_budget=256,
+                        adapters={(4, 0): str(adapters[0] / "adapter")})
+
+    def unit(recs):
+        g = np.asarray(f.lora(recs, 4, 0)["unit"], np.float64)
+        return g / np.linalg.norm(g, axis=1, keepdims=True)
+
+    B = np.concatenate([unit(trp), unit(trq)]) if chosen["basis"] == "train" else unit(trq)
+    V = np.linalg.svd(B, full_matrices=False)[2][:chosen["k"]].T
+    enc = InfluenceEncoder.from_pretrained(str(enc_dir), max_length=64)
+    X = pool_features(enc, trp)
+    mu, sd = X.mean(0), X.std(0)
+    sd[sd == 0] = 1
+    ridge = Ridge(alpha=chosen["alpha"]).fit((X - mu) / sd, unit(trp) @ V)
+    for v in ("Het", "Hom"):
+        pool, refs = td["variants"][v]["pool"], td["refs"][v]
+        want = (ridge.predict((pool_features(enc, pool) - mu) / sd) @ (unit(refs) @ V).T).mean(axis=1)
+        np.testing.assert_allclose(_unb64(part["variants"][v]["scores_f32_b64"]), want, rtol=1e-3, atol=1e-4)
+    assert "exact_query" in res["summary"]["Het"]
+    with pytest.raises(UserError, match="method exact_query"):
+        bad = {**raw, "methods": [{"kind": "exact_query", "nope": 1}]}
+        path.write_text(yaml.safe_dump(bad))
+        run(load_config(path), progress=False)
+
+
+def test_exact_query_sketch_is_the_countsketch_of_the_rows_then_unit():
+    import torch
+
+    from influcoder.evaluate import _SeedRun
+    from influcoder.projection import ProjectionConfig, make_projector
+
+    G = np.random.default_rng(0).normal(size=(150, 300)).astype(np.float16)  # more rows than one block of 64
+    got = _SeedRun._sketcher(16, 3)(G)
+    P = make_projector(300, ProjectionConfig("countsketch", 16, 3)).project(torch.from_numpy(G.astype(np.float32))).numpy()
+    np.testing.assert_allclose(got, P / np.linalg.norm(P, axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+    exact = _SeedRun._sketcher(0, 0)(G)
+    np.testing.assert_allclose(np.linalg.norm(exact, axis=1), 1.0, atol=1e-6)

@@ -563,7 +563,7 @@ def method_name(spec: dict) -> str:
 
     if spec.get("name"):
         return spec["name"]
-    if spec["kind"] in ("semantic", "influcoder"):
+    if spec["kind"] in ("semantic", "influcoder", "exact_query"):
         return spec["kind"]
     return make_method(method_spec(spec), _NAME_FEATURES).name
 
@@ -986,6 +986,8 @@ def methods_of_seed(cfg: EvalConfig, seed: int) -> list[dict]:
 
 
 DECODER_KINDS = ("repsim", "rds") + GRADIENT_KINDS
+TRAINED_KINDS = ("influcoder", "exact_query")
+"""Methods fitted per seed on the student's training split (the distilled student; exact-query scoring)."""
 
 
 def part_key(cfg: EvalConfig, spec: dict, td: dict, student: dict | None = None) -> str:
@@ -996,11 +998,11 @@ def part_key(cfg: EvalConfig, spec: dict, td: dict, student: dict | None = None)
     k: dict = {"v": 1, "spec": method_spec(spec),
                "variants": {v: {"pool": _ids(vd["pool"]), "positive": [int(x) for x in vd["positive"]],
                                 "refs": _ids(td["refs"][v])} for v, vd in td["variants"].items()}}
-    if spec["kind"] in DECODER_KINDS or spec["kind"] == "influcoder":
+    if spec["kind"] in DECODER_KINDS + TRAINED_KINDS:
         k["decoder"] = {"model": cfg.model, "max_length": cfg.max_length}
-    if spec["kind"] in GRADIENT_KINDS or spec["kind"] == "influcoder":
+    if spec["kind"] in GRADIENT_KINDS + TRAINED_KINDS:
         k["teacher"] = {**cfg.teacher, "batch_size": cfg.batch_size, "token_budget": cfg.token_budget}
-    if spec["kind"] == "influcoder":
+    if spec["kind"] in TRAINED_KINDS:
         k["student"] = student
     return _key(k)
 
@@ -1075,6 +1077,10 @@ class _SeedRun:
         return {"recipe": student_recipe(self.student_opts()), "pool": _ids(self.td["train_pool"]),
                 "queries": _ids(self.td["train_queries"])}
 
+    def training_def(self) -> dict:
+        """The student's training split (what exact-query scoring is fitted on), for the part's key."""
+        return {"pool": _ids(self.td["train_pool"]), "queries": _ids(self.td["train_queries"])}
+
     def student_encoder(self) -> tuple[str, dict]:
         if self.student is None:
             ctx, cfg = self.ctx, self.ctx.cfg
@@ -1093,10 +1099,83 @@ class _SeedRun:
                 self.student = path, info
         return self.student
 
+    def exact_query_fit(self, spec: dict) -> dict:
+        """Exact-query scoring fitted on the student's training split (issue 24; :mod:`influcoder.exact_query`, as
+        the run's exact_query step fits it): the training rows' LoRA gradients at the adapter warmed up on the
+        training pool (the student's labelling teacher), CountSketched to ``sketch_dim`` (the exact 1.24 M-dim
+        gradients would need ≈ 10 GB in float64 for the basis), the basis / k / α chosen on a held-out share, the
+        ridge head on the untrained encoder's features of the training pool."""
+        from .config import ExactQuerySection
+        from .encoder import InfluenceEncoder
+        from .exact_query import pool_features, select_and_fit
+
+        opts = {k: v for k, v in method_spec(spec).items() if k not in ("kind", "name", "sketch_dim", "sketch_seed")}
+        try:
+            c = ExactQuerySection(enabled=True, **opts)
+        except TypeError as e:
+            raise UserError(f"config: method exact_query: {e} (options: the run's exact_query section, sketch_dim, "
+                            "sketch_seed)") from None
+        t = self.ctx.cfg.teacher
+        rank, lseed = int(t.get("rank", 8)), int(t.get("lora_seed", 0))
+        trp, trq = self.td["train_pool"], self.td["train_queries"]
+        lctx, _ = _warmed(self.ctx, trp)
+        sketch = self._sketcher(int(spec.get("sketch_dim", 65536)), int(spec.get("sketch_seed", 0)))
+
+        def unit(recs):
+            return sketch(lctx.features.lora(recs, rank, lseed, logra_k=t.get("share_logra_k"))["unit"])
+
+        enc = InfluenceEncoder.from_pretrained(c.encoder, max_length=c.max_length)
+        t0 = time.perf_counter()
+        Xt = pool_features(enc, trp, c.batch_size)
+        V, head, choice = select_and_fit(Xt, unit(trp), unit(trq), c.ks, c.alphas, c.selection, self.seed)
+        self.ctx.log(f"exact-query (seed {self.seed}): basis {choice['basis']}, k {choice['k']}, α {choice['alpha']:g}")
+        return {"V": V, "head": head, "encoder": enc, "section": c, "unit": unit, "seconds_fit": time.perf_counter() - t0,
+                "describe": {"name": method_name(spec), "kind": "exact_query", "encoder": c.encoder, "max_length": c.max_length,
+                             "sketch_dim": int(spec.get("sketch_dim", 65536)), **choice}}
+
+    @staticmethod
+    def _sketcher(dim: int, seed: int):
+        """Unit rows of the CountSketch of float16 gradient rows (``dim`` 0: the exact rows), 64 rows at a time."""
+        import torch
+
+        from .exact_query import unit_rows
+        from .projection import ProjectionConfig, make_projector
+
+        def run(G):
+            if not dim:
+                return unit_rows(G)
+            proj = make_projector(G.shape[1], ProjectionConfig("countsketch", dim, seed))
+            out = np.concatenate([proj.project(torch.from_numpy(np.asarray(G[s:s + 64], dtype=np.float32))).numpy()
+                                  for s in range(0, len(G), 64)])
+            return unit_rows(out)
+
+        return run
+
     def compute(self, spec: dict) -> dict:
         """Score every variant with one method: {variant: {scores (aggregated per pool row), info, ...}}."""
         name = method_name(spec)
         out = {}
+        if spec["kind"] == "exact_query":
+            from . import metrics as M
+            from .exact_query import coordinates, pool_features
+
+            fit = self.exact_query_fit(spec)
+            for variant, vd in self.td["variants"].items():
+                pool, refs = vd["pool"], self.td["refs"][variant]
+                t0 = time.perf_counter()
+                Cp = fit["head"].predict(pool_features(fit["encoder"], pool, fit["section"].batch_size))
+                t_pool = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                Cr = coordinates(fit["unit"](refs), fit["V"])
+                t_refs = time.perf_counter() - t0
+                s = Cp @ Cr.T
+                cost = {"seconds_pool": t_pool, "seconds_query": t_refs, "seconds_fit": fit["seconds_fit"],
+                        "seconds_per_example_featurize": t_pool / len(pool),
+                        "bytes_per_example": float(Cp.shape[1] * 4)}
+                out[variant] = {"scores": M.aggregate_scores(s), "info": {"method": fit["describe"], "cost": cost},
+                                "seconds_per_example": t_pool / len(pool), "seconds_total_measured": None,
+                                "bytes_per_example": cost["bytes_per_example"]}
+            return out
         for variant, vd in self.td["variants"].items():
             pool, refs = vd["pool"], self.td["refs"][variant]
             vctx, warm = self.vctx(variant) if spec["kind"] in DECODER_KINDS else (self.ctx, {})
@@ -1146,7 +1225,8 @@ def run_toxicity(ctx: _Ctx) -> dict:
             name = method_name(spec)
             if ctx.only_methods and name not in ctx.only_methods:
                 continue
-            key = part_key(cfg, spec, td, sr.student_def() if spec["kind"] == "influcoder" else None)
+            key = part_key(cfg, spec, td, sr.student_def() if spec["kind"] == "influcoder" else
+                           sr.training_def() if spec["kind"] == "exact_query" else None)
             path = parts / f"s{seed}-{name}.json" if parts else None
             part = read_part(path, key) if path else None
             if part is None and ctx.committed_only:
@@ -1230,7 +1310,14 @@ def add_flops(ctx: _Ctx, result: dict, pool: list[Record], queries: list[Record]
         if spec["kind"] == "influcoder":
             s = {"kind": "influcoder", "name": name, "encoder": result.get("_student_path") or "minilm-l6"}
         ctx.log(f"FLOPs of {name} on {len(sp)}+{len(sq)} examples")
-        out[name] = {**method_flops(ctx, s, sp, sq), "key": key}
+        if spec["kind"] == "exact_query":  # per pool example: its three views through the untrained encoder
+            enc = method_flops(ctx, {"kind": "semantic", "encoder": s.get("encoder", "minilm-l6")}, sp, sq)
+            f = enc["flops_per_example"]
+            out[name] = {**enc, "flops_per_example": None if f is None else 3 * f, "key": key,
+                         "note": "3 × the untrained encoder's FLOPs per example (text, response, prompt); the ridge "
+                                 "head and the queries' gradients not counted"}
+        else:
+            out[name] = {**method_flops(ctx, s, sp, sq), "key": key}
         if path is not None:
             _atomic_json(path, out[name])
     return out
