@@ -1452,7 +1452,9 @@ def report_markdown(cfg: EvalConfig, res: dict, command: str) -> str:
                             ", ".join(f"{k} {n}" for k, n in vr["kinds"].items()) + ")")
                 if vr.get("warmup"):
                     w = next(iter(vr["warmup"].values()))
-                    desc[-1] += f", adapters warmed up {w['steps']} steps ({w['epochs']:.2f} epochs) on this pool"
+                    on = vr.get("warmup_on") or v
+                    desc[-1] += (f", adapters warmed up {w['steps']} steps ({w['epochs']:.2f} epochs of {w['n_rows']} "
+                                 "rows) on " + ("this pool" if on == v else f"the {on} pool"))
             kv = lambda d: ", ".join(f"{k} {v}" for k, v in d.items())  # noqa: E731
             lines += ["DATE-LM XSTest-response construction (per seed): " + "; ".join(desc) +
                       f"; {ps['variants'][next(iter(ps['variants']))]['n_refs']} references (Unsafe XSTest completions "
