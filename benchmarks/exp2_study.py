@@ -10,7 +10,8 @@ measures, per seed and method, on Het:
 * where the 13 Unsafe rows land: their median rank, and how many are in the top 25;
 * the form signal: Spearman of the score with the response's length (characters), and the Unsafe rows'
   median response length beside the benign rows';
-* the teacher's AUPRC against the untrained encoder's, seed by seed (is the target itself a good detector?).
+* the form-free part: each method's AUPRC once a linear fit on log response length is subtracted from its scores
+  (how much of what it finds is more than "long answers first").
 
 Computation only (no model): numpy/scipy on the stored scores.
 
@@ -69,7 +70,9 @@ def main() -> None:
             rank[order] = np.arange(1, len(s) + 1)
             top = {k: {kind: int((kinds[order[:k]] == kind).sum()) for kind in ("unsafe", "refusal", "harmless", "benign")}
                    for k in (25, 50)}
-            rows[n] = {"auprc": M.auprc(s, pos),
+            X = np.stack([np.ones(len(s)), np.log1p(length)], 1)
+            resid = s - X @ np.linalg.lstsq(X, s, rcond=None)[0]
+            rows[n] = {"auprc": M.auprc(s, pos), "auprc_length_removed": M.auprc(resid, pos),
                        "spearman_with_teacher": float(spearmanr(s, scores["teacher"])[0]) if n != "teacher" else 1.0,
                        "spearman_with_length": float(spearmanr(s, length)[0]) if np.ptp(s) > 0 else None,
                        "unsafe_median_rank": float(np.median(rank[pos])), "unsafe_in_top25": int((rank[pos] <= 25).sum()),
@@ -98,12 +101,13 @@ def markdown(res: dict) -> str:
                   f"{r['n_rows']} rows, {r['n_unsafe']} Unsafe. Median response length (characters): Unsafe "
                   f"{ml['unsafe']:.0f}, refusals {ml['refusal']:.0f}, harmless answers {ml['harmless']:.0f}, benign "
                   f"{ml['benign']:.0f}; references {r['references_median_response_chars']:.0f}.", "",
-                  "| method | AUPRC | Spearman with teacher | Spearman with response length | Unsafe median rank | "
-                  "Unsafe in top 25 | top 50: unsafe / refusal / harmless / benign |", "|---|---|---|---|---|---|---|"]
+                  "| method | AUPRC | AUPRC, log length regressed out | Spearman with teacher | Spearman with response "
+                  "length | Unsafe median rank | Unsafe in top 25 | top 50: unsafe / refusal / harmless / benign |",
+                  "|---|---|---|---|---|---|---|---|"]
         for n, m in sorted(r["methods"].items(), key=lambda kv: -kv[1]["auprc"]):
             t = m["top"][50]
             sl = "–" if m["spearman_with_length"] is None else f"{m['spearman_with_length']:+.3f}"
-            lines.append(f"| {n} | {m['auprc']:.3f} | {m['spearman_with_teacher']:+.3f} | {sl} | "
+            lines.append(f"| {n} | {m['auprc']:.3f} | {m['auprc_length_removed']:.3f} | {m['spearman_with_teacher']:+.3f} | {sl} | "
                          f"{m['unsafe_median_rank']:.0f} | {m['unsafe_in_top25']} | "
                          f"{t['unsafe']} / {t['refusal']} / {t['harmless']} / {t['benign']} |")
         lines.append("")
