@@ -1109,3 +1109,27 @@ def test_boosted_prior_with_no_spread_is_not_attached(tmp_path, tiny_bert_dir, m
     tr = [r for r in rows if r["model"] == "prior trees"][0]
     assert tr["kappa"] == 0.0 and len(tr["candidates"]) == 1
     assert InfluenceEncoder.from_pretrained(str(out)).prior_trees is None
+
+
+def test_encoder_method_without_prior_is_the_bare_embeddings_cosine(tmp_path, tiny_bert_dir):
+    """EncoderMethod(prior=False), a diagnostic row: the cosine of the student's embeddings without its pool prior
+    (the same weights; only the prior's two coordinates left out)."""
+    from influcoder import InfluenceEncoder
+    from influcoder.baselines import EncoderMethod
+    from influcoder.encoder import build_prior
+    from influcoder.records import Record
+
+    enc = InfluenceEncoder.from_pretrained(tiny_bert_dir)
+    enc.prior = build_prior(enc.embedding_dim, 8, seed=1)
+    with torch.no_grad():
+        enc.prior.mlp[2].weight.normal_()
+        enc.prior.raw_w.fill_(1.3)
+    enc.save(tmp_path / "e", {"base_encoder": "tiny"})
+    pool = [Record(f"p{i}", f"prompt {i}", t) for i, t in enumerate(["paris", "blue cat sat", "2 3 and 5", "hello"])]
+    queries = [Record("q0", "ask", "a b c d e f"), Record("q1", "ask", "cat")]
+    with_prior = EncoderMethod(str(tmp_path / "e")).scores(pool, queries)
+    bare = EncoderMethod(str(tmp_path / "e"), prior=False).scores(pool, queries)
+    plain = InfluenceEncoder.from_pretrained(tiny_bert_dir)  # the same weights without the prior
+    Ep, Eq = plain.encode(pool), plain.encode(queries, side="query")
+    np.testing.assert_allclose(bare, Ep @ Eq.T, atol=1e-5)
+    assert not np.allclose(with_prior, bare, atol=1e-3)

@@ -301,11 +301,12 @@ def test_committed_datelm_config_matches_its_comment_and_todays_baselines():
     # exact teacher as a row; seed 0 runs them all, seeds 1 and 2 the teacher, LESS r8, the student and text baselines
     dropped = {"less_r16", "logra_fim"}
     assert {method_name(m): method_spec(m) for m in old.methods if method_name(m) not in dropped} == \
-        {method_name(m): method_spec(m) for m in cfg.methods if method_name(m) not in ("teacher", "exact_query")}
+        {method_name(m): method_spec(m) for m in cfg.methods if method_name(m) not in ("teacher", "exact_query", "influcoder_no_prior")}
     assert [method_name(m) for m in methods_of_seed(cfg, 0)] == [method_name(m) for m in cfg.methods]
     for seed in (1, 2):
         assert {method_name(m) for m in methods_of_seed(cfg, seed)} == {
-            "teacher", "less_r8", "influcoder", "exact_query", "semantic", "bm25", "tfidf", "random"}
+            "teacher", "less_r8", "influcoder", "influcoder_no_prior", "exact_query", "semantic", "bm25", "tfidf",
+            "random"}
     assert method_spec(next(m for m in cfg.methods if method_name(m) == "teacher")) == {
         "kind": "gradsim", "rank": cfg.teacher["rank"], "proj_dim": None, "logra_k": cfg.teacher["share_logra_k"],
         "name": "teacher"}

@@ -226,10 +226,11 @@ class EncoderMethod(Method):
     """Cosine of :class:`InfluenceEncoder` embeddings (``semantic``: untrained; ``influcoder``: distilled)."""
 
     def __init__(self, encoder: str = "minilm-l6", name: str = "semantic", batch_size: int = 32,
-                 device: str = "cpu", precision: str = "float32"):
+                 device: str = "cpu", precision: str = "float32", prior: bool = True):
         super().__init__()
         self.encoder_name, self.name, self.batch_size = encoder, name, batch_size
         self.device, self.precision = device, precision
+        self.prior = prior  # False: the bare embeddings' cosine, without the encoder's pool prior (a diagnostic)
         self._enc = None
 
     def encoder(self):
@@ -253,13 +254,16 @@ class EncoderMethod(Method):
         t1 = time.perf_counter()
         Q = self.embed(queries, "query")
         t2 = time.perf_counter()
+        if not self.prior:  # the score vectors' first embedding_dim columns are the embedding, scaled
+            P, Q = P[:, :enc.embedding_dim], Q[:, :enc.embedding_dim]
         s = cosine_matrix(P, Q)
         self.cost.update(seconds_pool=t1 - t0, seconds_query=t2 - t1, seconds_score=time.perf_counter() - t2,
-                         bytes_per_example=float(enc.dim * 4))
+                         bytes_per_example=float(P.shape[1] * 4))
         return s
 
     def describe(self) -> dict:
-        return {**super().describe(), "encoder": self.encoder_name, "device": self.device, "precision": self.precision}
+        return {**super().describe(), "encoder": self.encoder_name, "device": self.device, "precision": self.precision,
+                **({} if self.prior else {"prior": False})}
 
 
 # ============================================================================ decoder features

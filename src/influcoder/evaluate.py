@@ -564,7 +564,7 @@ def method_name(spec: dict) -> str:
     if spec.get("name"):
         return spec["name"]
     if spec["kind"] in ("semantic", "influcoder", "exact_query"):
-        return spec["kind"]
+        return spec["kind"] + ("_no_prior" if spec.get("prior") is False else "")
     return make_method(method_spec(spec), _NAME_FEATURES).name
 
 
@@ -1186,7 +1186,7 @@ class _SeedRun:
                 _prefetch(vctx, pool + refs, [sp])
             if spec["kind"] == "influcoder":
                 path, s_info = self.student_encoder()
-                sp = {"kind": "influcoder", "name": name, "encoder": path}
+                sp = {**method_spec(spec), "name": name, "encoder": path}
             s, info = score_method(vctx, sp, pool, refs, extra_key=extra)
             from . import metrics as M
 
