@@ -1159,12 +1159,21 @@ class _SeedRun:
             from . import metrics as M
             from .exact_query import coordinates, pool_features
 
+            from .baselines import record_key
+
             fit = self.exact_query_fit(spec)
+            seen: dict[str, np.ndarray] = {}  # predicted coordinates by record: Hom's rows are Het's
+            rate = None  # seconds per pool example (features + head), measured where rows were computed
             for variant, vd in self.td["variants"].items():
                 pool, refs = vd["pool"], self.td["refs"][variant]
-                t0 = time.perf_counter()
-                Cp = fit["head"].predict(pool_features(fit["encoder"], pool, fit["section"].batch_size))
-                t_pool = time.perf_counter() - t0
+                new = [r for r in dict((record_key(r), r) for r in pool).values() if record_key(r) not in seen]
+                if new:
+                    t0 = time.perf_counter()
+                    C_new = fit["head"].predict(pool_features(fit["encoder"], new, fit["section"].batch_size))
+                    seen.update((record_key(r), c) for r, c in zip(new, C_new))
+                    rate = (time.perf_counter() - t0) / len(new)
+                Cp = np.stack([seen[record_key(r)] for r in pool])
+                t_pool = rate * len(pool)
                 t0 = time.perf_counter()
                 Cr = coordinates(fit["unit"](refs), fit["V"])
                 t_refs = time.perf_counter() - t0
