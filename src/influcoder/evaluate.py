@@ -712,8 +712,9 @@ def method_flops(ctx: _Ctx, spec: dict, sample_pool: list[Record], sample_querie
             # projection added analytically
             r = measure(lambda: feats.lora(list(sample_pool) + list(sample_queries), m.rank, m.lora_seed))
             d = int(r["result"]["unit"].shape[1])
-            flops = r["flops"] / n + 2.0 * d * m.proj_dim
-            note = "FlopCounterMode over the gradient pass + 2·d·k per example for the Rademacher projection"
+            flops = r["flops"] / n + (2.0 * d * m.proj_dim if m.proj_dim else 0.0)
+            note = ("FlopCounterMode over the gradient pass + 2·d·k per example for the Rademacher projection"
+                    if m.proj_dim else "FlopCounterMode over the gradient pass (exact gradients: no projection)")
         else:
             r = measure(lambda: m.scores(sample_pool, sample_queries))
             flops = r["flops"] / n
