@@ -1607,8 +1607,8 @@ def run(cfg: EvalConfig, *, progress: bool = True, log: Callable[[str], None] | 
         sample_p = sample_q = []
         stud = []
     if cfg.experiment != "fidelity":
-        for m in stud:
-            if m["info"]["method"]["name"] != "semantic":
+        for m in stud:  # the distilled student's weights (not the untrained encoder of semantic or exact_query)
+            if m["info"]["method"].get("name", "").startswith("influcoder") and Path(m["info"]["method"]["encoder"]).exists():
                 res["_student_path"] = m["info"]["method"]["encoder"]
         res["flops"] = add_flops(ctx, res, sample_p, sample_q)
         res.pop("_student_path", None)
