@@ -490,3 +490,23 @@ def test_exact_query_sketch_is_the_countsketch_of_the_rows_then_unit():
     np.testing.assert_allclose(got, P / np.linalg.norm(P, axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
     exact = _SeedRun._sketcher(0, 0)(G)
     np.testing.assert_allclose(np.linalg.norm(exact, axis=1), 1.0, atol=1e-6)
+
+
+def test_the_students_bar_compares_rows_on_the_seeds_they_share():
+    from influcoder.evaluate import datelm_bar
+
+    def rows(**auprc):
+        return {n: {"auprc": a} for n, a in auprc.items()}
+
+    per_seed = [{"seed": 0, "variants": {"Het": {"methods": rows(less_r8=0.9, influcoder=0.88, semantic=0.5, tfidf=0.6,
+                                                                  bm25=0.65)}}},
+                {"seed": 1, "variants": {"Het": {"methods": rows(semantic=0.99, tfidf=0.1, bm25=0.1)}}}]
+    summary = {"Het": {"less_r8": {"seconds_per_1000": 600.0}, "influcoder": {"seconds_per_1000": 10.0}}}
+    bar = {b["check"]: b for b in datelm_bar({"per_seed": per_seed, "summary": summary})}
+    assert all(b["seeds"] == [0] for b in bar.values())  # seed 1 lacks the student and LESS: not mixed in
+    assert bar["pool is hard: untrained encoder ≤ LESS r8 − 0.2"]["met"] is True  # 0.5 ≤ 0.7 on seed 0
+    assert bar["student ≥ untrained encoder + 0.15"]["met"] is True and bar["student ≥ LESS r8 − 0.05"]["met"] is True
+    assert bar["student > TF-IDF and BM25"]["met"] is True
+    assert bar["student ≥ 25× less inference time / example than LESS r8"]["met"] is True  # 60×
+    none = datelm_bar({"per_seed": per_seed[1:], "summary": summary})
+    assert [b["met"] for b in none] == [None]
