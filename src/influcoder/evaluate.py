@@ -1629,7 +1629,17 @@ def run(cfg: EvalConfig, *, progress: bool = True, log: Callable[[str], None] | 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"eval_{cfg.name}"
-    _atomic_json(stem.with_suffix(".json"), res)
+    if cfg.parts_dir:  # the precision-recall curves follow from the committed per-row scores: not repeated (MBs)
+        import copy
+
+        slim = copy.deepcopy(res)
+        for r in slim.get("per_seed", []):
+            for v in r.get("variants", {}).values():
+                for m in v.get("methods", {}).values():
+                    m.pop("pr_curve", None)
+        _atomic_json(stem.with_suffix(".json"), slim)
+    else:
+        _atomic_json(stem.with_suffix(".json"), res)
     md = report_markdown(cfg, res, command or f"influcoder evaluate <config for {cfg.name}>")
     tmp = stem.with_suffix(".md.tmp")
     tmp.write_text(md)
