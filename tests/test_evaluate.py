@@ -204,21 +204,16 @@ def test_toxicity_end_to_end(tmp_path, tiny_model_dir):
 
 def test_config_errors(tmp_path):
     p = tmp_path / "bad.yaml"
-    p.write_text("experiment: ranking\nname: x\nbogus: 1\n")
-    with pytest.raises(UserError, match="unknown field"):
-        load_config(p)
-    p.write_text("experiment: nope\nname: x\n")
-    with pytest.raises(UserError, match="experiment must be"):
-        load_config(p)
+    # device and precision are checked like every other field
+    for text, match in (("experiment: ranking\nname: x\nbogus: 1\n", "unknown field"),
+                        ("experiment: nope\nname: x\n", "experiment must be"),
+                        ("experiment: ranking\nname: x\nprecision: fp8\n", "precision"),
+                        ("experiment: ranking\nname: x\ndevice: tpu\n", "device")):
+        p.write_text(text)
+        with pytest.raises(UserError, match=match):
+            load_config(p)
     with pytest.raises(UserError, match="not found"):
         load_config(tmp_path / "missing.yaml")
-    # device and precision are checked like every other field
-    p.write_text("experiment: ranking\nname: x\nprecision: fp8\n")
-    with pytest.raises(UserError, match="precision"):
-        load_config(p)
-    p.write_text("experiment: ranking\nname: x\ndevice: tpu\n")
-    with pytest.raises(UserError, match="device"):
-        load_config(p)
 
 
 def test_cli_evaluate_bad_config_exits_2(tmp_path):

@@ -126,3 +126,14 @@ def test_inner_products_preserved_in_expectation(kind):
     # unbiased: the mean over seeds is within 4 standard errors of <x, y>
     assert abs(est.mean() - true) < 4 * est.std(ddof=1) / np.sqrt(len(est))
     assert abs(est.mean() - true) / true < 0.1
+
+
+def test_project_rows_streams_blocks_and_equals_projecting_the_whole_float32_matrix():
+    from influcoder.projection import ProjectionConfig, make_projector
+
+    G = np.random.default_rng(1).normal(size=(150, 300)).astype(np.float16)  # three blocks of 64
+    for kind in ("countsketch", "rademacher"):
+        proj = make_projector(300, ProjectionConfig(kind, 16, 2))
+        want = proj.project(torch.from_numpy(G.astype(np.float32))).numpy()
+        np.testing.assert_allclose(proj.project_rows(G), want, rtol=1e-5, atol=1e-5)
+        assert proj.project_rows(G[:0]).shape == (0, 16)

@@ -110,8 +110,8 @@ class EvalConfig:
         for m in self.methods:
             if not isinstance(m, dict) or "kind" not in m:
                 raise UserError(f"config: every method needs a 'kind', got {m!r}")
-            bad = [x for x in m.get("seeds", self.seeds) if x not in self.seeds] if isinstance(m.get("seeds", []), list) else None
-            if bad is None or bad:
+            ms = m.get("seeds", self.seeds)
+            if not isinstance(ms, list) or any(x not in self.seeds for x in ms):
                 raise UserError(f"config: method {m.get('name') or m['kind']}: seeds must be a list of the config's "
                                 f"seeds {self.seeds}, got {m.get('seeds')!r}")
         from .hardware import check_compute
@@ -592,13 +592,10 @@ def exact_teacher(ctx: _Ctx, pool: list[Record], queries: list[Record]) -> np.nd
     gq = ctx.features.lora(queries, rank, seed, logra_k=logra_k)
     P, Q = gp["unit"], gq["unit"]  # float16; cosine_matrix reads them a block at a time
     if t.get("sketch_dim"):
-        import torch
-
         from .projection import ProjectionConfig, make_projector
 
         proj = make_projector(P.shape[1], ProjectionConfig("countsketch", int(t["sketch_dim"]), int(t.get("sketch_seed", 0))))
-        P = proj.project(torch.from_numpy(np.asarray(P, dtype=np.float32))).numpy()
-        Q = proj.project(torch.from_numpy(np.asarray(Q, dtype=np.float32))).numpy()
+        P, Q = proj.project_rows(P), proj.project_rows(Q)
     from .baselines import cosine_matrix
 
     return cosine_matrix(P, Q)
@@ -1075,8 +1072,7 @@ class _SeedRun:
         cfg = self.ctx.cfg
         if "path" in cfg.student:
             return {"given": cfg.student["path"]}
-        return {"recipe": student_recipe(self.student_opts()), "pool": _ids(self.td["train_pool"]),
-                "queries": _ids(self.td["train_queries"])}
+        return {"recipe": student_recipe(self.student_opts()), **self.training_def()}
 
     def training_def(self) -> dict:
         """The student's training split (what exact-query scoring is fitted on), for the part's key."""
@@ -1137,18 +1133,13 @@ class _SeedRun:
     @staticmethod
     def _sketcher(dim: int, seed: int):
         """Unit rows of the CountSketch of float16 gradient rows (``dim`` 0: the exact rows), 64 rows at a time."""
-        import torch
-
         from .exact_query import unit_rows
         from .projection import ProjectionConfig, make_projector
 
         def run(G):
             if not dim:
                 return unit_rows(G)
-            proj = make_projector(G.shape[1], ProjectionConfig("countsketch", dim, seed))
-            out = np.concatenate([proj.project(torch.from_numpy(np.asarray(G[s:s + 64], dtype=np.float32))).numpy()
-                                  for s in range(0, len(G), 64)])
-            return unit_rows(out)
+            return unit_rows(make_projector(G.shape[1], ProjectionConfig("countsketch", dim, seed)).project_rows(G))
 
         return run
 
@@ -1156,24 +1147,24 @@ class _SeedRun:
         """Score every variant with one method: {variant: {scores (aggregated per pool row), info, ...}}."""
         name = method_name(spec)
         out = {}
-        if spec["kind"] == "exact_query":
-            from . import metrics as M
-            from .exact_query import coordinates, pool_features
+        from . import metrics as M
 
-            from .baselines import record_key
+        if spec["kind"] == "exact_query":
+            from .exact_query import coordinates, pool_features
 
             fit = self.exact_query_fit(spec)
             seen: dict[str, np.ndarray] = {}  # predicted coordinates by record: Hom's rows are Het's
             rate = None  # seconds per pool example (features + head), measured where rows were computed
             for variant, vd in self.td["variants"].items():
                 pool, refs = vd["pool"], self.td["refs"][variant]
-                new = [r for r in dict((record_key(r), r) for r in pool).values() if record_key(r) not in seen]
+                keys = _ids(pool)
+                new = {k: r for k, r in zip(keys, pool) if k not in seen}
                 if new:
                     t0 = time.perf_counter()
-                    C_new = fit["head"].predict(pool_features(fit["encoder"], new, fit["section"].batch_size))
-                    seen.update((record_key(r), c) for r, c in zip(new, C_new))
+                    C_new = fit["head"].predict(pool_features(fit["encoder"], list(new.values()), fit["section"].batch_size))
+                    seen.update(zip(new, C_new))
                     rate = (time.perf_counter() - t0) / len(new)
-                Cp = np.stack([seen[record_key(r)] for r in pool])
+                Cp = np.stack([seen[k] for k in keys])
                 t_pool = rate * len(pool)
                 t0 = time.perf_counter()
                 Cr = coordinates(fit["unit"](refs), fit["V"])
@@ -1198,8 +1189,6 @@ class _SeedRun:
                 path, s_info = self.student_encoder()
                 sp = {**method_spec(spec), "name": name, "encoder": path}
             s, info = score_method(vctx, sp, pool, refs, extra_key=extra)
-            from . import metrics as M
-
             out[variant] = {"scores": M.aggregate_scores(s), "info": {**info, **s_info},
                             "seconds_per_example": per_example_seconds(info["cost"], len(pool), len(refs)),
                             "seconds_total_measured": info["cost"].get("seconds_total"),
@@ -1312,8 +1301,9 @@ def add_flops(ctx: _Ctx, result: dict, pool: list[Record], queries: list[Record]
         # the student's FLOPs are its architecture's: keyed without the (machine-local) path of its weights
         key = _key({"spec": s, "model": ctx.cfg.model, "pool": _ids(sp), "q": _ids(sq)})
         path = parts / f"flops-{name}.json" if parts else None
-        if path is not None and path.exists() and json.loads(path.read_text()).get("key") == key:
-            out[name] = json.loads(path.read_text())
+        saved = json.loads(path.read_text()) if path is not None and path.exists() else None
+        if saved is not None and saved.get("key") == key:
+            out[name] = saved
             continue
         if ctx.committed_only:
             continue

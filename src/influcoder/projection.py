@@ -72,6 +72,14 @@ class Projector:
             raise ValueError(f"expected gradients of dimension {self.input_dim}, got {grads.shape[-1]}")
         return self.project_pieces([grads])
 
+    def project_rows(self, G, block: int = 64):
+        """Project an (n, d) numpy matrix of any float dtype (or a memmap) ``block`` rows at a time: only one block
+        is ever copied to float32. Returns (n, k) float32 numpy."""
+        import numpy as np
+
+        return np.concatenate([self.project(torch.from_numpy(np.asarray(G[s:s + block], dtype=np.float32))).numpy()
+                               for s in range(0, len(G), block)] or [np.zeros((0, self.output_dim), np.float32)])
+
     def project_pieces(self, pieces: Iterable[torch.Tensor]) -> torch.Tensor:
         """Project a gradient given as consecutive column pieces (n, d_1), (n, d_2), … with Σ d_i = d.
 
