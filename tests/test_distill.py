@@ -1133,3 +1133,88 @@ def test_encoder_method_without_prior_is_the_bare_embeddings_cosine(tmp_path, ti
     Ep, Eq = plain.encode(pool), plain.encode(queries, side="query")
     np.testing.assert_allclose(bare, Ep @ Eq.T, atol=1e-5)
     assert not np.allclose(with_prior, bare, atol=1e-3)
+
+
+def _dense_targets(root: Path, lf: Path, k: int, pf: Path | None = None, qf: Path | None = None) -> Path:
+    """A dense-target file for the label file's ids. With the records files: a fixed linear map of each text's
+    word counts (so the targets are learnable from the text); without: random coordinates."""
+    from influcoder.labels import load_labels
+    from influcoder.records import FieldSpec, read_records
+
+    L = load_labels(lf)
+    rng = np.random.default_rng(0)
+    if pf is None:
+        T = rng.normal(size=(len(L.pool_ids) + len(L.query_ids), k))
+    else:
+        spec = FieldSpec.from_names(preset="prompt-response")
+        recs = {r.id: r for f in (pf, qf) for r in read_records(f, spec)[0]}
+        W = rng.normal(size=(len(WORDS), k))
+        counts = np.array([[f"{recs[i].prompt} {recs[i].response}".split().count(w) for w in WORDS]
+                           for i in L.pool_ids + L.query_ids], dtype=float)
+        T = counts @ W + 0.05 * rng.normal(size=(len(counts), k))
+    tf = root / "targets.npy"
+    np.save(tf, T.astype(np.float32))
+    write_meta(tf, {"kind": "dense-targets", "pool_ids": L.pool_ids, "query_ids": L.query_ids, "k": k})
+    return tf
+
+
+def test_dense_target_alone_pulls_every_embedding_onto_its_target(tmp_path, tiny_bert_dir):
+    """rank_weight 0, dense_weight 1, targets a function of the text and labels their cosine: the trained
+    student's pool embeddings (training rows) are far closer to their own unit targets than the untrained
+    encoder's, its validation ranking improves although no label was read, and the epoch rows log the dense loss."""
+    from influcoder import InfluenceEncoder
+    from influcoder.labels import load_dense_targets
+    from influcoder.records import FieldSpec, read_records
+
+    from influcoder.labels import load_labels
+
+    pf, qf, lf = _write_problem(tmp_path)
+    tf = _dense_targets(tmp_path, lf, 4, pf, qf)
+    L, T0 = load_labels(lf), np.load(tf)  # the teacher: the cosine of the targets, as ⟨ĉ_p, ĉ_q⟩ approximates it
+    U = T0 / np.linalg.norm(T0, axis=1, keepdims=True)
+    np.save(lf, np.ascontiguousarray(U[:len(L.pool_ids)] @ U[len(L.pool_ids):].T, dtype=np.float32))
+    kw = dict(epochs=6, pool_prior=False, lr=2e-2, patience=None, dropout=0.0, projection_dim=8, freeze_layers=0,
+              dense_targets=str(tf), dense_weight=1.0, rank_weight=0.0, queries_per_batch=8)
+    out = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "dense", **kw), progress=False)
+    split = json.loads((out / "split.json").read_text())
+    T = load_dense_targets(tf)
+    spec = FieldSpec.from_names(preset="prompt-response")
+    recs = {r.id: r for r in read_records(pf, spec)[0]}
+
+    def align(enc) -> float:
+        ids = split["train_pool_ids"]
+        E = enc.text_embeddings([recs[i] for i in ids], side="pool")[:, :4]
+        t = T.rows(ids, "pool")
+        return float((E * (t / np.linalg.norm(t, axis=1, keepdims=True))).sum(axis=1).mean())
+
+    start = InfluenceEncoder.from_pretrained(str(tiny_bert_dir), projection_dim=8, max_length=32, seed=0)
+    trained = InfluenceEncoder.from_pretrained(str(out))
+    hist = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    dense_rows = [r["train_loss_dense"] for r in hist if r.get("model") == "trained"]
+    assert len(dense_rows) == 6 and dense_rows[-1] < 0.6 * dense_rows[0], dense_rows
+    assert align(trained) > align(start) + 0.3, (align(start), align(trained))
+    md = json.loads((out / "influcoder_encoder.json").read_text())
+    assert md["validation"]["per_anchor_spearman"] > md["validation_untrained"]["per_anchor_spearman"] + 0.15
+    assert md["dense_targets"]["sha256"] and md["training_config"]["dense_weight"] == 1.0
+
+
+def test_dense_target_errors_are_clear(tmp_path, tiny_bert_dir):
+    pf, qf, lf = _write_problem(tmp_path)
+    base = dict(pool_data="p", query_data="q", labels="l", out="o")
+    with pytest.raises(UserError, match="needs dense_targets"):
+        DistillConfig(**base, dense_weight=1.0)
+    with pytest.raises(UserError, match="nothing to train on"):
+        DistillConfig(**base, rank_weight=0.0)
+    tf = _dense_targets(tmp_path, lf, 16)
+    with pytest.raises(UserError, match="k = 16 dense coordinates need an embedding of at least that dimension, the student's is 8"):
+        train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "small", pool_prior=False, projection_dim=8,
+                   dense_targets=str(tf), dense_weight=1.0), progress=False)
+    from influcoder.labels import load_labels
+
+    L = load_labels(lf)
+    short = tmp_path / "short.npy"
+    np.save(short, np.ones((len(L.pool_ids) - 1 + len(L.query_ids), 4), np.float32))
+    write_meta(short, {"kind": "dense-targets", "pool_ids": L.pool_ids[1:], "query_ids": L.query_ids, "k": 4})
+    with pytest.raises(UserError, match=f"short.npy: no dense target for pool id '{L.pool_ids[0]}'"):
+        train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "short", pool_prior=False, projection_dim=8,
+                   dense_targets=str(short), dense_weight=1.0, val_pool=0.05), progress=False)

@@ -142,3 +142,40 @@ def test_warmup_adapter_is_saved_reused_for_queries_and_checked(tiny_model_dir, 
     fresh = stock(_cfg(tiny_model_dir, sample_jsonl, tmp_path / "f", limit=3), progress=False)
     with pytest.raises(StoreError, match="different adapter_hash"):
         compute_influence(pool, fresh, tmp_path / "bad.npy", progress=False)
+
+
+def test_dense_targets_match_an_svd_reference_and_keep_inner_products(tiny_model_dir, sample_jsonl, tmp_path):
+    """``influcoder targets``: coordinates in the top-k right singular vectors of the stacked unit gradients
+    (numpy SVD as the slow reference; the sign of each direction is free), the basis fitted on the rows asked."""
+    from influcoder.influence import compute_dense_targets
+    from influcoder.labels import load_dense_targets
+
+    pool = stock(_cfg(tiny_model_dir, sample_jsonl, tmp_path / "p"), progress=False)
+    q = stock(_cfg(tiny_model_dir, sample_jsonl, tmp_path / "q", limit=4), progress=False)
+    P, Q = np.asarray(open_store(pool).matrix), np.asarray(open_store(q).matrix)
+    unit = lambda X: X / np.linalg.norm(X, axis=1, keepdims=True)  # noqa: E731
+    Up, Uq = unit(P.astype(np.float64)), unit(Q.astype(np.float64))
+    pids, qids = open_store(pool).ids, open_store(q).ids
+    basis_p, basis_q = pids[:7], qids[1:3]
+    T = load_dense_targets(compute_dense_targets(pool, q, tmp_path / "t.npy", 5, basis_pool_ids=basis_p,
+                                                 basis_query_ids=basis_q))
+    _, _, Vt = np.linalg.svd(np.concatenate([Up[:7], Uq[1:3]]), full_matrices=False)
+    ref = np.concatenate([Up, Uq]) @ Vt[:5].T
+    got = np.asarray(T.matrix, dtype=np.float64)
+    signs = np.sign((got * ref).sum(axis=0))
+    np.testing.assert_allclose(got, ref * signs, atol=1e-4)
+    assert T.k == 5 and T.meta["basis_rows"]["pool_ids"] == basis_p
+    np.testing.assert_allclose(T.rows([qids[2], qids[0]], "query"), got[[len(pids) + 2, len(pids)]], atol=1e-6)
+    # with k = the basis rows' rank (7: the query store repeats pool rows), their inner products are the labels
+    full = load_dense_targets(compute_dense_targets(pool, q, tmp_path / "f.npy", 7, basis_pool_ids=basis_p,
+                                                    basis_query_ids=basis_q))
+    lab = load_labels(compute_influence(pool, q, tmp_path / "l.npy", progress=False))
+    np.testing.assert_allclose(full.rows(basis_p, "pool") @ full.rows(basis_q, "query").T,
+                               np.asarray(lab.matrix)[:7, 1:3], atol=1e-4)
+    with pytest.raises(ValueError, match="no dense target for pool id 'nope'"):
+        T.rows(["nope"], "pool")
+    with pytest.raises(StoreError, match="basis id 'zz'"):
+        compute_dense_targets(pool, q, tmp_path / "bad.npy", 3, basis_pool_ids=["zz"])
+    with pytest.raises(StoreError, match="k must be between 1 and"):
+        compute_dense_targets(pool, q, tmp_path / "bad.npy", 99)
+    assert not (tmp_path / "bad.npy").exists()

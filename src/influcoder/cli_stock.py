@@ -1,4 +1,4 @@
-"""``influcoder stock`` and ``influcoder influence``."""
+"""``influcoder stock``, ``influcoder influence`` and ``influcoder targets``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ console = Console(stderr=True)
 def register(app: typer.Typer) -> None:
     app.command("stock")(_stock_command())
     app.command("influence")(influence_cmd)
+    app.command("targets")(targets_cmd)
 
 
 def _stock(values: dict, extras: dict):
@@ -63,3 +64,31 @@ def influence_cmd(
 
     path = compute_influence(pool, query, out, pool_block=block, query_block=block, progress=not quiet)
     console.print(f"wrote {path} and {path.with_name(path.stem + '.meta.json').name}")
+
+
+def targets_cmd(
+    pool: Path = typer.Option(..., "--pool", help="Pool gradient store."),
+    query: Path = typer.Option(..., "--query", help="Query gradient store."),
+    out: Path = typer.Option(..., "--out", help="Output .npy (float32, (pool + query) × k); ids go to OUT.meta.json."),
+    k: int = typer.Option(32, "--k", help="Principal directions kept."),
+    basis_ids: Optional[Path] = typer.Option(None, "--basis-ids", help="A distill split.json (train_pool_ids, "
+                                             "train_query_ids): fit the basis on those rows only (default: every row)."),
+    quiet: bool = typer.Option(False, "--quiet"),
+):
+    """Dense distillation targets: every stocked example's coordinates in the top-k principal directions of the
+    teacher's unit gradients (train with --dense-targets)."""
+    import json
+
+    from .errors import UserError
+    from .influence import compute_dense_targets
+
+    bp = bq = None
+    if basis_ids is not None:
+        try:
+            doc = json.loads(basis_ids.read_text())
+            bp, bq = list(doc["train_pool_ids"]), list(doc["train_query_ids"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{basis_ids}: not a split file with train_pool_ids and train_query_ids ({e})") from None
+    path = compute_dense_targets(pool, query, out, k, basis_pool_ids=bp, basis_query_ids=bq)
+    if not quiet:
+        console.print(f"wrote {path} and {path.with_name(path.stem + '.meta.json').name}")

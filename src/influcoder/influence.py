@@ -16,7 +16,7 @@ from . import __version__
 from .labels import write_meta
 from .store import GradientStore, StoreError, check_compatible, open_store
 
-__all__ = ["compute_influence", "normalised"]
+__all__ = ["compute_influence", "compute_dense_targets", "normalised"]
 
 
 def normalised(block: np.ndarray, ids: list[str], start: int, what: str) -> np.ndarray:
@@ -84,6 +84,74 @@ def compute_influence(
         "query_store": {"path": str(query_s.root), "data": query_s.manifest.get("data"), "n": n_q},
         "teacher": pool_s.teacher(),
         "measure": "cosine of projected LoRA gradients",
+        "seconds": round(time.perf_counter() - t0, 3),
+        "influcoder_version": __version__,
+    })
+    return out
+
+
+def compute_dense_targets(
+    pool: str | Path | GradientStore,
+    query: str | Path | GradientStore,
+    out: str | Path,
+    k: int,
+    *,
+    basis_pool_ids: list[str] | None = None,
+    basis_query_ids: list[str] | None = None,
+    verify: bool = True,
+) -> Path:
+    """Write every stocked example's coordinates in the top-``k`` principal directions of the unit gradients
+    (uncentred, so inner products are kept: ⟨c_p, c_q⟩ ≈ Inf(p, q)) to ``out`` (.npy) and its metadata.
+
+    The basis is fitted on the rows named by ``basis_pool_ids`` / ``basis_query_ids`` (default: every row of
+    both stores): fit it on the training rows only when a later step holds rows out. Both stores are read into
+    memory (float32) and the basis is found through the n × n Gram matrix, so this is for stocked samples
+    (tens of thousands of rows), not whole corpora."""
+    from .exact_query import coordinates, principal_basis
+
+    pool_s = pool if isinstance(pool, GradientStore) else open_store(pool, verify=verify)
+    query_s = query if isinstance(query, GradientStore) else open_store(query, verify=verify)
+    check_compatible(pool_s.manifest, query_s.manifest)
+    out = Path(out)
+    if out.suffix != ".npy":
+        raise StoreError(f"{out}: the dense-target file must end in .npy")
+    t0 = time.perf_counter()
+    Up = normalised(pool_s.matrix.rows(0, len(pool_s)), pool_s.ids, 0, f"pool store {pool_s.root}")
+    Uq = normalised(query_s.matrix.rows(0, len(query_s)), query_s.ids, 0, f"query store {query_s.root}")
+
+    def pick(ids, all_ids, what):
+        if ids is None:
+            return np.arange(len(all_ids))
+        at = {i: n for n, i in enumerate(all_ids)}
+        missing = [i for i in ids if i not in at]
+        if missing:
+            raise StoreError(f"{what}: basis id {missing[0]!r} is not stocked there ({len(missing)} missing)")
+        return np.array([at[i] for i in ids], dtype=int)
+
+    bp = pick(basis_pool_ids, pool_s.ids, f"pool store {pool_s.root}")
+    bq = pick(basis_query_ids, query_s.ids, f"query store {query_s.root}")
+    try:
+        V, sv = principal_basis(np.concatenate([Up[bp], Uq[bq]]), k)
+    except ValueError as e:
+        raise StoreError(f"dense targets: {e}") from None
+    C = np.concatenate([coordinates(Up, V), coordinates(Uq, V)]).astype(np.float32)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from .fileio import atomic_save_npy
+
+    atomic_save_npy(out, C)
+    write_meta(out, {
+        "kind": "dense-targets",
+        "pool_ids": pool_s.ids,
+        "query_ids": query_s.ids,
+        "k": int(k),
+        "basis_rows": {"pool": int(len(bp)), "query": int(len(bq)),
+                       "pool_ids": None if basis_pool_ids is None else list(basis_pool_ids),
+                       "query_ids": None if basis_query_ids is None else list(basis_query_ids)},
+        "singular_values": [float(x) for x in sv],
+        "pool_store": {"path": str(pool_s.root), "data": pool_s.manifest.get("data"), "n": len(pool_s)},
+        "query_store": {"path": str(query_s.root), "data": query_s.manifest.get("data"), "n": len(query_s)},
+        "teacher": pool_s.teacher(),
+        "measure": "coordinates of unit projected LoRA gradients in their top-k uncentred principal directions",
         "seconds": round(time.perf_counter() - t0, 3),
         "influcoder_version": __version__,
     })

@@ -21,7 +21,7 @@ import numpy as np
 from .fileio import atomic_write_text
 from .fileio import sha256_file as file_sha256
 
-__all__ = ["Labels", "meta_path", "load_labels", "write_meta", "file_sha256"]
+__all__ = ["Labels", "DenseTargets", "meta_path", "load_labels", "load_dense_targets", "write_meta", "file_sha256"]
 
 
 def meta_path(npy_path: str | Path) -> Path:
@@ -78,3 +78,60 @@ def write_meta(npy_path: str | Path, meta: dict) -> Path:
     mp = meta_path(npy_path)
     atomic_write_text(mp, json.dumps(meta, indent=1))
     return mp
+
+
+@dataclass
+class DenseTargets:
+    """A loaded dense-target file (``influcoder targets``): every stocked example's coordinates in the top-k
+    principal directions of the teacher's unit gradients, so that ⟨c_p, c_q⟩ ≈ the label of (p, q).
+
+    On disk: ``targets.npy`` — float32 (n_pool + n_query, k), the pool rows first, in ``pool_ids`` order, then the
+    queries in ``query_ids`` order; ``targets.meta.json`` — ids, k, the rows the basis was fitted on, the
+    singular values and the teacher (as a label file's)."""
+
+    matrix: np.ndarray
+    pool_ids: list[str]
+    query_ids: list[str]
+    meta: dict
+    path: Path
+
+    @property
+    def k(self) -> int:
+        return int(self.matrix.shape[1])
+
+    def rows(self, ids: list[str], side: str) -> np.ndarray:
+        """The coordinates of ``ids`` on ``side`` (pool or query), in that order; an id without a target is an
+        error naming the file and the id."""
+        names = self.pool_ids if side == "pool" else self.query_ids
+        offset = 0 if side == "pool" else len(self.pool_ids)
+        at = {i: k for k, i in enumerate(names)}
+        missing = [i for i in ids if i not in at]
+        if missing:
+            raise ValueError(f"{self.path}: no dense target for {side} id {missing[0]!r} "
+                             f"({len(missing)} of {len(ids)} {side} ids missing)")
+        return np.asarray(self.matrix[[offset + at[i] for i in ids]], dtype=np.float32)
+
+    def fingerprint(self) -> dict:
+        return {"path": str(self.path), "sha256": file_sha256(self.path), "shape": list(self.matrix.shape),
+                "teacher": self.meta.get("teacher")}
+
+
+def load_dense_targets(path: str | Path) -> DenseTargets:
+    """Open a dense-target file and its metadata; errors name the file and what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: dense-target file not found")
+    mp = meta_path(path)
+    if not mp.exists():
+        raise ValueError(f"{path}: its metadata {mp.name} is missing (was `influcoder targets` interrupted?)")
+    meta = json.loads(mp.read_text())
+    if meta.get("kind") != "dense-targets":
+        raise ValueError(f"{path}: not a dense-target file ({mp.name} has kind {meta.get('kind')!r})")
+    try:
+        matrix = np.load(path, mmap_mode="r")
+    except ValueError as e:
+        raise ValueError(f"{path}: not a readable .npy array ({e})") from None
+    pool_ids, query_ids = list(meta["pool_ids"]), list(meta["query_ids"])
+    if matrix.ndim != 2 or matrix.dtype != np.float32 or len(matrix) != len(pool_ids) + len(query_ids):
+        raise ValueError(f"{path}: expected float32 ({len(pool_ids)} + {len(query_ids)}) × k, got {matrix.dtype} {matrix.shape}")
+    return DenseTargets(matrix, pool_ids, query_ids, meta, path)
