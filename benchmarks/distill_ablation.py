@@ -39,6 +39,7 @@ import argparse
 import hashlib
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -131,9 +132,21 @@ R4 = {  # round-4 levers (session 6), on the same base: what round 3 left out
 }
 for _k, _v in R4.items():
     VARIANTS[_k] = ("BASE", {**R3_BASE, **_v})
+R5 = {  # round-5 levers (session 10, issue 24 item 2), on today's default (round 4's trees): a dense target —
+    # every pool row and query of a step regressed onto its own unit coordinates in the top-k principal directions
+    # of the teacher's unit gradients (``dense_k``: the basis is fitted on distill's own training rows only, see run())
+    "head32": {"prior_trees": True, "projection_dim": 32},  # the 32-dimensional head alone (the control)
+    "dense32": {"prior_trees": True, "projection_dim": 32, "dense_k": 32, "dense_weight": 1.0},  # beside the ranking losses
+    "dense32_only": {"prior_trees": True, "projection_dim": 32, "dense_k": 32, "dense_weight": 1.0, "rank_weight": 0.0},
+    "dense32_noprior": {"pool_prior": False, "projection_dim": 32, "dense_k": 32, "dense_weight": 1.0},
+    "dense8": {"prior_trees": True, "projection_dim": 32, "dense_k": 8, "dense_weight": 1.0},  # fewer, easier directions
+}
+for _k, _v in R5.items():
+    VARIANTS[_k] = ("BASE", {**R3_BASE, **_v})
 # fields added after round 3, pinned at the value every earlier run had (kept apart from PINNED, which the round-3
 # report prints, so that its file regenerates unchanged; neither enters a run's cache key)
 PINNED_LATER = dict(kl_over="batch", prior_trees=False)
+PINNED_DENSE = dict(dense_targets=None, dense_weight=0.0, rank_weight=1.0)  # added in round 5 (same rule)
 # levers the issue lists that this study did not get to run on this CPU (see the closing note): a larger B × C
 # than 48 × 48 with GradCache, dropout / weight decay / staying close to the pretrained encoder, sketch label
 # noise, listwise KL over all candidates, τ sweeps, prompts, pooling, head dimension, a larger student
@@ -155,7 +168,10 @@ NOT_RUN_R3 = ["a GradCache-style two-pass step: memory never bound (the study's 
 NOT_RUN_R4 = ["a GradCache-style two-pass step: memory never bound (≈ 2–3 GB RSS of 24 GB, 96 × 96 blocks included); "
               "the listwise KL here scores every training pool row through an embedding bank instead",
               "the larger student with more than its top 2 of 12 layers trained (its layer cache alone took 270–420 s)"]
-NOT_RUN_LISTS = {3: NOT_RUN_R3, 4: NOT_RUN_R4}
+# what round 5 left out
+NOT_RUN_R5 = ["other k than 32 and other dense weights than 1 (one setting, three seeds, was what the session's CPU time allowed)",
+              "the dense target on a filtering case (issue 24 item 5's third kind of data)"]
+NOT_RUN_LISTS = {3: NOT_RUN_R3, 4: NOT_RUN_R4, 5: NOT_RUN_R5}
 
 
 def machine_load() -> dict:
@@ -284,6 +300,7 @@ def main() -> None:
     ap.add_argument("--extra-pool-store", default="")
     ap.add_argument("--decompose", default="", help="variants whose saved students are split into cosine and prior "
                     "parts on each seed's selection block")
+    ap.add_argument("--data-name", default="", help="what the data is, for the report (default: experiment 1's)")
     ap.add_argument("--round", type=int, default=3, choices=sorted(NOT_RUN_LISTS),
                     help="which round's report (its list of levers not run, its pins) the several-seeds form writes")
     args = ap.parse_args()
@@ -366,9 +383,23 @@ def main() -> None:
             return json.loads(done.read_text())
         pf, qf, lf = write_problem(d / "data", [pool_all[i] for i in fit_pool_idx], [query_all[j] for j in fit_q],
                                    block(fit_pool_idx, fit_q), meta)
+        opts = dict(opts)
+        dense_k = opts.pop("dense_k", None)
+        if dense_k:  # dense targets, the basis fitted on the rows distill trains on (its validation rows held out)
+            from influcoder.distill import split_indices
+            from influcoder.influence import compute_dense_targets
+
+            ds = split_indices(len(fit_pool_idx), len(fit_q), opts["val_pool"], opts["val_queries"], opts.get("seed", 0))
+            tp = [pool_all[fit_pool_idx[i]].id for i in ds.train_pool]
+            tq = [query_all[fit_q[j]].id for j in ds.train_queries]
+            tf = d / "data" / "targets.npy"
+            if not tf.exists():
+                compute_dense_targets(args.pool_store, args.query_store, tf, int(dense_k),
+                                      basis_pool_ids=tp, basis_query_ids=tq, verify=False)
+            opts["dense_targets"] = str(tf)
         load_before = machine_load()
         t0 = time.perf_counter()
-        enc_dir = train(DistillConfig(pool_data=pf, query_data=qf, labels=lf, out=str(d / "encoder"), **{**PINNED, **PINNED_LATER, **opts}),
+        enc_dir = train(DistillConfig(pool_data=pf, query_data=qf, labels=lf, out=str(d / "encoder"), **{**PINNED, **PINNED_LATER, **PINNED_DENSE, **opts}),
                         progress=False, log=lambda s: print(f"[{name} s{ctx['seed']}] {s}", flush=True))
         wall = time.perf_counter() - t0
         md = json.loads((Path(enc_dir) / "influcoder_encoder.json").read_text())
@@ -444,18 +475,21 @@ def main() -> None:
                 continue
             c = ctxs[seed]
             parts.setdefault(name, {})[str(seed)] = decompose(str(d / "encoder"), c["sel_pool"], c["sel_queries"], c["sel_truth"])
-    doc = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+    doc = {"command": "python " + shlex.join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
            "split_seed": seeds[0], "test_block_used": False,
            "sizes": {"fit_pool": len(ctx0["fit_p"]), "fit_queries": len(ctx0["fit_q"]), "selection_pool": len(ctx0["sel_p"]),
                      "selection_queries": len(ctx0["sel_q"]), "distill_val_pool": args.val_pool,
                      "distill_val_queries": args.val_queries},
            "budget_seconds": args.budget, "base": BASE, "today": TODAY, "variants": by_seed[seeds[0]], "curve": curve,
            "references": refs[seeds[0]], "not_run": NOT_RUN}
+    if args.data_name:  # (absent for experiment 1, so that the earlier rounds' files regenerate unchanged)
+        doc["data"] = {"name": args.data_name, "test_pool": args.test_pool, "test_queries": args.test_queries}
     if multi:  # (the single-seed form stays as the first two rounds' files have it, so they regenerate unchanged)
         doc["sizes"]["extra_pool_rows"] = int(len(extra_idx))
         doc.update(split_seeds=seeds, screen_variants=screen, variants_by_seed={str(k): v for k, v in by_seed.items()},
                    references_by_seed={str(k): v for k, v in refs.items()}, summary=summarise(by_seed, refs, names + screen),
-                   curve_budget_per_row=args.curve_budget_per_row, pinned=PINNED if args.round == 3 else {**PINNED, **PINNED_LATER},
+                   curve_budget_per_row=args.curve_budget_per_row, pinned=(PINNED if args.round == 3 else {**PINNED, **PINNED_LATER} if args.round == 4
+                           else {**PINNED, **PINNED_LATER, **PINNED_DENSE}),
                    decomposition=parts, not_run=NOT_RUN_LISTS[args.round])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -491,7 +525,8 @@ def markdown_multi(doc: dict) -> str:
     lines = [
         "# Distillation study (issue 9), several split seeds", "",
         f"Command: `{doc['command']}`", "",
-        f"Experiment 1's data, split seeds {', '.join(map(str, seeds))}; each seed's 200 × 200 test block is not read. "
+        f"{doc.get('data', {}).get('name', 'Experiment 1' + chr(39) + 's data')}, split seeds {', '.join(map(str, seeds))}; "
+        f"each seed's {doc.get('data', {}).get('test_pool', 200)} × {doc.get('data', {}).get('test_queries', 200)} test block is not read. "
         f"Per seed, variants train on {s['fit_pool']} pool × {s['fit_queries']} query labels (epoch picked on distill's "
         f"own {s['distill_val_pool']} × {s['distill_val_queries']} split inside them) and are scored once on that seed's "
         f"selection block of {s['selection_pool']} pool × {s['selection_queries']} queries. Budget: "
