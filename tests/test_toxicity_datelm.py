@@ -510,3 +510,22 @@ def test_the_students_bar_compares_rows_on_the_seeds_they_share():
     assert bar["student ≥ 25× less inference time / example than LESS r8"]["met"] is True  # 60×
     none = datelm_bar({"per_seed": per_seed[1:], "summary": summary})
     assert [b["met"] for b in none] == [None]
+
+
+@needs_shared
+def test_the_committed_experiment_rebuilds_from_its_committed_parts(tmp_path, monkeypatch):
+    """`influcoder evaluate configs/exp2_toxicity_datelm.yaml --committed-only` finds every committed (seed, method)
+    part under today's construction keys (a change to what a key holds — a new DistillConfig field, say — would
+    orphan them) and rebuilds the committed report byte for byte."""
+    from influcoder.evaluate import run
+
+    monkeypatch.chdir(ROOT)
+    if not (ROOT / ".." / "shared" / "data" / "xstest").exists():
+        pytest.skip("the config's ../shared/data paths do not resolve from this checkout")
+    cfg = load_config("configs/exp2_toxicity_datelm.yaml")
+    cfg.out_dir = str(tmp_path)
+    cmd = "influcoder evaluate configs/exp2_toxicity_datelm.yaml --committed-only"
+    res = run(cfg, progress=False, command=cmd, committed_only=True)
+    assert not res.get("missing"), res.get("missing")
+    name = "eval_exp2_toxicity_datelm.md"
+    assert (tmp_path / name).read_text() == (ROOT / "benchmarks" / "results" / name).read_text()

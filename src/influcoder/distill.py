@@ -47,6 +47,10 @@ __all__ = [
     "train",
 ]
 
+NO_OP_VALUES = {"dense_targets": None, "dense_weight": 0.0, "rank_weight": 1.0}
+"""DistillConfig fields added after students were first cached, with the value at which each changes nothing:
+a recipe (``evaluate.student_recipe``) leaves a field out at that value, so earlier students keep their keys."""
+
 SELECT_METRICS = ("per_anchor_spearman", "aggregated_spearman", "query_specific_spearman", "loss")
 PRIOR_TREES_WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0)
 """λ candidates of the boosted pool prior's weight (see DistillConfig.prior_trees), besides 0."""

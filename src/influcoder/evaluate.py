@@ -610,11 +610,11 @@ def _write_records(path: Path, recs: list[Record]) -> None:
 def student_recipe(opts: dict) -> dict:
     """The student's whole recipe: the config's ``student`` options over DistillConfig's defaults, paths aside.
     Trained students are cached by it, so a changed default trains a new student instead of reusing one
-    trained by the old recipe."""
-    from .distill import DistillConfig
+    trained by the old recipe; fields added later are left out at their no-op value (distill.NO_OP_VALUES)."""
+    from .distill import NO_OP_VALUES, DistillConfig
 
     return {k: v for k, v in DistillConfig(pool_data="-", query_data="-", labels="-", out="-", **opts).to_dict().items()
-            if k not in ("pool_data", "query_data", "labels", "out")}
+            if k not in ("pool_data", "query_data", "labels", "out") and not (k in NO_OP_VALUES and v == NO_OP_VALUES[k])}
 
 
 def train_student(ctx: _Ctx, tag: str, train_pool: list[Record], train_queries: list[Record],
