@@ -140,6 +140,9 @@ R5 = {  # round-5 levers (session 10, issue 24 item 2), on today's default (roun
     "dense32_only": {"prior_trees": True, "projection_dim": 32, "dense_k": 32, "dense_weight": 1.0, "rank_weight": 0.0},
     "dense32_noprior": {"pool_prior": False, "projection_dim": 32, "dense_k": 32, "dense_weight": 1.0},
     "dense8": {"prior_trees": True, "projection_dim": 32, "dense_k": 8, "dense_weight": 1.0},  # fewer, easier directions
+    # issue 24 item 4: the token budget, now that the text keeps the whole response (the prompt cut from the left)
+    "len256": {"prior_trees": True, "max_length": 256},
+    "len384": {"prior_trees": True, "max_length": 384},
 }
 for _k, _v in R5.items():
     VARIANTS[_k] = ("BASE", {**R3_BASE, **_v})
@@ -169,8 +172,9 @@ NOT_RUN_R4 = ["a GradCache-style two-pass step: memory never bound (≈ 2–3 GB
               "the listwise KL here scores every training pool row through an embedding bank instead",
               "the larger student with more than its top 2 of 12 layers trained (its layer cache alone took 270–420 s)"]
 # what round 5 left out
-NOT_RUN_R5 = ["other k than 32 and other dense weights than 1 (one setting, three seeds, was what the session's CPU time allowed)",
-              "the dense target on a filtering case (issue 24 item 5's third kind of data)"]
+NOT_RUN_R5 = ["dense targets with other k than 8 and 32 or other weights than 1 (what the session's CPU time allowed)",
+              "the dense target on a filtering case (issue 24 item 5's third kind of data)",
+              "token budgets beyond 384 and on the GSM8K check; the how-much-to-stock curve to 3,000 rows (issue 24 item 4)"]
 NOT_RUN_LISTS = {3: NOT_RUN_R3, 4: NOT_RUN_R4, 5: NOT_RUN_R5}
 
 
