@@ -29,6 +29,17 @@ def normalised(block: np.ndarray, ids: list[str], start: int, what: str) -> np.n
     return x / norms[:, None]
 
 
+def _open_pair(pool, query, out, verify: bool, what: str) -> tuple[GradientStore, GradientStore, Path]:
+    """The two stores (opened, checked compatible) and the output path (a .npy)."""
+    pool_s = pool if isinstance(pool, GradientStore) else open_store(pool, verify=verify)
+    query_s = query if isinstance(query, GradientStore) else open_store(query, verify=verify)
+    check_compatible(pool_s.manifest, query_s.manifest)
+    out = Path(out)
+    if out.suffix != ".npy":
+        raise StoreError(f"{out}: the {what} must end in .npy")
+    return pool_s, query_s, out
+
+
 def compute_influence(
     pool: str | Path | GradientStore,
     query: str | Path | GradientStore,
@@ -41,12 +52,7 @@ def compute_influence(
     query_cache_mb: int = 1024,
 ) -> Path:
     """Write the (pool × query) cosine influence matrix to ``out`` (.npy) and its metadata; returns ``out``."""
-    pool_s = pool if isinstance(pool, GradientStore) else open_store(pool, verify=verify)
-    query_s = query if isinstance(query, GradientStore) else open_store(query, verify=verify)
-    check_compatible(pool_s.manifest, query_s.manifest)
-    out = Path(out)
-    if out.suffix != ".npy":
-        raise StoreError(f"{out}: the label file must end in .npy")
+    pool_s, query_s, out = _open_pair(pool, query, out, verify, "label file")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     n_p, n_q = len(pool_s), len(query_s)
@@ -109,12 +115,7 @@ def compute_dense_targets(
     (tens of thousands of rows), not whole corpora."""
     from .exact_query import coordinates, principal_basis
 
-    pool_s = pool if isinstance(pool, GradientStore) else open_store(pool, verify=verify)
-    query_s = query if isinstance(query, GradientStore) else open_store(query, verify=verify)
-    check_compatible(pool_s.manifest, query_s.manifest)
-    out = Path(out)
-    if out.suffix != ".npy":
-        raise StoreError(f"{out}: the dense-target file must end in .npy")
+    pool_s, query_s, out = _open_pair(pool, query, out, verify, "dense-target file")
     t0 = time.perf_counter()
     Up = normalised(pool_s.matrix.rows(0, len(pool_s)), pool_s.ids, 0, f"pool store {pool_s.root}")
     Uq = normalised(query_s.matrix.rows(0, len(query_s)), query_s.ids, 0, f"query store {query_s.root}")

@@ -51,19 +51,25 @@ class Labels:
         }
 
 
-def load_labels(path: str | Path) -> Labels:
-    """Open a label file and its metadata; errors name the file and what is wrong."""
+def _open_npy(path: str | Path, what: str, command: str) -> tuple[Path, dict, np.ndarray]:
+    """A .npy written by ``influcoder <command>`` and its metadata (memory-mapped); errors name the file."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: label file not found")
+        raise FileNotFoundError(f"{path}: {what} not found")
     mp = meta_path(path)
     if not mp.exists():
-        raise ValueError(f"{path}: its metadata {mp.name} is missing (was `influcoder influence` interrupted?)")
+        raise ValueError(f"{path}: its metadata {mp.name} is missing (was `influcoder {command}` interrupted?)")
     meta = json.loads(mp.read_text())
     try:
         matrix = np.load(path, mmap_mode="r")
     except ValueError as e:
         raise ValueError(f"{path}: not a readable .npy array ({e})") from None
+    return path, meta, matrix
+
+
+def load_labels(path: str | Path) -> Labels:
+    """Open a label file and its metadata; errors name the file and what is wrong."""
+    path, meta, matrix = _open_npy(path, "label file", "influence")
     if matrix.ndim != 2 or matrix.dtype != np.float32:
         raise ValueError(f"{path}: expected a 2-D float32 array, got {matrix.dtype} {matrix.shape}")
     pool_ids, query_ids = list(meta["pool_ids"]), list(meta["query_ids"])
@@ -118,19 +124,9 @@ class DenseTargets:
 
 def load_dense_targets(path: str | Path) -> DenseTargets:
     """Open a dense-target file and its metadata; errors name the file and what is wrong."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: dense-target file not found")
-    mp = meta_path(path)
-    if not mp.exists():
-        raise ValueError(f"{path}: its metadata {mp.name} is missing (was `influcoder targets` interrupted?)")
-    meta = json.loads(mp.read_text())
+    path, meta, matrix = _open_npy(path, "dense-target file", "targets")
     if meta.get("kind") != "dense-targets":
-        raise ValueError(f"{path}: not a dense-target file ({mp.name} has kind {meta.get('kind')!r})")
-    try:
-        matrix = np.load(path, mmap_mode="r")
-    except ValueError as e:
-        raise ValueError(f"{path}: not a readable .npy array ({e})") from None
+        raise ValueError(f"{path}: not a dense-target file ({meta_path(path).name} has kind {meta.get('kind')!r})")
     pool_ids, query_ids = list(meta["pool_ids"]), list(meta["query_ids"])
     if matrix.ndim != 2 or matrix.dtype != np.float32 or len(matrix) != len(pool_ids) + len(query_ids):
         raise ValueError(f"{path}: expected float32 ({len(pool_ids)} + {len(query_ids)}) × k, got {matrix.dtype} {matrix.shape}")
