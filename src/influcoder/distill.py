@@ -763,7 +763,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
     # the only label block training ever reads:
     train_block = np.ascontiguousarray(full[np.ix_(split.train_pool, split.train_queries)])
     val_block = np.ascontiguousarray(full[np.ix_(split.val_pool, split.val_queries)])
-    dense = None
+    dense = targets = None
     if cfg.dense_weight > 0:
         try:
             targets = load_dense_targets(cfg.dense_targets)
@@ -1097,8 +1097,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
             "loss": teacher.get("loss"),
         },
         "labels": labels.fingerprint(),
-        "dense_targets": (load_dense_targets(cfg.dense_targets).fingerprint()
-                          if cfg.dense_targets and cfg.dense_weight > 0 else None),
+        "dense_targets": targets.fingerprint() if dense is not None else None,
         "pool_data": file_fingerprint(cfg.pool_data),
         "query_data": file_fingerprint(cfg.query_data),
         "data_specs": _data_specs(cfg),
