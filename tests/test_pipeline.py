@@ -378,3 +378,95 @@ def test_exact_query_step_beside_the_student(tiny, reference, tmp_path):
     d["exact_query"]["enabled"] = False
     Pipeline(from_dict(RunConfig, d), progress=False).run()
     assert "exact_query" not in json.loads((out / "report" / "fidelity.json").read_text())["methods"]
+
+
+def test_exact_query_scorer_runs_embed_index_attribute_filter(tiny, reference, tmp_path):
+    """scorer: exact-query — embed, index, attribute and filter load exact_query/model through load_encoder: a pool
+    row's vector is its predicted coordinates, a query's its exact coordinates (the run's own queries from the saved
+    coordinates, never stocked again). Attribution and filter scores equal the slow reference ⟨ĉ_p, c_q⟩ built from
+    the saved model, the stores and the base encoder; `influcoder attribute` on new queries stocks them (only them)
+    and ranks as the reference does; plain strings are refused on both sides."""
+    from influcoder.encoder import InfluenceEncoder, load_encoder
+    from influcoder.errors import UserError
+    from influcoder.exact_query import ExactQueryModel, pool_features, pool_vectors
+    from influcoder.embed import open_embeddings
+    from influcoder.records import read_records
+    from influcoder.stock import StockConfig, stock
+    from influcoder.store import open_store
+
+    ref_out, _ = reference
+    out = tmp_path / "eqs"
+    shutil.copytree(ref_out, out)
+    d = config_dict(tiny, out, scorer="exact-query", exact_query={"encoder": str(tiny["enc"]), "max_length": 32,
+                                                                  "ks": [2, 4, 8], "alphas": [0.1, 10.0]})
+    logs: list[str] = []
+    m = Pipeline(from_dict(RunConfig, d), progress=False, log=logs.append).run()
+    ran = [s for s in STEPS if f"[{s}] running" in logs]
+    assert ran == ["exact_query", "embed", "index", "attribute", "filter", "report"], ran  # the student is kept
+    assert m["encoder"] == "exact_query/model" and m["scorer"] == "exact-query"
+    assert not (out / "exact_query" / "pool_coordinates.npy").exists()  # embed holds them now
+    mdir = out / "exact_query" / "model"
+    model = ExactQueryModel.load(mdir)
+    # the slow reference: the head on the base encoder's features, the stored query gradients on the basis
+    base = InfluenceEncoder.from_pretrained(str(tiny["enc"]), max_length=32)
+    pool, _ = read_records(tiny["pool"])
+    queries, _ = read_records(tiny["queries"])
+    C = model.pool_coordinates(pool_features(base, pool))
+    qs = open_store(out / "stores" / "queries")
+    G = np.asarray(qs.matrix)[[list(qs.ids).index(r.id) for r in queries]]
+    Q = model.query_coordinates(G)
+    S = C.astype(np.float64) @ Q.T.astype(np.float64)
+    emb = open_embeddings(out / "embeddings")
+    k = model.V.shape[1]  # the coordinates; then √(1 − ‖ĉ‖²) (steep near 1: compared by the norm) and 0
+    np.testing.assert_allclose(emb.matrix()[:, :k], pool_vectors(C)[:, :k], atol=1e-5)
+    assert emb.dim == k + 2 and np.all(emb.matrix()[:, k + 1] == 0)
+    np.testing.assert_allclose(np.linalg.norm(emb.matrix(), axis=1), 1.0, atol=1e-6)
+    rows = [json.loads(x) for x in (out / "attribution" / "attribution.jsonl").read_text().splitlines()]
+    ids = [r.id for r in pool]
+    for j, q in enumerate(queries):
+        mine = [r for r in rows if r["query_id"] == q.id]
+        assert [r["id"] for r in mine] == [ids[i] for i in np.argsort(-S[:, j], kind="stable")[:3]]
+        np.testing.assert_allclose([r["score"] for r in mine], np.sort(S[:, j])[::-1][:3], atol=1e-5)
+    filt = {r["id"]: r["score"] for r in map(json.loads, (out / "filter" / "scores.jsonl").read_text().splitlines())}
+    np.testing.assert_allclose([filt[i] for i in ids], S.mean(axis=1), atol=1e-5)
+    # the run's queries come from the saved coordinates; stocking them again gives the same vectors
+    enc = load_encoder(mdir)
+    v = enc.encode(queries, side="query")
+    assert enc.stocked == 0
+    np.testing.assert_allclose(v @ enc.encode(pool[:5], side="pool").T, S[:5].T, atol=1e-5)
+    np.testing.assert_allclose(model.query_coordinates(enc.stock_gradients(queries[:3])), Q[:3], atol=1e-5)
+    with pytest.raises(UserError, match="plain strings"):
+        enc.encode(["what is rain"], side="query")
+    with pytest.raises(UserError, match="plain strings"):
+        enc.encode(["say red blue\nred"], side="pool")
+    # new queries through `influcoder attribute`: only they are stocked; ranks equal the reference
+    new = tmp_path / "new.jsonl"
+    new.write_text("".join(json.dumps({"id": f"n{i}", "prompt": p, "response": r}) + "\n"
+                           for i, (p, r) in enumerate([("what is water", "water water"), ("name a prime", "prime")])))
+    res = tmp_path / "att.jsonl"
+    r = subprocess.run([sys.executable, "-m", "influcoder", "attribute", "--encoder", str(mdir), "--index",
+                        str(out / "index"), "--queries", str(new), "--top-k", "4", "--out", str(res)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    stock(StockConfig(data=str(new), out=str(tmp_path / "new_store"), **model.teacher), progress=False)
+    Qn = model.query_coordinates(np.asarray(open_store(tmp_path / "new_store").matrix))
+    Sn = C.astype(np.float64) @ Qn.T.astype(np.float64)
+    got = [json.loads(x) for x in res.read_text().splitlines()]
+    for j, qid in enumerate(["n0", "n1"]):
+        mine = [x for x in got if x["query_id"] == qid]
+        assert [x["id"] for x in mine] == [ids[i] for i in np.argsort(-Sn[:, j], kind="stable")[:4]]
+        np.testing.assert_allclose([x["score"] for x in mine], np.sort(Sn[:, j])[::-1][:4], atol=1e-5)
+    # the `exact-query` command points at attribute under this scorer
+    bad = subprocess.run([sys.executable, "-m", "influcoder", "exact-query", str(out), "--queries", str(new),
+                          "--out", str(tmp_path / "x.jsonl")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "influcoder attribute --encoder" in bad.stderr
+    # the explorer serves the run with its scorer: a query of the run by id ranks as the reference; typed text
+    # (no response, so no gradient) is refused with the reason
+    from influcoder.serve import Explorer, resolve_source
+
+    ex = Explorer(resolve_source(out), device="cpu", precision="float32")
+    got = ex.attribute(query_id=queries[0].id, k=3)
+    assert [x["id"] for x in got["results"]] == [ids[i] for i in np.argsort(-S[:, 0], kind="stable")[:3]]
+    np.testing.assert_allclose([x["score"] for x in got["results"]], np.sort(S[:, 0])[::-1][:3], atol=1e-5)
+    with pytest.raises(UserError, match="plain strings"):
+        ex.attribute(text="what is rain", k=3)

@@ -272,3 +272,27 @@ def test_missing_ray_one_sentence(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install influcoder[ray]" in r.stdout
 
+
+
+def test_embed_ray_with_an_exact_query_model(ray_local, encoder, alpaca_files, tmp_path):
+    """An exact-query model folder is an encoder to Ray too: embed --ray writes the local store (pool vectors =
+    the head's predicted coordinates, unit, k + 2 wide)."""
+    from influcoder.encoder import InfluenceEncoder
+    from influcoder.exact_query import ExactQueryModel, fit_ridge_head, pool_features
+    from influcoder.records import read_records, PRESETS
+
+    recs, _ = read_records(alpaca_files["jsonl"], PRESETS["alpaca"])
+    X = pool_features(InfluenceEncoder.from_pretrained(encoder, max_length=64), recs[:20])
+    rng = np.random.default_rng(0)
+    V = np.linalg.qr(rng.normal(size=(50, 6)))[0].astype(np.float32)
+    model = ExactQueryModel(V=V, head=fit_ridge_head(X, rng.normal(size=(20, 6)) * 0.3, 1.0), encoder=encoder,
+                            info={"max_length": 64})
+    mdir = model.save(tmp_path / "eq")
+    common = dict(encoder=str(mdir), data=str(alpaca_files["jsonl"]), preset="alpaca", dtype="float32", batch_size=5,
+                  shard_size=11)
+    local = open_embeddings(embed_file(EmbedConfig(out=str(tmp_path / "local"), **common), progress=False))
+    remote = open_embeddings(embed_with_ray(EmbedConfig(out=str(tmp_path / "ray"), **common), RCFG1), verify=True)
+    assert local.dim == 8 and local.manifest["encoder"]["path"] == str(mdir)
+    assert_same_store(remote, local, atol=2e-5)
+    want = model.pool_coordinates(pool_features(InfluenceEncoder.from_pretrained(encoder, max_length=64), recs))
+    np.testing.assert_allclose(local.matrix()[:, :6], want, atol=1e-5)

@@ -409,6 +409,8 @@ from .records import DataSpec  # noqa: E402
 from .stock import StockConfig  # noqa: E402
 
 _FIELD_OPTIONS = ("preset", "prompt_field", "response_field", "messages_field", "id_field", "limit", "skip_invalid")
+SCORERS = ("student", "exact-query")
+"""What a run's embed/index/attribute/filter steps score with (RunConfig.scorer)."""
 STEPS = ("mix", "sample", "stock", "labels", "train", "exact_query", "embed", "index", "attribute", "filter", "report")
 """The steps of a run, in order."""
 
@@ -593,6 +595,11 @@ class RunConfig:
     """Exact-query scoring beside the student (off by default)."""
     report: ReportSection = field(default_factory=ReportSection)
     """The fidelity report."""
+    scorer: str = "student"
+    """What embed, index, attribute and filter score with: student (the distilled bi-encoder, encoder/) or
+    exact-query (the exact_query step's model, exact_query/model: pool vectors are predicted gradient coordinates,
+    a query's vector its exact coordinates — new queries are stocked, nothing else). exact-query runs the
+    exact_query step whether or not exact_query.enabled says so."""
     device: str = "auto"
     """Device of every step that runs a model, where the step's own section says auto: auto (CUDA when
     present, else cpu), cpu (force the CPU), cuda or cuda:N."""
@@ -609,6 +616,8 @@ class RunConfig:
         if bad:
             raise UserError(f"steps: unknown step '{bad[0]}' (choose from {', '.join(STEPS)})")
         self.steps = steps
+        if self.scorer not in SCORERS:
+            raise UserError(f"scorer must be one of {', '.join(SCORERS)}, got {self.scorer!r}")
         from .hardware import check_compute
 
         check_compute(self.device, self.precision)

@@ -706,6 +706,16 @@ def encoder_fingerprint(name_or_path: str | os.PathLike) -> dict[str, Any]:
     from .errors import UserError
 
     root = resolve_encoder_path(name_or_path)
+    from .exact_query import MODEL_FILE, TENSORS_FILE, is_exact_query_folder
+
+    if is_exact_query_folder(root):  # its own files, its adapter's, and the fingerprint of the encoder it reads
+        h = hashlib.sha256()
+        files = [p for p in [root / MODEL_FILE, root / TENSORS_FILE, *sorted((root / "adapter").glob("*"))] if p.is_file()]
+        for p in files:
+            h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+        base = json.loads((root / MODEL_FILE).read_text())["encoder"]
+        h.update(encoder_fingerprint(base)["sha256"].encode())
+        return {"sha256": h.hexdigest(), "files": [p.relative_to(root).as_posix() for p in files] + [f"encoder:{base}"]}
     folders = [root]
     modules = root / "modules.json"
     if modules.exists():
@@ -743,18 +753,23 @@ def encoder_identity(name: str | os.PathLike) -> dict[str, Any]:
 
 def load_encoder(name: str | os.PathLike, device: str = "cpu", precision: str = "float32",
                  stage: str | None = None) -> InfluenceEncoder:
-    """Load an :class:`InfluenceEncoder` (folder or ``minilm-l6``) on ``device`` (``auto``: CUDA when present)
+    """Load an :class:`InfluenceEncoder` (folder or ``minilm-l6``) — or, for a folder of an exact-query model
+    (``influcoder run`` with ``scorer: exact-query`` writes one: exact_query/model), an
+    :class:`~influcoder.exact_query.ExactQueryEncoder`, which encodes the same way — on ``device`` (``auto``: CUDA when present)
     with forward ``precision`` (``auto``: bf16 where the device computes it natively; see
     influcoder.hardware); a bad folder is a :class:`UserError`. ``stage`` names who loads it in the one line
     that says which device and precision were chosen."""
     from .errors import UserError
     from .hardware import announce, resolve
 
-    resolve_encoder_path(name)
+    from .exact_query import ExactQueryEncoder, is_exact_query_folder
+
+    path = resolve_encoder_path(name)
     dev, prec = resolve(device, precision)
     try:
-        enc = InfluenceEncoder.from_pretrained(str(name), device=dev)
-    except (OSError, ValueError) as e:
+        enc = (ExactQueryEncoder(path, device=dev, precision=prec) if is_exact_query_folder(path)
+               else InfluenceEncoder.from_pretrained(str(name), device=dev))
+    except (OSError, ValueError, KeyError) as e:
         raise UserError(f"cannot load encoder '{name}': {e}") from None
     enc.precision = prec
     if stage:
@@ -772,6 +787,12 @@ def read_encoder_metadata(name: str | os.PathLike) -> dict[str, Any]:
     """The metadata :func:`load_encoder` would give the encoder, read from its folder without loading
     the model (what a Ray driver records in an embedding store's manifest)."""
     p = resolve_encoder_path(name)
+    from .exact_query import ExactQueryModel, is_exact_query_folder
+
+    if is_exact_query_folder(p):  # as ExactQueryEncoder.metadata gives it (the base encoder's text contract)
+        m = ExactQueryModel.load(p)
+        return {**(m.metadata or {}), "kind": "exact-query", "base_encoder": m.encoder, "exact_query": m.describe(),
+                "text": read_encoder_metadata(m.encoder).get("text")}
     meta: dict[str, Any] = {}
     saved = (p / "modules.json").exists() and (p / METADATA_FILE).exists()
     if saved:

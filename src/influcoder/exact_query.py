@@ -23,7 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = ["principal_basis", "unit_rows", "coordinates", "form_features", "RidgeHead", "fit_ridge_head",
-           "ExactQueryModel", "pool_features", "select_and_fit", "top_k_rows", "VIEWS"]
+           "ExactQueryModel", "ExactQueryEncoder", "pool_features", "pool_vectors", "query_vectors", "select_and_fit",
+           "top_k_rows", "is_exact_query_folder", "VIEWS"]
 
 
 def unit_rows(G: np.ndarray, block: int = 4096) -> np.ndarray:
@@ -162,19 +163,32 @@ def fit_ridge_head(X: np.ndarray, C: np.ndarray, alpha: float) -> RidgeHead:
 
 @dataclass
 class ExactQueryModel:
-    """What exact-query scoring needs at scoring time: the basis and the pool head (the encoder is named)."""
+    """What exact-query scoring needs at scoring time: the basis, the pool head and the encoder it reads; for
+    encoding queries from their records also the teacher's stocking settings (``teacher``: StockConfig fields
+    without data/out), the identity of the gradients the basis was fitted on (``reference``: model, adapter,
+    projection and layout hashes of the run's query store) and the run's own stocked queries' coordinates by
+    :func:`~influcoder.records.record_key` (``known``), so that they are not stocked again."""
 
     V: np.ndarray
     head: RidgeHead
     encoder: str
     info: dict
+    teacher: dict | None = None
+    reference: dict | None = None
+    known_keys: list[str] | None = None
+    known_coordinates: np.ndarray | None = None
+    metadata: dict | None = None
 
     def query_coordinates(self, query_gradients: np.ndarray) -> np.ndarray:
         """Exact coordinates of stocked query gradients (any scale; rows are normalised first)."""
         return coordinates(unit_rows(query_gradients), self.V)
 
     def pool_coordinates(self, features: np.ndarray) -> np.ndarray:
-        return self.head.predict(features)
+        """Predicted coordinates of pool rows, each kept inside the unit ball (a unit gradient's coordinates in
+        an orthonormal basis never leave it; a longer prediction is scaled back onto the sphere)."""
+        C = np.asarray(self.head.predict(features), dtype=np.float64)
+        n = np.linalg.norm(C, axis=1, keepdims=True)
+        return (C / np.maximum(n, 1.0)).astype(np.float32)
 
     def save(self, out: str | Path) -> Path:
         from safetensors.numpy import save_file
@@ -184,11 +198,14 @@ class ExactQueryModel:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         h = self.head
-        save_file({"V": np.ascontiguousarray(self.V, np.float32), "mean": h.mean, "scale": h.scale, "W": h.W, "b": h.b},
-                  str(out / "exact_query.safetensors"))
-        atomic_write_text(out / "exact_query.json", json.dumps(
-            {"format": "influcoder-exact-query/1", "encoder": self.encoder, "alpha": h.alpha, "k": int(self.V.shape[1]),
-             "info": self.info}, indent=1, default=str))
+        tensors = {"V": np.ascontiguousarray(self.V, np.float32), "mean": h.mean, "scale": h.scale, "W": h.W, "b": h.b}
+        if self.known_coordinates is not None:
+            tensors["known_query_coordinates"] = np.ascontiguousarray(self.known_coordinates, np.float32)
+        save_file(tensors, str(out / TENSORS_FILE))
+        atomic_write_text(out / MODEL_FILE, json.dumps(
+            {"format": FORMAT, "encoder": self.encoder, "alpha": h.alpha, "k": int(self.V.shape[1]),
+             "info": self.info, "teacher": self.teacher, "reference": self.reference,
+             "known_query_keys": self.known_keys, "metadata": self.metadata}, indent=1, default=str))
         return out
 
     @classmethod
@@ -196,13 +213,191 @@ class ExactQueryModel:
         from safetensors.numpy import load_file
 
         path = Path(path)
-        meta = json.loads((path / "exact_query.json").read_text())
-        t = load_file(str(path / "exact_query.safetensors"))
+        meta = json.loads((path / MODEL_FILE).read_text())
+        t = load_file(str(path / TENSORS_FILE))
         head = RidgeHead(mean=t["mean"], scale=t["scale"], W=t["W"], b=t["b"], alpha=meta["alpha"])
-        return cls(V=t["V"], head=head, encoder=meta["encoder"], info=meta.get("info", {}))
+        return cls(V=t["V"], head=head, encoder=meta["encoder"], info=meta.get("info", {}), teacher=meta.get("teacher"),
+                   reference=meta.get("reference"), known_keys=meta.get("known_query_keys"),
+                   known_coordinates=t.get("known_query_coordinates"), metadata=meta.get("metadata"))
 
     def describe(self) -> dict:
         return {"k": int(self.V.shape[1]), "alpha": self.head.alpha, "encoder": self.encoder, **self.info}
+
+
+MODEL_FILE = "exact_query.json"
+TENSORS_FILE = "exact_query.safetensors"
+FORMAT = "influcoder-exact-query/1"
+REFERENCE_KEYS = ("model_hash", "adapter_hash", "projection", "layout_hash")
+"""What must agree between the gradients the basis was fitted on and a query stocked later."""
+
+
+def is_exact_query_folder(path: str | Path) -> bool:
+    """True for a folder written by :meth:`ExactQueryModel.save` (``load_encoder`` then gives an
+    :class:`ExactQueryEncoder`)."""
+    return (Path(path) / MODEL_FILE).is_file()
+
+
+def pool_vectors(C: np.ndarray) -> np.ndarray:
+    """Unit vectors (n, k + 2) of predicted pool coordinates (inside the unit ball): [ĉ, √(1 − ‖ĉ‖²), 0]."""
+    C = np.asarray(C, dtype=np.float64)
+    r = np.sqrt(np.clip(1.0 - (C * C).sum(axis=1, keepdims=True), 0.0, None))
+    return np.hstack([C, r, np.zeros_like(r)]).astype(np.float32)
+
+
+def query_vectors(Q: np.ndarray) -> np.ndarray:
+    """Unit vectors (n, k + 2) of exact query coordinates: [c_q, 0, √(1 − ‖c_q‖²)]. The inner product of a pool
+    vector and a query vector is ⟨ĉ_p, c_q⟩ exactly — the exact-query score — and both are unit vectors, so every
+    cosine consumer (embedding stores, FAISS, attribute, filter, serve) scores them unchanged."""
+    Q = np.asarray(Q, dtype=np.float64)
+    n = np.linalg.norm(Q, axis=1, keepdims=True)
+    Q = Q / np.maximum(n, 1.0)  # ‖V'u‖ ≤ 1 for a unit u; only rounding can exceed it
+    r = np.sqrt(np.clip(1.0 - (Q * Q).sum(axis=1, keepdims=True), 0.0, None))
+    return np.hstack([Q, np.zeros_like(r), r]).astype(np.float32)
+
+
+class ExactQueryEncoder:
+    """An exact-query model behind the encoder interface (:meth:`encode` / ``encode_query`` / ``encode_document``),
+    so that ``embed``, ``index``, ``attribute``, ``filter``, ``serve``, ``run`` and Ray use it as they use an
+    :class:`~influcoder.encoder.InfluenceEncoder`: a pool record's vector is its predicted coordinates (the head on
+    the base encoder's features), a query record's vector its exact coordinates — its LoRA gradient, stocked with
+    the teacher's settings (the run's own queries are read from the saved coordinates, not stocked again),
+    projected on the basis. Vectors are unit (:func:`pool_vectors`, :func:`query_vectors`); their cosine is the
+    exact-query score ⟨ĉ_p, c_q⟩. Plain strings are refused on both sides: the pool features and a query's
+    gradient both need the record's prompt and response."""
+
+    prior = None
+
+    def __init__(self, folder: str | Path, device: str = "cpu", precision: str = "float32"):
+        from .encoder import InfluenceEncoder
+
+        self.folder = Path(folder)
+        self.model = ExactQueryModel.load(self.folder)
+        self.precision = precision
+        """Precision asked of this encoder; the features use the precision the head was fitted on, the decoder
+        passes that stock new queries the teacher's recorded dtype."""
+        self.feature_precision = self.model.info.get("feature_precision", "float32")
+        self.base = InfluenceEncoder.from_pretrained(self.model.encoder, max_length=self.model.info.get("max_length"),
+                                                     device=device)
+        self.base.precision = self.feature_precision  # the features the head was fitted on
+        self._device = device
+        self._known = dict(zip(self.model.known_keys or [], range(len(self.model.known_keys or []))))
+        self.stocked = 0
+        """Queries stocked by this object so far (the run's own queries are not)."""
+        self.metadata = {**(self.model.metadata or {}), "kind": "exact-query", "base_encoder": self.model.encoder,
+                         "exact_query": self.model.describe(), "text": self.base.metadata.get("text")}
+
+    # the encoder interface ---------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return int(self.model.V.shape[1]) + 2
+
+    embedding_dim = dim
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @property
+    def max_length(self) -> int:
+        return self.base.max_length
+
+    def texts(self, items, side: str = "pool") -> list[str]:
+        return self.base.texts(items, side)
+
+    def response_seen(self, items, side: str = "pool") -> dict[str, float]:
+        return self.base.response_seen(items, side)
+
+    def score_vectors(self, emb: np.ndarray, side: str, items=None, lengths=None) -> np.ndarray:
+        return emb
+
+    def _records(self, items, side: str) -> list:
+        from .encoder import InfluenceEncoder
+        from .errors import UserError
+        from .records import Record
+
+        recs = InfluenceEncoder._feature_items(items)
+        bad = [i for i, x in enumerate(recs) if not isinstance(x, Record)]
+        if bad:
+            what = ("a pool example's predicted coordinates read its prompt and response" if side == "pool"
+                    else "a query's vector is its gradient, which needs its prompt and response")
+            raise UserError(f"{len(bad)} {side} item(s) (the first: item {bad[0]}) are plain strings; an exact-query "
+                            f"scorer ({self.folder}) reads records: {what}. Give prompt/response (or messages) rows")
+        return recs
+
+    def encode(self, items, batch_size: int = 32, side: str = "pool", show_progress_bar: bool = False) -> np.ndarray:
+        recs = self._records(items, side)
+        if not recs:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if side == "pool":
+            return pool_vectors(self.model.pool_coordinates(pool_features(self.base, recs, batch_size)))
+        return query_vectors(self.query_coordinates(recs))
+
+    def encode_query(self, items, **kwargs) -> np.ndarray:
+        return self.encode(items, side="query", **kwargs)
+
+    def encode_document(self, items, **kwargs) -> np.ndarray:
+        return self.encode(items, side="pool", **kwargs)
+
+    @staticmethod
+    def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        from .encoder import _cosine
+
+        return _cosine(a, b)
+
+    def eval(self) -> "ExactQueryEncoder":
+        return self
+
+    # the query side ----------------------------------------------------------------------------------------
+    def query_coordinates(self, recs: Sequence[Any]) -> np.ndarray:
+        """Exact coordinates of query records: the run's own from the saved ones, the others stocked (in one
+        stocking pass) with the teacher's settings and checked against the basis's gradients."""
+        from .records import record_key
+
+        keys = [record_key(r) for r in recs]
+        out = np.zeros((len(recs), self.model.V.shape[1]), dtype=np.float32)
+        new = [i for i, k in enumerate(keys) if k not in self._known]
+        for i, k in enumerate(keys):
+            if k in self._known:
+                out[i] = self.model.known_coordinates[self._known[k]]
+        if new:
+            out[new] = self.model.query_coordinates(self.stock_gradients([recs[i] for i in new]))
+            self.stocked += len(new)
+        return out
+
+    def stock_gradients(self, recs: Sequence[Any]) -> np.ndarray:
+        """LoRA gradients of query records (store rows in the order given), stocked in a temporary store with the
+        teacher's settings; refused when they would not be comparable with the basis's."""
+        import tempfile
+
+        from .errors import UserError
+        from .records import Record, write_records
+        from .stock import StockConfig, stock
+        from .store import open_store
+
+        if not self.model.teacher or not self.model.reference:
+            raise UserError(f"{self.folder}: this exact-query model records no stocking settings; only queries whose "
+                            "gradients it saved can be scored — stock others with the run's teacher settings")
+        teacher = dict(self.model.teacher)  # as the run stocked: its resolved dtype, not this machine's auto
+        if teacher.get("adapter") and not Path(teacher["adapter"]).is_absolute():
+            teacher["adapter"] = str(self.folder / teacher["adapter"])  # the warmed-up adapter saved beside the model
+        with tempfile.TemporaryDirectory(prefix="influcoder-queries-") as d:
+            rows = [Record(id=f"q{i}", prompt=r.prompt, response=r.response, messages=r.messages)
+                    for i, r in enumerate(recs)]
+            data = write_records(Path(d) / "queries.jsonl", rows)
+            try:
+                stock(StockConfig(data=str(data), out=str(Path(d) / "store"), **teacher), progress=False)
+            except UserError as e:
+                raise UserError(f"stocking {len(recs)} query record(s) for exact-query scoring (row i is the i-th "
+                                f"query given, first id '{getattr(recs[0], 'id', '?')}'): {e}") from None
+            store = open_store(Path(d) / "store")
+            for k in REFERENCE_KEYS:
+                if store.manifest.get(k) != self.model.reference.get(k):
+                    raise UserError(f"{self.folder}: a query stocked now differs from the basis's gradients in '{k}' "
+                                    f"({store.manifest.get(k)!r} vs {self.model.reference.get(k)!r}); the teacher "
+                                    "(model, adapter, projection) it was fitted with is not what this machine loads")
+            where = {i: n for n, i in enumerate(store.ids)}
+            G = np.asarray(store.matrix)[[where[r.id] for r in rows]]
+        return np.asarray(G, dtype=np.float32)
 
 
 def top_k_rows(pool_coordinates: np.ndarray, query_coordinates: np.ndarray, query_ids: Sequence[str],

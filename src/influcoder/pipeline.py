@@ -40,7 +40,7 @@ from .config import STEPS, RunConfig, save_yaml, to_dict
 from .errors import UserError
 from .killpoints import kill_point
 from .fileio import atomic_save_npy, atomic_write_text
-from .records import DataSpec, Record, file_fingerprint, iter_records, read_records
+from .records import DataSpec, Record, file_fingerprint, iter_records, read_records, write_records
 
 __all__ = ["Pipeline", "run_pipeline", "MANIFEST", "RUN_FORMAT", "write_records"]
 
@@ -77,19 +77,6 @@ def expand_path(p: str) -> str:
         return p
     p = p.replace("${INFLUCODER_DATA}", str(data_root())).replace("$INFLUCODER_DATA", str(data_root()))
     return os.path.expanduser(os.path.expandvars(p))
-
-
-def write_records(path: Path, recs: list[Record]) -> Path:
-    """Records as JSONL rows the default field mapping reads back to the same text: ``{"id", "prompt",
-    "response"}``, or ``{"id", "messages"}`` for chat records (so stocking still renders the chat turns)."""
-    def row(r: Record) -> dict:
-        if r.messages:
-            return {"id": r.id, "messages": r.messages}
-        return {"id": r.id, "prompt": r.prompt, "response": r.response}
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, "".join(json.dumps(row(r), ensure_ascii=False) + "\n" for r in recs))
-    return path
 
 
 def _count(spec: float, n: int) -> int:
@@ -164,11 +151,13 @@ class Pipeline:
             "stock": to_dict(c.teacher),
             "labels": {},
             "train": to_dict(c.student),
-            "embed": {**to_dict(c.embed), "pool": to_dict(self.pool_spec)},
+            "embed": {**to_dict(c.embed), "pool": to_dict(self.pool_spec),
+                      **({"scorer": c.scorer} if c.scorer != "student" else {})},
             "index": to_dict(c.index),
             "attribute": {**to_dict(c.attribute), "queries": to_dict(self.queries_spec), "pool": to_dict(self.pool_spec)},
             "filter": {**to_dict(c.filter), "queries": to_dict(self.queries_spec), "pool": to_dict(self.pool_spec)},
-            "exact_query": {**to_dict(c.exact_query), "pool": to_dict(self.pool_spec)},
+            "exact_query": {**to_dict(c.exact_query), "pool": to_dict(self.pool_spec),
+                            **({"scorer": c.scorer} if c.scorer != "student" else {})},
             "report": {**to_dict(c.report), "untrained_encoder": student_encoder},
         }[step]
 
@@ -192,11 +181,22 @@ class Pipeline:
         c = self.cfg
         return {"mix": bool(c.mix.pool or c.mix.queries), "attribute": c.attribute.enabled,
                 "filter": c.filter.enabled, "report": c.report.enabled,
-                "exact_query": c.exact_query.enabled}.get(step, True)
+                "exact_query": c.exact_query.enabled or c.scorer == "exact-query"}.get(step, True)
+
+    def depends(self, step: str) -> tuple[str, ...]:
+        """The steps ``step`` reads (DEPENDS; embed reads the exact_query step's model under scorer exact-query)."""
+        if step == "embed" and self.cfg.scorer == "exact-query":
+            return ("exact_query",)
+        return DEPENDS[step]
+
+    @property
+    def scorer_path(self) -> Path:
+        """The encoder folder embed, attribute and filter load: encoder/ or exact_query/model."""
+        return self.path("exact_query", "model") if self.cfg.scorer == "exact-query" else self.path("encoder")
 
     def key(self, step: str) -> str:
         """sha256 of the step's config section, its inputs' keys and the fingerprints of the data it reads."""
-        deps = {d: self.key(d) for d in DEPENDS[step] if self._active(d) or d not in OPTIONAL}
+        deps = {d: self.key(d) for d in self.depends(step) if self._active(d) or d not in OPTIONAL}
         doc = {"step": step, "config": self._section(step), "inputs": deps, "data": self._data_inputs(step)}
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -223,7 +223,7 @@ class Pipeline:
             if s in need or (s in OPTIONAL and not self._active(s)):
                 return
             need.add(s)
-            for d in DEPENDS[s]:
+            for d in self.depends(s):
                 add(d)
 
         for s in wanted:
@@ -277,7 +277,7 @@ class Pipeline:
         kill_point(f"run:{step}")
         atomic_write_text(self.path("steps", f"{step}.json"), json.dumps({
             "step": step, "key": key, "complete": True, "config": self._section(step),
-            "inputs": {d: self.key(d) for d in DEPENDS[step] if self._active(d) or d not in OPTIONAL},
+            "inputs": {d: self.key(d) for d in self.depends(step) if self._active(d) or d not in OPTIONAL},
             "seconds": seconds, "attempts": attempts, "info": info,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1, default=str))
         started_p.unlink(missing_ok=True)
@@ -295,7 +295,9 @@ class Pipeline:
         m = {
             "format": RUN_FORMAT,
             "config": "config.yaml",
-            "encoder": have("train", "encoder"),
+            "encoder": (have("exact_query", "exact_query/model") if self.cfg.scorer == "exact-query"
+                        else have("train", "encoder")),
+            "scorer": self.cfg.scorer,
             "embeddings": have("embed", "embeddings"),
             "index": have("index", "index"),
             "pool": spec(self.pool_spec),
@@ -442,8 +444,9 @@ class Pipeline:
         """Fit exact-query scoring on the training part (influcoder.exact_query), then score: the whole pool's
         predicted coordinates, the top-k of every stocked query, and the held-out block (for the report)."""
         from .encoder import InfluenceEncoder
-        from .exact_query import (ExactQueryModel, coordinates, pool_features, ranked_pool_rows, select_and_fit, top_k_rows,
-                                  unit_rows)
+        from .exact_query import (REFERENCE_KEYS, ExactQueryModel, coordinates, pool_features, ranked_pool_rows,
+                                  select_and_fit, top_k_rows, unit_rows)
+        from .records import record_key
         from .store import open_store
 
         c = self.cfg.exact_query
@@ -461,32 +464,54 @@ class Pipeline:
         V, head, choice = select_and_fit(Xt, Utp, Utq, c.ks, c.alphas, c.selection, self.cfg.sample.seed)
         self.log(f"exact-query: basis {choice['basis']}, k {choice['k']}, α {choice['alpha']:g} (selection per-anchor "
                  f"{choice['selection_per_anchor']:.3f} on {choice['n_selection']} held-out training rows)")
-        model = ExactQueryModel(V=V, head=head, encoder=c.encoder, info={**choice, "max_length": c.max_length,
-                                                                          "views": "text,response,prompt+form"})
+        # what scoring needs later without this run's stores: the teacher's settings as the queries were stocked
+        # (resolved dtype; a warmed-up adapter copied beside the model), the gradients' identity, and the
+        # coordinates of every stocked query by its content (so that they are never stocked again)
         out = self.path("exact_query")
-        model.save(out / "model")
-        # the whole pool, streamed in blocks: predicted coordinates
-        pool, _ = self.pool_spec.read()
-        C = np.concatenate([model.pool_coordinates(pool_features(enc, pool[s:s + 4096], c.batch_size))
-                            for s in range(0, len(pool), 4096)])
-        atomic_save_npy(out / "pool_coordinates.npy", np.ascontiguousarray(C, dtype=np.float32))
-        pool_ids = [r.id for r in pool]
-        atomic_write_text(out / "pool_ids.json", json.dumps(pool_ids))  # the coordinates' row order
-        # every stocked query: exact coordinates, its top-k of the whole pool
-        Q = model.query_coordinates(np.asarray(qs.matrix))
-        rows_out = top_k_rows(C, Q, qs.ids, pool_ids, min(c.top_k, len(pool)))
-        atomic_write_text(out / "attribution.jsonl", "".join(json.dumps(r) + "\n" for r in rows_out))
-        # every pool row's mean score over the stocked queries (as `filter --aggregate mean` ranks), highest first
-        atomic_write_text(out / "scores.jsonl", "".join(json.dumps(r) + "\n" for r in ranked_pool_rows(C, Q, pool_ids)))
+        mdir = out / "model"
+        teacher = {**to_dict(self.cfg.teacher), "dtype": qs.manifest["dtype"]}
+        if (self.path("stores", "queries", "adapter") / "adapter_config.json").exists():
+            shutil.copytree(self.path("stores", "queries", "adapter"), mdir / "adapter", dirs_exist_ok=True)
+            teacher.update(adapter="adapter", warmup_steps=0)
+        stocked_q, _ = read_records(self.path("sample", "stock_queries.jsonl"))
+        where_q = {i: n for n, i in enumerate(qs.ids)}
+        known = coordinates(unit_rows(np.asarray(qs.matrix)[[where_q[r.id] for r in stocked_q]]), V)
+        model = ExactQueryModel(
+            V=V, head=head, encoder=c.encoder,
+            info={**choice, "max_length": c.max_length, "views": "text,response,prompt+form", "feature_precision": "float32"},
+            teacher=teacher, reference={k: qs.manifest.get(k) for k in REFERENCE_KEYS},
+            known_keys=[record_key(r) for r in stocked_q], known_coordinates=known,
+            metadata={"pool_data": str(self.path("sample", "train_pool.jsonl")),
+                      "query_data": str(self.path("sample", "train_queries.jsonl"))})
+        model.save(mdir)
+        pool_ids = None
+        if self.cfg.scorer != "exact-query":  # (under scorer exact-query, embed/index/attribute/filter do this)
+            # the whole pool, streamed in blocks: predicted coordinates
+            pool, _ = self.pool_spec.read()
+            C = np.concatenate([model.pool_coordinates(pool_features(enc, pool[s:s + 4096], c.batch_size))
+                                for s in range(0, len(pool), 4096)])
+            atomic_save_npy(out / "pool_coordinates.npy", np.ascontiguousarray(C, dtype=np.float32))
+            pool_ids = [r.id for r in pool]
+            atomic_write_text(out / "pool_ids.json", json.dumps(pool_ids))  # the coordinates' row order
+            # every stocked query: exact coordinates, its top-k of the whole pool
+            Q = model.query_coordinates(np.asarray(qs.matrix))
+            rows_out = top_k_rows(C, Q, qs.ids, pool_ids, min(c.top_k, len(pool)))
+            atomic_write_text(out / "attribution.jsonl", "".join(json.dumps(r) + "\n" for r in rows_out))
+            # every pool row's mean score over the stocked queries (as `filter --aggregate mean` ranks), highest first
+            atomic_write_text(out / "scores.jsonl", "".join(json.dumps(r) + "\n" for r in ranked_pool_rows(C, Q, pool_ids)))
         # the held-out block (pool rows the sample drew from the pool: their coordinates are rows of C), in the
         # report's row and column order
         hp, _ = read_records(self.path("sample", "holdout_pool.jsonl"))
         hq, _ = read_records(self.path("sample", "holdout_queries.jsonl"))
-        where = {i: n for n, i in enumerate(pool_ids)}
-        Ch = C[[where[r.id] for r in hp]]
+        if pool_ids is not None:
+            where = {i: n for n, i in enumerate(pool_ids)}
+            Ch = C[[where[r.id] for r in hp]]
+        else:
+            Ch = model.pool_coordinates(pool_features(enc, hp, c.batch_size))
         Qh = coordinates(rows(qs, [r.id for r in hq]), V)
         atomic_save_npy(out / "heldout_scores.npy", np.ascontiguousarray(Ch @ Qh.T, dtype=np.float64))
-        return {**choice, "n_pool": len(pool), "n_queries": len(qs.ids), "k_used": int(V.shape[1])}
+        return {**choice, "n_pool": len(pool_ids) if pool_ids is not None else None, "n_queries": len(qs.ids),
+                "k_used": int(V.shape[1])}
 
     def exact_query_attribute(self, queries: DataSpec, out: str | Path, top_k: int | None = None,
                               aggregate: bool = False) -> Path:
@@ -503,6 +528,10 @@ class Pipeline:
         if not (self.record("exact_query") and self.up_to_date("exact_query")):
             raise UserError(f"{self.root}: no up-to-date exact_query step (run it with --exact_query.enabled first)")
         e = self.path("exact_query")
+        if not (e / "pool_coordinates.npy").exists():
+            raise UserError(f"{self.root}: under scorer exact-query the pool's coordinates are in its embeddings and "
+                            f"index; attribute new queries with `influcoder attribute --encoder {e / 'model'} --index "
+                            f"{self.path('index')} --queries FILE` (only they are stocked)")
         model = ExactQueryModel.load(e / "model")
         C = np.load(e / "pool_coordinates.npy", mmap_mode="r")
         ids = json.loads((e / "pool_ids.json").read_text())
@@ -533,7 +562,7 @@ class Pipeline:
         from .embed import EmbedConfig, embed_file, open_embeddings
 
         p = self.pool_spec
-        path = embed_file(EmbedConfig(encoder=str(self.path("encoder")), data=p.path, out=str(self.path("embeddings")),
+        path = embed_file(EmbedConfig(encoder=str(self.scorer_path), data=p.path, out=str(self.path("embeddings")),
                                       side="pool", preset=p.preset, prompt_field=p.prompt_field,
                                       response_field=p.response_field, messages_field=p.messages_field,
                                       id_field=p.id_field, limit=p.limit, skip_invalid=p.skip_invalid,
@@ -555,7 +584,7 @@ class Pipeline:
         a = {k: v for k, v in to_dict(self.cfg.attribute).items() if k != "enabled"}
         self.path("attribution").mkdir(parents=True, exist_ok=True)
         rows, report = run_attribute(AttributeConfig(
-            encoder=str(self.path("encoder")), index=str(self.path("index")), queries=q.path,
+            encoder=str(self.scorer_path), index=str(self.path("index")), queries=q.path,
             query_preset=q.preset, query_prompt_field=q.prompt_field, query_response_field=q.response_field,
             data=self.pool_spec.path, out=str(self.path("attribution", "attribution.jsonl")), **a))
         from .embed import resolved_precision
@@ -569,7 +598,7 @@ class Pipeline:
         p, q = self.pool_spec, self.queries_spec
         f = {k: v for k, v in to_dict(self.cfg.filter).items() if k != "enabled"}
         path = filter_pool(FilterConfig(
-            encoder=str(self.path("encoder")), out=str(self.path("filter")), data=p.path,
+            encoder=str(self.scorer_path), out=str(self.path("filter")), data=p.path,
             pool_embeddings=str(self.path("embeddings")), queries=q.path, preset=p.preset,
             prompt_field=p.prompt_field, response_field=p.response_field, query_preset=q.preset,
             query_prompt_field=q.prompt_field, query_response_field=q.response_field, **f), progress=self.progress)

@@ -28,6 +28,8 @@ from .errors import UserError
 from .fileio import sha256_file
 
 __all__ = [
+    "write_records",
+    "record_key",
     "DataSpec",
     "FieldSpec",
     "PRESETS",
@@ -458,3 +460,29 @@ def record_to_text(rec: Record, prefix: str = "", separator: str = "\n") -> str:
     if rec.prompt:
         return f"{prefix}{rec.prompt}{separator}{rec.response}"
     return f"{prefix}{rec.response}"
+
+
+def write_records(path: str | Path, recs: list[Record]) -> Path:
+    """Records as JSONL rows the default field mapping reads back to the same text: ``{"id", "prompt",
+    "response"}``, or ``{"id", "messages"}`` for chat records (so stocking still renders the chat turns);
+    written atomically."""
+    from .fileio import atomic_write_text
+
+    def row(r: Record) -> dict:
+        if r.messages:
+            return {"id": r.id, "messages": r.messages}
+        return {"id": r.id, "prompt": r.prompt, "response": r.response}
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "".join(json.dumps(row(r), ensure_ascii=False) + "\n" for r in recs))
+    return path
+
+
+def record_key(rec: Record) -> str:
+    """sha256 of what a decoder reads of a record (chat turns, or prompt and response; not its id or row): two
+    records with the same key have the same gradient."""
+    import hashlib
+
+    doc = {"messages": rec.messages} if rec.messages else {"prompt": rec.prompt, "response": rec.response}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
