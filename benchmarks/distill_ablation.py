@@ -175,7 +175,11 @@ NOT_RUN_R4 = ["a GradCache-style two-pass step: memory never bound (≈ 2–3 GB
 NOT_RUN_R5 = ["dense targets with other k than 8 and 32 or other weights than 1 (what the session's CPU time allowed)",
               "the dense target on a filtering case (issue 24 item 5's third kind of data)",
               "token budgets beyond 384 and on the GSM8K check; the how-much-to-stock curve to 3,000 rows (issue 24 item 4)"]
-NOT_RUN_LISTS = {3: NOT_RUN_R3, 4: NOT_RUN_R4, 5: NOT_RUN_R5}
+# what round 6 (the how-much-to-stock curve to 3,000 rows, issue 24 item 4) left out
+NOT_RUN_R6 = ["the student's curve on split seeds other than the first (its runs train for up to the per-row budget "
+              "each; the exact-query rows, closed-form fits, ran on every seed)",
+              "the curve on the GSM8K check (its run stocked 500 pool rows)"]
+NOT_RUN_LISTS = {3: NOT_RUN_R3, 4: NOT_RUN_R4, 5: NOT_RUN_R5, 6: NOT_RUN_R6}
 
 
 def machine_load() -> dict:
@@ -299,6 +303,13 @@ def main() -> None:
     ap.add_argument("--curve-base", default="prior_lr2e-3_lr5e-4", help="variant whose recipe the curve uses")
     ap.add_argument("--curve-budget-per-row", type=float, default=0.0,
                     help="curve budget in seconds per training pool row (0: --budget for every size)")
+    ap.add_argument("--curve-exact-query", action="store_true",
+                    help="also fit exact-query scoring (influcoder.exact_query, the run step's defaults: ridge head on the "
+                    "untrained encoder's features, basis / k / α chosen on a quarter of the N rows) at every curve size, "
+                    "on every split seed, scored on the same selection blocks")
+    ap.add_argument("--package-curve", default="", help="also write the curve's per-anchor means per scorer (student: "
+                    "the first seed; exact-query: mean over seeds) with the length baseline to this JSON file "
+                    "(src/influcoder/configs/stock_curve.json: what `influcoder run`'s last screen advises from)")
     ap.add_argument("--extra-pool-data", default="", help="more stocked pool rows (same teacher) for the curve beyond "
                     "the training part; they come after it in the curve's order")
     ap.add_argument("--extra-pool-store", default="")
@@ -451,12 +462,20 @@ def main() -> None:
         by_seed[seed] = {name: run(ctxs[seed], name, *VARIANTS[name]) for name in todo}
     ctx0 = ctxs[seeds[0]]
     curve = []
-    if args.curve:
-        start, over = VARIANTS[args.curve_base]
-        crng = np.random.default_rng(7)
-        order = crng.permutation(ctx0["fit_p"])
+
+    def curve_order(ctx: dict) -> np.ndarray:
+        """The curve's row order for a seed: its training part permuted (seed 7), then the extra rows (seed 8)."""
+        order = np.random.default_rng(7).permutation(ctx["fit_p"])
         if len(extra_idx):
             order = np.concatenate([order, np.random.default_rng(8).permutation(extra_idx)])
+        return order
+
+    curve_eq: dict[str, list] = {}
+    if args.curve and args.curve_exact_query:
+        curve_eq = exact_query_curve(args, work, ctxs, curve_order, pool_all, query_all, n_orig)
+    if args.curve:
+        start, over = VARIANTS[args.curve_base]
+        order = curve_order(ctx0)
         for n in [int(x) for x in args.curve.split(",")]:
             if n > len(order):
                 print(f"curve: {n} > {len(order)} available training pool rows; skipped", flush=True)
@@ -486,6 +505,8 @@ def main() -> None:
                      "distill_val_queries": args.val_queries},
            "budget_seconds": args.budget, "base": BASE, "today": TODAY, "variants": by_seed[seeds[0]], "curve": curve,
            "references": refs[seeds[0]], "not_run": NOT_RUN}
+    if curve_eq:
+        doc["curve_exact_query"] = curve_eq
     if args.data_name:  # (absent for experiment 1, so that the earlier rounds' files regenerate unchanged)
         doc["data"] = {"name": args.data_name, "test_pool": args.test_pool, "test_queries": args.test_queries}
     if multi:  # (the single-seed form stays as the first two rounds' files have it, so they regenerate unchanged)
@@ -501,7 +522,84 @@ def main() -> None:
     out.with_suffix(".md").write_text(markdown_multi(doc) if multi else markdown(doc))
     if curve:
         plot_curve(doc, out.with_suffix(".png"))
+    if args.package_curve and curve:
+        length = float(np.mean([refs[sd]["shorter-response heuristic"]["per_anchor"] for sd in seeds]))
+        scorers = {"student": [{"n": r["n_fit_pool"], "per_anchor": round(r["selection_block"]["per_anchor"], 4)}
+                               for r in curve]}
+        if curve_eq:
+            ns = [r["n"] for r in next(iter(curve_eq.values()))]
+            scorers["exact_query"] = [{"n": n, "per_anchor": round(float(np.mean([curve_eq[sd][k]["per_anchor"]
+                                                                                    for sd in curve_eq])), 4)}
+                                      for k, n in enumerate(ns)]
+        Path(args.package_curve).write_text(json.dumps({
+            "data": args.data_name or "experiment 1's data (Alpaca / Dolly / Code-Alpaca pool, BBH queries, SmolLM2-135M)",
+            "source": doc["command"], "use_per_anchor": 0.5, "length_per_anchor": round(length, 4),
+            "student_seeds": [seeds[0]], "exact_query_seeds": [int(x) for x in curve_eq] if curve_eq else [],
+            "scorers": scorers}, indent=1) + "\n")
+        print(f"wrote {args.package_curve}")
     print(f"wrote {out.with_suffix('.md')}")
+
+
+def exact_query_curve(args, work: Path, ctxs: dict, curve_order, pool_all, query_all, n_orig: int) -> dict:
+    """Exact-query scoring at every curve size, on every seed: the head (ridge on the untrained encoder's features,
+    the run step's candidate ks and αs, chosen on a quarter of the N rows) and the basis fitted on the first N rows
+    of the seed's curve order and the seed's training queries, scored on its selection block. Returns
+    {seed: [{n, per_anchor, aggregated, query_specific, choice, seconds}]}. Features are cached under ``work``."""
+    from influcoder import metrics as M
+    from influcoder.config import ExactQuerySection
+    from influcoder.encoder import InfluenceEncoder
+    from influcoder.exact_query import ExactQueryModel, coordinates, pool_features, select_and_fit, unit_rows
+    from influcoder.store import open_store
+
+    d = ExactQuerySection()
+    stores = [open_store(args.pool_store)] + ([open_store(args.extra_pool_store)] if args.extra_pool_store else [])
+    where = {}
+    for si, st in enumerate(stores):
+        where.update({i: (si, k) for k, i in enumerate(st.ids)})
+    qs = open_store(args.query_store)
+    qwhere = {i: k for k, i in enumerate(qs.ids)}
+
+    def grads(idx) -> np.ndarray:
+        out = np.empty((len(idx), stores[0].matrix.shape[1]), dtype=np.float32)
+        for r, i in enumerate(idx):
+            si, k = where[pool_all[i].id]
+            out[r] = stores[si].matrix[k]
+        return unit_rows(out)
+
+    key = hashlib.sha1(json.dumps([r.id for r in pool_all] + [d.encoder, d.max_length]).encode()).hexdigest()[:12]
+    fpath = work / f"eq_features-{key}.npy"
+    if fpath.exists():
+        X = np.load(fpath)
+    else:
+        t0 = time.perf_counter()
+        enc = InfluenceEncoder.from_pretrained(d.encoder, max_length=d.max_length)
+        X = pool_features(enc, pool_all, d.batch_size)
+        np.save(fpath, X)
+        print(f"exact-query features of {len(pool_all)} pool rows in {time.perf_counter() - t0:.0f} s", flush=True)
+    out: dict[str, list] = {}
+    for seed, ctx in ctxs.items():
+        order = curve_order(ctx)
+        Uq = unit_rows(np.asarray(qs.matrix)[[qwhere[query_all[j].id] for j in ctx["fit_q"]]])
+        Usq = unit_rows(np.asarray(qs.matrix)[[qwhere[query_all[j].id] for j in ctx["sel_q"]]])
+        Xs = X[ctx["sel_p"]]
+        rows = []
+        for n in [int(x) for x in args.curve.split(",")]:
+            if n > len(order):
+                continue
+            t0 = time.perf_counter()
+            idx = np.sort(order[:n])
+            V, head, choice = select_and_fit(X[idx], grads(idx), Uq, d.ks, d.alphas, d.selection, seed)
+            model = ExactQueryModel(V=V, head=head, encoder=d.encoder, info={})
+            S = model.pool_coordinates(Xs).astype(np.float64) @ coordinates(Usq, V).T.astype(np.float64)
+            truth = ctx["sel_truth"]
+            rows.append({"n": n, "n_extra_rows": int((idx >= n_orig).sum()),
+                         "per_anchor": M.per_anchor_spearman(S, truth), "aggregated": M.aggregated_spearman(S, truth),
+                         "query_specific": M.query_specific_spearman(S, truth), "choice": choice,
+                         "seconds": time.perf_counter() - t0})
+            print(f"[exact-query curve s{seed}] n {n}: per-anchor {rows[-1]['per_anchor']:.3f} query-specific "
+                  f"{rows[-1]['query_specific']:.3f} ({choice['basis']}, k {choice['k']}, α {choice['alpha']:g})", flush=True)
+        out[str(seed)] = rows
+    return out
 
 
 def summarise(by_seed: dict, refs: dict, names: list[str]) -> dict:
@@ -581,6 +679,26 @@ def markdown_multi(doc: dict) -> str:
             sb = r["selection_block"]
             lines.append(f"| {r['n_fit_pool']} | {r.get('n_extra_rows', 0)} | {sb['per_anchor']:.3f} | {sb['aggregated']:.3f} | "
                          f"{sb['query_specific']:.3f} | {r['epochs_run']} ({r['best_epoch']}) | {r['train_seconds']:.0f} |")
+    if doc.get("curve_exact_query"):
+        eq = doc["curve_exact_query"]
+        ns = [r["n"] for r in next(iter(eq.values()))]
+        student = {r["n_fit_pool"]: r["selection_block"] for r in doc["curve"]}
+        lines += ["", "## Exact-query scoring vs stocked pool examples", "",
+                  "The same curve orders and selection blocks, every split seed: exact-query scoring (the run step's "
+                  "defaults — ridge head on the untrained encoder's features; basis, k and α chosen on a quarter of the N "
+                  "rows; a closed-form fit, so trained to its optimum at every N) beside the student's row (seed "
+                  f"{seeds[0]}). Mean ± std over seeds {', '.join(eq)}.", "",
+                  "| pool rows | exact-query per-anchor | per seed | query-specific | aggregated | student per-anchor (seed "
+                  f"{seeds[0]}) | student query-specific |", "|---|---|---|---|---|---|---|"]
+        for k, n in enumerate(ns):
+            vals = {m: np.array([eq[sd][k][m] for sd in eq]) for m in ("per_anchor", "query_specific", "aggregated")}
+            sd = (lambda v: f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else "")
+            st = student.get(n)
+            st_pa = "—" if st is None else f"{st['per_anchor']:.3f}"
+            st_qs = "—" if st is None else f"{st['query_specific']:.3f}"
+            lines.append(f"| {n} | **{vals['per_anchor'].mean():.3f}**{sd(vals['per_anchor'])} | "
+                         f"{' / '.join(f'{x:.3f}' for x in vals['per_anchor'])} | {vals['query_specific'].mean():.3f}"
+                         f"{sd(vals['query_specific'])} | {vals['aggregated'].mean():.3f} | {st_pa} | {st_qs} |")
     if doc.get("not_run"):
         lines += ["", "Not run in this round: " + "; ".join(doc["not_run"]) + "."]
     lines += ["", f"Base recipe: `{json.dumps(doc['base'])}`; every run also pins `{json.dumps(doc['pinned'])}` "

@@ -530,6 +530,9 @@ class ExactQuerySection:
     """Share of the training pool held out to choose the basis (training pool + queries, or queries only), k and α."""
     top_k: int = 10
     """Pool examples listed per stocked query in exact_query/attribution.jsonl."""
+    student: bool = False
+    """Under scorer exact-query: also distil the student (the train step) and put its row in the report beside
+    this scorer's (without it, a run that scores with exact-query trains no encoder)."""
     batch_size: int = 32
     """Encoder batch size."""
 

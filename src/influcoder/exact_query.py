@@ -301,6 +301,10 @@ class ExactQueryEncoder:
     def max_length(self) -> int:
         return self.base.max_length
 
+    @property
+    def text_mode(self) -> str:
+        return self.base.text_mode
+
     def texts(self, items, side: str = "pool") -> list[str]:
         return self.base.texts(items, side)
 

@@ -60,7 +60,7 @@ DEPENDS = {
     "exact_query": ("labels",),
     "report": ("train", "stock", "exact_query"),
 }
-OPTIONAL = ("mix", "exact_query")
+OPTIONAL = ("mix", "exact_query", "train")
 """Steps that are needed only when enabled (a step that depends on one skips it when it is off)."""
 OUTPUTS = {
     "mix": ("data",), "sample": ("sample",), "stock": ("stores",), "labels": ("labels",), "train": ("encoder",), "exact_query": ("exact_query",),
@@ -156,7 +156,8 @@ class Pipeline:
             "index": to_dict(c.index),
             "attribute": {**to_dict(c.attribute), "queries": to_dict(self.queries_spec), "pool": to_dict(self.pool_spec)},
             "filter": {**to_dict(c.filter), "queries": to_dict(self.queries_spec), "pool": to_dict(self.pool_spec)},
-            "exact_query": {**to_dict(c.exact_query), "pool": to_dict(self.pool_spec),
+            "exact_query": {**{k: v for k, v in to_dict(c.exact_query).items() if k != "student"},
+                            "pool": to_dict(self.pool_spec),
                             **({"scorer": c.scorer} if c.scorer != "student" else {})},
             "report": {**to_dict(c.report), "untrained_encoder": student_encoder},
         }[step]
@@ -181,7 +182,8 @@ class Pipeline:
         c = self.cfg
         return {"mix": bool(c.mix.pool or c.mix.queries), "attribute": c.attribute.enabled,
                 "filter": c.filter.enabled, "report": c.report.enabled,
-                "exact_query": c.exact_query.enabled or c.scorer == "exact-query"}.get(step, True)
+                "exact_query": c.exact_query.enabled or c.scorer == "exact-query",
+                "train": c.scorer == "student" or c.exact_query.student}.get(step, True)
 
     def depends(self, step: str) -> tuple[str, ...]:
         """The steps ``step`` reads (DEPENDS; embed reads the exact_query step's model under scorer exact-query)."""
@@ -612,7 +614,10 @@ class Pipeline:
         from .report import fidelity_report
 
         res = fidelity_report(self)
-        return {"verdict": res["verdict"]["line"], "student_per_anchor": res["methods"]["student"]["per_anchor_spearman"]}
+        m = res["methods"]
+        return {"verdict": res["verdict"]["line"], "scorer": res["scorer"],
+                "per_anchor": m[res["scorer"]]["per_anchor_spearman"],
+                "student_per_anchor": m["student"]["per_anchor_spearman"] if "student" in m else None}
 
 
 def run_pipeline(cfg: RunConfig, steps: list[str] | None = None, **kw) -> dict:

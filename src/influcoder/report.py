@@ -29,9 +29,7 @@ from .fileio import atomic_write_text
 if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import Pipeline
 
-__all__ = ["fidelity_report", "precision_of_teacher_top_k", "verdict", "trust_summary", "last_screen"]
-
-METHODS = ("student", "untrained", "length")
+__all__ = ["fidelity_report", "precision_of_teacher_top_k", "verdict", "trust_summary", "last_screen", "stock_advice"]
 
 
 def precision_of_teacher_top_k(pred: np.ndarray, true: np.ndarray, k: int) -> np.ndarray:
@@ -58,39 +56,47 @@ def _scores(pred: np.ndarray, true: np.ndarray, k: int) -> dict:
     }
 
 
+SCORED = {"student": "student", "exact-query": "exact_query"}
+"""The report's method row that a run's scorer (RunConfig.scorer) is judged by."""
+WHO = {"student": "the encoder", "exact_query": "the exact-query scorer"}
+
+
 def verdict(per_query: dict[str, np.ndarray], margin: float, n_boot: int, seed: int, n_pool: int,
-            min_spearman: float = 0.5) -> dict:
-    """Bootstrap over held-out queries of mean(student − best baseline) per-anchor Spearman → one actionable line."""
+            min_spearman: float = 0.5, method: str = "student") -> dict:
+    """Bootstrap over held-out queries of mean(method − best baseline) per-anchor Spearman → one actionable line
+    (``method``: the row of the scorer the run uses, student or exact_query)."""
     base = max(("untrained", "length"), key=lambda m: float(np.mean(per_query[m])))
-    diff = np.asarray(per_query["student"]) - np.asarray(per_query[base])
+    diff = np.asarray(per_query[method]) - np.asarray(per_query[base])
     rng = np.random.default_rng(seed)
     boots = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(axis=1)
     lo, hi = (float(x) for x in np.quantile(boots, [0.025, 0.975]))
     gain = float(diff.mean())
-    s, b = float(np.mean(per_query["student"])), float(np.mean(per_query[base]))
+    s, b = float(np.mean(per_query[method])), float(np.mean(per_query[base]))
+    who = WHO.get(method, method)
     what = f"per-anchor Spearman {s:.3f} vs {b:.3f} for the {base} baseline (gain {gain:+.3f}, 95% CI {lo:+.3f} to {hi:+.3f})"
     if lo > 0 and gain >= margin and s >= min_spearman:
-        level, line = "use", f"USE the encoder's scores: it beats the best baseline on held-out data ({what})."
+        level, line = "use", f"USE {who}'s scores: it beats the best baseline on held-out data ({what})."
     elif lo > 0 and gain >= margin:
-        level, line = "weak", (f"WEAK: the encoder beats the baselines but reproduces little of the teacher's ranking "
+        level, line = "weak", (f"WEAK: {who} beats the baselines but reproduces little of the teacher's ranking "
                                f"({what}; below {min_spearman:.2f}); use its scores to rank coarsely, not to filter "
                                f"precisely; stock more examples (sample.n_stock) or score a subset with the teacher.")
     elif gain > 0:
-        level, line = "weak", (f"WEAK: the encoder is not clearly better than the {base} baseline ({what}); stock more "
+        level, line = "weak", (f"WEAK: {who} is not clearly better than the {base} baseline ({what}); stock more "
                                f"examples (sample.n_stock) or train longer (student.epochs) before relying on its scores.")
     else:
-        level, line = "do-not-use", (f"DO NOT USE the encoder's scores: on held-out data it is no better than the {base} "
+        level, line = "do-not-use", (f"DO NOT USE {who}'s scores: on held-out data it is no better than the {base} "
                                      f"baseline ({what}); stock more examples (sample.n_stock), or score a subset with "
                                      f"the teacher directly.")
     small = len(diff) < 10 or n_pool < 30
     if small:
         line += f" (The held-out block is small, {n_pool} pool × {len(diff)} queries: the interval is wide.)"
-    return {"level": level, "line": line, "baseline": base, "gain": gain, "ci95": [lo, hi], "small_block": small}
+    return {"level": level, "line": line, "baseline": base, "gain": gain, "ci95": [lo, hi], "small_block": small,
+            "method": method}
 
 
 def _ood(enc, q_emb: np.ndarray, q_ids: list[str], per_query: np.ndarray, batch_size: int) -> dict:
     """NN similarity of each held-out query to the encoder's training queries (as ``attribute`` flags OOD),
-    and whether it predicts the student's per-query fidelity."""
+    and whether it predicts the scorer's per-query fidelity."""
     from .attribute import OODConfig, _build_references, ood_report
     from .embed import normalise
 
@@ -154,14 +160,14 @@ def _plot(res: dict, path: Path) -> None:
     ood = res["ood"]
     if ood.get("available"):
         sim = np.array(ood["nn_similarity"])
-        fid = np.array(res["methods"]["student"]["per_query_spearman"])
+        fid = np.array(res["methods"][res.get("scorer", "student")]["per_query_spearman"])
         flag = np.array(ood["flagged"])
         ax.scatter(sim[~flag], fid[~flag], label="in distribution")
         ax.scatter(sim[flag], fid[flag], color="red", label="flagged OOD")
         if ood["threshold"] is not None:
             ax.axvline(ood["threshold"], color="red", ls="--", lw=1, label="OOD threshold")
-        ax.set_xlabel("query's NN similarity to the training queries (student)")
-        ax.set_ylabel("student per-query Spearman vs teacher")
+        ax.set_xlabel(f"query's NN similarity to the training queries ({res.get('scorer', 'student')})")
+        ax.set_ylabel(f"{res.get('scorer', 'student')} per-query Spearman vs teacher")
         ax.set_title(f"does the OOD flag predict low fidelity? Spearman {ood['spearman_similarity_vs_fidelity']:+.2f}")
         ax.legend()
     else:
@@ -193,8 +199,8 @@ def _markdown(res: dict) -> str:
         r = res["methods"][m]
         lines.append(f"| {m} | {r['per_anchor_spearman']:.3f} | {r['aggregated_spearman']:.3f} | "
                      f"{r['query_specific_spearman']:.3f} | {r[f'precision_at_{k}']:.3f} |")
-    lines += ["", "Student: the trained encoder; untrained: the same base encoder and head before distillation; "
-              "length: −len(pool response)" + ("; exact_query: the queries' exact gradients, the pool's coordinates "
+    lines += ["", ("Student: the trained encoder; " if "student" in res["methods"] else "")
+              + "untrained: the same base encoder and head before distillation; length: −len(pool response)" + ("; exact_query: the queries' exact gradients, the pool's coordinates "
               "predicted by the exact_query step's head (influcoder.exact_query)" if "exact_query" in res["methods"] else "")
               + ". ρ = Spearman against the teacher's gradient cosine.", ""]
     rs = res.get("response_seen")
@@ -208,7 +214,7 @@ def _markdown(res: dict) -> str:
         mf, mu = ood["mean_fidelity_flagged"], ood["mean_fidelity_unflagged"]
         lines += ["", f"{ood['n_flagged']} of {res['block']['n_queries']} held-out queries are flagged out of distribution "
                   f"(NN similarity to the training queries below {ood['threshold']:.3f}). Spearman between a query's NN "
-                  f"similarity and the student's per-query ρ: {ood['spearman_similarity_vs_fidelity']:+.3f}. Mean per-query ρ: "
+                  f"similarity and the {res.get('scorer', 'student')}'s per-query ρ: {ood['spearman_similarity_vs_fidelity']:+.3f}. Mean per-query ρ: "
                   f"flagged {'—' if mf is None else f'{mf:.3f}'}, not flagged {'—' if mu is None else f'{mu:.3f}'}."]
     else:
         lines += ["", f"Not available: {ood.get('note')}"]
@@ -243,24 +249,28 @@ def fidelity_report(pipe: "Pipeline") -> dict:
     from .hardware import resolve
 
     dev, prec = resolve(cfg.embed.device, cfg.embed.precision)  # the report scores as the embed step does
-    student = load_encoder(pipe.path("encoder"), device=dev, precision=prec, stage="report")
+    scored = SCORED[cfg.scorer]
     s = cfg.student
     untrained = InfluenceEncoder.from_pretrained(s.encoder, pooling=s.pooling, projection_dim=s.projection_dim,
                                                  max_length=s.max_length, pool_prefix=s.pool_prefix,
                                                  query_prefix=s.query_prefix, seed=s.seed, device=dev)
     untrained.precision = prec
     bs = s.eval_batch_size
-    q_emb = student.encode_query(queries, batch_size=bs)
-    preds = {
-        "student": student.encode_document(pool, batch_size=bs) @ q_emb.T,
-        "untrained": untrained.encode_document(pool, batch_size=bs) @ untrained.encode_query(queries, batch_size=bs).T,
-        "length": LengthMethod().scores(pool, queries),
-    }
+    preds = {}
+    if pipe._active("train"):  # the student (always under scorer student; beside exact-query when asked)
+        student = load_encoder(pipe.path("encoder"), device=dev, precision=prec, stage="report")
+        q_student = student.encode_query(queries, batch_size=bs)
+        preds["student"] = student.encode_document(pool, batch_size=bs) @ q_student.T
+    preds["untrained"] = untrained.encode_document(pool, batch_size=bs) @ untrained.encode_query(queries, batch_size=bs).T
+    preds["length"] = LengthMethod().scores(pool, queries)
     eq = pipe.path("exact_query", "heldout_scores.npy")
-    if cfg.exact_query.enabled and eq.exists():  # exact-query scoring beside the student (the exact_query step)
+    if pipe._active("exact_query") and eq.exists():  # exact-query scoring (the exact_query step)
         preds["exact_query"] = np.load(eq)
+    # the scorer the run uses: its encoder is what the OOD check and the response-seen shares are about
+    scorer = student if scored == "student" else load_encoder(pipe.scorer_path, device=dev, precision=prec)
+    q_emb = q_student if scored == "student" else scorer.encode_query(queries, batch_size=bs)
     methods = {m: _scores(np.asarray(p, dtype=np.float64), true, k) for m, p in preds.items()}
-    per_query = {m: np.asarray(methods[m]["per_query_spearman"]) for m in METHODS}
+    per_query = {m: np.asarray(r["per_query_spearman"]) for m, r in methods.items()}
     res = {
         "format": "influcoder-fidelity/1",
         "run": str(pipe.root),
@@ -272,12 +282,13 @@ def fidelity_report(pipe: "Pipeline") -> dict:
         "device": dev,
         "precision": prec,
         "methods": methods,
+        "scorer": scored,
         "verdict": verdict(per_query, cfg.report.margin, cfg.report.bootstrap, cfg.sample.seed, len(pool),
-                           cfg.report.min_spearman),
-        "ood": _ood(student, q_emb, [r.id for r in queries], per_query["student"], bs),
-        # how much of each held-out record's response the student reads (its input contract and token limit)
-        "response_seen": {"text_mode": student.text_mode, "max_length": student.max_length,
-                          "pool": student.response_seen(pool, "pool"), "queries": student.response_seen(queries, "query")},
+                           cfg.report.min_spearman, method=scored),
+        "ood": _ood(scorer, q_emb, [r.id for r in queries], per_query[scored], bs),
+        # how much of each held-out record's response the scorer's encoder reads (its input contract and token limit)
+        "response_seen": {"text_mode": scorer.text_mode, "max_length": scorer.max_length,
+                          "pool": scorer.response_seen(pool, "pool"), "queries": scorer.response_seen(queries, "query")},
         "cost": _cost(pipe),
     }
     d = pipe.path("report")
@@ -314,10 +325,44 @@ def trust_summary(report: dict | None) -> dict:
     m = report["methods"]
     base = v["baseline"]
     return {"level": v["level"], "word": WORDS.get(v["level"], v["level"].upper()),
-            "per_anchor": float(m["student"]["per_anchor_spearman"]), "baseline": base,
+            "per_anchor": float(m[report.get("scorer", "student")]["per_anchor_spearman"]), "baseline": base,
+            "scorer": report.get("scorer", "student"),
             "baseline_per_anchor": float(m[base]["per_anchor_spearman"]),
             "n_pool": report["block"]["n_pool"], "n_queries": report["block"]["n_queries"],
             "line": v["line"], "next": NEXT_STEP.get(v["level"], "")}
+
+
+CURVE_FILE = Path(__file__).parent / "configs" / "stock_curve.json"
+"""How fidelity grew with stocked pool rows on our data, per scorer (written by ``benchmarks/distill_ablation.py
+--package-curve``): what the last screen's advice on stocking more is read from."""
+
+
+def stock_advice(scorer: str, seconds_per_example: float | None, curve_file: str | Path = CURVE_FILE) -> str | None:
+    """One line for a run short of USE: the size at which ``scorer`` (student or exact_query) reached USE-level
+    fidelity on the measured curve and how long stocking that many takes at this run's rate — or that no size measured
+    got there, so stocking more is not what it lacks on data like that. None without a curve for the scorer."""
+    p = Path(curve_file)
+    if not p.exists():
+        return None
+    c = json.loads(p.read_text())
+    pts = c.get("scorers", {}).get(scorer)
+    if not pts:
+        return None
+    need, base = c["use_per_anchor"], c["length_per_anchor"]
+    name = {"student": "the student", "exact_query": "exact-query scoring"}.get(scorer, scorer)
+    seen = ", ".join(f"{q['per_anchor']:.2f} at {q['n']:,}" for q in pts)
+    cost = (lambda n: f"≈ {n * seconds_per_example / 60:.0f} min of stocking at this run's "
+            f"{seconds_per_example:.2f} s per example") if seconds_per_example else (lambda n: "")
+    hit = next((q for q in pts if q["per_anchor"] >= need and q["per_anchor"] > base), None)
+    if hit is not None:
+        return (f"How much to stock: on {c['data']}, {name} reached per-anchor {hit['per_anchor']:.2f} (USE needs "
+                f"≥ {need:.2f} and a gain over the length baseline, {base:.2f} there) at {hit['n']:,} stocked pool rows "
+                f"(sample.n_stock {hit['n']}): {cost(hit['n'])}. Measured: {seen}.")
+    big = pts[-1]["n"]
+    return (f"How much to stock: on {c['data']}, {name} reached USE-level fidelity at no size measured (per-anchor "
+            f"{seen} stocked pool rows; USE needs ≥ {need:.2f}, the length baseline was {base:.2f}): stocking more is "
+            f"not what it lacks on data like that — score the examples you care about with the teacher directly. "
+            f"The largest size measured, {big:,} rows, would be {cost(big) or 'unknown here'}.")
 
 
 def last_screen(root: str | Path) -> str:
@@ -332,7 +377,9 @@ def last_screen(root: str | Path) -> str:
     if rep is not None:
         c = rep["cost"]
         b = rep["block"]
-        out.append(f"Done: {c['n_stocked']} examples stocked with the teacher ({rep.get('teacher')}), an encoder trained on "
+        fitted = ("an encoder trained" if rep.get("scorer", "student") == "student" else
+                  "an exact-query head (the queries' own gradients, the pool's predicted) fitted")
+        out.append(f"Done: {c['n_stocked']} examples stocked with the teacher ({rep.get('teacher')}), {fitted} on "
                    f"{b['n_train_pool']} pool × {b['n_train_queries']} queries of their influence labels, the whole pool "
                    f"of {c['n_pool']} embedded and indexed, in {c['seconds_total']:.0f} s.")
         out.append(f"Verdict: {t['word']} — held-out per-anchor Spearman {t['per_anchor']:.3f} vs {t['baseline_per_anchor']:.3f} "
@@ -346,8 +393,10 @@ def last_screen(root: str | Path) -> str:
         est = c.get("estimated_seconds_to_stock_whole_pool")
         if est and t["level"] != "use":
             out.append(f"      Stocking ran at {c['stock_seconds_per_example']:.2f} s per example here: the whole pool "
-                       f"({c['n_pool']}) would take ≈ {est / 60:.0f} min; see docs/STUDY.md for how fidelity grew with "
-                       f"stocked examples on other data.")
+                       f"({c['n_pool']}) would take ≈ {est / 60:.0f} min.")
+        advice = stock_advice(rep.get("scorer", "student"), c.get("stock_seconds_per_example")) if t["level"] != "use" else None
+        if advice:
+            out.append(advice)
         out.append(f"Report: {root / 'report' / 'fidelity.md'}   (figure: {root / 'report' / 'fidelity.png'})")
     else:
         out.append(f"Verdict: {t['word']} — {t['line']}")
