@@ -516,6 +516,8 @@ def main() -> None:
                    curve_budget_per_row=args.curve_budget_per_row, pinned=(PINNED if args.round == 3 else {**PINNED, **PINNED_LATER} if args.round == 4
                            else {**PINNED, **PINNED_LATER, **PINNED_DENSE}),
                    decomposition=parts, not_run=NOT_RUN_LISTS[args.round])
+        if args.round >= 6:  # (absent before, so that the earlier rounds' files regenerate unchanged)
+            doc["round"] = args.round
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
@@ -671,7 +673,11 @@ def markdown_multi(doc: dict) -> str:
                   f"Recipe of the curve's base variant, split seed {seeds[0]}, the same selection block; the first N rows "
                   "of a seeded order of the training pool (its own rows first, then the extra stocked rows); distill holds "
                   f"{s['distill_val_pool']} of the N out for its epoch choice. Budget "
-                  + (f"{per_row:.3f} s per pool row (the same number of epochs at every size)." if per_row else
+                  + (f"{per_row:.3f} s per pool row" + (
+                      "; every run was stopped by early stopping (patience) before its budget: trained until "
+                      "validation stopped improving." if doc.get("round", 0) >= 6 and not any(
+                          r.get("stopped_by_budget") for r in doc["curve"]) else
+                      " (the same number of epochs at every size).") if per_row else
                      f"{doc['budget_seconds']:.0f} s at every size."), "",
                   "| pool rows | of them extra | selection per-anchor | aggregated | query-specific | epochs (best) | train s |",
                   "|---|---|---|---|---|---|---|"]

@@ -404,6 +404,15 @@ def test_exact_query_scorer_runs_embed_index_attribute_filter(tiny, reference, t
     ran = [s for s in STEPS if f"[{s}] running" in logs]
     assert ran == ["exact_query", "embed", "index", "attribute", "filter", "report"], ran  # the student is kept
     assert m["encoder"] == "exact_query/model" and m["scorer"] == "exact-query"
+    # the report judges the scorer the run uses; no student was asked for (exact_query.student), so no student row
+    rep = json.loads((out / "report" / "fidelity.json").read_text())
+    assert rep["scorer"] == "exact_query" and rep["verdict"]["method"] == "exact_query"
+    assert set(rep["methods"]) == {"exact_query", "untrained", "length"}
+    assert "exact-query scorer" in rep["verdict"]["line"] and rep["ood"]["available"]
+    from influcoder.report import last_screen, trust_summary
+
+    assert trust_summary(rep)["per_anchor"] == rep["methods"]["exact_query"]["per_anchor_spearman"]
+    assert "exact-query head" in last_screen(out)
     assert not (out / "exact_query" / "pool_coordinates.npy").exists()  # embed holds them now
     mdir = out / "exact_query" / "model"
     model = ExactQueryModel.load(mdir)
@@ -470,3 +479,24 @@ def test_exact_query_scorer_runs_embed_index_attribute_filter(tiny, reference, t
     np.testing.assert_allclose([x["score"] for x in got["results"]], np.sort(S[:, 0])[::-1][:3], atol=1e-5)
     with pytest.raises(UserError, match="plain strings"):
         ex.attribute(text="what is rain", k=3)
+
+
+def test_stock_advice_reads_the_measured_curve(tmp_path):
+    """The last screen's advice on stocking more comes from the packaged curve: the first size that reached
+    USE-level fidelity (≥ the threshold and above the length baseline) with its stocking time at the run's rate, or,
+    where none did, that more stocking is not what the scorer lacks; nothing without a curve for the scorer."""
+    from influcoder.report import CURVE_FILE, stock_advice
+
+    f = tmp_path / "curve.json"
+    f.write_text(json.dumps({"data": "test data", "use_per_anchor": 0.5, "length_per_anchor": 0.45,
+                             "scorers": {"student": [{"n": 250, "per_anchor": 0.3}, {"n": 900, "per_anchor": 0.48},
+                                                     {"n": 2600, "per_anchor": 0.49}],
+                                         "exact_query": [{"n": 250, "per_anchor": 0.4}, {"n": 900, "per_anchor": 0.55},
+                                                         {"n": 2600, "per_anchor": 0.6}]}}))
+    hit = stock_advice("exact_query", 2.0, f)
+    assert "at 900 stocked pool rows" in hit and "≈ 30 min of stocking" in hit and "sample.n_stock 900" in hit
+    miss = stock_advice("student", 2.0, f)
+    assert "at no size measured" in miss and "0.49 at 2,600" in miss and "≈ 87 min" in miss
+    assert stock_advice("other", 2.0, f) is None and stock_advice("student", 2.0, tmp_path / "none.json") is None
+    shipped = json.loads(CURVE_FILE.read_text())  # the packaged curve names its source command and both scorers
+    assert "distill_ablation.py" in shipped["source"] and set(shipped["scorers"]) == {"student", "exact_query"}
