@@ -31,6 +31,9 @@ rest is Alpaca and Code-Alpaca), rows 1,351–2,450 stocked as experiment 1's po
     tail -n +1351 work/big/pool2450.jsonl > work/big/pool_extra.jsonl
     influcoder stock --model smollm2-135m-instruct --data work/big/pool_extra.jsonl --out work/big/pool_extra \
         --preset prompt-response --proj-dim 65536 --max-length 256 --dtype float32 --shard-size 64
+
+Round 6's curve (to 2,590 training rows) uses 1,700 extra rows instead, every other row of the three sources; how
+they are drawn and stocked: ``benchmarks/extra_pool_rows.py`` (``work/more/extra.jsonl``, sha256 4a64e8f8…).
 """
 
 from __future__ import annotations
