@@ -284,7 +284,14 @@ def test_last_screen_says_what_was_done_the_verdict_and_where_to_look(reference)
     v, m = rep["verdict"], rep["methods"]
     assert f"Verdict: {WORDS[v['level']]} — held-out per-anchor Spearman {m['student']['per_anchor_spearman']:.3f} vs " \
            f"{m[v['baseline']]['per_anchor_spearman']:.3f} for the {v['baseline']} baseline" in text
-    assert f"Next: {NEXT_STEP[v['level']]}" in text
+    from influcoder.report import NEXT_NO_STOCK, curve_reaches_use
+
+    # the next step: the verdict's, except that a DO NOT USE run is not told to stock more when the measured curve
+    # shows no size reaching USE for its scorer (the packaged curve: neither scorer does)
+    no_stock = v["level"] == "do-not-use" and curve_reaches_use("student") is False
+    assert f"Next: {NEXT_NO_STOCK if no_stock else NEXT_STEP[v['level']]}" in text
+    if v["level"] != "use":
+        assert "How much to stock: " in text
     assert f"{rep['cost']['n_stocked']} examples stocked" in text
     for label in ("Report: ", "Top attributions: "):
         path = next(line for line in text.splitlines() if line.startswith(label))[len(label):].split()[0]

@@ -329,12 +329,30 @@ def trust_summary(report: dict | None) -> dict:
             "scorer": report.get("scorer", "student"),
             "baseline_per_anchor": float(m[base]["per_anchor_spearman"]),
             "n_pool": report["block"]["n_pool"], "n_queries": report["block"]["n_queries"],
-            "line": v["line"], "next": NEXT_STEP.get(v["level"], "")}
+            "line": v["line"], "next": (NEXT_NO_STOCK if v["level"] == "do-not-use" and
+                                        curve_reaches_use(report.get("scorer", "student")) is False
+                                        else NEXT_STEP.get(v["level"], ""))}
 
 
 CURVE_FILE = Path(__file__).parent / "configs" / "stock_curve.json"
 """How fidelity grew with stocked pool rows on our data, per scorer (written by ``benchmarks/distill_ablation.py
 --package-curve``): what the last screen's advice on stocking more is read from."""
+
+
+NEXT_NO_STOCK = ("do not rank or filter with these scores; on data like the measured curve's, stocking more did not "
+                 "get this scorer there (below) — score the examples you care about with the teacher directly "
+                 "(influcoder stock + influence).")
+"""The last screen's next step when the packaged curve shows no size reaching USE for the run's scorer."""
+
+
+def curve_reaches_use(scorer: str, curve_file: str | Path = CURVE_FILE) -> bool | None:
+    """Whether ``scorer`` reached USE-level fidelity at some size of the packaged curve (None: no curve for it)."""
+    p = Path(curve_file)
+    pts = json.loads(p.read_text()).get("scorers", {}).get(scorer) if p.exists() else None
+    if not pts:
+        return None
+    c = json.loads(p.read_text())
+    return any(q["per_anchor"] >= c["use_per_anchor"] and q["per_anchor"] > c["length_per_anchor"] for q in pts)
 
 
 def stock_advice(scorer: str, seconds_per_example: float | None, curve_file: str | Path = CURVE_FILE) -> str | None:
