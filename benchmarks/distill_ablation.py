@@ -310,6 +310,10 @@ def main() -> None:
                     help="also fit exact-query scoring (influcoder.exact_query, the run step's defaults: ridge head on the "
                     "untrained encoder's features, basis / k / α chosen on a quarter of the N rows) at every curve size, "
                     "on every split seed, scored on the same selection blocks")
+    ap.add_argument("--curve-eq-rank-beta", type=float, default=0.0,
+                    help="with --curve-exact-query: also tune the head with the ranking loss (weight β) on top of the "
+                    "regression, from the ridge solution, steps chosen on the inner selection split (issue 24 item 1)")
+    ap.add_argument("--curve-eq-rank-steps", type=int, default=400)
     ap.add_argument("--package-curve", default="", help="also write the curve's per-anchor means per scorer (student: "
                     "the first seed; exact-query: mean over seeds) with the length baseline to this JSON file "
                     "(src/influcoder/configs/stock_curve.json: what `influcoder run`'s last screen advises from)")
@@ -545,6 +549,56 @@ def main() -> None:
     print(f"wrote {out.with_suffix('.md')}")
 
 
+def rank_tuned_head(head, X, C, Cq, Y, steps: int, beta: float, lr: float = 0.01, X_es=None, Y_es=None,
+                    every: int = 20):
+    """Item 1's head trained with the regression loss on the coordinates *and* a ranking loss on the resulting
+    scores: from the ridge solution, full-batch Adam on mean ‖ĉ − c‖² + β·(1 − mean over queries of the Pearson
+    over pool rows of ĉ·c_q and the teacher's labels Y) + the ridge penalty α‖W‖²/n; Adam's step size is ``lr`` times
+    the ridge weights' mean magnitude. With ``X_es``/``Y_es``: returns the step (0 — the ridge itself — or a multiple
+    of ``every``) with the best per-anchor Spearman there and that head; else the head after ``steps``."""
+    import copy
+
+    import torch
+
+    from influcoder import metrics as M
+
+    Z = torch.tensor((np.asarray(X, np.float64) - head.mean) / head.scale, dtype=torch.float32)
+    Ct, Qt, Yt = (torch.tensor(np.asarray(a), dtype=torch.float32) for a in (C, Cq, Y))
+    W = torch.nn.Parameter(torch.tensor(head.W, dtype=torch.float32))
+    b = torch.nn.Parameter(torch.tensor(head.b, dtype=torch.float32))
+    opt = torch.optim.Adam([W, b], lr=lr * float(np.abs(head.W).mean()))
+    Yc = Yt - Yt.mean(0)
+    n = len(Z)
+
+    def snapshot():
+        h = copy.copy(head)
+        h.W, h.b = W.detach().double().numpy().copy(), b.detach().double().numpy().copy()
+        return h
+
+    best = (-np.inf, 0, snapshot())
+    trace = []  # (step, per-anchor on the early-stopping rows)
+    if X_es is not None:
+        best = (M.per_anchor_spearman(head.predict(X_es).astype(np.float64) @ np.asarray(Cq, np.float64).T, Y_es), 0,
+                snapshot())
+        trace.append((0, best[0]))
+    for t in range(1, steps + 1):
+        P = Z @ W + b
+        S = P @ Qt.T
+        Sc = S - S.mean(0)
+        r = (Sc * Yc).sum(0) / (Sc.norm(dim=0) * Yc.norm(dim=0) + 1e-12)
+        loss = ((P - Ct) ** 2).sum(1).mean() + beta * (1 - r.mean()) + head.alpha * (W ** 2).sum() / n
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if X_es is not None and t % every == 0:
+            h = snapshot()
+            pa = M.per_anchor_spearman(h.predict(X_es).astype(np.float64) @ np.asarray(Cq, np.float64).T, Y_es)
+            trace.append((t, pa))
+            if pa > best[0]:
+                best = (pa, t, h)
+    return (best[1], best[2], trace) if X_es is not None else (steps, snapshot(), trace)
+
+
 def exact_query_curve(args, work: Path, ctxs: dict, curve_order, pool_all, query_all, n_orig: int) -> dict:
     """Exact-query scoring at every curve size, on every seed: the head (ridge on the untrained encoder's features,
     the run step's candidate ks and αs, chosen on a quarter of the N rows) and the basis fitted on the first N rows
@@ -601,6 +655,33 @@ def exact_query_curve(args, work: Path, ctxs: dict, curve_order, pool_all, query
                          "per_anchor": M.per_anchor_spearman(S, truth), "aggregated": M.aggregated_spearman(S, truth),
                          "query_specific": M.query_specific_spearman(S, truth), "choice": choice,
                          "seconds": time.perf_counter() - t0})
+            if args.curve_eq_rank_beta > 0:  # the head tuned with the ranking loss too (item 1), screened
+                t1 = time.perf_counter()
+                from influcoder.exact_query import fit_ridge_head
+
+                U = grads(idx)
+                Cp, Cqt = coordinates(U, V), coordinates(Uq, V)
+                Y = U.astype(np.float64) @ Uq.T.astype(np.float64)
+                perm = np.random.default_rng(1000 + seed).permutation(n)  # select_and_fit's own inner split
+                n_sel = max(2, int(round(d.selection * n)))
+                es, ft = np.sort(perm[:n_sel]), np.sort(perm[n_sel:])
+                h75 = fit_ridge_head(X[idx][ft], Cp[ft], choice["alpha"])
+                t_best, _, trace = rank_tuned_head(h75, X[idx][ft], Cp[ft], Cqt, Y[ft], args.curve_eq_rank_steps,
+                                                   args.curve_eq_rank_beta, X_es=X[idx][es], Y_es=Y[es])
+                _, tuned, _ = rank_tuned_head(head, X[idx], Cp, Cqt, Y, t_best, args.curve_eq_rank_beta)
+                St = ExactQueryModel(V=V, head=tuned, encoder=d.encoder, info={}).pool_coordinates(Xs).astype(
+                    np.float64) @ coordinates(Usq, V).T.astype(np.float64)
+                rows[-1]["rank_tuned"] = {"steps": int(t_best), "beta": args.curve_eq_rank_beta,
+                                          "inner_ridge": trace[0][1], "inner_best_tuned": max(p for t, p in trace[1:]),
+                                          "inner_trace": [[int(t), float(p)] for t, p in trace],
+                                          "per_anchor": M.per_anchor_spearman(St, truth),
+                                          "aggregated": M.aggregated_spearman(St, truth),
+                                          "query_specific": M.query_specific_spearman(St, truth),
+                                          "seconds": time.perf_counter() - t1}
+                print(f"[exact-query curve s{seed}] n {n}: inner split ridge {trace[0][1]:.3f}, best tuned step "
+                      f"{max(p for t, p in trace[1:]):.3f}; ranking-tuned head ({t_best} steps) per-anchor "
+                      f"{rows[-1]['rank_tuned']['per_anchor']:.3f} query-specific "
+                      f"{rows[-1]['rank_tuned']['query_specific']:.3f}", flush=True)
             print(f"[exact-query curve s{seed}] n {n}: per-anchor {rows[-1]['per_anchor']:.3f} query-specific "
                   f"{rows[-1]['query_specific']:.3f} ({choice['basis']}, k {choice['k']}, α {choice['alpha']:g})", flush=True)
         out[str(seed)] = rows
@@ -708,6 +789,20 @@ def markdown_multi(doc: dict) -> str:
             lines.append(f"| {n} | **{vals['per_anchor'].mean():.3f}**{sd(vals['per_anchor'])} | "
                          f"{' / '.join(f'{x:.3f}' for x in vals['per_anchor'])} | {vals['query_specific'].mean():.3f}"
                          f"{sd(vals['query_specific'])} | {vals['aggregated'].mean():.3f} | {st_pa} | {st_qs} |")
+    tuned = [(sd, r) for sd, rs in (doc.get("curve_exact_query") or {}).items() for r in rs if "rank_tuned" in r]
+    if tuned:
+        lines += ["", "## The exact-query head tuned with the ranking loss (issue 24 item 1)", "",
+                  f"From the ridge solution, full-batch Adam on the regression loss plus β = {tuned[0][1]['rank_tuned']['beta']:g} "
+                  "× (1 − per-query Pearson of the scores with the teacher's labels); the number of steps (0 = the ridge "
+                  "itself) chosen on the ridge's own inner selection split (a quarter of the N rows), then the same steps "
+                  "from the ridge fitted on all N.", "",
+                  "| seed | pool rows | inner split: ridge | inner split: best tuned step | steps chosen | selection block "
+                  "per-anchor: ridge | tuned | query-specific: ridge | tuned |", "|---|---|---|---|---|---|---|---|---|"]
+        for sd, r in tuned:
+            t = r["rank_tuned"]
+            lines.append(f"| {sd} | {r['n']} | {t['inner_ridge']:.3f} | {t['inner_best_tuned']:.3f} | {t['steps']} | "
+                         f"{r['per_anchor']:.3f} | {t['per_anchor']:.3f} | {r['query_specific']:.3f} | "
+                         f"{t['query_specific']:.3f} |")
     if doc.get("not_run"):
         lines += ["", "Not run in this round: " + "; ".join(doc["not_run"]) + "."]
     lines += ["", f"Base recipe: `{json.dumps(doc['base'])}`; every run also pins `{json.dumps(doc['pinned'])}` "
