@@ -168,3 +168,15 @@ def test_the_encoder_keeps_the_response_and_records_the_contract(tmp_path):
         warnings.simplefilter("error")
         assert enc.encode(["some text"], side="query").shape[0] == 1
         enc.encode([a], side="pool")
+
+
+def test_check_reference_refuses_gradients_of_another_teacher():
+    """The one check both the scorer (new queries) and `influcoder exact-query` use: every reference key must agree."""
+    from influcoder.errors import UserError
+    from influcoder.exact_query import REFERENCE_KEYS, check_reference
+
+    ref = {k: f"{k}-a" for k in REFERENCE_KEYS}
+    check_reference(dict(ref, n=3), ref, "these")  # other manifest fields do not matter
+    for k in REFERENCE_KEYS:
+        with pytest.raises(UserError, match=f"these differ from the basis's gradients in '{k}'"):
+            check_reference({**ref, k: "other"}, ref, "these")

@@ -231,6 +231,18 @@ REFERENCE_KEYS = ("model_hash", "adapter_hash", "projection", "layout_hash")
 """What must agree between the gradients the basis was fitted on and a query stocked later."""
 
 
+def check_reference(manifest: dict, reference: dict, what: str) -> None:
+    """Refuse gradients (a store's ``manifest``) that differ from the basis's (``reference``) in any of
+    :data:`REFERENCE_KEYS`: they could not be projected on its basis. ``what`` names them in the error."""
+    from .errors import UserError
+
+    for k in REFERENCE_KEYS:
+        if manifest.get(k) != reference.get(k):
+            raise UserError(f"{what} differ from the basis's gradients in '{k}' ({manifest.get(k)!r} vs "
+                            f"{reference.get(k)!r}); the teacher (model, adapter, projection) it was fitted with is not "
+                            "what stocked them, so they cannot be projected on its basis")
+
+
 def is_exact_query_folder(path: str | Path) -> bool:
     """True for a folder written by :meth:`ExactQueryModel.save` (``load_encoder`` then gives an
     :class:`ExactQueryEncoder`)."""
@@ -394,11 +406,7 @@ class ExactQueryEncoder:
                 raise UserError(f"stocking {len(recs)} query record(s) for exact-query scoring (row i is the i-th "
                                 f"query given, first id '{getattr(recs[0], 'id', '?')}'): {e}") from None
             store = open_store(Path(d) / "store")
-            for k in REFERENCE_KEYS:
-                if store.manifest.get(k) != self.model.reference.get(k):
-                    raise UserError(f"{self.folder}: a query stocked now differs from the basis's gradients in '{k}' "
-                                    f"({store.manifest.get(k)!r} vs {self.model.reference.get(k)!r}); the teacher "
-                                    "(model, adapter, projection) it was fitted with is not what this machine loads")
+            check_reference(store.manifest, self.model.reference, f"{self.folder}: the queries stocked now")
             where = {i: n for n, i in enumerate(store.ids)}
             G = np.asarray(store.matrix)[[where[r.id] for r in rows]]
         return np.asarray(G, dtype=np.float32)

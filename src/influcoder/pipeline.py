@@ -178,7 +178,8 @@ class Pipeline:
         # a file the mix step makes is identified by the mix step's key (it is written by this run)
         return {p: (f"mix:{self.key('mix')}" if Path(p).parent == mixed else self._fingerprint(p)) for p in paths}
 
-    def _active(self, step: str) -> bool:
+    def active(self, step: str) -> bool:
+        """Whether ``step`` is on in this run's config (an optional step may be off)."""
         c = self.cfg
         return {"mix": bool(c.mix.pool or c.mix.queries), "attribute": c.attribute.enabled,
                 "filter": c.filter.enabled, "report": c.report.enabled,
@@ -198,7 +199,7 @@ class Pipeline:
 
     def key(self, step: str) -> str:
         """sha256 of the step's config section, its inputs' keys and the fingerprints of the data it reads."""
-        deps = {d: self.key(d) for d in self.depends(step) if self._active(d) or d not in OPTIONAL}
+        deps = {d: self.key(d) for d in self.depends(step) if self.active(d) or d not in OPTIONAL}
         doc = {"step": step, "config": self._section(step), "inputs": deps, "data": self._data_inputs(step)}
         return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -215,14 +216,14 @@ class Pipeline:
     # ------------------------------------------------------------------------------------ running
     def plan(self, steps: list[str] | None = None) -> list[str]:
         """The steps to run, in order: those asked for (default: all enabled) and those they need."""
-        wanted = list(steps or self.cfg.steps or [s for s in STEPS if self._active(s)])
+        wanted = list(steps or self.cfg.steps or [s for s in STEPS if self.active(s)])
         bad = [s for s in wanted if s not in STEPS]
         if bad:
             raise UserError(f"unknown step '{bad[0]}' (choose from {', '.join(STEPS)})")
         need: set[str] = set()
 
         def add(s: str):
-            if s in need or (s in OPTIONAL and not self._active(s)):
+            if s in need or (s in OPTIONAL and not self.active(s)):
                 return
             need.add(s)
             for d in self.depends(s):
@@ -279,7 +280,7 @@ class Pipeline:
         kill_point(f"run:{step}")
         atomic_write_text(self.path("steps", f"{step}.json"), json.dumps({
             "step": step, "key": key, "complete": True, "config": self._section(step),
-            "inputs": {d: self.key(d) for d in self.depends(step) if self._active(d) or d not in OPTIONAL},
+            "inputs": {d: self.key(d) for d in self.depends(step) if self.active(d) or d not in OPTIONAL},
             "seconds": seconds, "attempts": attempts, "info": info,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1, default=str))
         started_p.unlink(missing_ok=True)
@@ -477,7 +478,8 @@ class Pipeline:
             teacher.update(adapter="adapter", warmup_steps=0)
         stocked_q, _ = read_records(self.path("sample", "stock_queries.jsonl"))
         where_q = {i: n for n, i in enumerate(qs.ids)}
-        known = coordinates(unit_rows(np.asarray(qs.matrix)[[where_q[r.id] for r in stocked_q]]), V)
+        Q = coordinates(unit_rows(np.asarray(qs.matrix)), V)  # every stocked query's exact coordinates, store order
+        known = Q[[where_q[r.id] for r in stocked_q]]
         model = ExactQueryModel(
             V=V, head=head, encoder=c.encoder,
             info={**choice, "max_length": c.max_length, "views": "text,response,prompt+form", "feature_precision": "float32"},
@@ -495,8 +497,7 @@ class Pipeline:
             atomic_save_npy(out / "pool_coordinates.npy", np.ascontiguousarray(C, dtype=np.float32))
             pool_ids = [r.id for r in pool]
             atomic_write_text(out / "pool_ids.json", json.dumps(pool_ids))  # the coordinates' row order
-            # every stocked query: exact coordinates, its top-k of the whole pool
-            Q = model.query_coordinates(np.asarray(qs.matrix))
+            # every stocked query: its top-k of the whole pool
             rows_out = top_k_rows(C, Q, qs.ids, pool_ids, min(c.top_k, len(pool)))
             atomic_write_text(out / "attribution.jsonl", "".join(json.dumps(r) + "\n" for r in rows_out))
             # every pool row's mean score over the stocked queries (as `filter --aggregate mean` ranks), highest first
@@ -510,7 +511,7 @@ class Pipeline:
             Ch = C[[where[r.id] for r in hp]]
         else:
             Ch = model.pool_coordinates(pool_features(enc, hp, c.batch_size))
-        Qh = coordinates(rows(qs, [r.id for r in hq]), V)
+        Qh = Q[[where_q[r.id] for r in hq]]
         atomic_save_npy(out / "heldout_scores.npy", np.ascontiguousarray(Ch @ Qh.T, dtype=np.float64))
         return {**choice, "n_pool": len(pool_ids) if pool_ids is not None else None, "n_queries": len(qs.ids),
                 "k_used": int(V.shape[1])}
@@ -523,7 +524,7 @@ class Pipeline:
         ``aggregate``, every pool row ranked by its mean score over the queries: rank, id, score — a filter
         ranking) atomically; the store of the added queries is kept under exact_query/added/ (a rerun reuses or
         resumes it)."""
-        from .exact_query import ExactQueryModel, ranked_pool_rows, top_k_rows
+        from .exact_query import ExactQueryModel, check_reference, ranked_pool_rows, top_k_rows
         from .stock import StockConfig, stock
         from .store import open_store
 
@@ -545,12 +546,8 @@ class Pipeline:
         store = self.path("exact_query", "added", tag)
         stock(StockConfig(data=queries.path, out=str(store), **fields, **to_dict(self.cfg.teacher)), progress=self.progress)
         qs = open_store(store)
-        ref = json.loads(self.path("stores", "queries", "manifest.json").read_text())
-        new = qs.manifest
-        for k in ("model_hash", "adapter_hash", "projection", "layout_hash"):
-            if new.get(k) != ref.get(k):
-                raise UserError(f"{store}: the added queries' gradients differ from the run's in '{k}' "
-                                f"({new.get(k)!r} vs {ref.get(k)!r}); they cannot be projected on its basis")
+        check_reference(qs.manifest, json.loads(self.path("stores", "queries", "manifest.json").read_text()),
+                        f"{store}: the added queries' gradients")
         Q = model.query_coordinates(np.asarray(qs.matrix))
         rows_out = (ranked_pool_rows(C, Q, ids) if aggregate else
                     top_k_rows(C, Q, qs.ids, ids, min(top_k or self.cfg.exact_query.top_k, len(ids))))

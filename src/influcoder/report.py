@@ -257,14 +257,14 @@ def fidelity_report(pipe: "Pipeline") -> dict:
     untrained.precision = prec
     bs = s.eval_batch_size
     preds = {}
-    if pipe._active("train"):  # the student (always under scorer student; beside exact-query when asked)
+    if pipe.active("train"):  # the student (always under scorer student; beside exact-query when asked)
         student = load_encoder(pipe.path("encoder"), device=dev, precision=prec, stage="report")
         q_student = student.encode_query(queries, batch_size=bs)
         preds["student"] = student.encode_document(pool, batch_size=bs) @ q_student.T
     preds["untrained"] = untrained.encode_document(pool, batch_size=bs) @ untrained.encode_query(queries, batch_size=bs).T
     preds["length"] = LengthMethod().scores(pool, queries)
     eq = pipe.path("exact_query", "heldout_scores.npy")
-    if pipe._active("exact_query") and eq.exists():  # exact-query scoring (the exact_query step)
+    if pipe.active("exact_query") and eq.exists():  # exact-query scoring (the exact_query step)
         preds["exact_query"] = np.load(eq)
     # the scorer the run uses: its encoder is what the OOD check and the response-seen shares are about
     scorer = student if scored == "student" else load_encoder(pipe.scorer_path, device=dev, precision=prec)
@@ -345,33 +345,38 @@ NEXT_NO_STOCK = ("do not rank or filter with these scores; on data like the meas
 """The last screen's next step when the packaged curve shows no size reaching USE for the run's scorer."""
 
 
-def curve_reaches_use(scorer: str, curve_file: str | Path = CURVE_FILE) -> bool | None:
-    """Whether ``scorer`` reached USE-level fidelity at some size of the packaged curve (None: no curve for it)."""
+def _curve(scorer: str, curve_file: str | Path) -> tuple[dict, list[dict], dict | None] | None:
+    """The packaged curve, ``scorer``'s measured points and the first that reached USE-level fidelity (≥ the USE
+    threshold and above the length baseline; None if none did) — or None without a curve for ``scorer``."""
     p = Path(curve_file)
-    pts = json.loads(p.read_text()).get("scorers", {}).get(scorer) if p.exists() else None
+    c = json.loads(p.read_text()) if p.exists() else {}
+    pts = c.get("scorers", {}).get(scorer)
     if not pts:
         return None
-    c = json.loads(p.read_text())
-    return any(q["per_anchor"] >= c["use_per_anchor"] and q["per_anchor"] > c["length_per_anchor"] for q in pts)
+    hit = next((q for q in pts if q["per_anchor"] >= c["use_per_anchor"] and q["per_anchor"] > c["length_per_anchor"]),
+               None)
+    return c, pts, hit
+
+
+def curve_reaches_use(scorer: str, curve_file: str | Path = CURVE_FILE) -> bool | None:
+    """Whether ``scorer`` reached USE-level fidelity at some size of the packaged curve (None: no curve for it)."""
+    found = _curve(scorer, curve_file)
+    return None if found is None else found[2] is not None
 
 
 def stock_advice(scorer: str, seconds_per_example: float | None, curve_file: str | Path = CURVE_FILE) -> str | None:
     """One line for a run short of USE: the size at which ``scorer`` (student or exact_query) reached USE-level
     fidelity on the measured curve and how long stocking that many takes at this run's rate — or that no size measured
     got there, so stocking more is not what it lacks on data like that. None without a curve for the scorer."""
-    p = Path(curve_file)
-    if not p.exists():
+    found = _curve(scorer, curve_file)
+    if found is None:
         return None
-    c = json.loads(p.read_text())
-    pts = c.get("scorers", {}).get(scorer)
-    if not pts:
-        return None
+    c, pts, hit = found
     need, base = c["use_per_anchor"], c["length_per_anchor"]
     name = {"student": "the student", "exact_query": "exact-query scoring"}.get(scorer, scorer)
     seen = ", ".join(f"{q['per_anchor']:.2f} at {q['n']:,}" for q in pts)
     cost = (lambda n: f"≈ {n * seconds_per_example / 60:.0f} min of stocking at this run's "
             f"{seconds_per_example:.2f} s per example") if seconds_per_example else (lambda n: "")
-    hit = next((q for q in pts if q["per_anchor"] >= need and q["per_anchor"] > base), None)
     if hit is not None:
         return (f"How much to stock: on {c['data']}, {name} reached per-anchor {hit['per_anchor']:.2f} (USE needs "
                 f"≥ {need:.2f} and a gain over the length baseline, {base:.2f} there) at {hit['n']:,} stocked pool rows "
