@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from influcoder.hardware import cpu_info, cpu_line  # noqa: F401  (the CPU beside every figure)
+from influcoder.core.hardware import cpu_info, cpu_line  # noqa: F401  (the CPU beside every figure)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -121,7 +121,7 @@ def batched_ms(index, queries: np.ndarray, k: int) -> tuple[float, np.ndarray]:
 def bench_faiss(args) -> dict:
     import faiss
 
-    from influcoder.index import IndexConfig, build_faiss, recall_at_k, set_search_params
+    from influcoder.search.index import IndexConfig, build_faiss, recall_at_k, set_search_params
 
     k = 10
     log(f"faiss: generating {args.n:,} × {args.dim} synthetic unit vectors")
@@ -205,7 +205,7 @@ def bench_faiss(args) -> dict:
 
 
 def make_pool(work: Path, n: int) -> Path:
-    from influcoder.mix import mix_records, write_mix
+    from influcoder.data.mix import mix_records, write_mix
 
     D = os.environ.get("INFLUCODER_DATA", str(ROOT.parent / "shared" / "data"))
     rows = mix_records([f"alpaca={D}/alpaca/alpaca_en_demo.json", f"dolly={D}/dolly/databricks-dolly-15k-safety-only.jsonl",
@@ -214,17 +214,17 @@ def make_pool(work: Path, n: int) -> Path:
 
 
 def make_queries(work: Path, n: int) -> Path:
-    from influcoder.mix import mix_records, write_mix
+    from influcoder.data.mix import mix_records, write_mix
 
     D = os.environ.get("INFLUCODER_DATA", str(ROOT.parent / "shared" / "data"))
     return write_mix(mix_records([f"bbh={D}/bbh/bbh/*.json"], n=n, seed=0), work / "queries.jsonl")
 
 
 def bench_speed(args, work: Path) -> dict:
-    from influcoder.embed import EmbedConfig, embed_file, open_embeddings
-    from influcoder.records import read_records
-    from influcoder.stock import StockConfig, stock
-    from influcoder.store import open_store
+    from influcoder.search.embed import EmbedConfig, embed_file, open_embeddings
+    from influcoder.data.records import read_records
+    from influcoder.teacher.stock import StockConfig, stock
+    from influcoder.teacher.store import open_store
 
     pool = make_pool(work, args.pool_examples)
     n_stock = min(args.stock_examples, args.pool_examples)
@@ -306,8 +306,8 @@ def bench_int8(args, work: Path) -> dict:
     import torch
     from scipy.stats import spearmanr
 
-    from influcoder.encoder import InfluenceEncoder
-    from influcoder.records import read_records
+    from influcoder.student.encoder import InfluenceEncoder
+    from influcoder.data.records import read_records
 
     enc_name = args.int8_encoder or args.encoder
     trained = enc_name != args.encoder

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from influcoder.hardware import cpu_info, cpu_line  # noqa: F401  (the CPU beside every figure)
+from influcoder.core.hardware import cpu_info, cpu_line  # noqa: F401  (the CPU beside every figure)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -228,8 +228,8 @@ def _threads() -> int:
 
 
 def exp1_training_part(pool_recs, query_recs, split_seed: int, test_pool: int, test_queries: int):
-    from influcoder import evaluate as E
-    from influcoder.evaluate import ranking_split
+    from influcoder.eval import evaluate as E
+    from influcoder.eval.evaluate import ranking_split
 
     sp = ranking_split(len(pool_recs), len(query_recs), test_pool, test_queries, split_seed,
                        pool_keys=E._ids(pool_recs), query_keys=E._ids(query_recs))
@@ -237,8 +237,8 @@ def exp1_training_part(pool_recs, query_recs, split_seed: int, test_pool: int, t
 
 
 def write_problem(d: Path, pool, queries, L: np.ndarray, meta: dict) -> tuple[str, str, str]:
-    from influcoder.fileio import atomic_save_npy, atomic_write_text
-    from influcoder.labels import write_meta
+    from influcoder.core.fileio import atomic_save_npy, atomic_write_text
+    from influcoder.teacher.labels import write_meta
 
     d.mkdir(parents=True, exist_ok=True)
     for name, recs in (("pool.jsonl", pool), ("queries.jsonl", queries)):
@@ -250,7 +250,8 @@ def write_problem(d: Path, pool, queries, L: np.ndarray, meta: dict) -> tuple[st
 
 
 def score_block(enc_dir: str, pool, queries, truth: np.ndarray) -> dict:
-    from influcoder import InfluenceEncoder, metrics as M
+    from influcoder import InfluenceEncoder
+    from influcoder.core import metrics as M
 
     enc = InfluenceEncoder.from_pretrained(enc_dir)
     P = enc.encode(pool, side="pool", batch_size=64)
@@ -267,7 +268,8 @@ def decompose(enc_dir: str, pool, queries, truth: np.ndarray) -> dict:
     import torch
     from scipy.stats import spearmanr
 
-    from influcoder import InfluenceEncoder, metrics as M
+    from influcoder import InfluenceEncoder
+    from influcoder.core import metrics as M
 
     enc = InfluenceEncoder.from_pretrained(enc_dir)
     P = enc.text_embeddings(pool, side="pool", batch_size=64)
@@ -308,7 +310,7 @@ def main() -> None:
     ap.add_argument("--curve-budget-per-row", type=float, default=0.0,
                     help="curve budget in seconds per training pool row (0: --budget for every size)")
     ap.add_argument("--curve-exact-query", action="store_true",
-                    help="also fit exact-query scoring (influcoder.exact_query, the run step's defaults: ridge head on the "
+                    help="also fit exact-query scoring (influcoder.student.exact_query, the run step's defaults: ridge head on the "
                     "untrained encoder's features, basis / k / α chosen on a quarter of the N rows) at every curve size, "
                     "on every split seed, scored on the same selection blocks")
     ap.add_argument("--curve-eq-rank-beta", type=float, default=0.0,
@@ -328,11 +330,11 @@ def main() -> None:
                     help="which round's report (its list of levers not run, its pins) the several-seeds form writes")
     args = ap.parse_args()
 
-    from influcoder.distill import DistillConfig, train
-    from influcoder.influence import compute_influence
-    from influcoder.labels import load_labels
-    from influcoder.records import FieldSpec, read_records
-    from influcoder.store import open_store
+    from influcoder.student.distill import DistillConfig, train
+    from influcoder.teacher.influence import compute_influence
+    from influcoder.teacher.labels import load_labels
+    from influcoder.data.records import FieldSpec, read_records
+    from influcoder.teacher.store import open_store
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -409,8 +411,8 @@ def main() -> None:
         opts = dict(opts)
         dense_k = opts.pop("dense_k", None)
         if dense_k:  # dense targets, the basis fitted on the rows distill trains on (its validation rows held out)
-            from influcoder.distill import split_indices
-            from influcoder.influence import compute_dense_targets
+            from influcoder.student.distill import split_indices
+            from influcoder.teacher.influence import compute_dense_targets
 
             ds = split_indices(len(fit_pool_idx), len(fit_q), opts["val_pool"], opts["val_queries"], opts.get("seed", 0))
             tp = [pool_all[fit_pool_idx[i]].id for i in ds.train_pool]
@@ -446,7 +448,7 @@ def main() -> None:
         return res
 
     def references(ctx: dict) -> dict:
-        from influcoder import metrics as M
+        from influcoder.core import metrics as M
 
         truth = ctx["sel_truth"]
         ceiling = np.repeat(truth.mean(axis=1, keepdims=True), truth.shape[1], axis=1)
@@ -561,7 +563,7 @@ def rank_tuned_head(head, X, C, Cq, Y, steps: int, beta: float, lr: float = 0.01
 
     import torch
 
-    from influcoder import metrics as M
+    from influcoder.core import metrics as M
 
     Z = torch.tensor((np.asarray(X, np.float64) - head.mean) / head.scale, dtype=torch.float32)
     Ct, Qt, Yt = (torch.tensor(np.asarray(a), dtype=torch.float32) for a in (C, Cq, Y))
@@ -605,11 +607,11 @@ def exact_query_curve(args, work: Path, ctxs: dict, curve_order, pool_all, query
     the run step's candidate ks and αs, chosen on a quarter of the N rows) and the basis fitted on the first N rows
     of the seed's curve order and the seed's training queries, scored on its selection block. Returns
     {seed: [{n, per_anchor, aggregated, query_specific, choice, seconds}]}. Features are cached under ``work``."""
-    from influcoder import metrics as M
-    from influcoder.config import ExactQuerySection
-    from influcoder.encoder import InfluenceEncoder
-    from influcoder.exact_query import ExactQueryModel, coordinates, pool_features, select_and_fit, unit_rows
-    from influcoder.store import open_store
+    from influcoder.core import metrics as M
+    from influcoder.run.config import ExactQuerySection
+    from influcoder.student.encoder import InfluenceEncoder
+    from influcoder.student.exact_query import ExactQueryModel, coordinates, pool_features, select_and_fit, unit_rows
+    from influcoder.teacher.store import open_store
 
     d = ExactQuerySection()
     stores = [open_store(args.pool_store)] + ([open_store(args.extra_pool_store)] if args.extra_pool_store else [])
@@ -658,7 +660,7 @@ def exact_query_curve(args, work: Path, ctxs: dict, curve_order, pool_all, query
                          "seconds": time.perf_counter() - t0})
             if args.curve_eq_rank_beta > 0:  # the head tuned with the ranking loss too (item 1), screened
                 t1 = time.perf_counter()
-                from influcoder.exact_query import fit_ridge_head
+                from influcoder.student.exact_query import fit_ridge_head
 
                 U = grads(idx)
                 Cp, Cqt = coordinates(U, V), coordinates(Uq, V)

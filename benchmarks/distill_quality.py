@@ -3,12 +3,12 @@
 Reuses existing gradient stores (stock them first; stocking is resumable), computes the teacher label matrix
 once (reused when present), then for each split seed:
   1. carves a seeded test block (``--test-pool`` pool × ``--test-queries`` queries) out of the label matrix
-     (influcoder.evaluate.ranking_split: training rows whose content duplicates a test row are dropped too);
+     (influcoder.eval.evaluate.ranking_split: training rows whose content duplicates a test row are dropped too);
   2. trains the student on the rest only; distill holds out its own validation block (``--val-pool`` ×
      ``--val-queries``) from that rest to pick the epoch;
   3. scores on the test block, which neither training nor the epoch choice has seen:
      trained encoder, untrained encoder, TF-IDF cosine, shorter-response heuristic, pool-mean ceiling
-with per-anchor, mean-aggregated and query-specific Spearman (influcoder.metrics). The validation block's
+with per-anchor, mean-aggregated and query-specific Spearman (influcoder.core.metrics). The validation block's
 numbers (the ones that picked the epoch) are kept in ``epochs_log`` and are not the reported scores.
 
 Example:
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from influcoder.hardware import cpu_info, cpu_line  # noqa: F401  (the CPU beside every figure)
+from influcoder.core.hardware import cpu_info, cpu_line  # noqa: F401  (the CPU beside every figure)
 
 
 def peak_rss_mb() -> float:
@@ -42,7 +42,7 @@ def peak_rss_mb() -> float:
 
 
 def load_side(path, ids):
-    from influcoder.records import FieldSpec, read_records
+    from influcoder.data.records import FieldSpec, read_records
 
     recs, _ = read_records(path, FieldSpec())
     by = {r.id: r for r in recs}
@@ -64,9 +64,9 @@ def finished_prefix(store):
 
 def prefix_labels(pool_s, query_s, work: Path):
     """Cosine labels for the finished contiguous prefixes of stores still being stocked (same maths as
-    influcoder.influence: row-normalised pool gradients @ row-normalised query gradients)."""
-    from influcoder.labels import write_meta
-    from influcoder.store import check_compatible
+    influcoder.teacher.influence: row-normalised pool gradients @ row-normalised query gradients)."""
+    from influcoder.teacher.labels import write_meta
+    from influcoder.teacher.store import check_compatible
 
     check_compatible(pool_s.manifest, query_s.manifest)
     P, n = finished_prefix(pool_s)
@@ -92,7 +92,7 @@ def baselines(pool_recs, query_recs, true):
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.preprocessing import normalize
 
-    from influcoder.records import record_to_text
+    from influcoder.data.records import record_to_text
 
     pt = [record_to_text(r) for r in pool_recs]
     qt = [record_to_text(r) for r in query_recs]
@@ -106,7 +106,7 @@ def baselines(pool_recs, query_recs, true):
 
 
 def scores(pred, true):
-    from influcoder import metrics
+    from influcoder.core import metrics
 
     row_constant = bool((np.ptp(pred, axis=1) == 0).all())  # same score for every query: no query-specific signal
     return {
@@ -147,12 +147,12 @@ def main(argv=None) -> int:
     import torch
 
     from influcoder import InfluenceEncoder
-    from influcoder.distill import DistillConfig, train
-    from influcoder.baselines import record_key
-    from influcoder.evaluate import ranking_split
-    from influcoder.influence import compute_influence
-    from influcoder.labels import load_labels, write_meta
-    from influcoder.store import open_store
+    from influcoder.student.distill import DistillConfig, train
+    from influcoder.eval.baselines import record_key
+    from influcoder.eval.evaluate import ranking_split
+    from influcoder.teacher.influence import compute_influence
+    from influcoder.teacher.labels import load_labels, write_meta
+    from influcoder.teacher.store import open_store
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

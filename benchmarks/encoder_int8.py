@@ -32,9 +32,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from influcoder import InfluenceEncoder
-    from influcoder.labels import load_labels
-    from influcoder.metrics import aggregated_spearman, per_anchor_spearman
-    from influcoder.records import read_records
+    from influcoder.teacher.labels import load_labels
+    from influcoder.core.metrics import aggregated_spearman, per_anchor_spearman
+    from influcoder.data.records import read_records
 
     split = json.loads((Path(args.encoder) / "split.json").read_text())
     labels = load_labels(args.labels)

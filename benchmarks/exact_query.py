@@ -6,7 +6,7 @@ drawn exactly as ``influcoder evaluate`` draws it (``evaluate.ranking_split``), 
 committed experiment-1 tables (LoGra 0.736, the distilled student 0.413). The teacher's truth on the test block is
 the cosine of the stored gradients.
 
-The scorer (``influcoder.exact_query``): queries keep their exact gradient, projected on V, the top-k principal
+The scorer (``influcoder.student.exact_query``): queries keep their exact gradient, projected on V, the top-k principal
 directions of the *training* gradients; a ridge head predicts a pool example's coordinates from the untrained
 encoder's embedding of its text and its 10 form features; score = ⟨ĉ_p, c_q⟩. Everything is chosen on a
 selection block inside the training part (250 pool × 60 queries, seeded as ``distill_ablation.py`` draws it): the
@@ -64,12 +64,12 @@ def main() -> None:
 
     from distill_ablation import exp1_training_part, machine_load
 
-    from influcoder import metrics as M
-    from influcoder.encoder import InfluenceEncoder, budget_text
-    from influcoder.exact_query import (coordinates, fit_ridge_head, form_features, principal_basis, unit_rows)
-    from influcoder.hardware import cpu_info
-    from influcoder.records import FieldSpec, read_records, record_to_text
-    from influcoder.store import open_store
+    from influcoder.core import metrics as M
+    from influcoder.student.encoder import InfluenceEncoder, budget_text
+    from influcoder.student.exact_query import coordinates, fit_ridge_head, form_features, principal_basis, unit_rows
+    from influcoder.core.hardware import cpu_info
+    from influcoder.data.records import FieldSpec, read_records, record_to_text
+    from influcoder.teacher.store import open_store
 
     t_start = time.time()
     work = Path(args.work)
@@ -240,7 +240,7 @@ def main() -> None:
         test_row("exact-query (selected)", best)
         # non-linear pool factor: boosted trees (prior_trees.fit_trees, the student's) predict the first m coordinates
         # from the text embedding + form features instead of the ridge; m chosen on the selection block
-        from influcoder.prior_trees import fit_trees
+        from influcoder.student.prior_trees import fit_trees
 
         def with_trees(fit_pp, fit_qq, ev_p, ev_q, r, m):
             Cp, Cq = basis_coords(fit_pp, fit_qq, r["basis"])
@@ -316,13 +316,13 @@ def run_toxicity(args) -> None:
     the head fitted on them, its setting chosen on a quarter of them held out (per-anchor Spearman)."""
     from distill_ablation import machine_load
 
-    from influcoder import metrics as M
-    from influcoder.baselines import DecoderFeatures
-    from influcoder.encoder import InfluenceEncoder
-    from influcoder.evaluate import load_config, toxicity_data
-    from influcoder.exact_query import coordinates, form_features, select_and_fit
-    from influcoder.hardware import cpu_info, resolve
-    from influcoder.prior_trees import fit_trees
+    from influcoder.core import metrics as M
+    from influcoder.eval.baselines import DecoderFeatures
+    from influcoder.student.encoder import InfluenceEncoder
+    from influcoder.eval.evaluate import load_config, toxicity_data
+    from influcoder.student.exact_query import coordinates, form_features, select_and_fit
+    from influcoder.core.hardware import cpu_info, resolve
+    from influcoder.student.prior_trees import fit_trees
 
     t_start = time.time()
     cfg = load_config(args.toxicity)
@@ -385,7 +385,7 @@ def run_toxicity(args) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=float))
-    from influcoder.hardware import cpu_line
+    from influcoder.core.hardware import cpu_line
 
     lines = ["# Exact-query scoring on a filtering case (issue 24)", "", f"Command: `{res['command']}`", "",
              f"CPU: {cpu_line(res['cpu'])}; decoder on {dev} in {prec}.", "",
@@ -409,7 +409,7 @@ def run_toxicity(args) -> None:
 
 
 def markdown(res: dict) -> str:
-    from influcoder.hardware import cpu_line
+    from influcoder.core.hardware import cpu_line
 
     s = res["summary"]
     lines = ["# Exact-query scoring against the teacher on held-out blocks (issue 24)", "",

@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "exp2_datelm_study"))
     args = ap.parse_args()
 
-    from influcoder.evaluate import _unb64, load_config, method_name, methods_of_seed, toxicity_data
+    from influcoder.eval.evaluate import _unb64, load_config, method_name, methods_of_seed, toxicity_data
 
     cfg = load_config(args.config)
     parts = Path(cfg.parts_dir)
@@ -61,7 +61,7 @@ def main() -> None:
             if len(s) != len(kinds):
                 sys.exit(f"{p}: {len(s)} Het scores for {len(kinds)} rows: rebuilt construction differs")
             scores[n] = s
-        from influcoder import metrics as M
+        from influcoder.core import metrics as M
 
         rows = {}
         for n, s in scores.items():

@@ -34,7 +34,7 @@ DATA = Path(os.environ.get("INFLUCODER_DATA", ROOT.parent / "shared" / "data"))
 
 def _rows(n: int) -> list[dict]:
     """``n`` prompt/response rows from the Alpaca, Code-Alpaca and Dolly files, repeated with new ids as needed."""
-    from influcoder.records import PRESETS, iter_records
+    from influcoder.data.records import PRESETS, iter_records
 
     base = []
     for preset, path in (("alpaca", DATA / "alpaca" / "alpaca_en_demo.json"),
@@ -54,17 +54,17 @@ def _write(path: Path, rows: list[dict]) -> Path:
 def run_mode(device: str, precision: str, n_stock: int, n_queries: int, n_embed: int, epochs: int, work: Path) -> dict:
     import torch
 
-    from influcoder.distill import DistillConfig, train
-    from influcoder.embed import EmbedConfig, embed_file
-    from influcoder.hardware import resolve_precision
-    from influcoder.influence import compute_influence
-    from influcoder.stock import StockConfig, stock
+    from influcoder.student.distill import DistillConfig, train
+    from influcoder.search.embed import EmbedConfig, embed_file
+    from influcoder.core.hardware import resolve_precision
+    from influcoder.teacher.influence import compute_influence
+    from influcoder.teacher.stock import StockConfig, stock
 
     work.mkdir(parents=True, exist_ok=True)
     rows = _rows(max(n_stock, n_embed))
     pool = _write(work / "pool.jsonl", rows[:n_stock])
     bbh = sorted((DATA / "bbh" / "bbh").glob("*.json"))
-    from influcoder.records import PRESETS, iter_records
+    from influcoder.data.records import PRESETS, iter_records
 
     qs = []
     for f in bbh:
@@ -119,7 +119,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     import torch
 
-    from influcoder.hardware import cpu_info, cpu_line
+    from influcoder.core.hardware import cpu_info, cpu_line
 
     command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/gpu_check.py"] + (argv or sys.argv[1:]))
     info = {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_info(),

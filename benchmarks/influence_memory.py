@@ -1,15 +1,15 @@
 """Memory bounds, measured: peak resident memory (RSS) and throughput of
 
-1. influence labels (``influcoder.influence.compute_influence``, blockwise) for a synthetic fp16 gradient
+1. influence labels (``influcoder.teacher.influence.compute_influence``, blockwise) for a synthetic fp16 gradient
    store of N_pool × k against N_query × k (issue 6: 1,000,000 × 1,000, k = 8,192, goal < 4 GB), and
-2. stocking (``influcoder.stock.stock``) on a small real run at two data sizes with the same shard size,
+2. stocking (``influcoder.teacher.stock.stock``) on a small real run at two data sizes with the same shard size,
    next to the RSS of loading the model alone, to check that stocking holds model + one batch + one shard
    rather than something that grows with the data.
 
 Every measured step runs in its own subprocess (this script with ``--child``); peak RSS is the child's own
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (which counts file-backed memory-mapped pages while mapped)
 and, as a cross-check, the maximum of psutil samples taken by the parent every 0.1 s. The synthetic
-stores are written with ``influcoder.store.StoreWriter`` shard by shard under ``--workdir`` and deleted at
+stores are written with ``influcoder.teacher.store.StoreWriter`` shard by shard under ``--workdir`` and deleted at
 the end unless ``--keep``. Free disk is checked before anything is written.
 
     python benchmarks/influence_memory.py --n-pool 1000000 --n-query 1000 --k 8192
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from influcoder.hardware import cpu_info, cpu_line  # noqa: F401  (the CPU beside every figure)
+from influcoder.core.hardware import cpu_info, cpu_line  # noqa: F401  (the CPU beside every figure)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -44,7 +44,7 @@ GB = 1e9
 
 def _child_write(args) -> dict:
     """Write pool and query synthetic stores with StoreWriter, one shard in memory at a time."""
-    from influcoder.store import StoreWriter
+    from influcoder.teacher.store import StoreWriter
 
     header = {  # identical compatibility keys in both stores, as two stocks of one model would have
         "model": "synthetic", "model_hash": "synthetic", "adapter_hash": None, "lora": {"rank": 8},
@@ -67,7 +67,7 @@ def _child_write(args) -> dict:
 
 
 def _child_influence(args) -> dict:
-    from influcoder.influence import compute_influence
+    from influcoder.teacher.influence import compute_influence
 
     t0 = time.perf_counter()
     compute_influence(Path(args.workdir) / "pool", Path(args.workdir) / "query", Path(args.workdir) / "labels.npy",
@@ -79,9 +79,9 @@ def _child_load_model(args) -> dict:
     """RSS of the stocking fixed cost: decoder + LoRA gradient machinery + projector, no data."""
     import torch
 
-    from influcoder.gradients import LoraGradients, LoraSettings
-    from influcoder.models import load_decoder
-    from influcoder.projection import ProjectionConfig, make_projector
+    from influcoder.teacher.gradients import LoraGradients, LoraSettings
+    from influcoder.core.models import load_decoder
+    from influcoder.teacher.projection import ProjectionConfig, make_projector
 
     t0 = time.perf_counter()
     model, tok, _ = load_decoder(args.model)
@@ -93,7 +93,7 @@ def _child_load_model(args) -> dict:
 
 
 def _child_stock(args) -> dict:
-    from influcoder.stock import StockConfig, stock
+    from influcoder.teacher.stock import StockConfig, stock
 
     t0 = time.perf_counter()
     cfg = StockConfig(model=args.model, data=args.stock_data, out=args.stock_out, preset=args.stock_preset,
@@ -109,8 +109,8 @@ def _child_prepare(args) -> dict:
 
     import psutil
 
-    from influcoder.models import resolve_decoder
-    from influcoder.stock import StockConfig, _prepare
+    from influcoder.core.models import resolve_decoder
+    from influcoder.teacher.stock import StockConfig, _prepare
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(resolve_decoder(args.model)))
@@ -122,7 +122,7 @@ def _child_prepare(args) -> dict:
     records, encoded, _ = _prepare(cfg, tok)
     gc.collect()
     after = psutil.Process().memory_info().rss
-    from influcoder.tokenization import pack_by_tokens
+    from influcoder.teacher.tokenization import pack_by_tokens
 
     lengths = [len(e) for e in encoded]
     packs = pack_by_tokens(lengths, cfg.batch_size, cfg.token_budget)
@@ -268,7 +268,7 @@ def main() -> None:
         r["store_gb_read_per_s"] = store_bytes / GB / r["seconds"]
         inf["influence"] = r
         # Spot check: 64 random pool rows against all queries, recomputed from the stores directly.
-        from influcoder.store import open_store
+        from influcoder.teacher.store import open_store
 
         pool, query = open_store(work / "pool"), open_store(work / "query")
         labels = np.load(work / "labels.npy", mmap_mode="r")

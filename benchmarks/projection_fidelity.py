@@ -1,10 +1,10 @@
 """Projection fidelity on real gradients (the paper's Table A.1 in spirit).
 
 Exact, unprojected SmolLM2-135M-Instruct LoRA gradients (r = 8, all block linears, fresh adapter, so
-the lora_B coordinates; fp32) of a real pool (Alpaca / Dolly / Code-Alpaca via ``influcoder.mix``) and
+the lora_B coordinates; fp32) of a real pool (Alpaca / Dolly / Code-Alpaca via ``influcoder.data.mix``) and
 real BBH queries. The reference is the dense cosine influence (pool × query) of those gradients; each
 CountSketch dimension k is compared with it by per-anchor and aggregated Spearman
-(``influcoder.metrics``), mean (and min/max) over sketch seeds.
+(``influcoder.core.metrics``), mean (and min/max) over sketch seeds.
 
 Gradients are cached under --workdir (keyed by the example ids and settings), so changing k or seeds
 does not recompute them.
@@ -27,15 +27,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _records(rows):
-    from influcoder.records import Record
+    from influcoder.data.records import Record
 
     return [Record(r["id"], r["prompt"], r["response"], None, i, r.get("source", "")) for i, r in enumerate(rows)]
 
 
 def gradients(rows, args, work: Path) -> np.ndarray:
-    from influcoder.gradients import LoraGradients, LoraSettings
-    from influcoder.models import load_decoder
-    from influcoder.tokenization import collate, encode_record, pack_by_tokens
+    from influcoder.teacher.gradients import LoraGradients, LoraSettings
+    from influcoder.core.models import load_decoder
+    from influcoder.teacher.tokenization import collate, encode_record, pack_by_tokens
 
     key = hashlib.sha256(json.dumps([[r["id"] for r in rows], args.max_length, args.dtype]).encode()).hexdigest()[:16]
     path = work / f"grads-{key}.npy"
@@ -77,9 +77,9 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from influcoder.metrics import aggregated_spearman, per_anchor_spearman
-    from influcoder.mix import mix_records
-    from influcoder.projection import ProjectionConfig, make_projector
+    from influcoder.core.metrics import aggregated_spearman, per_anchor_spearman
+    from influcoder.data.mix import mix_records
+    from influcoder.teacher.projection import ProjectionConfig, make_projector
 
     D = Path(os.environ.get("INFLUCODER_DATA", ROOT.parent / "shared" / "data"))
     pool_src = [f"alpaca={D}/alpaca/alpaca_en_demo.json", f"dolly={D}/dolly/databricks-dolly-15k-safety-only.jsonl",

@@ -131,9 +131,9 @@ def measured_run(cmd: list[str], env: dict, log_path: Path) -> dict:
 # --------------------------------------------------------------------------------------------- data
 def prepare(args, work: Path) -> dict:
     """The first --n Alpaca examples that fit --max-length untruncated; records.jsonl + tokens.json."""
-    from influcoder.models import load_decoder
-    from influcoder.records import PRESETS, read_records
-    from influcoder.tokenization import encode_record
+    from influcoder.core.models import load_decoder
+    from influcoder.data.records import PRESETS, read_records
+    from influcoder.teacher.tokenization import encode_record
 
     data = Path(os.environ.get("INFLUCODER_DATA", ROOT.parent / "shared" / "data")) / "alpaca" / "alpaca_en_demo.json"
     recs, _ = read_records(data, PRESETS["alpaca"])
@@ -167,13 +167,13 @@ def prepare(args, work: Path) -> dict:
 
 
 def _encoded(work: Path, n: int | None = None):
-    from influcoder.tokenization import Encoded
+    from influcoder.teacher.tokenization import Encoded
 
     return [Encoded(r["ids"], r["prompt_len"]) for r in json.loads((work / "tokens.json").read_text())[:n]]
 
 
 def _batches(work: Path, args):
-    from influcoder.tokenization import collate, pack_by_tokens
+    from influcoder.teacher.tokenization import collate, pack_by_tokens
 
     enc = _encoded(work)
     pad = json.loads((work / "info.json").read_text())["pad_id"]
@@ -213,8 +213,8 @@ def bergson_collect_seconds(log_text: str) -> float | None:
 def child_floor(args, work: Path) -> dict:
     import torch
 
-    from influcoder.gradients import LoraGradients, LoraSettings, _right_padded, per_example_losses
-    from influcoder.models import load_decoder
+    from influcoder.teacher.gradients import LoraGradients, LoraSettings, _right_padded, per_example_losses
+    from influcoder.core.models import load_decoder
 
     model, _, _ = load_decoder(MODEL)
     lg = LoraGradients(model, LoraSettings(), dtype=args.dtype)
@@ -265,9 +265,9 @@ def _trak_basic_projector(grads, proj_dim: int, seed: int, block_size: int = 100
 def child_less(args, work: Path) -> dict:
     import torch
 
-    from influcoder.gradients import LoraGradients, LoraSettings
-    from influcoder.models import load_decoder
-    from influcoder.projection import ProjectionConfig, make_projector
+    from influcoder.teacher.gradients import LoraGradients, LoraSettings
+    from influcoder.core.models import load_decoder
+    from influcoder.teacher.projection import ProjectionConfig, make_projector
 
     model, _, _ = load_decoder(MODEL)
     lg = LoraGradients(model, LoraSettings(), dtype=args.dtype)
@@ -466,7 +466,7 @@ def report(args, info: dict, runs: dict, command: str, out: Path) -> None:
         if ok:
             lines += ["", f"{m} command (rep 1): `{shlex.join(ok[0]['cmd'])}`"]
     out.parent.mkdir(parents=True, exist_ok=True)
-    from influcoder.hardware import cpu_info, cpu_line
+    from influcoder.core.hardware import cpu_info, cpu_line
 
     cpu = cpu_info()
     lines += ["", f"CPU: {cpu_line(cpu)}."]

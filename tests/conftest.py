@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-# `precision: auto` resolves by the CPU (influcoder.hardware): the suite states "bf16 emulated" so that auto
+# `precision: auto` resolves by the CPU (influcoder.core.hardware): the suite states "bf16 emulated" so that auto
 # means float32 on every machine, whatever its CPU (subprocesses inherit it); tests of the other outcome fake it.
 os.environ["INFLUCODER_CPU_BF16"] = "emulated"
 

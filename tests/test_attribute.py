@@ -14,8 +14,8 @@ from test_embed import make_rows, other_encoder, tiny_encoder, write_jsonl  # no
 
 @pytest.fixture
 def built(tmp_path, tiny_encoder):
-    from influcoder.embed import EmbedConfig, embed_file
-    from influcoder.index import IndexConfig, build_index
+    from influcoder.search.embed import EmbedConfig, embed_file
+    from influcoder.search.index import IndexConfig, build_index
 
     pool = write_jsonl(tmp_path / "pool.jsonl", make_rows(40))
     queries = write_jsonl(tmp_path / "queries.jsonl", make_rows(4, seed=5))
@@ -25,8 +25,8 @@ def built(tmp_path, tiny_encoder):
 
 
 def brute(encoder_dir, pool_rows, query_items):
-    from influcoder.encoder import InfluenceEncoder
-    from influcoder.records import Record
+    from influcoder.student.encoder import InfluenceEncoder
+    from influcoder.data.records import Record
 
     enc = InfluenceEncoder.from_pretrained(str(encoder_dir))
     P = enc.encode([Record(r["id"], r["prompt"], r["response"]) for r in pool_rows], side="pool")
@@ -35,8 +35,8 @@ def brute(encoder_dir, pool_rows, query_items):
 
 
 def test_attribute_equals_bruteforce_and_writes_jsonl_and_csv(tmp_path, tiny_encoder, built):
-    from influcoder.attribute import AttributeConfig, attribute
-    from influcoder.records import Record, record_to_text
+    from influcoder.search.attribute import AttributeConfig, attribute
+    from influcoder.data.records import Record, record_to_text
 
     pool, queries, _, idx = built
     prow = [json.loads(l) for l in pool.read_text().splitlines()]
@@ -65,9 +65,9 @@ def test_attribute_equals_bruteforce_and_writes_jsonl_and_csv(tmp_path, tiny_enc
 
 
 def test_encoder_mismatch_is_refused(tmp_path, tiny_encoder, other_encoder, built):
-    from influcoder.attribute import AttributeConfig, FilterConfig, attribute, filter_pool
-    from influcoder.embed import EmbedConfig, embed_file
-    from influcoder.errors import UserError
+    from influcoder.search.attribute import AttributeConfig, FilterConfig, attribute, filter_pool
+    from influcoder.search.embed import EmbedConfig, embed_file
+    from influcoder.core.errors import UserError
 
     pool, queries, emb, idx = built
     with pytest.raises(UserError, match="not the encoder the index"):
@@ -84,7 +84,7 @@ def test_encoder_mismatch_is_refused(tmp_path, tiny_encoder, other_encoder, buil
 def test_query_text_on_command_line(tmp_path, tiny_encoder, built):
     from typer.testing import CliRunner
 
-    from influcoder.cli import app
+    from influcoder.app.cli import app
 
     _, _, _, idx = built
     out = tmp_path / "a.jsonl"
@@ -97,8 +97,8 @@ def test_query_text_on_command_line(tmp_path, tiny_encoder, built):
 
 
 def test_bad_query_file_names_file_row_field(tmp_path, tiny_encoder, built):
-    from influcoder.attribute import AttributeConfig, attribute
-    from influcoder.records import RecordError
+    from influcoder.search.attribute import AttributeConfig, attribute
+    from influcoder.data.records import RecordError
 
     _, _, _, idx = built
     rows = make_rows(3)
@@ -114,8 +114,8 @@ def test_filter_scores_and_filtered_copy(tmp_path, tiny_encoder, fmt, aggregate)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from influcoder.attribute import FilterConfig, filter_pool
-    from influcoder.records import Record, iter_rows
+    from influcoder.search.attribute import FilterConfig, filter_pool
+    from influcoder.data.records import Record, iter_rows
 
     rows = [{k: v for k, v in r.items()} for r in make_rows(30)]
     qrows = make_rows(3, seed=7)
@@ -158,7 +158,7 @@ def test_filter_scores_and_filtered_copy(tmp_path, tiny_encoder, fmt, aggregate)
 
 
 def test_filter_pool_as_texts(tmp_path, tiny_encoder):
-    from influcoder.attribute import FilterConfig, filter_pool
+    from influcoder.search.attribute import FilterConfig, filter_pool
 
     out = filter_pool(FilterConfig(str(tiny_encoder), str(tmp_path / "o"), pool_texts=["alpha beta", "cat dog", "rain"],
                                    query_texts=["alpha"], fraction=1 / 3, ood={"enabled": False}), progress=False)
@@ -167,7 +167,7 @@ def test_filter_pool_as_texts(tmp_path, tiny_encoder):
 
 
 def test_ood_flags_far_items_and_not_reference_copies(tmp_path, tiny_encoder, built):
-    from influcoder.attribute import AttributeConfig, FilterConfig, filter_pool, run_attribute
+    from influcoder.search.attribute import AttributeConfig, FilterConfig, filter_pool, run_attribute
 
     pool, queries, _, idx = built
     ref = write_jsonl(tmp_path / "ref.jsonl", make_rows(60, seed=11))
@@ -192,7 +192,7 @@ def test_ood_flags_far_items_and_not_reference_copies(tmp_path, tiny_encoder, bu
 
 
 def test_ood_without_reference_says_so(tmp_path, tiny_encoder, built):
-    from influcoder.attribute import AttributeConfig, run_attribute
+    from influcoder.search.attribute import AttributeConfig, run_attribute
 
     _, queries, _, idx = built
     recs, rep = run_attribute(AttributeConfig(str(tiny_encoder), str(idx), queries=str(queries), top_k=1))
@@ -200,7 +200,7 @@ def test_ood_without_reference_says_so(tmp_path, tiny_encoder, built):
 
 
 def test_reference_found_in_encoder_metadata(tmp_path):
-    from influcoder.attribute import find_reference_data
+    from influcoder.search.attribute import find_reference_data
 
     p = write_jsonl(tmp_path / "pool.jsonl", make_rows(3))
     q = write_jsonl(tmp_path / "q.jsonl", make_rows(3))
@@ -212,9 +212,9 @@ def test_reference_found_in_encoder_metadata(tmp_path):
 def test_reference_data_read_with_the_field_mapping_the_encoder_was_trained_with(tmp_path):
     """An encoder trained with --pool-prompt-field etc.: its saved typed data specs (and, for older
     encoders, the training config's field options) give the reference files their own field mapping."""
-    from influcoder.attribute import find_reference_data
-    from influcoder.distill import DistillConfig, _data_specs
-    from influcoder.records import read_records
+    from influcoder.search.attribute import find_reference_data
+    from influcoder.student.distill import DistillConfig, _data_specs
+    from influcoder.data.records import read_records
 
     pool = tmp_path / "pool.jsonl"
     pool.write_text("".join(json.dumps({"key": f"k{i}", "question": f"q {i}", "answer": f"a {i}"}) + "\n" for i in range(3)))
@@ -236,7 +236,7 @@ def test_reference_data_read_with_the_field_mapping_the_encoder_was_trained_with
 def test_filter_reuses_its_own_pool_store(tmp_path, tiny_encoder):
     """`filter --pool-embeddings` reads the store an earlier filter (or `embed`) wrote and gives the same
     report and outputs without embedding the pool again."""
-    from influcoder.attribute import FilterConfig, filter_pool
+    from influcoder.search.attribute import FilterConfig, filter_pool
 
     pool = write_jsonl(tmp_path / "pool.jsonl", make_rows(25))
     queries = write_jsonl(tmp_path / "q.jsonl", make_rows(3, seed=4))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from influcoder import baselines as B
-from influcoder.records import Record
+from influcoder.eval import baselines as B
+from influcoder.data.records import Record
 
 from conftest import SAMPLE_ROWS
 
@@ -51,7 +51,7 @@ def test_bm25_and_tfidf_methods_rank_the_matching_document_first():
 def test_tfidf_is_cosine_of_sklearn_vectors():
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.metrics.pairwise import cosine_similarity
-    from influcoder.records import record_to_text
+    from influcoder.data.records import record_to_text
 
     recs = _records()
     pool, queries = recs[:6], recs[6:]
@@ -77,8 +77,8 @@ def feats(tiny_model_dir, tmp_path):
 
 def _one(model_dir, rec, max_length=64):
     """Load, encode one example without padding."""
-    from influcoder.models import load_decoder
-    from influcoder.tokenization import encode_record
+    from influcoder.core.models import load_decoder
+    from influcoder.teacher.tokenization import encode_record
 
     model, tok, _ = load_decoder(str(model_dir), attn_implementation="eager")
     e = encode_record(tok, rec, max_length)
@@ -104,8 +104,8 @@ def test_repsim_and_rds_equal_per_example_reference(feats, tiny_model_dir):
 
 def _reference_grads(model_dir, rec, rank=4, seed=0, logra=None):
     """One example, no padding: autograd .grad of the LoRA B matrices and, for LoGra, of every base weight."""
-    from influcoder.gradients import LoraGradients, LoraSettings
-    from influcoder.tokenization import collate
+    from influcoder.teacher.gradients import LoraGradients, LoraSettings
+    from influcoder.teacher.tokenization import collate
 
     model, tok, e = _one(model_dir, rec)
     lg = LoraGradients(model, LoraSettings(rank=rank, seed=seed))
@@ -163,7 +163,7 @@ def test_feature_cache_reuses_rows_and_keeps_order(feats, tiny_model_dir):
 
 
 def test_gradsim_is_cosine_of_rademacher_projection(feats, tiny_model_dir):
-    from influcoder.projection import ProjectionConfig, make_projector
+    from influcoder.teacher.projection import ProjectionConfig, make_projector
 
     recs = _records()
     m = B.GradSimMethod(feats, rank=4, proj_dim=64, seed=5)
@@ -252,8 +252,8 @@ def test_semantic_encoder_method_real_minilm():
     # = cosine of the packaged sentence-transformers model's own embeddings of prompt + "\n" + response
     from sentence_transformers import SentenceTransformer
 
-    from influcoder.models import resolve_encoder
-    from influcoder.records import record_to_text
+    from influcoder.core.models import resolve_encoder
+    from influcoder.data.records import record_to_text
 
     st = SentenceTransformer(str(resolve_encoder("minilm-l6")), device="cpu")
     e = st.encode([record_to_text(r) for r in recs], normalize_embeddings=True)
@@ -320,7 +320,7 @@ def test_feature_cache_chunks_are_saved_as_they_finish_and_a_killed_pass_resumes
 def test_gradsim_projection_feeds_column_blocks_and_equals_the_whole_matrix_projected():
     """GradSimMethod.project streams the float16 gradients a column block at a time (one generation of the
     dense matrix for every row): the same as projecting the whole float32 matrix, across several blocks."""
-    from influcoder.projection import BLOCK, ProjectionConfig, make_projector
+    from influcoder.teacher.projection import BLOCK, ProjectionConfig, make_projector
 
     rng = np.random.default_rng(0)
     n, d = 300, 2 * BLOCK + 123

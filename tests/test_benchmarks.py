@@ -123,10 +123,10 @@ def test_distill_quality_scores_a_block_disjoint_from_training_and_selection(tmp
     disjoint from both the training split and distill's epoch-picking validation block; the reported numbers
     are the trained encoder's on exactly that block."""
     from influcoder import InfluenceEncoder
-    from influcoder import metrics as M
-    from influcoder.labels import load_labels, meta_path
-    from influcoder.records import read_records
-    from influcoder.stock import StockConfig, stock
+    from influcoder.core import metrics as M
+    from influcoder.teacher.labels import load_labels, meta_path
+    from influcoder.data.records import read_records
+    from influcoder.teacher.stock import StockConfig, stock
 
     from conftest import SAMPLE_ROWS
     from test_encoder import make_tiny_bert_dir

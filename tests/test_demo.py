@@ -16,7 +16,7 @@ def test_demo_pipeline_on_tiny_models(tiny_model_dir, tmp_path):
     data = Path(os.environ.get("INFLUCODER_DATA", "../shared/data"))
     if not (data / "alpaca").exists():
         pytest.skip(f"{data} not found")
-    from influcoder.demo import DemoConfig, run_demo
+    from influcoder.run.demo import DemoConfig, run_demo
 
     enc = make_tiny_encoder(tmp_path / "enc")
     cfg = DemoConfig(workdir=str(tmp_path / "demo"), decoder=str(tiny_model_dir), encoder=str(enc), pool_size=40,

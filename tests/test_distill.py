@@ -10,17 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from influcoder.distill import (
-    DistillConfig,
-    distill_loss,
-    kl_loss,
-    pearson_loss,
-    sample_candidates,
-    split_indices,
-    train,
-)
-from influcoder.errors import UserError
-from influcoder.labels import load_labels, write_meta
+from influcoder.student.distill import DistillConfig, distill_loss, kl_loss, pearson_loss, sample_candidates, split_indices, train
+from influcoder.core.errors import UserError
+from influcoder.teacher.labels import load_labels, write_meta
 
 from test_encoder import make_tiny_bert_dir
 
@@ -183,7 +175,7 @@ def test_end_to_end_train_load_and_sentence_transformers(tmp_path, tiny_bert_dir
     from sentence_transformers import SentenceTransformer
 
     from influcoder import InfluenceEncoder
-    from influcoder.records import read_records
+    from influcoder.data.records import read_records
 
     pf, qf, lf = _write_problem(tmp_path)
     # a plain bi-encoder (no pool prior): its folder must give sentence-transformers' own embeddings exactly
@@ -212,23 +204,23 @@ def test_end_to_end_train_load_and_sentence_transformers(tmp_path, tiny_bert_dir
     assert md["validation"]["per_anchor_spearman"] == pytest.approx(best["per_anchor_spearman"])
     assert best["per_anchor_spearman"] == max(r["per_anchor_spearman"] for r in rows)
 
-    recs, _ = read_records(pf, __import__("influcoder.records", fromlist=["FieldSpec"]).FieldSpec())
+    recs, _ = read_records(pf, __import__("influcoder.data.records", fromlist=["FieldSpec"]).FieldSpec())
     e = enc.encode(recs)
     assert e.shape == (len(recs), 16)
     st = SentenceTransformer(str(out), device="cpu")
-    from influcoder.records import record_to_text
+    from influcoder.data.records import record_to_text
 
     texts = [record_to_text(r) for r in recs]
     np.testing.assert_allclose(st.encode(texts), e, atol=1e-6)
     np.testing.assert_allclose(st.encode(texts, prompt_name="query"), enc.encode(recs, side="query"), atol=1e-6)
     # the saved weights are the best epoch's: re-scoring the held-out block reproduces its metrics
-    from influcoder.distill import evaluate_matrix
+    from influcoder.student.distill import evaluate_matrix
 
     L = load_labels(lf)
     pi = [L.pool_ids.index(i) for i in split["val_pool_ids"]]
     qi = [L.query_ids.index(i) for i in split["val_query_ids"]]
     by_id = {r.id: r for r in recs}
-    qrecs = {r.id: r for r in read_records(qf, __import__("influcoder.records", fromlist=["FieldSpec"]).FieldSpec())[0]}
+    qrecs = {r.id: r for r in read_records(qf, __import__("influcoder.data.records", fromlist=["FieldSpec"]).FieldSpec())[0]}
     P = enc.encode([by_id[i] for i in split["val_pool_ids"]])
     Q = enc.encode([qrecs[i] for i in split["val_query_ids"]], side="query")
     m = evaluate_matrix(P @ Q.T, np.asarray(L.matrix)[np.ix_(pi, qi)], 0.5, 0.5)
@@ -269,7 +261,7 @@ def test_training_never_reads_held_out_labels(tmp_path, tiny_bert_dir):
     rb = [json.loads(x) for x in (out_b / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_loss"] for r in ra if r["model"] == "trained"] == [r["train_loss"] for r in rb if r["model"] == "trained"]
     # the boosted pool prior is fitted on training labels only (its weight on the validation block) as well
-    from influcoder.encoder import PRIOR_TREES_FILE
+    from influcoder.student.encoder import PRIOR_TREES_FILE
 
     assert (out_a / PRIOR_TREES_FILE).exists() == (out_b / PRIOR_TREES_FILE).exists()
     if (out_a / PRIOR_TREES_FILE).exists():
@@ -304,7 +296,7 @@ def test_missing_id_is_clear_error(tmp_path, tiny_bert_dir):
 def test_cli_train(tmp_path, tiny_bert_dir):
     from typer.testing import CliRunner
 
-    from influcoder.cli import app
+    from influcoder.app.cli import app
 
     pf, qf, lf = _write_problem(tmp_path)
     args = ["train", "--pool-data", str(pf), "--query-data", str(qf), "--labels", str(lf), "--encoder", str(tiny_bert_dir),
@@ -331,7 +323,7 @@ def test_cli_missing_labels_exits_2(tmp_path):
 @pytest.mark.slow
 def test_real_minilm_trains_a_few_steps(tmp_path):
     from influcoder import InfluenceEncoder
-    from influcoder.models import ModelNotAvailable, resolve_encoder
+    from influcoder.core.models import ModelNotAvailable, resolve_encoder
 
     try:
         resolve_encoder("minilm-l6")
@@ -353,7 +345,7 @@ def test_layer_cache_matches_full_forward(tiny_bert_dir):
     """The cached path (frozen lower layers run once, top layers on the cache) gives the full forward's
     embeddings, with padding from batches of different lengths and a side prefix."""
     from influcoder import InfluenceEncoder
-    from influcoder.layer_cache import LayerCache
+    from influcoder.student.layer_cache import LayerCache
 
     enc = InfluenceEncoder.from_pretrained(tiny_bert_dir, projection_dim=8, query_prefix="q: ")
     enc.eval()
@@ -375,8 +367,8 @@ def test_layer_cache_matches_full_forward_real_minilm():
     sides). Guards the mask the cache builds against the installed transformers (issue 20: a private mask
     method changed signature and broke training)."""
     from influcoder import InfluenceEncoder
-    from influcoder.layer_cache import LayerCache
-    from influcoder.models import ModelNotAvailable, resolve_encoder
+    from influcoder.student.layer_cache import LayerCache
+    from influcoder.core.models import ModelNotAvailable, resolve_encoder
 
     try:
         resolve_encoder("minilm-l6")
@@ -401,7 +393,7 @@ def test_layer_cache_matches_full_forward_real_minilm():
     # a negative control: a wrong mask (no padding masked) changes the padded rows
     c = LayerCache(enc, 4)
     c.add("pool", texts, "pool", batch_size=3)
-    import influcoder.layer_cache as lc
+    import influcoder.student.layer_cache as lc
 
     orig = lc._mask_fn
     try:
@@ -416,7 +408,7 @@ def test_layer_cache_matches_full_forward_real_minilm():
 def test_freeze_layers_trains_only_the_top(tmp_path, tiny_bert_dir):
     from safetensors.numpy import load_file
 
-    from influcoder.layer_cache import freeze_lower
+    from influcoder.student.layer_cache import freeze_lower
 
     pf, qf, lf = _write_problem(tmp_path)
     out = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "fz", epochs=2, freeze_layers=1), progress=False)
@@ -474,7 +466,7 @@ def test_pool_prior_saves_and_scores_as_one_inner_product(tmp_path, tiny_bert_di
     import shutil
 
     from influcoder import InfluenceEncoder
-    from influcoder.encoder import build_prior
+    from influcoder.student.encoder import build_prior
 
     enc = InfluenceEncoder.from_pretrained(tiny_bert_dir)
     enc.prior = build_prior(enc.embedding_dim, 8, seed=1)
@@ -517,7 +509,7 @@ def test_pool_prior_is_trained(tmp_path, tiny_bert_dir):
     M = M + 3.0 * np.linspace(-1, 1, M.shape[0])[:, None].astype(np.float32)
     np.save(lf, M.astype(np.float32))
     seen = {}
-    import influcoder.distill as D
+    import influcoder.student.distill as D
 
     orig = D.distill_loss
 
@@ -547,7 +539,7 @@ def test_train_resumes_from_the_last_epoch_checkpoint_with_the_same_result(tmp_p
     rerun with the same config into the same folder ends with the same weights and metrics as a run
     never interrupted; the rerun trains only epochs 2 and 3; the checkpoint is removed at the end. With the
     listwise KL the embedding bank is part of the state."""
-    from influcoder import distill
+    from influcoder.student import distill
 
     pf, qf, lf = _write_problem(tmp_path)
     ref = train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "ref", epochs=3, kl_over=kl_over), progress=False)
@@ -589,7 +581,7 @@ def test_train_resumes_from_the_last_epoch_checkpoint_with_the_same_result(tmp_p
 
 
 def test_checkpoint_of_another_config_is_not_resumed(tmp_path, tiny_bert_dir, monkeypatch):
-    from influcoder import distill
+    from influcoder.student import distill
 
     pf, qf, lf = _write_problem(tmp_path)
     cfg = _cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "o", epochs=2)
@@ -654,8 +646,8 @@ def test_trained_student_beats_the_untrained_encoder_on_a_known_rule(tmp_path, t
     Per-anchor Spearman against the rule; a student that learnt nothing, or whose best epoch is the untrained
     one, stays at the starting 0.29."""
     from influcoder import InfluenceEncoder
-    from influcoder import metrics as M
-    from influcoder.records import Record
+    from influcoder.core import metrics as M
+    from influcoder.data.records import Record
 
     pool, queries, lab = _pair_task(tmp_path, 80, 24, seed=0, prefix="tr-")
     pf, qf, lf = tmp_path / "pool.jsonl", tmp_path / "q.jsonl", tmp_path / "labels.npy"
@@ -686,9 +678,9 @@ def test_prior_warm_up_learns_a_known_pool_factor_and_keeps_the_best_state():
     """On fixed random embeddings (cosine carries nothing) with labels = a function of the pool rows'
     length features + noise, the prior alone must reach the pool factor's ranking; the validation callback
     picks the state it keeps."""
-    from influcoder import metrics as M
-    from influcoder.distill import warm_up_prior
-    from influcoder.encoder import build_prior
+    from influcoder.core import metrics as M
+    from influcoder.student.distill import warm_up_prior
+    from influcoder.student.encoder import build_prior
 
     rng = np.random.default_rng(0)
     n_p, n_q, d = 120, 30, 8
@@ -745,8 +737,8 @@ def test_prior_warm_up_in_train_is_logged_and_needs_a_prior(tmp_path, tiny_bert_
 
 def test_prior_refit_after_training_is_kept_only_where_validation_improves(tmp_path, tiny_bert_dir):
     from influcoder import InfluenceEncoder
-    from influcoder import metrics as M
-    from influcoder.records import read_records
+    from influcoder.core import metrics as M
+    from influcoder.data.records import read_records
 
     pf, qf, lf = _write_problem(tmp_path)
     M_ = np.load(lf)
@@ -779,7 +771,7 @@ def test_training_scale_is_learned_but_changes_no_score(tmp_path, tiny_bert_dir)
     from safetensors.torch import load_file, save_file
 
     from influcoder import InfluenceEncoder
-    from influcoder.encoder import PRIOR_FILE
+    from influcoder.student.encoder import PRIOR_FILE
 
     pf, qf, lf = _write_problem(tmp_path)
     M_ = np.load(lf)
@@ -804,7 +796,7 @@ def test_training_scale_is_learned_but_changes_no_score(tmp_path, tiny_bert_dir)
 def test_set_dropout_reaches_every_dropout_layer_and_the_attention(tiny_bert_dir):
     """With p = 0 a train-mode forward equals the eval-mode one; with the model's own dropout it does not."""
     from influcoder import InfluenceEncoder
-    from influcoder.distill import set_dropout
+    from influcoder.student.distill import set_dropout
 
     enc = InfluenceEncoder.from_pretrained(str(tiny_bert_dir), max_length=32)
     recs = ["say a b\nb b", "what is c\nd"]
@@ -826,7 +818,7 @@ def test_set_dropout_reaches_every_dropout_layer_and_the_attention(tiny_bert_dir
 
 def _mean_start_cos(out: Path, tiny: Path, pf) -> float:
     from influcoder import InfluenceEncoder
-    from influcoder.records import FieldSpec, read_records
+    from influcoder.data.records import FieldSpec, read_records
 
     recs, _ = read_records(pf, FieldSpec.from_names(preset="prompt-response"))
     a = InfluenceEncoder.from_pretrained(str(out)).text_embeddings(recs, side="pool")
@@ -869,7 +861,7 @@ def test_regularisation_fields_are_validated():
 
 
 def test_live_bank_replaces_the_step_rows_and_carries_their_gradient():
-    from influcoder.distill import live_bank
+    from influcoder.student.distill import live_bank
 
     torch.manual_seed(0)
     bank = torch.randn(7, 4)
@@ -902,10 +894,10 @@ def test_listwise_kl_scores_each_query_against_every_training_pool_row(tmp_path,
     fresh encoder embeds them all (the bank starts at the starting encoder; no dropout, float32, so the live rows
     equal the bank's), against the labels of every training pool row for that query; the Pearson term keeps
     the B × C block."""
-    from influcoder import distill
-    from influcoder.encoder import InfluenceEncoder
-    from influcoder.labels import load_labels
-    from influcoder.records import FieldSpec, read_records
+    from influcoder.student import distill
+    from influcoder.student.encoder import InfluenceEncoder
+    from influcoder.teacher.labels import load_labels
+    from influcoder.data.records import FieldSpec, read_records
 
     pf, qf, lf = _write_problem(tmp_path)
     seen = []
@@ -953,7 +945,7 @@ def test_kl_over_is_validated():
 def test_tree_ensemble_predicts_exactly_as_scikit_learn_and_round_trips():
     from sklearn.ensemble import GradientBoostingRegressor
 
-    from influcoder.prior_trees import TreeEnsemble, fit_trees
+    from influcoder.student.prior_trees import TreeEnsemble, fit_trees
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 12)).astype(np.float32)
@@ -975,8 +967,8 @@ def test_tree_ensemble_predicts_exactly_as_scikit_learn_and_round_trips():
 
 
 def test_style_features_hand_values():
-    from influcoder.prior_trees import STYLE_FEATURES, style_features
-    from influcoder.records import Record
+    from influcoder.student.prior_trees import STYLE_FEATURES, style_features
+    from influcoder.data.records import Record
 
     f = style_features([Record(id="a", prompt="Is Jupiter a planet?", response="Jupiter is a planet."),
                         Record(id="b", prompt="2+2?", response=" 4 "), "x = f(1);\nok"])
@@ -990,8 +982,8 @@ def test_style_features_hand_values():
 
 
 def _encoder_with_trees(tiny_bert_dir, kappa=0.7):
-    from influcoder.encoder import InfluenceEncoder, build_prior
-    from influcoder.prior_trees import STYLE_FEATURES, fit_trees
+    from influcoder.student.encoder import InfluenceEncoder, build_prior
+    from influcoder.student.prior_trees import STYLE_FEATURES, fit_trees
 
     enc = InfluenceEncoder.from_pretrained(str(tiny_bert_dir), max_length=32, seed=0)
     enc.prior = build_prior(enc.embedding_dim, 8, seed=1)
@@ -1005,8 +997,8 @@ def _encoder_with_trees(tiny_bert_dir, kappa=0.7):
 
 
 def test_boosted_prior_scores_as_one_inner_product_and_survives_save_and_load(tmp_path, tiny_bert_dir):
-    from influcoder.encoder import PRIOR_TREES_FILE, InfluenceEncoder
-    from influcoder.records import Record
+    from influcoder.student.encoder import PRIOR_TREES_FILE, InfluenceEncoder
+    from influcoder.data.records import Record
 
     enc = _encoder_with_trees(tiny_bert_dir)
     pool = [Record(id=f"p{i}", prompt=f"say {w}", response=r) for i, (w, r) in
@@ -1036,7 +1028,7 @@ def test_boosted_prior_scores_as_one_inner_product_and_survives_save_and_load(tm
     back = InfluenceEncoder.from_pretrained(str(out))
     assert np.allclose(back.encode(pool), P, atol=1e-6) and np.allclose(back.encode_query(queries), Q, atol=1e-6)
     # κ is part of the weights, so the encoder's fingerprint changes with it
-    from influcoder.encoder import encoder_fingerprint
+    from influcoder.student.loading import encoder_fingerprint
 
     f1 = encoder_fingerprint(out)
     back.set_prior_trees(back.prior_trees, 0.3, back.prior_trees_clip)
@@ -1053,8 +1045,8 @@ def test_boosted_prior_scores_as_one_inner_product_and_survives_save_and_load(tm
 def test_boosted_prior_is_fitted_in_train_and_learns_a_pool_factor_of_form(tmp_path, tiny_bert_dir):
     """Labels whose pool factor is the response's form (a bare number: +1): the trees, fitted after training on
     the training pool rows, rank held-out pool rows by it; the choice of κ (0 among the candidates) is logged."""
-    from influcoder.encoder import InfluenceEncoder
-    from influcoder.records import FieldSpec, read_records
+    from influcoder.student.encoder import InfluenceEncoder
+    from influcoder.data.records import FieldSpec, read_records
 
     rng = np.random.default_rng(0)
     pool, queries = [], []
@@ -1094,8 +1086,8 @@ def test_boosted_prior_is_fitted_in_train_and_learns_a_pool_factor_of_form(tmp_p
 
 def test_boosted_prior_with_no_spread_is_not_attached(tmp_path, tiny_bert_dir, monkeypatch):
     """Trees that predict one value for every validation row (nothing to split on) add nothing: κ stays 0."""
-    from influcoder import prior_trees
-    from influcoder.encoder import InfluenceEncoder
+    from influcoder.student import prior_trees
+    from influcoder.student.encoder import InfluenceEncoder
 
     real = prior_trees.fit_trees
 
@@ -1115,9 +1107,9 @@ def test_encoder_method_without_prior_is_the_bare_embeddings_cosine(tmp_path, ti
     """EncoderMethod(prior=False), a diagnostic row: the cosine of the student's embeddings without its pool prior
     (the same weights; only the prior's two coordinates left out)."""
     from influcoder import InfluenceEncoder
-    from influcoder.baselines import EncoderMethod
-    from influcoder.encoder import build_prior
-    from influcoder.records import Record
+    from influcoder.eval.baselines import EncoderMethod
+    from influcoder.student.encoder import build_prior
+    from influcoder.data.records import Record
 
     enc = InfluenceEncoder.from_pretrained(tiny_bert_dir)
     enc.prior = build_prior(enc.embedding_dim, 8, seed=1)
@@ -1138,8 +1130,8 @@ def test_encoder_method_without_prior_is_the_bare_embeddings_cosine(tmp_path, ti
 def _dense_targets(root: Path, lf: Path, k: int, pf: Path | None = None, qf: Path | None = None) -> Path:
     """A dense-target file for the label file's ids. With the records files: a fixed linear map of each text's
     word counts (so the targets are learnable from the text); without: random coordinates."""
-    from influcoder.labels import load_labels
-    from influcoder.records import FieldSpec, read_records
+    from influcoder.teacher.labels import load_labels
+    from influcoder.data.records import FieldSpec, read_records
 
     L = load_labels(lf)
     rng = np.random.default_rng(0)
@@ -1163,10 +1155,10 @@ def test_dense_target_alone_pulls_every_embedding_onto_its_target(tmp_path, tiny
     student's pool embeddings (training rows) are far closer to their own unit targets than the untrained
     encoder's, its validation ranking improves although no label was read, and the epoch rows log the dense loss."""
     from influcoder import InfluenceEncoder
-    from influcoder.labels import load_dense_targets
-    from influcoder.records import FieldSpec, read_records
+    from influcoder.teacher.labels import load_dense_targets
+    from influcoder.data.records import FieldSpec, read_records
 
-    from influcoder.labels import load_labels
+    from influcoder.teacher.labels import load_labels
 
     pf, qf, lf = _write_problem(tmp_path)
     tf = _dense_targets(tmp_path, lf, 4, pf, qf)
@@ -1209,7 +1201,7 @@ def test_dense_target_errors_are_clear(tmp_path, tiny_bert_dir):
     with pytest.raises(UserError, match="k = 16 dense coordinates need an embedding of at least that dimension, the student's is 8"):
         train(_cfg(tmp_path, tiny_bert_dir, pf, qf, lf, "small", pool_prior=False, projection_dim=8,
                    dense_targets=str(tf), dense_weight=1.0), progress=False)
-    from influcoder.labels import load_labels
+    from influcoder.teacher.labels import load_labels
 
     L = load_labels(lf)
     short = tmp_path / "short.npy"

@@ -9,8 +9,8 @@ import textwrap
 
 import numpy as np
 
-from influcoder.stock import StockConfig, stock
-from influcoder.store import open_store
+from influcoder.teacher.stock import StockConfig, stock
+from influcoder.teacher.store import open_store
 
 ARGS = ["--proj-dim", "32", "--shard-size", "2", "--batch-size", "3", "--quiet"]
 
@@ -46,7 +46,7 @@ def test_two_gloo_ranks_equal_one_process(tiny_model_dir, sample_jsonl, tmp_path
 DIE = textwrap.dedent(
     """
     import os, signal, sys
-    from influcoder.stock import StockConfig, stock
+    from influcoder.teacher.stock import StockConfig, stock
     cfg = StockConfig(model=sys.argv[1], data=sys.argv[2], out=sys.argv[3], proj_dim=32, shard_size=2, batch_size=3)
     def maybe_die(shard):
         if os.environ["RANK"] == "1":

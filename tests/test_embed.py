@@ -78,8 +78,8 @@ def pool_file(tmp_path) -> Path:
 
 def reference_embeddings(encoder_dir, rows, side="pool"):
     """Slow obviously-correct reference: each text encoded alone (batch size 1, no padding)."""
-    from influcoder.encoder import InfluenceEncoder
-    from influcoder.records import Record
+    from influcoder.student.encoder import InfluenceEncoder
+    from influcoder.data.records import Record
 
     enc = InfluenceEncoder.from_pretrained(str(encoder_dir))
     recs = [Record(r["id"], r["prompt"], r["response"]) for r in rows]
@@ -87,7 +87,7 @@ def reference_embeddings(encoder_dir, rows, side="pool"):
 
 
 def test_embeddings_match_one_by_one_reference_for_any_batch_size_and_order(tmp_path, tiny_encoder):
-    from influcoder.embed import EmbedConfig, embed_file, open_embeddings
+    from influcoder.search.embed import EmbedConfig, embed_file, open_embeddings
 
     rows = make_rows(57)
     ref = reference_embeddings(tiny_encoder, rows)
@@ -106,7 +106,7 @@ def test_embeddings_match_one_by_one_reference_for_any_batch_size_and_order(tmp_
 
 
 def test_float16_default_close_to_float32_and_half_the_bytes(tmp_path, tiny_encoder, pool_file):
-    from influcoder.embed import EmbedConfig, embed_file, open_embeddings
+    from influcoder.search.embed import EmbedConfig, embed_file, open_embeddings
 
     s16 = open_embeddings(embed_file(EmbedConfig(str(tiny_encoder), str(pool_file), str(tmp_path / "h")), progress=False))
     s32 = open_embeddings(embed_file(EmbedConfig(str(tiny_encoder), str(pool_file), str(tmp_path / "f"), dtype="float32"),
@@ -122,7 +122,7 @@ class Killed(Exception):
 
 
 def test_resume_after_interruption_has_no_duplicates_and_equals_full_run(tmp_path, tiny_encoder, pool_file):
-    from influcoder.embed import EmbedConfig, EmbeddingStoreError, embed_file, open_embeddings
+    from influcoder.search.embed import EmbedConfig, EmbeddingStoreError, embed_file, open_embeddings
 
     cfg = EmbedConfig(str(tiny_encoder), str(pool_file), str(tmp_path / "s"), shard_size=10, batch_size=4)
 
@@ -152,7 +152,7 @@ def test_resume_after_interruption_has_no_duplicates_and_equals_full_run(tmp_pat
 
 
 def test_resume_refuses_other_settings_and_changed_data(tmp_path, tiny_encoder, other_encoder, pool_file):
-    from influcoder.embed import EmbedConfig, EmbeddingStoreError, embed_file
+    from influcoder.search.embed import EmbedConfig, EmbeddingStoreError, embed_file
 
     out = str(tmp_path / "s")
     with pytest.raises(Killed):
@@ -170,7 +170,7 @@ def test_other_formats_stream(tmp_path, tiny_encoder, suffix):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from influcoder.embed import EmbedConfig, embed_file, open_embeddings
+    from influcoder.search.embed import EmbedConfig, embed_file, open_embeddings
 
     rows = [{k: v for k, v in r.items() if k != "extra"} for r in make_rows(23)]
     f = tmp_path / f"pool.{suffix}"
@@ -190,8 +190,8 @@ def test_other_formats_stream(tmp_path, tiny_encoder, suffix):
 
 
 def test_bad_input_names_file_row_and_field(tmp_path, tiny_encoder):
-    from influcoder.embed import EmbedConfig, embed_file
-    from influcoder.records import RecordError
+    from influcoder.search.embed import EmbedConfig, embed_file
+    from influcoder.data.records import RecordError
 
     rows = make_rows(12)
     del rows[7]["response"]
@@ -207,7 +207,7 @@ def test_bad_input_names_file_row_and_field(tmp_path, tiny_encoder):
 def test_fingerprint_depends_on_weights_not_readme(tmp_path, tiny_encoder, other_encoder):
     import shutil
 
-    from influcoder.embed import encoder_fingerprint
+    from influcoder.search.embed import encoder_fingerprint
 
     a = encoder_fingerprint(tiny_encoder)["sha256"]
     assert a == encoder_fingerprint(tiny_encoder)["sha256"]
@@ -226,8 +226,8 @@ def test_fingerprint_depends_on_weights_not_readme(tmp_path, tiny_encoder, other
 def test_cli_embed(tmp_path, tiny_encoder, pool_file):
     from typer.testing import CliRunner
 
-    from influcoder.cli import app
-    from influcoder.embed import open_embeddings
+    from influcoder.app.cli import app
+    from influcoder.search.embed import open_embeddings
 
     r = CliRunner().invoke(app, ["embed", "--encoder", str(tiny_encoder), "--data", str(pool_file), "--out",
                                  str(tmp_path / "e"), "--float32", "--quiet"])
@@ -242,8 +242,8 @@ def test_cli_embed(tmp_path, tiny_encoder, pool_file):
 def test_store_is_the_shared_sharded_format_and_damage_is_named(tmp_path, tiny_encoder, pool_file):
     """The embedding store is a StoreWriter store (ids.json, rows.npy, shard-*.npy, checksummed manifest);
     a damaged shard or rows file, an older format and a non-store folder are refused with their file named."""
-    from influcoder.embed import EmbedConfig, EmbeddingStoreError, embed_file, open_embeddings
-    from influcoder.store import open_sharded
+    from influcoder.search.embed import EmbedConfig, EmbeddingStoreError, embed_file, open_embeddings
+    from influcoder.teacher.store import open_sharded
 
     out = embed_file(EmbedConfig(str(tiny_encoder), str(pool_file), str(tmp_path / "s"), shard_size=20), progress=False)
     s = open_embeddings(out, verify=True)
@@ -254,7 +254,7 @@ def test_store_is_the_shared_sharded_format_and_damage_is_named(tmp_path, tiny_e
     _, ids, mat = open_sharded(out, s.manifest["format"], EmbeddingStoreError, "embedding store", "influcoder embed")
     np.testing.assert_array_equal(np.asarray(mat), np.concatenate(s.shards))
     # encoder metadata is recorded without loading the model, as loading would give it
-    from influcoder.encoder import load_encoder
+    from influcoder.student.loading import load_encoder
 
     assert s.manifest["encoder_metadata"] == load_encoder(str(tiny_encoder)).metadata
     assert s.manifest["encoder"]["fingerprint"] == s.fingerprint
@@ -285,11 +285,11 @@ def test_store_is_the_shared_sharded_format_and_damage_is_named(tmp_path, tiny_e
 
 
 def test_encoder_identity_lives_with_the_encoder(tiny_encoder):
-    """encoder.py holds load_encoder / encoder_fingerprint / encoder_metadata; embed re-exports them."""
-    import influcoder.embed as embed
-    import influcoder.encoder as encoder
+    """student/loading.py holds load_encoder / encoder_fingerprint / encoder_metadata; embed uses those (no copy)."""
+    import influcoder.search.embed as embed
+    import influcoder.student.loading as encoder
 
-    for name in ("load_encoder", "encoder_fingerprint", "encoder_metadata"):
+    for name in ("load_encoder", "encoder_fingerprint"):
         assert getattr(embed, name) is getattr(encoder, name)
     ident = encoder.encoder_identity(str(tiny_encoder))
     assert ident["fingerprint"] == encoder.encoder_fingerprint(tiny_encoder)["sha256"]

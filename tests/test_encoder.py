@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from influcoder.records import Record, record_to_text
+from influcoder.data.records import Record, record_to_text
 
 WORDS = ("the a an is of to and in what how why name list write explain say colour capital paris blue cat dog "
          "rain roof night prime number water wet gravity mass reverse hello world true false yes no").split()
@@ -169,7 +169,7 @@ def test_save_load_and_sentence_transformers_roundtrip(tiny_bert_dir, tmp_path, 
     from sentence_transformers import SentenceTransformer
 
     from influcoder import InfluenceEncoder
-    from influcoder.encoder import METADATA_FILE
+    from influcoder.student.encoder import METADATA_FILE
 
     enc = InfluenceEncoder.from_pretrained(tiny_bert_dir, projection_dim=projection_dim, query_prefix="q: ")
     out = enc.save(tmp_path / "enc", {"teacher": {"decoder": "x"}, "validation": {"per_anchor_spearman": 0.1}})
@@ -189,7 +189,7 @@ def test_save_load_and_sentence_transformers_roundtrip(tiny_bert_dir, tmp_path, 
 
 def test_unknown_encoder_is_clear_error(tmp_path):
     from influcoder import InfluenceEncoder
-    from influcoder.errors import UserError
+    from influcoder.core.errors import UserError
 
     with pytest.raises(UserError, match="Cannot load encoder"):
         InfluenceEncoder.from_pretrained(tmp_path / "nope")
@@ -200,7 +200,7 @@ def test_real_minilm_matches_sentence_transformers(tmp_path):
     from sentence_transformers import SentenceTransformer
 
     from influcoder import InfluenceEncoder
-    from influcoder.models import ModelNotAvailable, resolve_encoder
+    from influcoder.core.models import ModelNotAvailable, resolve_encoder
 
     try:
         path = resolve_encoder("minilm-l6")
@@ -218,7 +218,7 @@ def test_real_minilm_matches_sentence_transformers(tmp_path):
 # ------------------------------------------------------------------------------------------ dict rows, wrappers
 def test_encode_accepts_dict_rows_like_the_cli(tiny_bert_dir, tmp_path):
     from influcoder import InfluenceEncoder
-    from influcoder.records import RecordError, read_records
+    from influcoder.data.records import RecordError, read_records
 
     enc = InfluenceEncoder.from_pretrained(tiny_bert_dir, query_prefix="q: ")
     rows = [{"id": "a", "prompt": "Say hi", "response": "Hi!"},

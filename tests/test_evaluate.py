@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
-from influcoder.errors import UserError
-from influcoder.evaluate import load_config, run, toxicity_data
+from influcoder.core.errors import UserError
+from influcoder.eval.evaluate import load_config, run, toxicity_data
 
 from conftest import SAMPLE_ROWS
 
@@ -45,9 +45,9 @@ def _ranking_cfg(tmp_path, model_dir, methods=METHODS):
 def _direct_split_and_truth(cfg, seed):
     """The ranking test block of ``seed`` and its exact-teacher truth, computed outside the harness:
     LoRA gradients from DecoderFeatures (checked against autograd in test_baselines) and a numpy cosine."""
-    from influcoder.baselines import DecoderFeatures, record_key
-    from influcoder.evaluate import ranking_split
-    from influcoder.records import read_records
+    from influcoder.eval.baselines import DecoderFeatures, record_key
+    from influcoder.eval.evaluate import ranking_split
+    from influcoder.data.records import read_records
 
     pool, _ = read_records(cfg["data"]["pool"])
     qs, _ = read_records(cfg["data"]["query"])
@@ -67,7 +67,7 @@ def _direct_split_and_truth(cfg, seed):
 def _direct_per_anchor(cfg, seed, spec):
     from scipy.stats import spearmanr
 
-    from influcoder.baselines import make_method
+    from influcoder.eval.baselines import make_method
 
     tp, tq, truth = _direct_split_and_truth(cfg, seed)
     pred = make_method(spec).scores(tp, tq)
@@ -180,7 +180,7 @@ def test_toxicity_end_to_end(tmp_path, tiny_model_dir):
     res = run(load_config(p), progress=False)
     from sklearn.metrics import auc, precision_recall_curve
 
-    from influcoder.baselines import make_method
+    from influcoder.eval.baselines import make_method
 
     # every reported number equals DATE-LM's computation redone here from the split and the method's scores:
     # mean over references, sklearn precision_recall_curve + auc, top-k by score
@@ -228,7 +228,7 @@ def test_cli_evaluate_bad_config_exits_2(tmp_path):
 
 @pytest.mark.slow
 def test_toxicity_with_distilled_student_real_minilm(tmp_path, tiny_model_dir):
-    """The student path: exact teacher labels on the training split → influcoder.distill → scored like the rest."""
+    """The student path: exact teacher labels on the training split → influcoder.student.distill → scored like the rest."""
     cfg = {"experiment": "toxicity", "name": "tiny_tox_student", "out_dir": str(tmp_path / "out"),
            "work_dir": str(tmp_path / "w"), "model": str(tiny_model_dir), "max_length": 64, "batch_size": 4,
            "token_budget": 256, "methods": [{"kind": "influcoder"}, {"kind": "semantic"}, {"kind": "bm25"}],
@@ -247,7 +247,7 @@ def test_toxicity_with_distilled_student_real_minilm(tmp_path, tiny_model_dir):
     # the reported AUPRC is DATE-LM's computation on the trained student's own scores, redone here
     from sklearn.metrics import auc, precision_recall_curve
 
-    from influcoder.baselines import EncoderMethod
+    from influcoder.eval.baselines import EncoderMethod
 
     (enc,) = (tmp_path / "w" / "students").glob("*/encoder")
     td = toxicity_data(cfg["data"], 0)
@@ -261,7 +261,7 @@ def test_ranking_with_store_teacher_matches_exact_teacher(tmp_path, tiny_model_d
     """teacher: {kind: stores}: labels come from two finished gradient stores. Stocked without projection and
     with the same LoRA (rank 4, seed 0), they must reproduce the exact teacher that the dense check recomputes
     on the test block, and the student's training labels must be the store rows of the training split."""
-    from influcoder.stock import StockConfig, stock
+    from influcoder.teacher.stock import StockConfig, stock
 
     cfg_path = _ranking_cfg(tmp_path, tiny_model_dir, methods=[{"kind": "length"}, {"kind": "random"}])
     cfg = yaml.safe_load(cfg_path.read_text())
@@ -291,7 +291,7 @@ def test_ranking_with_store_teacher_matches_exact_teacher(tmp_path, tiny_model_d
 
 def test_ranking_split_keeps_duplicates_of_test_rows_out_of_training():
     """Real pools repeat examples: a training row with the same content as a test row would leak it."""
-    from influcoder.evaluate import ranking_split
+    from influcoder.eval.evaluate import ranking_split
 
     keys = [f"k{i % 7}" for i in range(20)]          # every content appears ~3 times
     qkeys = [f"q{i}" for i in range(10)]             # no duplicates among queries
@@ -323,11 +323,11 @@ def test_store_teacher_labels_follow_train_pool_file_records(tmp_path, tiny_mode
     columns must be the store's labels of *those* records (looked up by id), not of the split's indices. The
     files here hold the split's own training records in reverse order: the counts match, so a label matrix
     sliced by the split's indices would be silently misaligned with the records."""
-    import influcoder.evaluate as E
-    from influcoder.baselines import record_key
-    from influcoder.labels import load_labels
-    from influcoder.records import read_records
-    from influcoder.stock import StockConfig, stock
+    import influcoder.eval.evaluate as E
+    from influcoder.eval.baselines import record_key
+    from influcoder.teacher.labels import load_labels
+    from influcoder.data.records import read_records
+    from influcoder.teacher.stock import StockConfig, stock
 
     cfg_path = _ranking_cfg(tmp_path, tiny_model_dir, methods=[{"kind": "influcoder"}])
     cfg = yaml.safe_load(cfg_path.read_text())
@@ -380,8 +380,8 @@ def test_student_cache_key_is_the_resolved_recipe(monkeypatch):
     reuse a student trained by the old one."""
     import dataclasses
 
-    from influcoder import distill
-    from influcoder.evaluate import student_recipe
+    from influcoder.student import distill
+    from influcoder.eval.evaluate import student_recipe
 
     r = student_recipe({"seed": 1})
     names = {f.name for f in dataclasses.fields(distill.DistillConfig)} - {"pool_data", "query_data", "labels", "out"}
@@ -405,7 +405,7 @@ def test_evaluate_precision_auto_resolves_and_equals_the_explicit_choice(tmp_pat
     """evaluate's decoder methods run in the precision the hardware resolves: auto on a CPU without native bf16
     gives the float32 result exactly; auto where bf16 is native runs the methods in bf16 (recorded per method and
     in the results), close to float32 but computed anew (not a float32 cache reused)."""
-    from influcoder import hardware
+    from influcoder.core import hardware
 
     methods = [{"kind": "repsim"}, {"kind": "logra", "k": 2, "rank": 4}]
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from influcoder.exact_query import (ExactQueryModel, coordinates, fit_ridge_head, form_features, principal_basis,
-                                    unit_rows)
-from influcoder.records import Record
+from influcoder.student.exact_query import ExactQueryModel, coordinates, fit_ridge_head, form_features, principal_basis, unit_rows
+from influcoder.data.records import Record
 
 
 def _grads(n=60, d=500, rank=12, seed=0):
@@ -85,7 +84,7 @@ def tok(tmp_path_factory):
 
 
 def test_budget_text_keeps_the_response_and_cuts_the_prompt_from_the_left(tok):
-    from influcoder.encoder import budget_text
+    from influcoder.student.encoder import budget_text
 
     def n_tokens(t):
         return len(tok(t)["input_ids"])  # with [CLS] / [SEP]
@@ -124,7 +123,7 @@ def test_the_encoder_keeps_the_response_and_records_the_contract(tmp_path):
 
     from test_embed import make_tiny_encoder
 
-    from influcoder.encoder import TEXT_MODE, TEXT_MODE_LEGACY, InfluenceEncoder, build_prior
+    from influcoder.student.encoder import TEXT_MODE, TEXT_MODE_LEGACY, InfluenceEncoder, build_prior
     enc = InfluenceEncoder.from_pretrained(str(make_tiny_encoder(tmp_path / "e")), max_length=64)
     assert enc.text_mode == TEXT_MODE == "response-kept"
     a = Record(id="a", prompt="alpha beta " * 100, response="the answer is 7")
@@ -139,7 +138,7 @@ def test_the_encoder_keeps_the_response_and_records_the_contract(tmp_path):
     ea, eb = enc.encode([a, b])
     assert enc.response_seen([a, b]) == {"full": 1.0, "part": 0.0, "none": 0.0, "n": 2}
     # the same record as one flattened string is read as it is (cut from the right: the answer is lost)
-    from influcoder.records import record_to_text
+    from influcoder.data.records import record_to_text
 
     flat = [record_to_text(a), record_to_text(b)]
     assert ids(flat[:1]) == ids(flat[1:])
@@ -159,7 +158,7 @@ def test_the_encoder_keeps_the_response_and_records_the_contract(tmp_path):
     # query side reads strings silently (no prior there)
     import warnings
 
-    from influcoder.encoder import TextOnlyRowWarning
+    from influcoder.student.encoder import TextOnlyRowWarning
 
     enc.prior = build_prior(enc.embedding_dim, 8)
     with pytest.warns(TextOnlyRowWarning, match=r"1 pool item\(s\) \(the first: item 1\) are plain strings"):
@@ -172,8 +171,8 @@ def test_the_encoder_keeps_the_response_and_records_the_contract(tmp_path):
 
 def test_check_reference_refuses_gradients_of_another_teacher():
     """The one check both the scorer (new queries) and `influcoder exact-query` use: every reference key must agree."""
-    from influcoder.errors import UserError
-    from influcoder.exact_query import REFERENCE_KEYS, check_reference
+    from influcoder.core.errors import UserError
+    from influcoder.student.exact_query import REFERENCE_KEYS, check_reference
 
     ref = {k: f"{k}-a" for k in REFERENCE_KEYS}
     check_reference(dict(ref, n=3), ref, "these")  # other manifest fields do not matter

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from influcoder.gradients import LoraGradients, LoraSettings, block_linear_names
-from influcoder.records import Record
-from influcoder.tokenization import collate, encode_record
+from influcoder.teacher.gradients import LoraGradients, LoraSettings, block_linear_names
+from influcoder.data.records import Record
+from influcoder.teacher.tokenization import collate, encode_record
 
 from conftest import SAMPLE_ROWS, make_tiny_llama, make_tokenizer
 

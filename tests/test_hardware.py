@@ -1,4 +1,4 @@
-"""Device and precision `auto` (influcoder.hardware): both outcomes with the CPU's answer faked, the store /
+"""Device and precision `auto` (influcoder.core.hardware): both outcomes with the CPU's answer faked, the store /
 encoder / embeddings of `auto` equal to the explicit choice, and the resolved precision recorded."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from influcoder import hardware
-from influcoder.errors import UserError
+from influcoder.core import hardware
+from influcoder.core.errors import UserError
 
 
 def test_auto_precision_follows_the_cpu(monkeypatch):
@@ -67,8 +67,8 @@ def test_cpu_info_names_the_cpu():
 
 @pytest.mark.parametrize("outcome, want", [("native", "bfloat16"), ("emulated", "float32")])
 def test_stock_auto_equals_the_explicit_choice(outcome, want, monkeypatch, tiny_model_dir, sample_jsonl, tmp_path):
-    from influcoder.stock import StockConfig, stock
-    from influcoder.store import open_store
+    from influcoder.teacher.stock import StockConfig, stock
+    from influcoder.teacher.store import open_store
 
     monkeypatch.setenv(hardware.CPU_BF16_ENV, outcome)
     hardware.cpu_bf16_probe.cache_clear()
@@ -93,8 +93,8 @@ def test_stock_auto_equals_the_explicit_choice(outcome, want, monkeypatch, tiny_
 def test_train_and_embed_auto_equal_the_explicit_choice(outcome, want, monkeypatch, tmp_path):
     from test_distill import _cfg, _write_problem, make_tiny_bert_dir
 
-    from influcoder.distill import train
-    from influcoder.embed import EmbedConfig, embed_file, open_embeddings
+    from influcoder.student.distill import train
+    from influcoder.search.embed import EmbedConfig, embed_file, open_embeddings
 
     enc_dir = make_tiny_bert_dir(tmp_path / "bert")
     pf, qf, lf = _write_problem(tmp_path, n_pool=24, n_query=8)
@@ -123,7 +123,7 @@ def test_bf16_embedding_is_close_to_float32_and_not_equal(tmp_path):
     """The bf16 forward is a real change (not silently float32) and stays close to float32."""
     from test_embed import make_tiny_encoder
 
-    from influcoder.encoder import load_encoder
+    from influcoder.student.loading import load_encoder
 
     d = make_tiny_encoder(tmp_path / "enc")
     texts = ["the rain on the tin roof", "a blue cat", "2 3 5 7"]

@@ -27,7 +27,7 @@ def assert_topk_matches_bruteforce(scores, pos, matrix, queries, k, tol=1e-5):
 
 @pytest.fixture
 def store_with_ties(tmp_path, tiny_encoder):
-    from influcoder.embed import EmbedConfig, embed_file, open_embeddings
+    from influcoder.search.embed import EmbedConfig, embed_file, open_embeddings
 
     rows = make_rows(80)
     for i in range(5):  # exact duplicates under other ids → identical embeddings → tied scores
@@ -38,7 +38,7 @@ def store_with_ties(tmp_path, tiny_encoder):
 
 
 def test_exact_index_equals_bruteforce_cosine(tmp_path, store_with_ties):
-    from influcoder.index import IndexConfig, build_index, exact_search, open_index
+    from influcoder.search.index import IndexConfig, build_index, exact_search, open_index
 
     s = store_with_ties
     idx = open_index(build_index(IndexConfig(str(s.root), str(tmp_path / "idx"))))
@@ -66,7 +66,7 @@ def test_exact_index_equals_bruteforce_cosine(tmp_path, store_with_ties):
 
 @pytest.mark.parametrize("kind", ["ivf-flat", "ivf-pq", "hnsw"])
 def test_approximate_indexes_and_check(tmp_path, store_with_ties, kind):
-    from influcoder.index import IndexConfig, build_index, open_index
+    from influcoder.search.index import IndexConfig, build_index, open_index
 
     s = store_with_ties
     cfg = IndexConfig(str(s.root), str(tmp_path / kind), kind=kind, nlist=2, nprobe=2, pq_m=8, pq_bits=4,
@@ -96,8 +96,8 @@ def test_approximate_indexes_and_check(tmp_path, store_with_ties, kind):
 
 def test_recall_check_is_sensitive(tmp_path):
     """A deliberately poor IVF (1 of 64 cells probed) on random vectors must report recall well below 1."""
-    from influcoder.embed import normalise
-    from influcoder.index import IndexConfig, build_faiss, check_recall
+    from influcoder.search.embed import normalise
+    from influcoder.search.index import IndexConfig, build_faiss, check_recall
 
     x = normalise(np.random.default_rng(0).standard_normal((4000, 16)))
     idx = build_faiss(x, IndexConfig("-", "-", kind="ivf-flat", nlist=64, nprobe=1, train_size=4000))
@@ -106,8 +106,8 @@ def test_recall_check_is_sensitive(tmp_path):
 
 
 def test_index_errors(tmp_path, store_with_ties):
-    from influcoder.errors import UserError
-    from influcoder.index import IndexConfig, build_index, open_index
+    from influcoder.core.errors import UserError
+    from influcoder.search.index import IndexConfig, build_index, open_index
 
     with pytest.raises(UserError, match="kind"):
         IndexConfig("a", "b", kind="annoy")
@@ -125,7 +125,7 @@ def test_index_errors(tmp_path, store_with_ties):
 def test_cli_index_check(tmp_path, store_with_ties):
     from typer.testing import CliRunner
 
-    from influcoder.cli import app
+    from influcoder.app.cli import app
 
     r = CliRunner().invoke(app, ["index", "--embeddings", str(store_with_ties.root), "--out", str(tmp_path / "i"),
                                  "--kind", "hnsw", "--check", "--check-queries", "20"])
@@ -135,8 +135,8 @@ def test_cli_index_check(tmp_path, store_with_ties):
 
 
 def test_index_refuses_an_unfinished_store(tmp_path, tiny_encoder):
-    from influcoder.embed import EmbedConfig, EmbeddingStoreError, embed_file
-    from influcoder.index import IndexConfig, build_index
+    from influcoder.search.embed import EmbedConfig, EmbeddingStoreError, embed_file
+    from influcoder.search.index import IndexConfig, build_index
 
     class Stop(Exception):
         pass

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from influcoder.errors import UserError
+from influcoder.core.errors import UserError
 from test_encoder import tiny_wordpiece
 
 TEXTS = ["hello world this is a longer text than the others, about the rain on the tin roof at night " * 2,
@@ -63,7 +63,7 @@ def _load(d, **kw):
 def test_tiny_mpnet_is_an_mpnet_sentence_transformer(tiny_mpnet_dir):
     from transformers import MPNetModel
 
-    from influcoder.layer_cache import _hf
+    from influcoder.student.layer_cache import _hf
 
     assert (tiny_mpnet_dir / "modules.json").exists()
     enc = _load(tiny_mpnet_dir)
@@ -77,7 +77,7 @@ def test_tiny_mpnet_is_an_mpnet_sentence_transformer(tiny_mpnet_dir):
 def test_mpnet_layer_cache_matches_full_forward(tiny_mpnet_dir, k, side):
     """Cached path = full forward (InfluenceEncoder.embed), with padding (length-sorted cache batches of 3,
     embedded in other groupings) and a different prefix on each side."""
-    from influcoder.layer_cache import LayerCache
+    from influcoder.student.layer_cache import LayerCache
 
     enc = _load(tiny_mpnet_dir, pool_prefix="p: ", query_prefix="query: ")
     c = LayerCache(enc, k)
@@ -96,7 +96,7 @@ def test_mpnet_layer_cache_matches_full_forward(tiny_mpnet_dir, k, side):
 
 def test_mpnet_layer_cache_needs_the_position_bias(tiny_mpnet_dir, monkeypatch):
     """Negative control: without the relative attention bias in the top layers the cache would not match."""
-    from influcoder.layer_cache import LayerCache
+    from influcoder.student.layer_cache import LayerCache
 
     enc = _load(tiny_mpnet_dir)
     c = LayerCache(enc, 1)
@@ -109,7 +109,7 @@ def test_mpnet_layer_cache_needs_the_position_bias(tiny_mpnet_dir, monkeypatch):
 
 
 def test_mpnet_freeze_lower_freezes_embeddings_bias_and_lower_layers(tiny_mpnet_dir):
-    from influcoder.layer_cache import _hf, encoder_layers, freeze_lower
+    from influcoder.student.layer_cache import _hf, encoder_layers, freeze_lower
 
     enc = _load(tiny_mpnet_dir)
     assert freeze_lower(enc, 0) == 3 and all(p.requires_grad for p in enc.parameters())
@@ -127,7 +127,7 @@ def test_mpnet_freeze_lower_freezes_embeddings_bias_and_lower_layers(tiny_mpnet_
 def test_mpnet_gradients_through_the_cache_match_the_full_forward(tiny_mpnet_dir):
     """After freeze_lower, a loss on LayerCache.embed gives the top layers the same gradients as the full
     forward, and none reach the frozen parameters."""
-    from influcoder.layer_cache import LayerCache, _hf, encoder_layers, freeze_lower
+    from influcoder.student.layer_cache import LayerCache, _hf, encoder_layers, freeze_lower
 
     idx = [0, 2, 1, 4]
     w = torch.randn(len(idx), 32, generator=torch.Generator().manual_seed(1))
@@ -160,7 +160,7 @@ def _fake_enc(hf):
 
 
 def test_unsupported_students_get_a_clear_error():
-    from influcoder.layer_cache import encoder_layers
+    from influcoder.student.layer_cache import encoder_layers
 
     no_layers = torch.nn.Module()  # e.g. DistilBERT: transformer.layer, no encoder.layer
     no_layers.config = SimpleNamespace(model_type="distilbert")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from influcoder import metrics as M
+from influcoder.core import metrics as M
 
 
 def test_spearman_hand_cases():

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from influcoder import models
+from influcoder.core import models
 
 TEXTS = ["How do I bake bread?\nMix flour, water, yeast and salt; knead, let it rise, bake.",
          "Name a prime number.\nSeven."]

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import yaml
 
-from influcoder.config import STEPS, RunConfig, from_dict, load_yaml, save_yaml, to_dict
-from influcoder.pipeline import Pipeline
+from influcoder.run.config import STEPS, RunConfig
+from influcoder.core.config import from_dict, load_yaml, save_yaml, to_dict
+from influcoder.run.pipeline import Pipeline
 
 from test_embed import make_tiny_encoder
 
@@ -138,9 +139,9 @@ def test_report_contents(reference):
     assert rep["verdict"]["line"] in md and "| student |" in md and "OOD" in md
     assert (out / "report" / "fidelity.png").stat().st_size > 1000
     # the length heuristic is recomputed by hand: −len(response), the same column for every query
-    from influcoder import metrics
-    from influcoder.labels import load_labels
-    from influcoder.records import read_records
+    from influcoder.core import metrics
+    from influcoder.teacher.labels import load_labels
+    from influcoder.data.records import read_records
 
     pool, _ = read_records(out / "sample" / "holdout_pool.jsonl")
     lab = load_labels(out / "labels" / "labels.npy")
@@ -170,7 +171,9 @@ def test_killed_in_every_step_then_rerun_gives_the_same_scores(tiny, reference, 
     """For each step in turn, the run dies inside it (train: after epoch 1's checkpoint; stock and embed:
     after their first shard; the others: after their work, before the step is recorded); rerunning
     the same config finishes with the scores of the uninterrupted run."""
-    from influcoder import distill, embed, stock
+    from influcoder.student import distill
+    from influcoder.search import embed
+    from influcoder.teacher import stock
 
     _, ref = reference
     out = tmp_path / "run"
@@ -261,7 +264,7 @@ def test_cli_run_kill_9_during_training_then_same_command(tiny, reference, tmp_p
 def test_verdict_levels_on_known_per_query_scores():
     """USE needs a significant gain over the best baseline *and* enough absolute fidelity; a student that beats
     the baselines while reproducing little of the teacher's ranking is WEAK; one below a baseline is DO NOT USE."""
-    from influcoder.report import verdict
+    from influcoder.run.report import verdict
 
     rng = np.random.default_rng(0)
     base = {"untrained": np.zeros(20), "length": 0.1 + 0.01 * rng.standard_normal(20)}
@@ -276,7 +279,7 @@ def test_verdict_levels_on_known_per_query_scores():
 def test_last_screen_says_what_was_done_the_verdict_and_where_to_look(reference):
     """What `influcoder run` prints at its end: the work done, the verdict word with its figures from the report,
     what to do next, the report, figure and attribution paths (all existing) and the explorer command."""
-    from influcoder.report import NEXT_STEP, WORDS, last_screen
+    from influcoder.run.report import NEXT_STEP, WORDS, last_screen
 
     out, _ = reference
     rep = json.loads((out / "report" / "fidelity.json").read_text())
@@ -284,7 +287,7 @@ def test_last_screen_says_what_was_done_the_verdict_and_where_to_look(reference)
     v, m = rep["verdict"], rep["methods"]
     assert f"Verdict: {WORDS[v['level']]} — held-out per-anchor Spearman {m['student']['per_anchor_spearman']:.3f} vs " \
            f"{m[v['baseline']]['per_anchor_spearman']:.3f} for the {v['baseline']} baseline" in text
-    from influcoder.report import NEXT_NO_STOCK, curve_reaches_use
+    from influcoder.run.report import NEXT_NO_STOCK, curve_reaches_use
 
     # the next step: the verdict's, except that a DO NOT USE run is not told to stock more when the measured curve
     # shows no size reaching USE for its scorer (the packaged curve: neither scorer does)
@@ -304,12 +307,12 @@ def test_exact_query_step_beside_the_student(tiny, reference, tmp_path):
     """exact_query (off by default) fits on the training part, writes the model, the whole pool's coordinates and
     the top-k of every stocked query, and adds its row to the report; its held-out scores equal a recomputation
     from the saved model, the stores and the encoder; the other steps' keys do not move."""
-    from influcoder.encoder import InfluenceEncoder
-    from influcoder.exact_query import ExactQueryModel, pool_features
-    from influcoder.labels import load_labels
-    from influcoder.metrics import per_anchor_spearman
-    from influcoder.records import read_records
-    from influcoder.store import open_store
+    from influcoder.student.encoder import InfluenceEncoder
+    from influcoder.student.exact_query import ExactQueryModel, pool_features
+    from influcoder.teacher.labels import load_labels
+    from influcoder.core.metrics import per_anchor_spearman
+    from influcoder.data.records import read_records
+    from influcoder.teacher.store import open_store
 
     ref_out, _ = reference
     out = tmp_path / "eq"
@@ -393,13 +396,14 @@ def test_exact_query_scorer_runs_embed_index_attribute_filter(tiny, reference, t
     coordinates, never stocked again). Attribution and filter scores equal the slow reference ⟨ĉ_p, c_q⟩ built from
     the saved model, the stores and the base encoder; `influcoder attribute` on new queries stocks them (only them)
     and ranks as the reference does; plain strings are refused on both sides."""
-    from influcoder.encoder import InfluenceEncoder, load_encoder
-    from influcoder.errors import UserError
-    from influcoder.exact_query import ExactQueryModel, pool_features, pool_vectors
-    from influcoder.embed import open_embeddings
-    from influcoder.records import read_records
-    from influcoder.stock import StockConfig, stock
-    from influcoder.store import open_store
+    from influcoder.student.encoder import InfluenceEncoder
+    from influcoder.student.loading import load_encoder
+    from influcoder.core.errors import UserError
+    from influcoder.student.exact_query import ExactQueryModel, pool_features, pool_vectors
+    from influcoder.search.embed import open_embeddings
+    from influcoder.data.records import read_records
+    from influcoder.teacher.stock import StockConfig, stock
+    from influcoder.teacher.store import open_store
 
     ref_out, _ = reference
     out = tmp_path / "eqs"
@@ -416,7 +420,7 @@ def test_exact_query_scorer_runs_embed_index_attribute_filter(tiny, reference, t
     assert rep["scorer"] == "exact_query" and rep["verdict"]["method"] == "exact_query"
     assert set(rep["methods"]) == {"exact_query", "untrained", "length"}
     assert "exact-query scorer" in rep["verdict"]["line"] and rep["ood"]["available"]
-    from influcoder.report import last_screen, trust_summary
+    from influcoder.run.report import last_screen, trust_summary
 
     assert trust_summary(rep)["per_anchor"] == rep["methods"]["exact_query"]["per_anchor_spearman"]
     assert "exact-query head" in last_screen(out)
@@ -478,7 +482,7 @@ def test_exact_query_scorer_runs_embed_index_attribute_filter(tiny, reference, t
     assert bad.returncode == 2 and "influcoder attribute --encoder" in bad.stderr
     # the explorer serves the run with its scorer: a query of the run by id ranks as the reference; typed text
     # (no response, so no gradient) is refused with the reason
-    from influcoder.serve import Explorer, resolve_source
+    from influcoder.app.serve import Explorer, resolve_source
 
     ex = Explorer(resolve_source(out), device="cpu", precision="float32")
     got = ex.attribute(query_id=queries[0].id, k=3)
@@ -492,7 +496,7 @@ def test_stock_advice_reads_the_measured_curve(tmp_path):
     """The last screen's advice on stocking more comes from the packaged curve: the first size that reached
     USE-level fidelity (≥ the threshold and above the length baseline) with its stocking time at the run's rate, or,
     where none did, that more stocking is not what the scorer lacks; nothing without a curve for the scorer."""
-    from influcoder.report import CURVE_FILE, stock_advice
+    from influcoder.run.report import CURVE_FILE, stock_advice
 
     f = tmp_path / "curve.json"
     f.write_text(json.dumps({"data": "test data", "use_per_anchor": 0.5, "length_per_anchor": 0.45,

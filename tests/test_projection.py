@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from influcoder.projection import BLOCK, ProjectionConfig, _block_generator, make_projector
+from influcoder.teacher.projection import BLOCK, ProjectionConfig, _block_generator, make_projector
 
 
 def _countsketch_matrix(d: int, k: int, seed: int) -> torch.Tensor:
@@ -89,7 +89,7 @@ def test_pieces_must_cover_the_input_dim():
 
 _CHILD = """
 import sys, numpy as np, torch
-from influcoder.projection import ProjectionConfig, make_projector
+from influcoder.teacher.projection import ProjectionConfig, make_projector
 torch.manual_seed(123)
 x = torch.randn(3, 70000)
 for kind in ("countsketch", "rademacher", "gaussian"):
@@ -129,7 +129,7 @@ def test_inner_products_preserved_in_expectation(kind):
 
 
 def test_project_rows_streams_blocks_and_equals_projecting_the_whole_float32_matrix():
-    from influcoder.projection import ProjectionConfig, make_projector
+    from influcoder.teacher.projection import ProjectionConfig, make_projector
 
     G = np.random.default_rng(1).normal(size=(150, 300)).astype(np.float16)  # three blocks of 64
     for kind in ("countsketch", "rademacher"):

@@ -21,11 +21,11 @@ ray = pytest.importorskip("ray", reason="ray not installed (pip install influcod
 
 from test_embed import make_tiny_encoder  # noqa: E402
 
-from influcoder.attribute import AttributeConfig, FilterConfig, filter_pool, run_attribute  # noqa: E402
-from influcoder.embed import EmbedConfig, embed_file, open_embeddings  # noqa: E402
-from influcoder.errors import UserError  # noqa: E402
-from influcoder.index import IndexConfig, build_index  # noqa: E402
-from influcoder.ray_backend import RayConfig, embed_with_ray, filter_with_ray  # noqa: E402
+from influcoder.search.attribute import AttributeConfig, FilterConfig, filter_pool, run_attribute  # noqa: E402
+from influcoder.search.embed import EmbedConfig, embed_file, open_embeddings  # noqa: E402
+from influcoder.core.errors import UserError  # noqa: E402
+from influcoder.search.index import IndexConfig, build_index  # noqa: E402
+from influcoder.search.ray_backend import RayConfig, embed_with_ray, filter_with_ray  # noqa: E402
 
 DATA = Path(os.environ.get("INFLUCODER_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 ALPACA = DATA / "alpaca" / "alpaca_en_demo.json"
@@ -198,7 +198,7 @@ def test_filter_ray_writes_the_local_outputs(ray_local, encoder, alpaca_files, t
 
 
 def test_invalid_rows(ray_local, encoder, tmp_path):
-    from influcoder.records import RecordError
+    from influcoder.data.records import RecordError
 
     p = tmp_path / "bad.jsonl"
     p.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n{"id": "0", "prompt": "d", "response": "e"}\n'
@@ -228,7 +228,7 @@ def test_cli_ray_option(ray_local, encoder, alpaca_files, tmp_path):
     option takes the default address and leaves that option alone."""
     from typer.testing import CliRunner
 
-    from influcoder.cli import app
+    from influcoder.app.cli import app
 
     data = str(alpaca_files["jsonl"])
     for ray_args, address in ((["--ray", "--ray-actors", "0"], "local"), (["--ray-actors", "0", "--ray"], "local"),
@@ -237,7 +237,7 @@ def test_cli_ray_option(ray_local, encoder, alpaca_files, tmp_path):
                                      "--preset", "alpaca"] + ray_args)
         # RayConfig rejects 0 actors, so nothing runs; the message shows --ray-actors was parsed as an option
         assert isinstance(r.exception, UserError) and "num_actors must be" in str(r.exception), (ray_args, r.output)
-    from influcoder.ray_backend import RayConfig as RC
+    from influcoder.search.ray_backend import RayConfig as RC
 
     seen = []
     orig = RC.__post_init__
@@ -258,7 +258,7 @@ def test_cli_ray_option(ray_local, encoder, alpaca_files, tmp_path):
 
 
 def test_core_does_not_import_ray(tmp_path):
-    code = ("import sys, influcoder, influcoder.cli, influcoder.embed, influcoder.attribute, influcoder.cli_attribute; "
+    code = ("import sys, influcoder, influcoder.app.cli, influcoder.search.embed, influcoder.search.attribute, influcoder.app.cli_attribute; "
             "print('ray' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "False"
@@ -266,8 +266,8 @@ def test_core_does_not_import_ray(tmp_path):
 
 def test_missing_ray_one_sentence(tmp_path):
     code = ("import sys; sys.modules['ray'] = None\n"
-            "from influcoder.ray_backend import require_ray\n"
-            "from influcoder.errors import UserError\n"
+            "from influcoder.search.ray_backend import require_ray\n"
+            "from influcoder.core.errors import UserError\n"
             "try:\n    require_ray()\nexcept UserError as e:\n    print(e)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install influcoder[ray]" in r.stdout
@@ -277,9 +277,9 @@ def test_missing_ray_one_sentence(tmp_path):
 def test_embed_ray_with_an_exact_query_model(ray_local, encoder, alpaca_files, tmp_path):
     """An exact-query model folder is an encoder to Ray too: embed --ray writes the local store (pool vectors =
     the head's predicted coordinates, unit, k + 2 wide)."""
-    from influcoder.encoder import InfluenceEncoder
-    from influcoder.exact_query import ExactQueryModel, fit_ridge_head, pool_features
-    from influcoder.records import read_records, PRESETS
+    from influcoder.student.encoder import InfluenceEncoder
+    from influcoder.student.exact_query import ExactQueryModel, fit_ridge_head, pool_features
+    from influcoder.data.records import read_records, PRESETS
 
     recs, _ = read_records(alpaca_files["jsonl"], PRESETS["alpaca"])
     X = pool_features(InfluenceEncoder.from_pretrained(encoder, max_length=64), recs[:20])

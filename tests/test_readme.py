@@ -43,7 +43,7 @@ def test_readme_is_a_short_user_guide():
             assert (ROOT / target).exists(), f"README links to {target}, which does not exist"
     # the two set-up commands, and the demo runs the shipped config (found without the source tree)
     assert section_commands("Set-up: two commands")[:2] == ["make demo", "make test"]
-    from influcoder.config import SHIPPED_CONFIGS, find_run_config
+    from influcoder.run.config import SHIPPED_CONFIGS, find_run_config
 
     assert find_run_config("demo") == SHIPPED_CONFIGS / "demo.yaml"
     assert "run demo" in (ROOT / "Makefile").read_text()

@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from influcoder.records import FieldSpec, PRESETS, RecordError, read_records
-from influcoder.tokenization import encode_record, pack_by_tokens
-from influcoder.records import Record
+from influcoder.data.records import FieldSpec, PRESETS, RecordError, read_records
+from influcoder.teacher.tokenization import encode_record, pack_by_tokens
+from influcoder.data.records import Record
 
 from conftest import make_tokenizer
 
@@ -145,7 +145,7 @@ def test_saved_datasets_folder_is_read_row_by_row(tmp_path):
 
     import pyarrow as pa
 
-    from influcoder.records import FieldSpec, file_fingerprint, read_records
+    from influcoder.data.records import FieldSpec, file_fingerprint, read_records
 
     d = tmp_path / "ds"
     d.mkdir()

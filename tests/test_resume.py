@@ -1,5 +1,5 @@
 """Exact resume whatever the timing: `influcoder run` killed with SIGKILL at every named point of training
-(influcoder.killpoints), then the same command again, gives the scores of an uninterrupted run — bit for bit
+(influcoder.core.killpoints), then the same command again, gives the scores of an uninterrupted run — bit for bit
 in the attribution and the filter, to 1e-5 in the report."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import sys
 import pytest
 import yaml
 
-from influcoder.config import RunConfig, from_dict
-from influcoder.pipeline import Pipeline
+from influcoder.run.config import RunConfig
+from influcoder.core.config import from_dict
+from influcoder.run.pipeline import Pipeline
 
 from test_pipeline import assert_same, config_dict, scores, tiny  # noqa: F401  (tiny: a fixture)
 

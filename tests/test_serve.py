@@ -31,10 +31,10 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 def run_dir(tmp_path_factory) -> Path:
     """A run folder laid out as the run contract says, made with the real stage functions on tiny models:
     train an encoder on teacher labels, embed the whole pool, index it, a fidelity report and the manifest."""
-    from influcoder.distill import DistillConfig, train
-    from influcoder.embed import EmbedConfig, embed_file
-    from influcoder.index import IndexConfig, build_index
-    from influcoder.labels import meta_path
+    from influcoder.student.distill import DistillConfig, train
+    from influcoder.search.embed import EmbedConfig, embed_file
+    from influcoder.search.index import IndexConfig, build_index
+    from influcoder.teacher.labels import meta_path
 
     root = tmp_path_factory.mktemp("serve")
     data = root / "data"
@@ -55,7 +55,7 @@ def run_dir(tmp_path_factory) -> Path:
                                                 "<script>alert(1)</script>\n\n![fidelity](fidelity.png)\n")
     # the report's JSON as report.fidelity_report writes it (the fields the explorer reads), its verdict from
     # report.verdict on made-up per-query figures: the student below the length baseline
-    from influcoder.report import verdict
+    from influcoder.run.report import verdict
 
     per_query = {"student": np.linspace(0.1, 0.3, 8), "untrained": np.zeros(8), "length": np.linspace(0.3, 0.5, 8)}
     methods = {m: {"per_anchor_spearman": float(v.mean())} for m, v in per_query.items()}
@@ -83,7 +83,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def app(run_dir):
-    from influcoder.serve import create_app
+    from influcoder.app.serve import create_app
 
     return create_app(run_dir)
 
@@ -129,7 +129,7 @@ def _attribute_cli(run_dir, tmp_path, text: str, k: int) -> list[dict]:
     """`influcoder attribute` on the run's index for one query text."""
     from typer.testing import CliRunner
 
-    from influcoder.cli import app as cli
+    from influcoder.app.cli import app as cli
 
     out = tmp_path / f"attr-{abs(hash(text))}.jsonl"
     r = CliRunner().invoke(cli, ["attribute", "--encoder", str(run_dir / "encoder"), "--index", str(run_dir / "index"),
@@ -142,7 +142,7 @@ def _filter_cli(run_dir, out: Path, *args: str) -> Path:
     """`influcoder filter` on the run's pool, embeddings and queries."""
     from typer.testing import CliRunner
 
-    from influcoder.cli import app as cli
+    from influcoder.app.cli import app as cli
 
     m = _manifest(run_dir)
     r = CliRunner().invoke(cli, ["filter", "--encoder", str(run_dir / "encoder"), "--data", m["pool"]["path"],
@@ -261,7 +261,7 @@ def test_the_runs_verdict_travels_with_every_score(run_dir, client):
     an index folder without a report says its scores were never checked."""
     from fastapi.testclient import TestClient
 
-    from influcoder.serve import create_app
+    from influcoder.app.serve import create_app
 
     rep = json.loads((run_dir / "report" / "fidelity.json").read_text())
     info = client.get("/api/info").json()
@@ -278,7 +278,7 @@ def test_the_runs_verdict_travels_with_every_score(run_dir, client):
 
 
 def test_bad_folders_are_refused(run_dir, tmp_path):
-    from influcoder.serve import ServeError, create_app
+    from influcoder.app.serve import ServeError, create_app
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(ServeError, match="neither a run folder"):
@@ -314,7 +314,7 @@ def test_bad_folders_are_refused(run_dir, tmp_path):
 def test_index_folder_serves_attribution_and_filters_with_queries(run_dir, tmp_path):
     from fastapi.testclient import TestClient
 
-    from influcoder.serve import create_app
+    from influcoder.app.serve import create_app
 
     m = _manifest(run_dir)
     bare = TestClient(create_app(run_dir / "index"))

@@ -12,10 +12,10 @@ import textwrap
 import numpy as np
 import pytest
 
-from influcoder.influence import compute_influence
-from influcoder.labels import load_labels
-from influcoder.stock import StockConfig, stock
-from influcoder.store import StoreError, open_store
+from influcoder.teacher.influence import compute_influence
+from influcoder.teacher.labels import load_labels
+from influcoder.teacher.stock import StockConfig, stock
+from influcoder.teacher.store import StoreError, open_store
 
 from conftest import SAMPLE_ROWS
 
@@ -49,7 +49,7 @@ def test_batching_does_not_change_the_store(tiny_model_dir, sample_jsonl, tmp_pa
 KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
-    from influcoder.stock import StockConfig, stock
+    from influcoder.teacher.stock import StockConfig, stock
     cfg = StockConfig(model=sys.argv[1], data=sys.argv[2], out=sys.argv[3], proj_dim=32, shard_size=3, batch_size=4)
     def die(shard):
         if shard == 1:
@@ -120,7 +120,7 @@ def test_skip_invalid_reports_rows(tiny_model_dir, tmp_path):
     data = tmp_path / "d.jsonl"
     rows = SAMPLE_ROWS[:4] + [{"id": "bad", "prompt": "p", "response": ""}, {"id": "bad2", "prompt": "p"}]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    from influcoder.records import RecordError
+    from influcoder.data.records import RecordError
 
     with pytest.raises(RecordError, match="row 4, field 'response': empty response"):
         stock(_cfg(tiny_model_dir, data, tmp_path / "s"), progress=False)
@@ -147,8 +147,8 @@ def test_warmup_adapter_is_saved_reused_for_queries_and_checked(tiny_model_dir, 
 def test_dense_targets_match_an_svd_reference_and_keep_inner_products(tiny_model_dir, sample_jsonl, tmp_path):
     """``influcoder targets``: coordinates in the top-k right singular vectors of the stacked unit gradients
     (numpy SVD as the slow reference; the sign of each direction is free), the basis fitted on the rows asked."""
-    from influcoder.influence import compute_dense_targets
-    from influcoder.labels import load_dense_targets
+    from influcoder.teacher.influence import compute_dense_targets
+    from influcoder.teacher.labels import load_dense_targets
 
     pool = stock(_cfg(tiny_model_dir, sample_jsonl, tmp_path / "p"), progress=False)
     q = stock(_cfg(tiny_model_dir, sample_jsonl, tmp_path / "q", limit=4), progress=False)

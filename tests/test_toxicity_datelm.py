@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import yaml
 
-from influcoder.errors import UserError
-from influcoder.evaluate import (DATELM_DATA, check_no_shared_prompts, load_config, prompt_key, read_hh_rlhf_unsafe,
-                                 toxicity_data, warmup_stock_config)
-from influcoder.records import Record
+from influcoder.core.errors import UserError
+from influcoder.eval.evaluate import DATELM_DATA, check_no_shared_prompts, load_config, prompt_key, read_hh_rlhf_unsafe, toxicity_data, warmup_stock_config
+from influcoder.data.records import Record
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = (ROOT / ".." / "shared" / "data").resolve()
@@ -196,7 +195,7 @@ def test_construction_on_fake_sources_and_the_run_time_leak_check(tmp_path):
 def test_auprc_is_sklearn_precision_recall_curve_then_trapezoid_auc():
     from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 
-    from influcoder import metrics as M
+    from influcoder.core import metrics as M
 
     rng = np.random.default_rng(0)
     differs = 0
@@ -239,9 +238,9 @@ def test_teacher_and_every_gradient_method_use_the_adapter_warmed_up_on_the_pool
     ``influcoder stock --warmup-steps`` saves on that pool file, and the reported scores are taken at it."""
     from safetensors.numpy import load_file
 
-    from influcoder.baselines import DecoderFeatures, cosine_matrix, make_method
-    from influcoder.evaluate import _Ctx, _warmed, exact_teacher, run
-    from influcoder.stock import StockConfig, stock
+    from influcoder.eval.baselines import DecoderFeatures, cosine_matrix, make_method
+    from influcoder.eval.evaluate import _Ctx, _warmed, exact_teacher, run
+    from influcoder.teacher.stock import StockConfig, stock
 
     methods = [{"kind": "gradsim", "rank": 4, "proj_dim": 64, "name": "gradsim_r4"},
                {"kind": "gradsim", "rank": 2, "proj_dim": 64, "name": "gradsim_r2"},
@@ -268,7 +267,7 @@ def test_teacher_and_every_gradient_method_use_the_adapter_warmed_up_on_the_pool
     mine, theirs = load_file(het_r4 / "adapter" / "adapter_model.safetensors"), load_file(ref / "adapter" / "adapter_model.safetensors")
     assert set(mine) == set(theirs) and all(np.array_equal(mine[k], theirs[k]) for k in mine)
     # gradsim's reported AUPRC is the one of gradients at the warmed adapter, not at a fresh one
-    from influcoder import metrics as M
+    from influcoder.core import metrics as M
 
     td = toxicity_data(cfg.data, 0)
     pool, refs, pos = td["variants"]["Het"]["pool"], td["refs"]["Het"], td["variants"]["Het"]["positive"]
@@ -295,7 +294,7 @@ def test_committed_datelm_config_matches_its_comment_and_todays_baselines():
     cfg = load_config(ROOT / "configs" / "exp2_toxicity_datelm.yaml")
     old = load_config(ROOT / "configs" / "exp2_toxicity.yaml")
     assert cfg.experiment == "toxicity" and cfg.seeds == [0, 1, 2] and cfg.data["construction"] == "datelm"
-    from influcoder.evaluate import method_name, method_spec, methods_of_seed
+    from influcoder.eval.evaluate import method_name, method_spec, methods_of_seed
 
     # the reduced protocol (issue 21): every baseline of the earlier experiment 2 but LESS r16 and LoGra + FIM, the
     # exact teacher as a row; seed 0 runs them all, seeds 1 and 2 the teacher, LESS r8, the student and text baselines
@@ -327,9 +326,9 @@ def test_results_are_committed_per_seed_and_method_and_reused_by_construction_ke
     """Reduced protocol: one warm-up per (rank, seed) on Het scores Hom too; each (seed, method) result is
     written as it finishes and read back (not recomputed) when its construction key matches; the table is rebuilt
     from the parts alone with committed_only; a changed construction makes every part stale."""
-    from influcoder import metrics as M
-    from influcoder.baselines import DecoderFeatures, cosine_matrix
-    from influcoder.evaluate import _unb64, run
+    from influcoder.core import metrics as M
+    from influcoder.eval.baselines import DecoderFeatures, cosine_matrix
+    from influcoder.eval.evaluate import _unb64, run
 
     methods = [{"kind": "gradsim", "rank": 4, "proj_dim": None, "name": "teacher"},
                {"kind": "gradsim", "rank": 4, "proj_dim": 64, "name": "less_r4"},
@@ -429,10 +428,10 @@ def test_exact_query_row_is_fitted_on_the_students_split_at_its_adapter(tmp_path
     (numpy SVD for the basis, scikit-learn Ridge on standardised features for the head)."""
     from sklearn.linear_model import Ridge
 
-    from influcoder.baselines import DecoderFeatures
-    from influcoder.encoder import InfluenceEncoder
-    from influcoder.evaluate import _unb64, run
-    from influcoder.exact_query import pool_features
+    from influcoder.eval.baselines import DecoderFeatures
+    from influcoder.student.encoder import InfluenceEncoder
+    from influcoder.eval.evaluate import _unb64, run
+    from influcoder.student.exact_query import pool_features
     from test_embed import make_tiny_encoder
 
     enc_dir = make_tiny_encoder(tmp_path / "enc")
@@ -481,8 +480,8 @@ def test_exact_query_row_is_fitted_on_the_students_split_at_its_adapter(tmp_path
 def test_exact_query_sketch_is_the_countsketch_of_the_rows_then_unit():
     import torch
 
-    from influcoder.evaluate import _SeedRun
-    from influcoder.projection import ProjectionConfig, make_projector
+    from influcoder.eval.evaluate import _SeedRun
+    from influcoder.teacher.projection import ProjectionConfig, make_projector
 
     G = np.random.default_rng(0).normal(size=(150, 300)).astype(np.float16)  # more rows than one block of 64
     got = _SeedRun._sketcher(16, 3)(G)
@@ -493,7 +492,7 @@ def test_exact_query_sketch_is_the_countsketch_of_the_rows_then_unit():
 
 
 def test_the_students_bar_compares_rows_on_the_seeds_they_share():
-    from influcoder.evaluate import datelm_bar
+    from influcoder.eval.evaluate import datelm_bar
 
     def rows(**auprc):
         return {n: {"auprc": a} for n, a in auprc.items()}
@@ -517,7 +516,7 @@ def test_the_committed_experiment_rebuilds_from_its_committed_parts(tmp_path, mo
     """`influcoder evaluate configs/exp2_toxicity_datelm.yaml --committed-only` finds every committed (seed, method)
     part under today's construction keys (a change to what a key holds — a new DistillConfig field, say — would
     orphan them) and rebuilds the committed report byte for byte."""
-    from influcoder.evaluate import run
+    from influcoder.eval.evaluate import run
 
     monkeypatch.chdir(ROOT)
     if not (ROOT / ".." / "shared" / "data" / "xstest").exists():

@@ -11,7 +11,7 @@ __all__ = ["InfluenceEncoder", "__version__"]
 
 def __getattr__(name):  # lazy: `influcoder --help` must not import torch / sentence-transformers
     if name == "InfluenceEncoder":
-        from .encoder import InfluenceEncoder
+        from .student.encoder import InfluenceEncoder
 
         return InfluenceEncoder
     raise AttributeError(f"module 'influcoder' has no attribute {name!r}")

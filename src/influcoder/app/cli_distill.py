@@ -1,0 +1,45 @@
+"""``influcoder train``: distil influence labels into an encoder. Its flags are generated from
+:class:`influcoder.distill.DistillConfig`'s fields (one flag each, same default, the field's docstring as help)."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+# options that are not DistillConfig fields: field mappings for both files at once, and --quiet
+_BOTH = {"preset": "Field preset for both files (alpaca, dolly, bbh, prompt-response, ...); --pool-preset / --query-preset beat it.",
+         "prompt_field": "Prompt field(s) for both files, comma-separated.",
+         "response_field": "Response field for both files.",
+         "id_field": "Id field for both files."}
+EXTRA = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
+                           default=typer.Option(None, "--" + k.replace("_", "-"), help=h)) for k, h in _BOTH.items()] + [
+    inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                      default=typer.Option(False, "--quiet", help="No progress bar."))]
+
+
+def _train(values: dict, extras: dict):
+    from ..student.distill import DistillConfig, train
+
+    for side in ("pool", "query"):
+        for k in _BOTH:
+            name = f"{side}_{k}"
+            values[name] = values.get(name) or extras.get(k)
+    cfg = DistillConfig(**values)
+    path = train(cfg, progress=not extras["quiet"], log=lambda s: console.print(s, highlight=False))
+    console.print(f"encoder saved to {path}")
+
+
+def register(app: typer.Typer) -> None:
+    from ..core.config import command_from
+    from ..student.distill import DistillConfig
+
+    shown = ("pool_data", "query_data", "labels", "out", "encoder", "max_length", "max_train_seconds", "epochs",
+             "seed", "device", "precision")
+    app.command("train")(command_from(DistillConfig, _train, extra=EXTRA, shown=shown, doc=(
+        "Distil the teacher's influence rankings (label file) into a bi-encoder, with a leak-free held-out split. "
+        "Checkpoints each epoch: the same command resumes an interrupted run.")))

@@ -1,0 +1,94 @@
+"""``influcoder stock``, ``influcoder influence`` and ``influcoder targets``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("stock")(_stock_command())
+    app.command("influence")(influence_cmd)
+    app.command("targets")(targets_cmd)
+
+
+def _stock(values: dict, extras: dict):
+    from ..teacher.stock import StockConfig, stock
+
+    cfg = StockConfig(**values)
+    path = stock(cfg, progress=not extras["quiet"])
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun, rank 0 reports for everyone
+    from ..teacher.store import open_store
+
+    s = open_store(path)
+    stats = s.manifest.get("stats", {})
+    ranks = stats.get("ranks") or [stats]
+    rate = sum(r.get("examples_per_s_last_run") or 0 for r in ranks)
+    peak = max((r.get("peak_rss_mb") or 0) for r in ranks)
+    console.print(f"stored {len(s)} × {s.dim} gradients in {path} ({rate:.2f} ex/s over {len(ranks)} process(es), peak {peak} MB per process)")
+    if s.manifest.get("n_invalid"):
+        console.print(f"[yellow]{s.manifest['n_invalid']} invalid rows skipped; see {path / 'invalid.jsonl'}[/]")
+
+
+def _stock_command():
+    """``influcoder stock``: flags generated from :class:`influcoder.stock.StockConfig`'s fields."""
+    import inspect
+
+    from ..core.config import command_from
+    from ..teacher.stock import StockConfig
+
+    quiet = inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                              default=typer.Option(False, "--quiet", help="No progress bar."))
+    shown = ("model", "data", "out", "preset", "prompt_field", "response_field", "projection", "proj_dim",
+             "max_length", "batch_size", "dtype", "device", "warmup_steps")
+    return command_from(StockConfig, _stock, extra=[quiet], shown=shown, doc=(
+        "Stock per-example LoRA gradients (response tokens only), projected, into a resumable store."))
+
+
+def influence_cmd(
+    pool: Path = typer.Option(..., "--pool", help="Pool gradient store."),
+    query: Path = typer.Option(..., "--query", help="Query gradient store."),
+    out: Path = typer.Option(..., "--out", help="Output .npy (float32, pool × query); ids go to OUT.meta.json."),
+    block: int = typer.Option(8192, "--block", help="Rows per block (bounds memory)."),
+    quiet: bool = typer.Option(False, "--quiet"),
+):
+    """Cosine influence matrix between a pool store and a query store."""
+    from ..teacher.influence import compute_influence
+
+    path = compute_influence(pool, query, out, pool_block=block, query_block=block, progress=not quiet)
+    console.print(f"wrote {path} and {path.with_name(path.stem + '.meta.json').name}")
+
+
+def targets_cmd(
+    pool: Path = typer.Option(..., "--pool", help="Pool gradient store."),
+    query: Path = typer.Option(..., "--query", help="Query gradient store."),
+    out: Path = typer.Option(..., "--out", help="Output .npy (float32, (pool + query) × k); ids go to OUT.meta.json."),
+    k: int = typer.Option(32, "--k", help="Principal directions kept."),
+    basis_ids: Optional[Path] = typer.Option(None, "--basis-ids", help="A distill split.json (train_pool_ids, "
+                                             "train_query_ids): fit the basis on those rows only (default: every row)."),
+    quiet: bool = typer.Option(False, "--quiet"),
+):
+    """Dense distillation targets: every stocked example's coordinates in the top-k principal directions of the
+    teacher's unit gradients (train with --dense-targets)."""
+    import json
+
+    from ..core.errors import UserError
+    from ..teacher.influence import compute_dense_targets
+
+    bp = bq = None
+    if basis_ids is not None:
+        try:
+            doc = json.loads(basis_ids.read_text())
+            bp, bq = list(doc["train_pool_ids"]), list(doc["train_query_ids"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{basis_ids}: not a split file with train_pool_ids and train_query_ids ({e})") from None
+    path = compute_dense_targets(pool, query, out, k, basis_pool_ids=bp, basis_query_ids=bq)
+    if not quiet:
+        console.print(f"wrote {path} and {path.with_name(path.stem + '.meta.json').name}")
