@@ -1009,7 +1009,7 @@ def test_boosted_prior_scores_as_one_inner_product_and_survives_save_and_load(tm
     EP, EQ = enc.text_embeddings(pool), enc.text_embeddings(queries, side="query")
     F = enc.prior_features(pool)
     with torch.no_grad():
-        b_mlp = enc.prior(enc._prior_input(torch.from_numpy(EP), torch.from_numpy(F))).numpy()
+        b_mlp = enc.prior(enc.prior_input(torch.from_numpy(EP), torch.from_numpy(F))).numpy()
     X = np.hstack([EP, F])
     lo, hi = enc.prior_trees_clip
     g = enc.prior_trees_kappa * np.clip(enc.prior_trees.predict(X), lo, hi)

@@ -32,11 +32,10 @@ import numpy as np
 
 from ..core.errors import UserError
 from ..data.records import FieldSpec, Record, iter_rows, read_records, record_to_text
+from ..run.layout import MANIFEST as RUN_MANIFEST, RUN_FORMAT, RunLayout
 
 __all__ = ["ServeError", "ServeSource", "Explorer", "resolve_source", "create_app", "RUN_FORMAT", "STATIC_DIR"]
 
-RUN_FORMAT = "influcoder-run/1"
-RUN_MANIFEST = "run_manifest.json"
 STATIC_DIR = Path(__file__).with_name("static")
 MAX_K = 1000
 
@@ -80,13 +79,6 @@ class ServeSource:
     notes: list[str] = field(default_factory=list)
 
 
-def _rel(root: Path, value) -> Path | None:
-    if not value:
-        return None
-    p = Path(value)
-    return p if p.is_absolute() else root / p
-
-
 def _data_spec(spec, what: str, manifest: Path) -> tuple[str | None, FieldSpec, dict]:
     """(path, FieldSpec, filter field names) of a run manifest's data spec."""
     if spec is None:
@@ -102,7 +94,7 @@ def _data_spec(spec, what: str, manifest: Path) -> tuple[str | None, FieldSpec, 
         raise ServeError(f"{manifest}, '{what}': {e}") from None
     names = {"preset": spec.get("preset"), "prompt_field": spec.get("prompt_field"),
              "response_field": spec.get("response_field")}
-    return str(_rel(manifest.parent, spec["path"])), fs, names
+    return str(RunLayout(manifest.parent).resolve(spec["path"])), fs, names
 
 
 def resolve_source(path: str | Path, *, queries: str | None = None, query_preset: str | None = None,
@@ -121,13 +113,14 @@ def resolve_source(path: str | Path, *, queries: str | None = None, query_preset
     if not root.is_dir():
         raise ServeError(f"{root}: not a folder; give a run folder (influcoder run) or an index folder (influcoder index)")
     notes: list[str] = []
-    if (root / RUN_MANIFEST).exists():
-        mpath = root / RUN_MANIFEST
+    layout = RunLayout(root)
+    if layout.manifest.exists():
+        mpath = layout.manifest
         m = read_manifest(root, RUN_MANIFEST, RUN_FORMAT, ServeError, "run", "")
         steps = m.get("steps_done") or []
 
         def need(key: str, what: str) -> Path:
-            p = _rel(root, m.get(key))
+            p = layout.resolve(m.get(key))
             if p is None:
                 raise ServeError(f"{mpath}: no {what} yet ('{key}' is null; steps done: {', '.join(steps) or 'none'}); "
                                  "finish the run first")
@@ -141,14 +134,14 @@ def resolve_source(path: str | Path, *, queries: str | None = None, query_preset
             meta = open_index(index_dir).meta
         except IndexError_ as e:
             raise ServeError(f"{mpath}, 'index': {e}") from None
-        emb = _rel(root, m.get("embeddings")) or _rel(root, meta.get("embeddings", {}).get("path"))
+        emb = layout.resolve(m.get("embeddings")) or layout.resolve(meta.get("embeddings", {}).get("path"))
         pool, _, _ = _data_spec(m.get("pool"), "pool", mpath)
         q_path, q_spec, q_names = _data_spec(m.get("queries"), "queries", mpath)
-        labels = _rel(root, m.get("labels"))
+        labels = layout.resolve(m.get("labels"))
         if labels is not None and not labels.exists():
             notes.append(f"the run's labels {labels} do not exist: no teacher ranks")
             labels = None
-        report = _rel(root, m.get("report"))
+        report = layout.resolve(m.get("report"))
         if report is not None and not report.exists():
             notes.append(f"the run's fidelity report {report} does not exist")
             report = None
@@ -192,7 +185,7 @@ class Explorer:
 
     def __init__(self, source: ServeSource, *, aggregate: str = "mean", batch_size: int = 64, ood=None,
                  device: str = "auto", precision: str = "auto"):
-        from ..search.attribute import OODConfig, _build_references
+        from ..search.attribute import OODConfig, build_references
         from ..search.embed import encoder_fingerprint, load_encoder
         from ..search.index import open_index
 
@@ -205,7 +198,7 @@ class Explorer:
         self.fingerprint = encoder_fingerprint(source.encoder)["sha256"]
         self.index = open_index(source.index)
         self.index.require_encoder(self.fingerprint, f"the encoder {source.encoder}")
-        self.references = _build_references(self.encoder, self.ood, batch_size)
+        self.references = build_references(self.encoder, self.ood, batch_size)
         self.notes = list(source.notes)
         self.trust = self._trust()
         if self.references[1]:

@@ -378,7 +378,7 @@ def _parse_messages(path: Path, row: int, name: str, value: Any) -> tuple[list[d
     return turns, turns[-1]["content"]
 
 
-def _row_to_record(path: Path, row: int, obj: dict, spec: FieldSpec) -> Record:
+def row_to_record(path: Path, row: int, obj: dict, spec: FieldSpec) -> Record:
     rid = obj.get(spec.id)
     rid = str(row) if rid is None or rid == "" else str(rid)
     used = {spec.id}
@@ -423,7 +423,7 @@ def iter_records(
     seen: set[str] = set()
     for row, obj in iter_rows(path):
         try:
-            rec = _row_to_record(path, row, obj, spec)
+            rec = row_to_record(path, row, obj, spec)
             if rec.id in seen:
                 raise RecordError(path, row, spec.id, f"duplicate id '{rec.id}'")
         except RecordError as e:

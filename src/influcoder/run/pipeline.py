@@ -41,12 +41,10 @@ from ..core.config import save_yaml, to_dict
 from ..core.errors import UserError
 from ..core.killpoints import kill_point
 from ..core.fileio import atomic_save_npy, atomic_write_text
+from .layout import MANIFEST, OUTPUTS, RUN_FORMAT, RunLayout
 from ..data.records import DataSpec, Record, file_fingerprint, iter_records, read_records, write_records
 
 __all__ = ["Pipeline", "run_pipeline", "MANIFEST", "RUN_FORMAT", "write_records"]
-
-MANIFEST = "run_manifest.json"
-RUN_FORMAT = "influcoder-run/1"
 
 DEPENDS = {
     "mix": (),
@@ -63,11 +61,6 @@ DEPENDS = {
 }
 OPTIONAL = ("mix", "exact_query", "train")
 """Steps that are needed only when enabled (a step that depends on one skips it when it is off)."""
-OUTPUTS = {
-    "mix": ("data",), "sample": ("sample",), "stock": ("stores",), "labels": ("labels",), "train": ("encoder",), "exact_query": ("exact_query",),
-    "embed": ("embeddings",), "index": ("index",), "attribute": ("attribution",), "filter": ("filter",),
-    "report": ("report",),
-}
 
 
 def expand_path(p: str) -> str:
@@ -111,14 +104,15 @@ class Pipeline:
 
     def __init__(self, cfg: RunConfig, *, log: Callable[[str], None] | None = None, progress: bool = True):
         self.cfg = cfg
-        self.root = Path(cfg.out).resolve()
+        self.layout = RunLayout(cfg.out)
+        self.root = self.layout.root
         self.log = log or (lambda s: None)
         self.progress = progress
         self._fp_cache: dict[str, str] = {}
 
     # ------------------------------------------------------------------------------------ paths & specs
     def path(self, *parts: str) -> Path:
-        return self.root.joinpath(*parts)
+        return self.layout.path(*parts)
 
     @property
     def pool_spec(self) -> DataSpec:
@@ -196,7 +190,7 @@ class Pipeline:
     @property
     def scorer_path(self) -> Path:
         """The encoder folder embed, attribute and filter load: encoder/ or exact_query/model."""
-        return self.path("exact_query", "model") if self.cfg.scorer == "exact-query" else self.path("encoder")
+        return self.layout.scorer(self.cfg.scorer)
 
     def key(self, step: str) -> str:
         """sha256 of the step's config section, its inputs' keys and the fingerprints of the data it reads."""
@@ -206,8 +200,7 @@ class Pipeline:
 
     def record(self, step: str) -> dict | None:
         """The completion record of ``step`` (None when it never finished)."""
-        p = self.path("steps", f"{step}.json")
-        return json.loads(p.read_text()) if p.exists() else None
+        return self.layout.record(step)
 
     def up_to_date(self, step: str) -> bool:
         rec = self.record(step)
@@ -237,8 +230,8 @@ class Pipeline:
     def run(self, steps: list[str] | None = None) -> dict:
         """Run (or resume) the planned steps; returns the run manifest."""
         self.root.mkdir(parents=True, exist_ok=True)
-        self.path("steps").mkdir(exist_ok=True)
-        save_yaml(self.cfg, self.path("config.yaml"), header="Resolved config of this run (influcoder run).")
+        self.layout.step_record("-").parent.mkdir(exist_ok=True)
+        save_yaml(self.cfg, self.layout.config, header="Resolved config of this run (influcoder run).")
         plan = self.plan(steps)
         self.log(f"run folder {self.root}: steps {', '.join(plan)}")
         for step in plan:
@@ -257,7 +250,7 @@ class Pipeline:
     def _run_step(self, step: str) -> None:
         key = self.key(step)
         rec = self.record(step)
-        started_p = self.path("steps", f"{step}.started.json")
+        started_p = self.layout.step_record(step, started=True)
         started = json.loads(started_p.read_text()) if started_p.exists() else None
         if self.up_to_date(step):
             self.log(f"[{step}] up to date (key {key[:12]})")
@@ -270,7 +263,7 @@ class Pipeline:
             self._wipe(step)
         elif started:
             self.log(f"[{step}] resuming an interrupted attempt")
-        self.path("steps", f"{step}.json").unlink(missing_ok=True)
+        self.layout.step_record(step).unlink(missing_ok=True)
         attempts = (started or {}).get("attempts", 0) + 1 if started and started.get("key") == key else 1
         atomic_write_text(started_p, json.dumps({"step": step, "key": key, "attempts": attempts,
                                                  "started": time.strftime("%Y-%m-%dT%H:%M:%S")}))
@@ -279,7 +272,7 @@ class Pipeline:
         info = getattr(self, f"_do_{step}")() or {}
         seconds = time.perf_counter() - t0
         kill_point(f"run:{step}")
-        atomic_write_text(self.path("steps", f"{step}.json"), json.dumps({
+        atomic_write_text(self.layout.step_record(step), json.dumps({
             "step": step, "key": key, "complete": True, "config": self._section(step),
             "inputs": {d: self.key(d) for d in self.depends(step) if self.active(d) or d not in OPTIONAL},
             "seconds": seconds, "attempts": attempts, "info": info,
@@ -293,28 +286,20 @@ class Pipeline:
         def spec(d: DataSpec) -> dict:
             return {k: v for k, v in to_dict(d).items()}
 
-        def have(step: str, rel: str) -> str | None:
-            return rel if step in done and self.path(rel).exists() else None
-
+        entries = self.layout.manifest_entries(self.cfg.scorer, done)
         m = {
             "format": RUN_FORMAT,
-            "config": "config.yaml",
-            "encoder": (have("exact_query", "exact_query/model") if self.cfg.scorer == "exact-query"
-                        else have("train", "encoder")),
+            "config": self.layout.config.name,
+            "encoder": entries.pop("encoder"),
             "scorer": self.cfg.scorer,
-            "embeddings": have("embed", "embeddings"),
-            "index": have("index", "index"),
+            "embeddings": entries.pop("embeddings"),
+            "index": entries.pop("index"),
             "pool": spec(self.pool_spec),
             "queries": spec(self.queries_spec),
-            "labels": have("labels", "labels/labels.npy"),
-            "report": have("report", "report/fidelity.md"),
-            "attribution": have("attribute", "attribution/attribution.jsonl"),
-            "filter": have("filter", "filter"),
-            "exact_query": have("exact_query", "exact_query"),
-            "sample": have("sample", "sample/split.json"),
+            **entries,
             "steps_done": done,
         }
-        atomic_write_text(self.path(MANIFEST), json.dumps(m, indent=1))
+        atomic_write_text(self.layout.manifest, json.dumps(m, indent=1))
         return m
 
     # ------------------------------------------------------------------------------------ the steps
@@ -610,7 +595,7 @@ class Pipeline:
     def _do_report(self) -> dict:
         from .report import fidelity_report
 
-        res = fidelity_report(self)
+        res = fidelity_report(self.cfg, self.layout, active={s for s in STEPS if self.active(s)}, log=self.log)
         m = res["methods"]
         return {"verdict": res["verdict"]["line"], "scorer": res["scorer"],
                 "per_anchor": m[res["scorer"]]["per_anchor_spearman"],

@@ -5,9 +5,9 @@ On the held-out block of the run (pool rows and queries stocked but never traine
 
   * the student (the trained encoder),
   * the untrained encoder (the same base model and head before distillation),
-  * the length heuristic (shorter pool response ⇒ more influence; ``baselines.LengthMethod``),
+  * the length heuristic (shorter pool response ⇒ more influence; ``data.heuristics.length_scores``),
 
-by per-anchor / aggregated / query-specific Spearman (``influcoder.metrics``) and by the precision of the
+by per-anchor / aggregated / query-specific Spearman (``influcoder.core.metrics``) and by the precision of the
 teacher's top-k among each method's top-k. A verdict line says whether to use the scores, from a
 bootstrap (over held-out queries) of the student's per-anchor gain over the best baseline. The report
 also checks whether the OOD flag of ``attribute`` (nearest-neighbour similarity to the training
@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from ..core import metrics
 from ..core.fileio import atomic_write_text
+from .layout import RunLayout
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .pipeline import Pipeline
+    from .config import RunConfig
 
 __all__ = ["fidelity_report", "precision_of_teacher_top_k", "verdict", "trust_summary", "last_screen", "stock_advice"]
 
@@ -97,10 +98,10 @@ def verdict(per_query: dict[str, np.ndarray], margin: float, n_boot: int, seed: 
 def _ood(enc, q_emb: np.ndarray, q_ids: list[str], per_query: np.ndarray, batch_size: int) -> dict:
     """NN similarity of each held-out query to the encoder's training queries (as ``attribute`` flags OOD),
     and whether it predicts the scorer's per-query fidelity."""
-    from ..search.attribute import OODConfig, _build_references, ood_report
+    from ..search.attribute import OODConfig, build_references, ood_report
     from ..search.embed import normalise
 
-    refs, note = _build_references(enc, OODConfig(), batch_size)
+    refs, note = build_references(enc, OODConfig(), batch_size)
     if "query" not in refs:
         return {"available": False, "note": note}
     rows = ood_report(refs, "query", q_ids, normalise(q_emb))
@@ -119,10 +120,10 @@ def _ood(enc, q_emb: np.ndarray, q_ids: list[str], per_query: np.ndarray, batch_
     }
 
 
-def _cost(pipe: "Pipeline") -> dict:
-    rec = {s: pipe.record(s) for s in ("mix", "sample", "stock", "labels", "train", "embed", "index", "attribute", "filter")}
+def _cost(layout: RunLayout) -> dict:
+    rec = {s: layout.record(s) for s in ("mix", "sample", "stock", "labels", "train", "embed", "index", "attribute", "filter")}
     seconds = {s: r["seconds"] for s, r in rec.items() if r}
-    split = json.loads(pipe.path("sample", "split.json").read_text())
+    split = json.loads(layout.path("sample", "split.json").read_text())
     st = (rec.get("stock") or {}).get("info", {})
     n_stocked = st.get("pool_n", 0) + st.get("queries_n", 0)
     per_ex = (st.get("pool_seconds", 0) + st.get("queries_seconds", 0)) / n_stocked if n_stocked else None
@@ -229,17 +230,17 @@ def _markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
-def fidelity_report(pipe: "Pipeline") -> dict:
-    """Compute and write the report of a run whose train step is done; returns its JSON content."""
-    from ..eval.baselines import LengthMethod
+def fidelity_report(cfg: "RunConfig", layout: RunLayout, *, active: set[str], log: Callable[[str], None] = print) -> dict:
+    """Compute and write the report of a run (``cfg``, in the folder ``layout``) whose steps before the report are
+    done; ``active``: the steps on in this run. Returns the report's JSON content."""
+    from ..data.heuristics import length_scores
     from ..student.encoder import InfluenceEncoder
     from ..teacher.labels import load_labels
 
-    cfg = pipe.cfg
-    split = json.loads(pipe.path("sample", "split.json").read_text())
-    pool, _ = read(pipe.path("sample", "holdout_pool.jsonl"))
-    queries, _ = read(pipe.path("sample", "holdout_queries.jsonl"))
-    lab = load_labels(pipe.path("labels", "labels.npy"))
+    split = json.loads(layout.path("sample", "split.json").read_text())
+    pool, _ = read(layout.path("sample", "holdout_pool.jsonl"))
+    queries, _ = read(layout.path("sample", "holdout_queries.jsonl"))
+    lab = load_labels(layout.path("labels", "labels.npy"))
     pi = {p: i for i, p in enumerate(lab.pool_ids)}
     qi = {q: j for j, q in enumerate(lab.query_ids)}
     true = np.asarray(lab.matrix)[np.ix_([pi[r.id] for r in pool], [qi[r.id] for r in queries])].astype(np.float64)
@@ -257,23 +258,23 @@ def fidelity_report(pipe: "Pipeline") -> dict:
     untrained.precision = prec
     bs = s.eval_batch_size
     preds = {}
-    if pipe.active("train"):  # the student (always under scorer student; beside exact-query when asked)
-        student = load_encoder(pipe.path("encoder"), device=dev, precision=prec, stage="report")
+    if "train" in active:  # the student (always under scorer student; beside exact-query when asked)
+        student = load_encoder(layout.path("encoder"), device=dev, precision=prec, stage="report")
         q_student = student.encode_query(queries, batch_size=bs)
         preds["student"] = student.encode_document(pool, batch_size=bs) @ q_student.T
     preds["untrained"] = untrained.encode_document(pool, batch_size=bs) @ untrained.encode_query(queries, batch_size=bs).T
-    preds["length"] = LengthMethod().scores(pool, queries)
-    eq = pipe.path("exact_query", "heldout_scores.npy")
-    if pipe.active("exact_query") and eq.exists():  # exact-query scoring (the exact_query step)
+    preds["length"] = length_scores(pool, len(queries))
+    eq = layout.path("exact_query", "heldout_scores.npy")
+    if "exact_query" in active and eq.exists():  # exact-query scoring (the exact_query step)
         preds["exact_query"] = np.load(eq)
     # the scorer the run uses: its encoder is what the OOD check and the response-seen shares are about
-    scorer = student if scored == "student" else load_encoder(pipe.scorer_path, device=dev, precision=prec)
+    scorer = student if scored == "student" else load_encoder(layout.scorer(cfg.scorer), device=dev, precision=prec)
     q_emb = q_student if scored == "student" else scorer.encode_query(queries, batch_size=bs)
     methods = {m: _scores(np.asarray(p, dtype=np.float64), true, k) for m, p in preds.items()}
     per_query = {m: np.asarray(r["per_query_spearman"]) for m, r in methods.items()}
     res = {
         "format": "influcoder-fidelity/1",
-        "run": str(pipe.root),
+        "run": str(layout.root),
         "teacher": lab.meta.get("teacher", {}).get("model"),
         "block": {"n_pool": len(pool), "n_queries": len(queries), "pool_ids": [r.id for r in pool],
                   "query_ids": [r.id for r in queries], "n_train_pool": len(split["train_pool_ids"]),
@@ -289,14 +290,14 @@ def fidelity_report(pipe: "Pipeline") -> dict:
         # how much of each held-out record's response the scorer's encoder reads (its input contract and token limit)
         "response_seen": {"text_mode": scorer.text_mode, "max_length": scorer.max_length,
                           "pool": scorer.response_seen(pool, "pool"), "queries": scorer.response_seen(queries, "query")},
-        "cost": _cost(pipe),
+        "cost": _cost(layout),
     }
-    d = pipe.path("report")
+    d = layout.path("report")
     d.mkdir(parents=True, exist_ok=True)
     _plot(res, d / "fidelity.png")
     atomic_write_text(d / "fidelity.json", json.dumps(res, indent=1))
     atomic_write_text(d / "fidelity.md", _markdown(res))
-    pipe.log(res["verdict"]["line"])
+    log(res["verdict"]["line"])
     return res
 
 

@@ -189,7 +189,7 @@ class _Reference:
                 "loo_nn_similarity_median": float(np.median(self.loo)) if self.loo is not None else None}
 
 
-def _build_references(encoder, ood: OODConfig, batch_size: int) -> tuple[dict[str, _Reference], str | None]:
+def build_references(encoder, ood: OODConfig, batch_size: int) -> tuple[dict[str, _Reference], str | None]:
     if not ood.enabled:
         return {}, "OOD report disabled"
     if ood.reference:
@@ -345,7 +345,7 @@ def run_attribute(cfg: AttributeConfig, *, encoder=None, index: FaissIndex | Non
 
     A long-lived caller (``influcoder serve``) passes the loaded ``encoder``, the opened ``index`` (of
     ``cfg.index``), the encoder's ``fingerprint`` and the OOD ``references`` (from
-    :func:`_build_references`) so that they are made once, not per call; and ``query_records`` (instead of the
+    :func:`build_references`) so that they are made once, not per call; and ``query_records`` (instead of the
     config's queries) to score records as records — the encoder keeps their response — not as flat strings."""
     index = index if index is not None else open_index(cfg.index)
     fp = fingerprint or encoder_fingerprint(cfg.encoder)["sha256"]
@@ -360,7 +360,7 @@ def run_attribute(cfg: AttributeConfig, *, encoder=None, index: FaissIndex | Non
         q_ids, q_items, q_emb = _query_embeddings(cfg.queries, cfg.query_texts, spec, encoder, fp, cfg.batch_size, index)
     scores, pos = index.search(q_emb, cfg.top_k, nprobe=cfg.nprobe, ef_search=cfg.ef_search)
 
-    refs, ood_note = references if references is not None else _build_references(encoder, cfg.ood, cfg.batch_size)
+    refs, ood_note = references if references is not None else build_references(encoder, cfg.ood, cfg.batch_size)
     q_ood = ood_report(refs, "query", q_ids, q_emb)
     hit_pos = np.unique(pos[pos >= 0])
     p_ood: dict[int, dict] = {}
@@ -412,11 +412,11 @@ def _index_vectors(index: FaissIndex, positions: np.ndarray) -> np.ndarray | Non
     emb_path = index.meta.get("embeddings", {}).get("path")
     if emb_path and Path(emb_path).exists():
         try:
-            from .index import _gather
+            from .index import gather_rows
 
             store = open_embeddings(emb_path)
             if store.fingerprint == index.fingerprint and len(store) == len(index):
-                return _gather(store, np.sort(positions))
+                return gather_rows(store, np.sort(positions))
         except UserError:
             pass
     try:
@@ -603,7 +603,7 @@ def filter_store(cfg: FilterConfig, store: EmbeddingStore | None, *, encoder=Non
     n = len(p_ids)
     scores = np.empty(n, dtype=np.float64)
     q_mean = q_emb.astype(np.float64).mean(0)
-    refs, ood_note = references if references is not None else _build_references(encoder, cfg.ood, cfg.batch_size)
+    refs, ood_note = references if references is not None else build_references(encoder, cfg.ood, cfg.batch_size)
     pool_ood: list[dict] = []
     for start, block in pool_blocks():
         if cfg.aggregate == "mean":

@@ -47,7 +47,7 @@ import numpy as np
 from ..student.loading import encoder_fingerprint, encoder_identity, encoder_metadata, load_encoder, read_encoder_metadata, resolve_encoder_path
 from ..core.errors import UserError
 from ..core.fileio import atomic_save_npy, atomic_write_text, read_manifest
-from ..data.records import FieldSpec, InvalidRow, Record, RecordError, _row_to_record, file_fingerprint, iter_rows, record_to_text
+from ..data.records import FieldSpec, InvalidRow, Record, RecordError, row_to_record, file_fingerprint, iter_rows, record_to_text
 from ..teacher.store import ShardedMatrix, StoreWriter, open_sharded
 
 __all__ = [
@@ -218,7 +218,7 @@ def check_row(path: str | Path, row: int, obj: dict, spec: FieldSpec) -> tuple:
     """``(row, id, None, None)`` for a row that makes a valid record, else ``(row, None, field, problem)``
     (plain tuples, so that Ray workers can send them to the driver)."""
     try:
-        return (row, _row_to_record(Path(path), row, obj, spec).id, None, None)
+        return (row, row_to_record(Path(path), row, obj, spec).id, None, None)
     except RecordError as e:
         return (row, None, e.field, e.problem)
 
@@ -269,7 +269,7 @@ def iter_shards(rows: Iterable[tuple[int, dict]], data: str | Path, spec: FieldS
         shard = k // shard_size
         if shard not in wanted:
             continue
-        rec = _row_to_record(Path(data), row, obj, spec)
+        rec = row_to_record(Path(data), row, obj, spec)
         if rec.id != plan.ids[k]:
             raise EmbeddingStoreError(f"{data}, row {row}: id '{rec.id}' but '{plan.ids[k]}' when the run started; "
                                       "the data changed while embedding — rerun")

@@ -321,14 +321,14 @@ def build_index(cfg: IndexConfig, *, progress: bool = True) -> Path:
     if cfg.kind in ("ivf-flat", "ivf-pq"):
         rng = np.random.default_rng(cfg.seed)
         take = np.sort(rng.choice(n, size=min(n, cfg.train_size), replace=False))
-        sample = _gather(store, take)
+        sample = gather_rows(store, take)
     index = build_faiss(store.iter_blocks(cfg.add_block), cfg, n=n, dim=dim, sample=sample)
     build_s = time.perf_counter() - t0
     check = None
     if cfg.check:
         rng = np.random.default_rng(cfg.seed + 1)
         qrows = np.sort(rng.choice(n, size=min(n, cfg.check_queries), replace=False))
-        check = check_recall(index, store.iter_blocks(cfg.add_block), _gather(store, qrows), cfg.check_k, exclude=qrows,
+        check = check_recall(index, store.iter_blocks(cfg.add_block), gather_rows(store, qrows), cfg.check_k, exclude=qrows,
                              lookup=lambda rows: _gather_any(store, rows))
         check["kind"] = cfg.kind
         check["nprobe"] = cfg.nprobe if cfg.kind.startswith("ivf") else None
@@ -361,7 +361,7 @@ def build_index(cfg: IndexConfig, *, progress: bool = True) -> Path:
     return out
 
 
-def _gather(store: EmbeddingStore, rows: np.ndarray) -> np.ndarray:
+def gather_rows(store: EmbeddingStore, rows: np.ndarray) -> np.ndarray:
     """Normalised float32 copies of the given (sorted) rows of a store, reading shard by shard."""
     out = np.empty((len(rows), store.dim), dtype=np.float32)
     start = 0
@@ -377,9 +377,9 @@ def _gather(store: EmbeddingStore, rows: np.ndarray) -> np.ndarray:
 
 
 def _gather_any(store: EmbeddingStore, rows) -> np.ndarray:
-    """Like :func:`_gather` for rows in any order (distinct)."""
+    """Like :func:`gather_rows` for rows in any order (distinct)."""
     rows = np.asarray(rows, dtype=np.int64)
-    return _gather(store, np.sort(rows))[np.argsort(np.argsort(rows))]
+    return gather_rows(store, np.sort(rows))[np.argsort(np.argsort(rows))]
 
 
 def open_index(root: str | Path) -> FaissIndex:

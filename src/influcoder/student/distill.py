@@ -507,7 +507,7 @@ def warm_up_prior(prior, pool_emb: np.ndarray, query_emb: np.ndarray, pool_len: 
     for s in range(1, steps + 1):
         c = torch.from_numpy(rng.choice(n_p, C, replace=False)).to(dev)
         q = torch.from_numpy(rng.choice(n_q, B, replace=False)).to(dev)
-        pred = prior.scale * (EQ[q] @ EP[c].T + prior(InfluenceEncoder._prior_input(EP[c], LEN[c]))[None, :])
+        pred = prior.scale * (EQ[q] @ EP[c].T + prior(InfluenceEncoder.prior_input(EP[c], LEN[c]))[None, :])
         loss, _ = distill_loss(pred, T[c][:, q].T, alpha, tau)
         opt.zero_grad(set_to_none=True)
         loss.backward()

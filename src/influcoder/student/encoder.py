@@ -118,7 +118,7 @@ def _prior_module():
     return PoolPrior
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine similarity matrix (len(a) × len(b)) = predicted influence of a-rows on b-rows."""
     a = np.atleast_2d(np.asarray(a, dtype=np.float32))
     b = np.atleast_2d(np.asarray(b, dtype=np.float32))
@@ -143,7 +143,7 @@ def _texts(items: Sequence[Any] | str | dict, to_text=None) -> list[str]:
     of the CLI), or a list/iterable of those. A single string, Record or dict is one item (a dict is never
     iterated as its keys). Anything else raises TypeError; a dict that is not a record raises a
     :class:`~influcoder.records.RecordError` naming the item and the field."""
-    from ..data.records import FieldSpec, Record, _row_to_record, record_to_text
+    from ..data.records import FieldSpec, Record, row_to_record, record_to_text
 
     to_text = to_text or record_to_text
     if isinstance(items, (str, Record, dict)):
@@ -158,7 +158,7 @@ def _texts(items: Sequence[Any] | str | dict, to_text=None) -> list[str]:
         elif isinstance(x, str):
             out.append(x)
         elif isinstance(x, dict):
-            out.append(to_text(_row_to_record("encode() input", i, x, spec)))
+            out.append(to_text(row_to_record("encode() input", i, x, spec)))
         else:
             raise TypeError(f"item {i}: expected a str, a Record or a dict row (prompt/response or messages), "
                             f"got {type(x).__name__}")
@@ -359,21 +359,21 @@ class InfluenceEncoder:
         return self
 
     @staticmethod
-    def _feature_items(items: Sequence[Any] | str) -> list:
+    def feature_items(items: Sequence[Any] | str) -> list:
         """Items as the prior's features read them: a list, dict rows turned into the records _texts would make
         of them (once), so that their prompt and response are at hand."""
-        from ..data.records import FieldSpec, Record, _row_to_record
+        from ..data.records import FieldSpec, Record, row_to_record
 
         if isinstance(items, (str, Record, dict)):
             items = [items]
-        return [_row_to_record("encode() input", i, x, FieldSpec()) if isinstance(x, dict) else x
+        return [row_to_record("encode() input", i, x, FieldSpec()) if isinstance(x, dict) else x
                 for i, x in enumerate(items)]
 
     def length_features(self, items: Sequence[Any] | str) -> np.ndarray:
         """(n, 2) float32: log1p of the untruncated encoder-token counts of each item's text and of its response."""
         from ..data.records import Record
 
-        items = self._feature_items(items)
+        items = self.feature_items(items)
         texts = _texts(items)
         resp = [x.response if isinstance(x, Record) else t for x, t in zip(items, texts)]
         tok = self.model.tokenizer
@@ -386,7 +386,7 @@ class InfluenceEncoder:
         the boosted prior, prior_trees.style_features, side by side ((n, 2 + len(STYLE_FEATURES)) float32)."""
         from .prior_trees import style_features
 
-        items = self._feature_items(items)
+        items = self.feature_items(items)
         return np.hstack([self.length_features(items), style_features(items)]).astype(np.float32)
 
     def set_prior_trees(self, trees, kappa: float, clip) -> None:
@@ -435,7 +435,7 @@ class InfluenceEncoder:
 
         if self.prior is None:
             return torch.zeros(pool_emb.shape[0], dtype=torch.float32)
-        b = self.prior(self._prior_input(pool_emb, lengths).to(self.prior.raw_w.device))
+        b = self.prior(self.prior_input(pool_emb, lengths).to(self.prior.raw_w.device))
         if self.prior_trees is not None:
             e = pool_emb.detach().cpu().numpy() if hasattr(pool_emb, "detach") else pool_emb
             lf = lengths.detach().cpu().numpy() if hasattr(lengths, "detach") else lengths
@@ -443,7 +443,7 @@ class InfluenceEncoder:
         return b
 
     @staticmethod
-    def _prior_input(pool_emb, lengths):
+    def prior_input(pool_emb, lengths):
         """The MLP prior's input: normalised pool embeddings beside their two length features (torch, float32;
         further columns of ``lengths``, the boosted prior's style features, are not the MLP's)."""
         import torch
@@ -469,7 +469,7 @@ class InfluenceEncoder:
             if lengths is None:
                 lengths = self.prior_features(items) if self.prior_trees is not None else self.length_features(items)
             with torch.no_grad():
-                x = self._prior_input(np.ascontiguousarray(emb, dtype=np.float32), lengths)
+                x = self.prior_input(np.ascontiguousarray(emb, dtype=np.float32), lengths)
                 b = float(self.prior.weight) * self.prior.unit(x.to(self.prior.raw_w.device)).double().cpu().numpy()
             b = b + self.tree_scores(emb, lengths)
             r = np.clip(b / self.prior_bound(), -1.0, 1.0)
@@ -551,7 +551,7 @@ class InfluenceEncoder:
 
         tok = self.model.tokenizer
         counts = {"full": 0, "part": 0, "none": 0}
-        recs = [r for r in self._feature_items(items) if isinstance(r, Record)]
+        recs = [r for r in self.feature_items(items) if isinstance(r, Record)]
         budget = self._budget(side) - tok.num_special_tokens_to_add(pair=False)
         for r in recs:
             n_r = len(tok(r.response, add_special_tokens=False)["input_ids"])
@@ -597,7 +597,7 @@ class InfluenceEncoder:
     def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Cosine similarity matrix (len(a) × len(b)) = predicted influence of a-rows on b-rows (for an encoder
         with a pool prior, of its unit score vectors: a² · (cos + b(p)), see :meth:`score_scale`)."""
-        return _cosine(a, b)
+        return cosine_rows(a, b)
 
     # ------------------------------------------------------------------ saving
     def save(self, out_dir: str | os.PathLike, metadata: dict | None = None) -> Path:

@@ -22,53 +22,20 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..teacher.basis import coordinates, principal_basis, unit_rows
+
 __all__ = ["principal_basis", "unit_rows", "coordinates", "form_features", "RidgeHead", "fit_ridge_head",
            "ExactQueryModel", "ExactQueryEncoder", "pool_features", "pool_vectors", "query_vectors", "select_and_fit",
            "top_k_rows", "is_exact_query_folder", "VIEWS"]
 
 
-def unit_rows(G: np.ndarray, block: int = 4096) -> np.ndarray:
-    """Rows of ``G`` scaled to unit length (float32; a zero row stays zero), read block-wise (memmaps)."""
-    out = np.empty(G.shape, dtype=np.float32)
-    for s in range(0, len(G), block):
-        b = np.asarray(G[s:s + block], dtype=np.float64)
-        n = np.linalg.norm(b, axis=1, keepdims=True)
-        out[s:s + block] = (b / np.where(n > 0, n, 1.0)).astype(np.float32)
-    return out
-
-
-def principal_basis(U: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` right singular vectors of ``U`` (n × D, rows = unit gradients; uncentred), as V (D × k, float32,
-    orthonormal columns) with the singular values (k,). Through the n × n Gram matrix (n ≪ D), in float64."""
-    U64 = np.asarray(U, dtype=np.float64)
-    n = len(U64)
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be between 1 and the number of gradients ({n}), got {k}")
-    gram = U64 @ U64.T
-    w, E = np.linalg.eigh(gram)
-    order = np.argsort(w)[::-1][:k]
-    w, E = np.clip(w[order], 0.0, None), E[:, order]
-    s = np.sqrt(w)
-    keep = s > s[0] * 1e-7
-    if not keep.all():
-        raise ValueError(f"the training gradients span only {int(keep.sum())} directions; choose k ≤ {int(keep.sum())}")
-    V = (U64.T @ E) / s
-    return V.astype(np.float32), s
-
-
-def coordinates(U: np.ndarray, V: np.ndarray, block: int = 4096) -> np.ndarray:
-    """Coordinates of the rows of ``U`` (unit gradients) in the basis ``V``: U @ V, (n, k) float32."""
-    return np.concatenate([np.asarray(U[s:s + block], dtype=np.float32) @ V for s in range(0, len(U), block)]
-                          or [np.zeros((0, V.shape[1]), np.float32)])
-
-
 def form_features(records: Sequence[Any]) -> np.ndarray:
     """The 8 style features of the response (:func:`influcoder.prior_trees.style_features`) and the prompt's
     log word and character counts: (n, 10) float32."""
-    from .prior_trees import _WORD, _prompt_response, style_features
+    from .prior_trees import WORD, prompt_response, style_features
 
     st = style_features(records)
-    pr = np.array([[np.log1p(len(_WORD.findall(p))), np.log1p(len(p))] for p, _ in map(_prompt_response, records)],
+    pr = np.array([[np.log1p(len(WORD.findall(p))), np.log1p(len(p))] for p, _ in map(prompt_response, records)],
                   dtype=np.float32).reshape(len(records), 2)
     return np.concatenate([st, pr], axis=1)
 
@@ -331,7 +298,7 @@ class ExactQueryEncoder:
         from ..core.errors import UserError
         from ..data.records import Record
 
-        recs = InfluenceEncoder._feature_items(items)
+        recs = InfluenceEncoder.feature_items(items)
         bad = [i for i, x in enumerate(recs) if not isinstance(x, Record)]
         if bad:
             what = ("a pool example's predicted coordinates read its prompt and response" if side == "pool"
@@ -356,9 +323,9 @@ class ExactQueryEncoder:
 
     @staticmethod
     def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        from .encoder import _cosine
+        from .encoder import cosine_rows
 
-        return _cosine(a, b)
+        return cosine_rows(a, b)
 
     def eval(self) -> "ExactQueryEncoder":
         return self

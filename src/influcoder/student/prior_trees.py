@@ -33,12 +33,12 @@ question), whether the response is a bare number, and its shares of digits, newl
 (``{}();=[]<>``), whether it ends with a period, and log1p of its word and character counts. For a plain
 string the whole string is the response and the prompt is empty."""
 
-_WORD = re.compile(r"\w+")
+WORD = re.compile(r"\w+")
 _NUMBER = re.compile(r"\s*[-+]?[\d.,]+\s*")
 _CODE = set("{}();=[]<>")
 
 
-def _prompt_response(x: Any) -> tuple[str, str]:
+def prompt_response(x: Any) -> tuple[str, str]:
     from ..data.records import Record
 
     if isinstance(x, Record):
@@ -52,9 +52,9 @@ def style_features(items: Sequence[Any]) -> np.ndarray:
     """(n, len(STYLE_FEATURES)) float32 for Records or plain strings (see :data:`STYLE_FEATURES`)."""
     out = np.zeros((len(items), len(STYLE_FEATURES)), dtype=np.float32)
     for i, x in enumerate(items):
-        prompt, s = _prompt_response(x)
-        words = _WORD.findall(s.lower())
-        pw = set(_WORD.findall(prompt.lower()))
+        prompt, s = prompt_response(x)
+        words = WORD.findall(s.lower())
+        pw = set(WORD.findall(prompt.lower()))
         n = max(1, len(s))
         out[i] = [sum(w in pw for w in words) / max(1, len(words)), float(bool(_NUMBER.fullmatch(s))),
                   sum(c.isdigit() for c in s) / n, s.count("\n") / n, sum(c in _CODE for c in s) / n,

@@ -113,7 +113,7 @@ def compute_dense_targets(
     both stores): fit it on the training rows only when a later step holds rows out. Both stores are read into
     memory (float32) and the basis is found through the n × n Gram matrix, so this is for stocked samples
     (tens of thousands of rows), not whole corpora."""
-    from ..student.exact_query import coordinates, principal_basis
+    from .basis import coordinates, principal_basis
 
     pool_s, query_s, out = _open_pair(pool, query, out, verify, "dense-target file")
     t0 = time.perf_counter()
