@@ -93,11 +93,12 @@ def _child_load_model(args) -> dict:
 
 
 def _child_stock(args) -> dict:
+    from influcoder.data.records import DataSpec
     from influcoder.teacher.stock import StockConfig, stock
 
     t0 = time.perf_counter()
-    cfg = StockConfig(model=args.model, data=args.stock_data, out=args.stock_out, preset=args.stock_preset,
-                      limit=args.stock_n, max_length=args.stock_max_length, proj_dim=args.k,
+    cfg = StockConfig(model=args.model, data=DataSpec(args.stock_data, preset=args.stock_preset, limit=args.stock_n),
+                      out=args.stock_out, max_length=args.stock_max_length, proj_dim=args.k,
                       batch_size=args.stock_batch, shard_size=args.stock_shard, overwrite=True)
     stock(cfg, progress=False)
     return {"seconds": time.perf_counter() - t0}
@@ -110,12 +111,13 @@ def _child_prepare(args) -> dict:
     import psutil
 
     from influcoder.core.models import resolve_decoder
+    from influcoder.data.records import DataSpec
     from influcoder.teacher.stock import StockConfig, _prepare
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(resolve_decoder(args.model)))
-    cfg = StockConfig(model=args.model, data=args.prepare_data, out="unused", preset=args.prepare_preset,
-                      limit=args.stock_n, max_length=args.stock_max_length, skip_invalid=True)
+    cfg = StockConfig(model=args.model, data=DataSpec(args.prepare_data, preset=args.prepare_preset, limit=args.stock_n, skip_invalid=True),
+                      out="unused", max_length=args.stock_max_length)
     gc.collect()
     before = psutil.Process().memory_info().rss
     t0 = time.perf_counter()

@@ -125,3 +125,26 @@ def test_the_checker_sees_a_wrong_way_import(tmp_path, monkeypatch):
         assert "influcoder.core.x" in str(e)
     else:
         raise AssertionError("the core.x ↔ app.cli circle was not reported")
+
+
+def test_help_and_config_checks_import_no_torch():
+    """`influcoder --help`, every command's --help and a run config's validation load no torch (they stay fast)."""
+    from influcoder.app.cli import app
+
+    names = [""] + [c.name for c in app.registered_commands]
+    code = ("import contextlib, io, sys\n"
+            "from influcoder.app.cli import main\n"
+            "for name in sys.argv[1:]:\n"
+            "    sys.argv = ['influcoder'] + ([name] if name != '-' else []) + ['--help']\n"
+            "    with contextlib.redirect_stdout(io.StringIO()):\n"
+            "        try:\n"
+            "            main()\n"
+            "        except SystemExit:\n"
+            "            pass\n"
+            "from influcoder.core.config import from_dict\n"
+            "from influcoder.run.config import RunConfig\n"
+            "from_dict(RunConfig, {'pool': {'path': 'p.jsonl'}, 'queries': 'q.jsonl'})\n"
+            "print('torch' in sys.modules, 'transformers' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code, *[n or "-" for n in names]], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "False"], r.stdout

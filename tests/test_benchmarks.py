@@ -126,6 +126,7 @@ def test_distill_quality_scores_a_block_disjoint_from_training_and_selection(tmp
     from influcoder.core import metrics as M
     from influcoder.teacher.labels import load_labels, meta_path
     from influcoder.data.records import read_records
+    from influcoder.data.records import DataSpec
     from influcoder.teacher.stock import StockConfig, stock
 
     from conftest import SAMPLE_ROWS
@@ -140,7 +141,7 @@ def test_distill_quality_scores_a_block_disjoint_from_training_and_selection(tmp
     qf.write_text("".join(json.dumps({"id": f"q{i}", "prompt": r["prompt"][::-1], "response": r["response"]}) + "\n"
                           for i, r in enumerate(rows[:10])))
     for side, f in (("pool", pf), ("q", qf)):
-        stock(StockConfig(model=str(tiny_model_dir), data=str(f), out=str(tmp_path / f"s_{side}"), preset="prompt-response",
+        stock(StockConfig(model=str(tiny_model_dir), data=DataSpec(str(f), preset="prompt-response"), out=str(tmp_path / f"s_{side}"),
                           projection="none", lora_rank=2, max_length=48), progress=False)
     bert = make_tiny_bert_dir(tmp_path / "bert")
     dq = _load("distill_quality")

@@ -12,6 +12,8 @@ import pytest
 
 from conftest import SAMPLE_ROWS
 
+from influcoder.data.records import DataSpec
+
 
 def make_tiny_encoder(d: Path, seed: int = 0, hidden: int = 32) -> Path:
     """A tiny random BERT + mean pooling + Normalize saved as a sentence-transformers folder (no downloads)."""
@@ -199,7 +201,7 @@ def test_bad_input_names_file_row_and_field(tmp_path, tiny_encoder):
     with pytest.raises(RecordError) as e:
         embed_file(EmbedConfig(str(tiny_encoder), str(f), str(tmp_path / "s"), shard_size=4), progress=False)
     assert "bad.jsonl" in str(e.value) and "row 7" in str(e.value) and "'response'" in str(e.value)
-    s = embed_file(EmbedConfig(str(tiny_encoder), str(f), str(tmp_path / "s2"), skip_invalid=True), progress=False)
+    s = embed_file(EmbedConfig(str(tiny_encoder), DataSpec(str(f), skip_invalid=True), str(tmp_path / "s2")), progress=False)
     inv = [json.loads(l) for l in (s / "invalid.jsonl").read_text().splitlines()]
     assert inv[0]["row"] == 7 and inv[0]["field"] == "response"
 

@@ -24,6 +24,7 @@ from test_embed import make_tiny_encoder  # noqa: E402
 from influcoder.search.attribute import AttributeConfig, FilterConfig, filter_pool, run_attribute  # noqa: E402
 from influcoder.search.embed import EmbedConfig, embed_file, open_embeddings  # noqa: E402
 from influcoder.core.errors import UserError  # noqa: E402
+from influcoder.data.records import DataSpec  # noqa: E402
 from influcoder.search.index import IndexConfig, build_index  # noqa: E402
 from influcoder.search.ray_backend import RayConfig, embed_with_ray, filter_with_ray  # noqa: E402
 
@@ -95,7 +96,7 @@ class Killed(Exception):
 def test_embed_ray_is_the_local_store_and_indexes_and_attributes_the_same(ray_local, encoder, alpaca_files, tmp_path):
     """embed --ray → index → attribute equals embed → index → attribute."""
     data = str(alpaca_files["jsonl"])
-    common = dict(encoder=encoder, data=data, preset="alpaca", dtype="float32", batch_size=5, shard_size=11)
+    common = dict(encoder=encoder, data=DataSpec(data, preset="alpaca"), dtype="float32", batch_size=5, shard_size=11)
     local = open_embeddings(embed_file(EmbedConfig(out=str(tmp_path / "local"), **common), progress=False))
     remote = open_embeddings(embed_with_ray(EmbedConfig(out=str(tmp_path / "ray"), **common), RCFG), verify=True)
     assert len(local) == N and len(local.manifest["shards"]) == 3
@@ -106,8 +107,8 @@ def test_embed_ray_is_the_local_store_and_indexes_and_attributes_the_same(ray_lo
     results = {}
     for name in ("local", "ray"):
         idx = build_index(IndexConfig(str(tmp_path / name), str(tmp_path / f"idx-{name}")))
-        recs, report = run_attribute(AttributeConfig(encoder, str(idx), queries=str(alpaca_files["queries"]),
-                                                     query_preset="alpaca", top_k=5, out=str(tmp_path / f"{name}.jsonl"),
+        recs, report = run_attribute(AttributeConfig(encoder, str(idx), queries=DataSpec(str(alpaca_files["queries"]),
+                                                                                     preset="alpaca"), top_k=5, out=str(tmp_path / f"{name}.jsonl"),
                                                      ood={"enabled": False}))
         results[name] = recs
     lr, rr = results["local"], results["ray"]
@@ -121,7 +122,7 @@ def test_embed_ray_parquet_float16_limit_and_resume_after_kill(ray_local, encode
     """A Ray run killed after 2 of 5 shards resumes from them: only the other 3 are computed, and the
     store equals an uninterrupted local one."""
     data = str(alpaca_files["parquet"])
-    common = dict(encoder=encoder, data=data, preset="alpaca", limit=23, shard_size=5)
+    common = dict(encoder=encoder, data=DataSpec(data, preset="alpaca", limit=23), shard_size=5)
     cfg = EmbedConfig(out=str(tmp_path / "ray"), **common)
     seen = []
 
@@ -153,8 +154,8 @@ def test_filter_ray_writes_the_local_outputs(ray_local, encoder, alpaca_files, t
     data = str(alpaca_files["jsonl"])
     ref = tmp_path / "reference.jsonl"  # OOD reference: the encoder's "training data"
     ref.write_text("".join(json.dumps(r) + "\n" for r in json.loads(ALPACA.read_text())[40:60]))
-    common = dict(encoder=encoder, data=data, queries=str(alpaca_files["queries"]), preset="alpaca",
-                  query_preset="alpaca", aggregate="max", fraction=0.2, batch_size=4,
+    common = dict(encoder=encoder, data=DataSpec(data, preset="alpaca"),
+                  queries=DataSpec(str(alpaca_files["queries"]), preset="alpaca"), aggregate="max", fraction=0.2, batch_size=4,
                   ood={"reference": [str(ref)], "reference_preset": "alpaca"})
     local = filter_pool(FilterConfig(out=str(tmp_path / "local"), **common), progress=False)
     remote = filter_with_ray(FilterConfig(out=str(tmp_path / "ray"), **common), RCFG1)
@@ -203,12 +204,12 @@ def test_invalid_rows(ray_local, encoder, tmp_path):
     p = tmp_path / "bad.jsonl"
     p.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n{"id": "0", "prompt": "d", "response": "e"}\n'
                  '{"prompt": "f", "response": "g"}\n')
-    out = embed_with_ray(EmbedConfig(encoder=encoder, data=str(p), out=str(tmp_path / "o"), skip_invalid=True), RCFG1)
+    out = embed_with_ray(EmbedConfig(encoder=encoder, data=DataSpec(str(p), skip_invalid=True), out=str(tmp_path / "o")), RCFG1)
     got = open_embeddings(out)
     assert got.ids == ["0", "3"] and got.rows.tolist() == [0, 3]  # row 1 has no response; row 2 repeats id "0"
     bad = [json.loads(x) for x in (out / "invalid.jsonl").read_text().splitlines()]
     assert [(b["row"], b["field"]) for b in bad] == [(1, "response"), (2, "id")]
-    local = embed_file(EmbedConfig(encoder=encoder, data=str(p), out=str(tmp_path / "loc"), skip_invalid=True), progress=False)
+    local = embed_file(EmbedConfig(encoder=encoder, data=DataSpec(str(p), skip_invalid=True), out=str(tmp_path / "loc")), progress=False)
     assert (local / "invalid.jsonl").read_text() == (out / "invalid.jsonl").read_text()
     # without --skip-invalid the first bad row is an error naming file, row and field (as locally), and
     # nothing is written
@@ -220,7 +221,7 @@ def test_invalid_rows(ray_local, encoder, tmp_path):
     # a line that is not JSON stops both paths even with --skip-invalid (records.iter_rows does)
     p.write_text('{"prompt": "a", "response": "b"}\nnot json\n')
     with pytest.raises(RecordError, match=r"row 1: invalid JSON"):
-        embed_with_ray(EmbedConfig(encoder=encoder, data=str(p), out=str(tmp_path / "j"), skip_invalid=True), RCFG1)
+        embed_with_ray(EmbedConfig(encoder=encoder, data=DataSpec(str(p), skip_invalid=True), out=str(tmp_path / "j")), RCFG1)
 
 
 def test_cli_ray_option(ray_local, encoder, alpaca_files, tmp_path):
@@ -288,7 +289,7 @@ def test_embed_ray_with_an_exact_query_model(ray_local, encoder, alpaca_files, t
     model = ExactQueryModel(V=V, head=fit_ridge_head(X, rng.normal(size=(20, 6)) * 0.3, 1.0), encoder=encoder,
                             info={"max_length": 64})
     mdir = model.save(tmp_path / "eq")
-    common = dict(encoder=str(mdir), data=str(alpaca_files["jsonl"]), preset="alpaca", dtype="float32", batch_size=5,
+    common = dict(encoder=str(mdir), data=DataSpec(str(alpaca_files["jsonl"]), preset="alpaca"), dtype="float32", batch_size=5,
                   shard_size=11)
     local = open_embeddings(embed_file(EmbedConfig(out=str(tmp_path / "local"), **common), progress=False))
     remote = open_embeddings(embed_with_ray(EmbedConfig(out=str(tmp_path / "ray"), **common), RCFG1), verify=True)

@@ -14,6 +14,7 @@ import pytest
 
 from influcoder.teacher.influence import compute_influence
 from influcoder.teacher.labels import load_labels
+from influcoder.data.records import DataSpec
 from influcoder.teacher.stock import StockConfig, stock
 from influcoder.teacher.store import StoreError, open_store
 
@@ -21,7 +22,9 @@ from conftest import SAMPLE_ROWS
 
 
 def _cfg(model_dir, data, out, **kw):
-    base = dict(model=str(model_dir), data=str(data), out=str(out), proj_dim=32, shard_size=3, batch_size=4)
+    data_fields = {k: kw.pop(k) for k in ("limit", "skip_invalid", "preset", "prompt_field", "response_field") if k in kw}
+    base = dict(model=str(model_dir), data=DataSpec(str(data), **data_fields), out=str(out), proj_dim=32, shard_size=3,
+                batch_size=4)
     base.update(kw)
     return StockConfig(**base)
 

@@ -14,7 +14,7 @@ import yaml
 
 from influcoder.core.errors import UserError
 from influcoder.eval.evaluate import DATELM_DATA, check_no_shared_prompts, load_config, prompt_key, read_hh_rlhf_unsafe, toxicity_data, warmup_stock_config
-from influcoder.data.records import Record
+from influcoder.data.records import DataSpec, Record
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = (ROOT / ".." / "shared" / "data").resolve()
@@ -261,8 +261,8 @@ def test_teacher_and_every_gradient_method_use_the_adapter_warmed_up_on_the_pool
         assert set(w) == {"r2-s0", "r4-s0"} and w["r4-s0"]["steps"] == 5 and w["r4-s0"]["epochs"] >= 1
     # the same adapter as `influcoder stock --warmup-steps 5` on the Het pool file
     het_r4 = next(a for a in adapters if a.name.startswith("r4") and len((a / "data.jsonl").read_text().splitlines()) == 17)
-    ref = stock(StockConfig(model=str(tiny_model_dir), data=str(het_r4 / "data.jsonl"), out=str(tmp_path / "st"),
-                            preset="prompt-response", projection="none", lora_rank=4, seed=0, max_length=48,
+    ref = stock(StockConfig(model=str(tiny_model_dir), data=DataSpec(str(het_r4 / "data.jsonl"), preset="prompt-response"),
+                            out=str(tmp_path / "st"), projection="none", lora_rank=4, seed=0, max_length=48,
                             batch_size=4, token_budget=256, warmup_steps=5, warmup_lr=1e-2), progress=False)
     mine, theirs = load_file(het_r4 / "adapter" / "adapter_model.safetensors"), load_file(ref / "adapter" / "adapter_model.safetensors")
     assert set(mine) == set(theirs) and all(np.array_equal(mine[k], theirs[k]) for k in mine)

@@ -58,18 +58,15 @@ for _info in app.registered_commands:
 
 def main() -> None:
     """Entry point: user-facing errors print one line and exit 2; no traceback for bad input."""
+    import os
     import warnings
 
     from ..core.errors import UserError
 
     warnings.filterwarnings("ignore", category=FutureWarning)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
+    # transformers' log level and progress bars, set without importing it (--help and config checks load no torch)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         app(standalone_mode=True)
     except UserError as e:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -12,44 +11,37 @@ console = Console(stderr=True)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("serve")(serve_cmd)
+    import inspect
+
+    from ..core.config import command_from
+    from .cli_attribute import OOD_ALIASES
+    from .cli_stock import data_aliases
+    from .serve import ServeConfig
+
+    path = inspect.Parameter("path", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Path, default=typer.Argument(
+        ..., help="A run folder (influcoder run) or an index folder (influcoder index --out)."))
+    aliases = {**data_aliases("queries", "queries", "query-"), **OOD_ALIASES}
+    app.command("serve")(command_from(ServeConfig, _serve, extra=[path], aliases=aliases,
+                                      shown=("host", "port", "queries__path", "queries__preset", "aggregate", "device"), doc=(
+        "Serve an explorer page and JSON API: attribute queries, filter the pool with a slider, export.")))
 
 
-def serve_cmd(
-    path: Path = typer.Argument(..., help="A run folder (influcoder run) or an index folder (influcoder index --out)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-    port: int = typer.Option(8000, "--port", help="Port to listen on."),
-    queries: Optional[Path] = typer.Option(None, "--queries", help="Reference queries records file (for an index folder, or instead of the run's)."),
-    query_preset: Optional[str] = typer.Option(None, "--query-preset", help="Field mapping of the queries file (e.g. bbh)."),
-    query_prompt_field: Optional[str] = typer.Option(None, "--query-prompt-field"),
-    query_response_field: Optional[str] = typer.Option(None, "--query-response-field"),
-    query_id_field: Optional[str] = typer.Option(None, "--query-id-field"),
-    aggregate: str = typer.Option("mean", "--aggregate", help="mean | max: how the filter aggregates scores over the queries."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Encoder batch size."),
-    reference: Optional[List[Path]] = typer.Option(None, "--reference", help="Encoder training data for the OOD flags (default: from the encoder's metadata)."),
-    reference_preset: Optional[str] = typer.Option(None, "--reference-preset"),
-    ood_threshold: Optional[float] = typer.Option(None, "--ood-threshold", help="Flag NN similarity below this (default: calibrated)."),
-    no_ood: bool = typer.Option(False, "--no-ood", help="No OOD flags."),
-    device: str = typer.Option("auto", "--device", help="Encoder device: auto (CUDA when present), cpu, cuda, cuda:N."),
-    precision: str = typer.Option("auto", "--precision", help="Encoder precision: auto (bf16 where native), float32, bfloat16."),
-):
-    """Serve an explorer page and JSON API: attribute queries, filter the pool with a slider, export."""
+def _serve(values: dict, extras: dict):
     import uvicorn
 
-    from .cli_attribute import _ood_opts
-    from .serve import create_app
+    from ..core.config import config_from_flags
+    from .serve import ServeConfig, create_app
 
-    _check_port(host, port)  # before the (slow) loading
+    cfg = config_from_flags(ServeConfig, values)
+    path = extras["path"]
+    _check_port(cfg.host, cfg.port)  # before the (slow) loading
     console.print(f"loading {path} …")
-    app = create_app(path, aggregate=aggregate, batch_size=batch_size,
-                     ood=_ood_opts(reference, reference_preset, ood_threshold, no_ood),
-                     queries=str(queries) if queries else None, query_preset=query_preset,
-                     query_prompt_field=query_prompt_field, query_response_field=query_response_field,
-                     query_id_field=query_id_field, device=device, precision=precision)
+    app = create_app(path, aggregate=cfg.aggregate, batch_size=cfg.batch_size, ood=cfg.ood,
+                     queries=cfg.queries if cfg.queries.path else None, device=cfg.device, precision=cfg.precision)
     for note in app.state.explorer.notes:
         console.print(f"[yellow]{note}[/]")
-    console.print(f"serving {path} at http://{host}:{port}/ (Ctrl-C to stop)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    console.print(f"serving {path} at http://{cfg.host}:{cfg.port}/ (Ctrl-C to stop)")
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
 
 
 def _check_port(host: str, port: int) -> None:

@@ -18,10 +18,28 @@ def register(app: typer.Typer) -> None:
     app.command("targets")(targets_cmd)
 
 
-def _stock(values: dict, extras: dict):
-    from ..teacher.stock import StockConfig, stock
+DATA_FLAGS = {"path": "", "preset": "--preset", "prompt_field": "--prompt-field", "response_field": "--response-field",
+              "messages_field": "--messages-field", "id_field": "--id-field", "limit": "--limit",
+              "skip_invalid": "--skip-invalid"}
+"""The short flags of a command's ``data`` section (``--data.preset`` is also ``--preset``; its path is ``--data``)."""
 
-    cfg = StockConfig(**values)
+
+def data_aliases(section: str, short: str, prefix: str = "") -> dict[str, str]:
+    """Aliases of a DataSpec section's flags: ``--<short>`` for its path and ``--<prefix>preset`` … for its fields
+    (``data_aliases("queries", "queries", "query-")`` → ``--queries``, ``--query-preset``, …)."""
+    out = {f"{section}.path": f"--{short}"}
+    for k, flag in DATA_FLAGS.items():
+        if flag:
+            out[f"{section}.{k}"] = "--" + prefix + flag[2:]
+    return out
+
+
+def _stock(values: dict, extras: dict):
+    from ..core.config import config_from_flags
+    from ..teacher.config import StockConfig
+    from ..teacher.stock import stock
+
+    cfg = config_from_flags(StockConfig, values)
     path = stock(cfg, progress=not extras["quiet"])
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun, rank 0 reports for everyone
@@ -42,13 +60,13 @@ def _stock_command():
     import inspect
 
     from ..core.config import command_from
-    from ..teacher.stock import StockConfig
+    from ..teacher.config import StockConfig
 
     quiet = inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
                               default=typer.Option(False, "--quiet", help="No progress bar."))
-    shown = ("model", "data", "out", "preset", "prompt_field", "response_field", "projection", "proj_dim",
-             "max_length", "batch_size", "dtype", "device", "warmup_steps")
-    return command_from(StockConfig, _stock, extra=[quiet], shown=shown, doc=(
+    shown = ("model", "data__path", "out", "data__preset", "data__prompt_field", "data__response_field", "projection",
+             "proj_dim", "max_length", "batch_size", "dtype", "device", "warmup_steps")
+    return command_from(StockConfig, _stock, extra=[quiet], shown=shown, aliases=data_aliases("data", "data"), doc=(
         "Stock per-example LoRA gradients (response tokens only), projected, into a resumable store."))
 
 

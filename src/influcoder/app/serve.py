@@ -31,13 +31,41 @@ from typing import Iterator
 import numpy as np
 
 from ..core.errors import UserError
-from ..data.records import FieldSpec, Record, iter_rows, read_records, record_to_text
+from ..data.records import DataSpec, Record, iter_rows, read_records, record_to_text
+from ..search.attribute import OODConfig
 from ..run.layout import MANIFEST as RUN_MANIFEST, RUN_FORMAT, RunLayout
 
-__all__ = ["ServeError", "ServeSource", "Explorer", "resolve_source", "create_app", "RUN_FORMAT", "STATIC_DIR"]
+__all__ = ["ServeConfig", "ServeError", "ServeSource", "Explorer", "resolve_source", "create_app", "RUN_FORMAT", "STATIC_DIR"]
 
 STATIC_DIR = Path(__file__).with_name("static")
 MAX_K = 1000
+
+
+@dataclass
+class ServeConfig:
+    """``influcoder serve PATH``: how the explorer is served (the folder itself is the command's argument)."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on."""
+    port: int = 8000
+    """Port to listen on."""
+    queries: DataSpec = field(default_factory=DataSpec)
+    """Reference queries records file and how to read it (for an index folder, or instead of the run's)."""
+    aggregate: str = "mean"
+    """mean | max: how the filter aggregates scores over the queries."""
+    batch_size: int = 64
+    """Encoder batch size."""
+    ood: OODConfig = field(default_factory=OODConfig)
+    """OOD flags (influcoder.search.attribute.OODConfig; default reference: from the encoder's metadata)."""
+    device: str = "auto"
+    """Encoder device: auto (CUDA when present), cpu, cuda, cuda:N."""
+    precision: str = "auto"
+    """Encoder precision: auto (bf16 where native), float32, bfloat16."""
+
+    def __post_init__(self):
+        self.queries = DataSpec.of(self.queries)
+        if self.aggregate not in ("mean", "max"):
+            raise ServeError("aggregate must be mean or max")
 
 
 class ServeError(UserError):
@@ -69,41 +97,34 @@ class ServeSource:
     """Embedding store of the whole pool (the filter's scores come from it)."""
     pool: str
     """Pool records file (texts and export)."""
-    queries: str | None = None
-    """Reference queries records file."""
-    query_spec: FieldSpec = field(default_factory=FieldSpec)
-    query_fields: dict = field(default_factory=dict)
-    """The queries' field names as the filter takes them (preset, prompt_field, response_field)."""
+    queries: DataSpec | None = None
+    """Reference queries: a records file and how to read it."""
     labels: Path | None = None
     report: Path | None = None
     notes: list[str] = field(default_factory=list)
 
 
-def _data_spec(spec, what: str, manifest: Path) -> tuple[str | None, FieldSpec, dict]:
-    """(path, FieldSpec, filter field names) of a run manifest's data spec."""
+def _data_spec(spec, what: str, manifest: Path) -> DataSpec | None:
+    """A run manifest's data spec (its path made absolute)."""
     if spec is None:
-        return None, FieldSpec(), {}
+        return None
     if isinstance(spec, str):
         spec = {"path": spec}
     if not isinstance(spec, dict) or not spec.get("path"):
         raise ServeError(f"{manifest}: '{what}' must be a data spec with a 'path'")
     try:
-        fs = FieldSpec.from_names(prompt=spec.get("prompt_field"), response=spec.get("response_field"),
-                                  id=spec.get("id_field"), preset=spec.get("preset"))
-    except UserError as e:
+        d = DataSpec(**{**spec, "path": str(RunLayout(manifest.parent).resolve(spec["path"]))})
+        d.field_spec()
+    except (UserError, TypeError) as e:
         raise ServeError(f"{manifest}, '{what}': {e}") from None
-    names = {"preset": spec.get("preset"), "prompt_field": spec.get("prompt_field"),
-             "response_field": spec.get("response_field")}
-    return str(RunLayout(manifest.parent).resolve(spec["path"])), fs, names
+    return d
 
 
-def resolve_source(path: str | Path, *, queries: str | None = None, query_preset: str | None = None,
-                   query_prompt_field: str | None = None, query_response_field: str | None = None,
-                   query_id_field: str | None = None) -> ServeSource:
+def resolve_source(path: str | Path, *, queries: DataSpec | str | None = None) -> ServeSource:
     """Find encoder, index, embeddings, pool, queries, labels and report of a run or index folder.
 
-    ``queries`` (with its field options) names the reference queries for an index folder, or replaces a
-    run's."""
+    ``queries`` (a data spec, or a path read with the default fields) names the reference queries for an index
+    folder, or replaces a run's."""
     from ..core.fileio import read_manifest
     from ..search.index import IndexError_, open_index
 
@@ -135,8 +156,8 @@ def resolve_source(path: str | Path, *, queries: str | None = None, query_preset
         except IndexError_ as e:
             raise ServeError(f"{mpath}, 'index': {e}") from None
         emb = layout.resolve(m.get("embeddings")) or layout.resolve(meta.get("embeddings", {}).get("path"))
-        pool, _, _ = _data_spec(m.get("pool"), "pool", mpath)
-        q_path, q_spec, q_names = _data_spec(m.get("queries"), "queries", mpath)
+        pool = _data_spec(m.get("pool"), "pool", mpath)
+        q_spec = _data_spec(m.get("queries"), "queries", mpath)
         labels = layout.resolve(m.get("labels"))
         if labels is not None and not labels.exists():
             notes.append(f"the run's labels {labels} do not exist: no teacher ranks")
@@ -145,8 +166,8 @@ def resolve_source(path: str | Path, *, queries: str | None = None, query_preset
         if report is not None and not report.exists():
             notes.append(f"the run's fidelity report {report} does not exist")
             report = None
-        src = ServeSource("run", root, str(encoder), index_dir, emb, pool or meta["data"]["path"], q_path, q_spec,
-                          q_names, labels, report, notes)
+        src = ServeSource("run", root, str(encoder), index_dir, emb, pool.path if pool else meta["data"]["path"],
+                          q_spec, labels, report, notes)
     elif (root / "index_meta.json").exists():
         try:
             meta = open_index(root).meta
@@ -159,12 +180,10 @@ def resolve_source(path: str | Path, *, queries: str | None = None, query_preset
     else:
         raise ServeError(f"{root}: neither a run folder ({RUN_MANIFEST}) nor an index folder (index_meta.json); "
                          "give the folder written by `influcoder run` or `influcoder index --out`")
-    if queries:
-        src.queries = str(queries)
-        src.query_spec = FieldSpec.from_names(prompt=query_prompt_field, response=query_response_field,
-                                              id=query_id_field, preset=query_preset)
-        src.query_fields = {"preset": query_preset, "prompt_field": query_prompt_field,
-                            "response_field": query_response_field}
+    queries = DataSpec.of(queries)
+    if queries.path:
+        queries.field_spec()  # an unknown preset is refused here
+        src.queries = queries
     if not Path(src.pool).exists():
         raise ServeError(f"{root}: the pool data {src.pool} does not exist (texts and export need it)")
     if src.embeddings is not None and not src.embeddings.exists():
@@ -172,8 +191,8 @@ def resolve_source(path: str | Path, *, queries: str | None = None, query_preset
         src.embeddings = None
     if src.queries is None:
         notes.append("no reference queries (an index folder names none; pass --queries): no filter, histogram or export")
-    elif not Path(src.queries).exists():
-        raise ServeError(f"{root}: the queries file {src.queries} does not exist")
+    elif not Path(src.queries.path).exists():
+        raise ServeError(f"{root}: the queries file {src.queries.path} does not exist")
     return src
 
 
@@ -208,7 +227,7 @@ class Explorer:
         self.query_texts: list[str] = []
         self.query_records: dict[str, Record] = {}
         if source.queries:
-            recs, _ = read_records(source.queries, source.query_spec)
+            recs, _ = read_records(source.queries.path, source.queries.field_spec())
             self.query_ids = [r.id for r in recs]
             self.query_texts = [record_to_text(r) for r in recs]  # what the page shows
             self.query_records = {r.id: r for r in recs}  # what the encoder reads (the response kept)
@@ -255,10 +274,7 @@ class Explorer:
         scratch = Path(tempfile.mkdtemp(prefix="influcoder-serve-"))
         try:
             cfg = FilterConfig(encoder=src.encoder, out=str(scratch), data=src.pool, pool_embeddings=str(src.embeddings),
-                               queries=src.queries, query_preset=src.query_fields.get("preset"),
-                               query_prompt_field=src.query_fields.get("prompt_field"),
-                               query_response_field=src.query_fields.get("response_field"),
-                               aggregate=self.aggregate, batch_size=self.batch_size, ood=self.ood)
+                               queries=src.queries, aggregate=self.aggregate, batch_size=self.batch_size, ood=self.ood)
             filter_pool(cfg, encoder=self.encoder, progress=False, references=self.references)
             ranked = [json.loads(line) for line in (scratch / "ranked.jsonl").read_text().splitlines()]
         finally:

@@ -41,6 +41,7 @@ __all__ = [
     "config_hash",
     "typer_params",
     "command_from",
+    "config_from_flags",
     "flag_for",
 ]
 
@@ -139,6 +140,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(inner):
         if isinstance(value, inner):
             return value
+        if isinstance(value, str) and "path" in {f.name for f in dataclasses.fields(inner)}:
+            value = {"path": value}  # a data spec given as its path alone
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping of {inner.__name__} fields, got {type(value).__name__}")
         return from_dict(inner, value, where=where)
@@ -274,25 +277,32 @@ def _typer_type(tp: Any) -> Any:
 
 
 def typer_params(cls: type, *, prefix: str = "", flags: dict[str, str] | None = None, exclude: Iterable[str] = (),
-                 required: Iterable[str] = (), shown: Iterable[str] | None = None) -> list[inspect.Parameter]:
+                 required: Iterable[str] = (), shown: Iterable[str] | None = None,
+                 aliases: dict[str, str] | None = None) -> list[inspect.Parameter]:
     """One keyword-only typer option per field of ``cls`` (nested dataclass fields recurse with a
     ``section.`` flag prefix). The parameter name is the dotted path with ``__`` (``student__epochs``).
-    ``flags`` renames flags by field name; a field without a default (or named in ``required``) is required.
+    ``flags`` renames flags by field name; a field without a default (or named in ``required``) is required;
+    a section without a default (e.g. a command's ``data: DataSpec``) makes its ``path`` required.
+    ``aliases``: more flag names by dotted field path (``{"data.preset": "--preset"}``; for a true/false field,
+    ``"/--no-ood"`` adds an off-name), the short flags a command keeps beside the generated ones.
     ``shown``: the parameter names ``--help`` lists (the others work as usual and are listed by ``--help-all``;
     None: all)."""
     import typer
 
-    flags, exclude, required = dict(flags or {}), set(exclude), set(required)
+    flags, exclude, required, aliases = dict(flags or {}), set(exclude), set(required), dict(aliases or {})
     hints, docs = _hints(cls), field_docs(cls)
     out: list[inspect.Parameter] = []
     for f in dataclasses.fields(cls):
-        if f.name in exclude:
+        if f.name in exclude or prefix + f.name in exclude:
             continue
         tp = hints[f.name]
         inner, _ = _origin(tp)
         pname = (prefix.replace(".", "__") + f.name)
         if dataclasses.is_dataclass(inner):
-            out += typer_params(inner, prefix=prefix + f.name + ".", shown=shown)
+            no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            out += typer_params(inner, prefix=prefix + f.name + ".", shown=shown, aliases=aliases,
+                                exclude={e for e in exclude if "." in e},
+                                required=("path",) if no_default else ())
             continue
         if f.default is not dataclasses.MISSING:
             default = f.default
@@ -309,10 +319,26 @@ def typer_params(cls: type, *, prefix: str = "", flags: dict[str, str] | None = 
         if isinstance(default, (list, tuple)):
             default = list(default) or None
         hidden = shown is not None and pname not in set(shown) and default is not ...
-        opt = typer.Option(default, flag, help=_first_sentence(docs.get(f.name, "")), hidden=hidden)
+        more = [(" " + a if a.startswith("/") else a) for a in aliases.get(prefix + f.name, "").split()]
+        opt = typer.Option(default, flag, *more, help=_first_sentence(docs.get(f.name, "")), hidden=hidden)
         opt.full_help = docs.get(f.name, "")  # what --help-all prints
         out.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=ttype))
     return out
+
+
+def config_from_flags(cls: type, values: dict[str, Any], *, where: str = "command line") -> Any:
+    """``cls`` built from a generated command's values (``section__field`` names nest), with every check of
+    :func:`from_dict` (the error names the flag's key)."""
+    d: dict[str, Any] = {}
+    for name, value in values.items():
+        if value is None:
+            continue  # a flag not given whose default is None (or an empty list): the field's default applies
+        *sections, leaf = name.split("__")
+        node = d
+        for s in sections:
+            node = node.setdefault(s, {})
+        node[leaf] = list(value) if isinstance(value, tuple) else value
+    return from_dict(cls, d, where=where)
 
 
 def _first_sentence(doc: str) -> str:
@@ -345,14 +371,16 @@ def _help_all(params: list[inspect.Parameter]):
 
 def command_from(cls: type, body: Callable[..., Any], *, flags: dict[str, str] | None = None,
                  exclude: Iterable[str] = (), extra: Sequence[inspect.Parameter] = (), doc: str | None = None,
-                 context: bool = False, shown: Iterable[str] | None = None) -> Callable[..., Any]:
+                 context: bool = False, shown: Iterable[str] | None = None,
+                 aliases: dict[str, str] | None = None, required: Iterable[str] = ()) -> Callable[..., Any]:
     """A typer command function whose options are generated from ``cls``'s fields (see
     :func:`typer_params`) plus ``extra`` parameters; it calls ``body(values, extras)`` with the field
-    values (``{field: value}``) and the extra values (``{name: value}``, ``ctx`` included with ``context``).
+    values (``{field: value}``; :func:`config_from_flags` builds the config from them) and the extra values
+    (``{name: value}``, ``ctx`` included with ``context``).
     ``shown``: the generated options ``--help`` lists (one screen); ``--help-all`` then lists every one."""
     import typer
 
-    params = typer_params(cls, flags=flags, exclude=exclude, shown=shown)
+    params = typer_params(cls, flags=flags, exclude=exclude, shown=shown, aliases=aliases, required=required)
     # every generated command lists its options in full with --help-all
     extra = list(extra) + [inspect.Parameter(
         "help_all", inspect.Parameter.KEYWORD_ONLY, annotation=bool,

@@ -126,6 +126,18 @@ class DataSpec:
         if self.limit is not None and self.limit < 1:
             raise UserError(f"limit must be ≥ 1, got {self.limit}")
 
+    @classmethod
+    def of(cls, value: "DataSpec | str | Path | dict | None") -> "DataSpec":
+        """A DataSpec from a spec, a path alone (read with the default fields), a mapping of its fields, or None
+        (no file: an empty path)."""
+        if isinstance(value, cls):
+            return value
+        if value is None:
+            return cls()
+        if isinstance(value, dict):
+            return cls(**value)
+        return cls(path=str(value))
+
     def field_spec(self) -> "FieldSpec":
         """The :class:`FieldSpec` this spec reads rows with."""
         return FieldSpec.from_names(self.prompt_field, self.response_field, self.messages_field, self.id_field, self.preset)

@@ -915,10 +915,11 @@ def _lora_combos(cfg: EvalConfig) -> list[tuple[int, int]]:
 def warmup_stock_config(cfg: EvalConfig, data: str | Path, out: str | Path, rank: int, lora_seed: int):
     """The :class:`influcoder.stock.StockConfig` whose ``--warmup-steps`` path warms an adapter up on ``data``:
     the experiment's decoder, length and batching, ``teacher.warmup_steps`` / ``teacher.warmup_lr``."""
-    from ..teacher.stock import StockConfig
+    from ..data.records import DataSpec
+    from ..teacher.config import StockConfig
 
     t = cfg.teacher
-    return StockConfig(model=cfg.model, data=str(data), out=str(out), preset="prompt-response",
+    return StockConfig(model=cfg.model, data=DataSpec(str(data), preset="prompt-response"), out=str(out),
                        max_length=cfg.max_length, batch_size=cfg.batch_size, token_budget=cfg.token_budget,
                        projection="none", lora_rank=rank, seed=lora_seed, device=cfg.device, dtype=cfg.precision,
                        warmup_steps=int(t.get("warmup_steps", 0)), warmup_lr=float(t.get("warmup_lr", 2e-5)))

@@ -15,7 +15,7 @@ from ..student.distill import DistillConfig
 from ..search.embed import EmbedConfig
 from ..search.index import IndexConfig
 from ..data.records import DataSpec
-from ..teacher.stock import StockConfig
+from ..teacher.config import StockConfig
 
 _FIELD_OPTIONS = ("preset", "prompt_field", "response_field", "messages_field", "id_field", "limit", "skip_invalid")
 SCORERS = ("student", "exact-query")
@@ -33,7 +33,7 @@ def _checked_by(stage_cls: type, **placeholders):
 
 
 TeacherConfig = section_of(
-    StockConfig, "TeacherConfig", exclude=("data", "out", "overwrite", *_FIELD_OPTIONS),
+    StockConfig, "TeacherConfig", exclude=("data", "out", "overwrite"),
     defaults={"model": "smollm2-135m-instruct"}, validate=_checked_by(StockConfig, data="-", out="-"),
     doc="The teacher: how the decoder's LoRA gradients are stocked (influcoder.stock.StockConfig's fields).")
 StudentConfig = section_of(
@@ -43,7 +43,7 @@ StudentConfig = section_of(
     validate=_checked_by(DistillConfig, pool_data="-", query_data="-", labels="-", out="-"),
     doc="The student: how the encoder is distilled (influcoder.distill.DistillConfig's fields).")
 EmbedSection = section_of(
-    EmbedConfig, "EmbedSection", exclude=("encoder", "data", "out", "side", "overwrite", *_FIELD_OPTIONS),
+    EmbedConfig, "EmbedSection", exclude=("encoder", "data", "out", "side", "overwrite"),
     validate=_checked_by(EmbedConfig, encoder="-", data="-", out="-"),
     doc="Embedding the whole pool with the trained encoder (influcoder.embed.EmbedConfig's fields).")
 IndexSection = section_of(

@@ -383,7 +383,8 @@ class Pipeline:
         return {k: v for k, v in split.items() if not k.endswith("_ids")} | {"n_stock": len(train_p)}
 
     def _do_stock(self) -> dict:
-        from ..teacher.stock import StockConfig, stock
+        from ..teacher.config import StockConfig
+        from ..teacher.stock import stock
 
         info = {}
         for side, data in (("pool", "stock_pool.jsonl"), ("queries", "stock_queries.jsonl")):
@@ -510,7 +511,8 @@ class Pipeline:
         ranking) atomically; the store of the added queries is kept under exact_query/added/ (a rerun reuses or
         resumes it)."""
         from ..student.exact_query import ExactQueryModel, check_reference, ranked_pool_rows, top_k_rows
-        from ..teacher.stock import StockConfig, stock
+        from ..teacher.config import StockConfig
+        from ..teacher.stock import stock
         from ..teacher.store import open_store
 
         if not (self.record("exact_query") and self.up_to_date("exact_query")):
@@ -529,7 +531,7 @@ class Pipeline:
         tag = hashlib.sha256(json.dumps({"data": file_fingerprint(queries.path)["sha256"], "fields": fields,
                                          "teacher": to_dict(self.cfg.teacher)}, sort_keys=True).encode()).hexdigest()[:16]
         store = self.path("exact_query", "added", tag)
-        stock(StockConfig(data=queries.path, out=str(store), **fields, **to_dict(self.cfg.teacher)), progress=self.progress)
+        stock(StockConfig(data=queries, out=str(store), **to_dict(self.cfg.teacher)), progress=self.progress)
         qs = open_store(store)
         check_reference(qs.manifest, json.loads(self.path("stores", "queries", "manifest.json").read_text()),
                         f"{store}: the added queries' gradients")
@@ -546,11 +548,8 @@ class Pipeline:
         from ..search.embed import EmbedConfig, embed_file, open_embeddings
 
         p = self.pool_spec
-        path = embed_file(EmbedConfig(encoder=str(self.scorer_path), data=p.path, out=str(self.path("embeddings")),
-                                      side="pool", preset=p.preset, prompt_field=p.prompt_field,
-                                      response_field=p.response_field, messages_field=p.messages_field,
-                                      id_field=p.id_field, limit=p.limit, skip_invalid=p.skip_invalid,
-                                      **to_dict(self.cfg.embed)), progress=self.progress)
+        path = embed_file(EmbedConfig(encoder=str(self.scorer_path), data=p, out=str(self.path("embeddings")),
+                                      side="pool", **to_dict(self.cfg.embed)), progress=self.progress)
         s = open_embeddings(path)
         return {"n": len(s), "dim": s.dim, "precision": s.manifest.get("precision")}
 
@@ -568,8 +567,7 @@ class Pipeline:
         a = {k: v for k, v in to_dict(self.cfg.attribute).items() if k != "enabled"}
         self.path("attribution").mkdir(parents=True, exist_ok=True)
         rows, report = run_attribute(AttributeConfig(
-            encoder=str(self.scorer_path), index=str(self.path("index")), queries=q.path,
-            query_preset=q.preset, query_prompt_field=q.prompt_field, query_response_field=q.response_field,
+            encoder=str(self.scorer_path), index=str(self.path("index")), queries=q,
             data=self.pool_spec.path, out=str(self.path("attribution", "attribution.jsonl")), **a))
         from ..search.embed import resolved_precision
 
@@ -582,10 +580,8 @@ class Pipeline:
         p, q = self.pool_spec, self.queries_spec
         f = {k: v for k, v in to_dict(self.cfg.filter).items() if k != "enabled"}
         path = filter_pool(FilterConfig(
-            encoder=str(self.scorer_path), out=str(self.path("filter")), data=p.path,
-            pool_embeddings=str(self.path("embeddings")), queries=q.path, preset=p.preset,
-            prompt_field=p.prompt_field, response_field=p.response_field, query_preset=q.preset,
-            query_prompt_field=q.prompt_field, query_response_field=q.response_field, **f), progress=self.progress)
+            encoder=str(self.scorer_path), out=str(self.path("filter")), data=p,
+            pool_embeddings=str(self.path("embeddings")), queries=q, **f), progress=self.progress)
         rep = json.loads((path / "report.json").read_text())
         from ..search.embed import resolved_precision
 

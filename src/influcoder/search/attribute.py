@@ -32,7 +32,7 @@ from ..student.loading import encoder_fingerprint, encoder_metadata, load_encode
 from ..core.errors import UserError
 from ..core.fileio import atomic_write_text
 from .index import FaissIndex, exact_search, open_index
-from ..data.records import PRESETS, FieldSpec, Record, iter_records, read_records, record_to_text
+from ..data.records import DataSpec, PRESETS, FieldSpec, Record, iter_records, read_records, record_to_text
 
 __all__ = [
     "AttributeConfig",
@@ -240,8 +240,9 @@ class AttributeConfig:
     """Encoder folder or ``minilm-l6``: must be the encoder the index was built with."""
     index: str
     """Index folder written by ``influcoder index``."""
-    queries: str | None = None
-    """Queries: a records file, or an embedding store folder made with the same encoder (side query)."""
+    queries: DataSpec = field(default_factory=DataSpec)
+    """Queries: a records file and how to read it, or an embedding store folder made with the same encoder
+    (side query); empty path: only query_texts."""
     query_texts: list[str] = field(default_factory=list)
     """Extra queries given as text (ids text:0, text:1, ...)."""
     top_k: int = 10
@@ -250,12 +251,6 @@ class AttributeConfig:
     """Output file (JSONL; CSV with ``csv``); None: only return the records."""
     csv: bool = False
     """Write CSV instead of JSONL."""
-    query_preset: str | None = None
-    """Field mapping preset of the queries file (e.g. bbh)."""
-    query_prompt_field: str | None = None
-    """Prompt field(s) of the queries file, comma-separated."""
-    query_response_field: str | None = None
-    """Response field of the queries file."""
     data: str | None = None
     """Pool data file to take texts from (default: the file the index's embeddings were made from)."""
     with_text: bool = True
@@ -278,6 +273,7 @@ class AttributeConfig:
         from ..core.hardware import check_compute
 
         check_compute(self.device, self.precision)
+        self.queries = DataSpec.of(self.queries)
         if isinstance(self.ood, dict):
             self.ood = OODConfig(**self.ood)
         if self.top_k < 1:
@@ -352,12 +348,12 @@ def run_attribute(cfg: AttributeConfig, *, encoder=None, index: FaissIndex | Non
     index.require_encoder(fp, f"encoder '{cfg.encoder}'")
     if encoder is None:
         encoder = load_encoder(cfg.encoder, device=cfg.device, precision=cfg.precision, stage="attribute")
-    spec = _spec(cfg.query_preset, cfg.query_prompt_field, cfg.query_response_field)
+    spec = cfg.queries.field_spec()
     if query_records is not None:
         q_ids, q_items = [r.id for r in query_records], list(query_records)
         q_emb = normalise(encode_sorted(encoder, q_items, batch_size=cfg.batch_size, side="query"))
     else:
-        q_ids, q_items, q_emb = _query_embeddings(cfg.queries, cfg.query_texts, spec, encoder, fp, cfg.batch_size, index)
+        q_ids, q_items, q_emb = _query_embeddings(cfg.queries.path or None, cfg.query_texts, spec, encoder, fp, cfg.batch_size, index)
     scores, pos = index.search(q_emb, cfg.top_k, nprobe=cfg.nprobe, ef_search=cfg.ef_search)
 
     refs, ood_note = references if references is not None else build_references(encoder, cfg.ood, cfg.batch_size)
@@ -450,14 +446,15 @@ class FilterConfig:
     """Encoder folder or ``minilm-l6``."""
     out: str
     """Output folder: scores.jsonl, ranked.jsonl, filtered.<ext>, ood.jsonl, report.json."""
-    data: str | None = None
-    """Pool records file (.jsonl/.json/.csv/.parquet); its filtered copy keeps this format."""
+    data: DataSpec = field(default_factory=DataSpec)
+    """Pool records file (.jsonl/.json/.csv/.parquet) and how to read it; its filtered copy keeps this format
+    (empty path: the pool is pool_texts)."""
     pool_texts: list[str] = field(default_factory=list)
     """Pool given as text instead (ids text:0, ...; the filtered copy is JSONL {"id", "text"})."""
     pool_embeddings: str | None = None
     """Reuse this embedding store of ``data`` (must come from the same encoder) instead of embedding again."""
-    queries: str | None = None
-    """Queries records file."""
+    queries: DataSpec = field(default_factory=DataSpec)
+    """Queries records file and how to read it."""
     query_texts: list[str] = field(default_factory=list)
     """Queries given as text."""
     aggregate: str = "mean"
@@ -468,18 +465,6 @@ class FilterConfig:
     """Select pool examples whose aggregated score is above this instead."""
     keep: bool = False
     """Keep only the selected examples (default: remove them)."""
-    preset: str | None = None
-    """Field mapping preset of the pool file."""
-    prompt_field: str | None = None
-    """Prompt field(s) of the pool file."""
-    response_field: str | None = None
-    """Response field of the pool file."""
-    query_preset: str | None = None
-    """Field mapping preset of the queries file."""
-    query_prompt_field: str | None = None
-    """Prompt field(s) of the queries file."""
-    query_response_field: str | None = None
-    """Response field of the queries file."""
     dtype: str = "float16"
     """Storage precision of the pool embeddings written under OUT/pool_embeddings."""
     batch_size: int = 64
@@ -498,6 +483,7 @@ class FilterConfig:
         from ..core.hardware import check_compute
 
         check_compute(self.device, self.precision)
+        self.data, self.queries = DataSpec.of(self.data), DataSpec.of(self.queries)
         if isinstance(self.ood, dict):
             self.ood = OODConfig(**self.ood)
         errs = []
@@ -509,9 +495,9 @@ class FilterConfig:
             self.fraction = 0.1
         if self.fraction is not None and not 0.0 <= self.fraction <= 1.0:
             errs.append("fraction must be between 0 and 1")
-        if not self.data and not self.pool_texts and not self.pool_embeddings:
+        if not self.data.path and not self.pool_texts and not self.pool_embeddings:
             errs.append("give the pool as a file (--data) or as text (--pool-text)")
-        if self.pool_embeddings and not self.data:
+        if self.pool_embeddings and not self.data.path:
             errs.append("--pool-embeddings needs the pool file (--data) it was made from")
         if errs:
             raise UserError("; ".join(errs))
@@ -535,9 +521,7 @@ def select_examples(scores: np.ndarray, threshold: float | None, fraction: float
 
 def pool_embed_config(cfg: FilterConfig) -> EmbedConfig:
     """The embedding store ``filter`` makes of its pool file (``OUT/pool_embeddings``; local or on Ray)."""
-    return EmbedConfig(encoder=cfg.encoder, data=cfg.data, out=str(Path(cfg.out) / "pool_embeddings"), side="pool",
-                       preset=cfg.preset, prompt_field=cfg.prompt_field, response_field=cfg.response_field,
-                       dtype=cfg.dtype, batch_size=cfg.batch_size, device=cfg.device, precision=cfg.precision)
+    return EmbedConfig(encoder=cfg.encoder, data=cfg.data, out=str(Path(cfg.out) / "pool_embeddings"), side="pool", dtype=cfg.dtype, batch_size=cfg.batch_size, device=cfg.device, precision=cfg.precision)
 
 
 def filter_pool(cfg: FilterConfig, *, encoder=None, progress: bool = True,
@@ -551,7 +535,7 @@ def filter_pool(cfg: FilterConfig, *, encoder=None, progress: bool = True,
         encoder = load_encoder(cfg.encoder, device=cfg.device, precision=cfg.precision, stage="filter")
     # pool embeddings: a store (streamed, resumable) for files, in memory for command-line texts
     store: EmbeddingStore | None = None
-    if cfg.data:
+    if cfg.data.path:
         if cfg.pool_embeddings:
             store = open_embeddings(cfg.pool_embeddings)
             if store.fingerprint != fp:
@@ -559,8 +543,8 @@ def filter_pool(cfg: FilterConfig, *, encoder=None, progress: bool = True,
                     f"pool embeddings {cfg.pool_embeddings} were made with encoder '{store.manifest['encoder']['name']}' "
                     f"(fingerprint {store.fingerprint[:12]}), not '{cfg.encoder}' (fingerprint {fp[:12]}); re-embed the pool"
                 )
-            if store.manifest["data"]["sha256"] != _sha(cfg.data):
-                raise UserError(f"pool embeddings {cfg.pool_embeddings} were made from another file than {cfg.data}")
+            if store.manifest["data"]["sha256"] != _sha(cfg.data.path):
+                raise UserError(f"pool embeddings {cfg.pool_embeddings} were made from another file than {cfg.data.path}")
         else:
             store = open_embeddings(embed_file(pool_embed_config(cfg), progress=progress, encoder=encoder))
     return filter_store(cfg, store, encoder=encoder, t0=t0, references=references)
@@ -579,8 +563,8 @@ def filter_store(cfg: FilterConfig, store: EmbeddingStore | None, *, encoder=Non
         raise UserError(f"pool embeddings {store.root} were made with another encoder than '{cfg.encoder}'")
     if encoder is None:
         encoder = load_encoder(cfg.encoder, device=cfg.device, precision=cfg.precision, stage="filter")
-    q_spec = _spec(cfg.query_preset, cfg.query_prompt_field, cfg.query_response_field)
-    q_ids, q_items, q_emb = _query_embeddings(cfg.queries, cfg.query_texts, q_spec, encoder, fp, cfg.batch_size, None)
+    q_spec = cfg.queries.field_spec()
+    q_ids, q_items, q_emb = _query_embeddings(cfg.queries.path or None, cfg.query_texts, q_spec, encoder, fp, cfg.batch_size, None)
 
     p_ids: list[str] = []
     p_rows: list[int] = []
@@ -625,11 +609,11 @@ def filter_store(cfg: FilterConfig, store: EmbeddingStore | None, *, encoder=Non
     outputs = []
     notes = [ood_note]
     if store is not None:
-        if "://" in str(cfg.data):
-            notes.append(f"no filtered copy of the URL input {cfg.data}: ranked.jsonl's kept column says which rows to keep")
+        if "://" in cfg.data.path:
+            notes.append(f"no filtered copy of the URL input {cfg.data.path}: ranked.jsonl's kept column says which rows to keep")
         else:
             keep_rows = {p_rows[i] for i in range(len(store)) if kept[i]}
-            outputs.append(str(write_filtered_copy(cfg.data, out, keep_rows)))
+            outputs.append(str(write_filtered_copy(cfg.data.path, out, keep_rows)))
     if t_items:
         base = len(store) if store is not None else 0
         dst = out / ("filtered_texts.jsonl" if store is not None else "filtered.jsonl")

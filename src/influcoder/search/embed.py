@@ -47,7 +47,7 @@ import numpy as np
 from ..student.loading import encoder_fingerprint, encoder_identity, encoder_metadata, load_encoder, read_encoder_metadata, resolve_encoder_path
 from ..core.errors import UserError
 from ..core.fileio import atomic_save_npy, atomic_write_text, read_manifest
-from ..data.records import FieldSpec, InvalidRow, Record, RecordError, row_to_record, file_fingerprint, iter_rows, record_to_text
+from ..data.records import DataSpec, FieldSpec, InvalidRow, Record, RecordError, row_to_record, file_fingerprint, iter_rows, record_to_text
 from ..teacher.store import ShardedMatrix, StoreWriter, open_sharded
 
 __all__ = [
@@ -127,26 +127,13 @@ class EmbedConfig:
 
     encoder: str
     """Encoder folder (``influcoder train --out``) or the packaged short name ``minilm-l6``."""
-    data: str
-    """Records file (.jsonl, .json, .csv, .parquet, optionally .gz)."""
+    data: DataSpec
+    """The records to embed: a file (.jsonl, .json, .csv, .parquet, optionally .gz) and how to read it (a path
+    alone is read with the default fields); rows skipped under data.skip_invalid are listed in invalid.jsonl."""
     out: str
     """Store folder (created; an unfinished store there with the same settings is resumed)."""
     side: str = "pool"
     """Which encoder side formats the texts: ``pool`` (training examples) or ``query``."""
-    preset: str | None = None
-    """Named field mapping: alpaca, dolly, bbh, gsm8k, xstest-completions, prompt-response."""
-    prompt_field: str | None = None
-    """Prompt field(s), comma-separated to join several (default: prompt, or the preset's)."""
-    response_field: str | None = None
-    """Response field (default: response, or the preset's)."""
-    messages_field: str | None = None
-    """Chat-style messages field (default: messages)."""
-    id_field: str | None = None
-    """Id field (default: id; the row number when absent)."""
-    limit: int | None = None
-    """Embed only the first N valid records."""
-    skip_invalid: bool = False
-    """Skip bad rows (listed in invalid.jsonl) instead of stopping at the first."""
     dtype: str = "float16"
     """Storage precision of the embeddings: float16 or float32 (computed at ``precision``)."""
     batch_size: int = 64
@@ -165,6 +152,7 @@ class EmbedConfig:
         from ..core.hardware import check_compute
 
         check_compute(self.device, self.precision)
+        self.data = DataSpec.of(self.data)
         errs = []
         if self.side not in ("pool", "query"):
             errs.append("side must be pool or query")
@@ -172,17 +160,11 @@ class EmbedConfig:
             errs.append("dtype must be float16 or float32")
         if self.batch_size < 1 or self.shard_size < 1:
             errs.append("batch_size and shard_size must be ≥ 1")
-        if self.limit is not None and self.limit < 1:
-            errs.append("limit must be ≥ 1")
         if errs:
             raise UserError("; ".join(errs))
 
     def field_spec(self) -> FieldSpec:
-        from ..data.records import PRESETS
-
-        if self.preset and self.preset not in PRESETS:
-            raise UserError(f"unknown preset '{self.preset}' (choose from {', '.join(PRESETS)})")
-        return FieldSpec.from_names(self.prompt_field, self.response_field, self.messages_field, self.id_field, self.preset)
+        return self.data.field_spec()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -303,8 +285,8 @@ def store_header(cfg: EmbedConfig, data_fingerprint: dict) -> dict:
         "side": cfg.side,
         "dtype": cfg.dtype,
         "precision": resolved_precision(cfg),  # the forward's, resolved (auto → float32 or bfloat16)
-        "limit": cfg.limit,
-        "skip_invalid": cfg.skip_invalid,
+        "limit": cfg.data.limit,
+        "skip_invalid": cfg.data.skip_invalid,
     }
 
 
@@ -321,7 +303,7 @@ def open_embedding_writer(cfg: EmbedConfig, plan: EmbedPlan, data_fingerprint: d
         raise EmbeddingStoreError(f"{out} exists and is not an embedding store; use another --out folder")
     if (out / MANIFEST).exists():
         _read_manifest(out)  # another kind of folder (or an older format) is refused with its own message
-    header = store_header(cfg, data_fingerprint or file_fingerprint(cfg.data))
+    header = store_header(cfg, data_fingerprint or file_fingerprint(cfg.data.path))
     header["rows_sha256"] = hashlib.sha256(np.ascontiguousarray(plan.rows, dtype=np.int64).tobytes()).hexdigest()
     writer = StoreWriter(out, header, plan.ids, cfg.shard_size, cfg.dtype, fmt=FORMAT, error=EmbeddingStoreError)
     if not writer.complete:
@@ -435,10 +417,10 @@ def embed_file(
     ``encoder`` may be passed to reuse an already loaded one (it must be ``cfg.encoder``); ``on_shard(i)``
     is called after shard ``i`` is listed in the manifest."""
     t_start = time.perf_counter()
-    data = Path(cfg.data)
+    data = Path(cfg.data.path)
     spec = cfg.field_spec()
     plan = plan_rows((check_row(data, row, obj, spec) for row, obj in iter_rows(data)), data, spec,
-                     skip_invalid=cfg.skip_invalid, limit=cfg.limit)
+                     skip_invalid=cfg.data.skip_invalid, limit=cfg.data.limit)
     writer = open_embedding_writer(cfg, plan)
     if writer.complete:
         return writer.root

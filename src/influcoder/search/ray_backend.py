@@ -228,15 +228,15 @@ def _plan(ray, cfg, rcfg: RayConfig, refs):
 
     spec = cfg.field_spec()
     checked = ray.data.from_arrow_refs(refs).map_batches(
-        _check_batch, fn_kwargs={"data_label": str(cfg.data), "spec": spec}, batch_size=rcfg.rows_per_batch,
+        _check_batch, fn_kwargs={"data_label": str(cfg.data.path), "spec": spec}, batch_size=rcfg.rows_per_batch,
         batch_format="pyarrow")
     tables = [t for t in ray.get(checked.to_arrow_refs()) if t.num_rows]
     if not tables:
-        raise UserError(f"{cfg.data}: no valid records to embed")
+        raise UserError(f"{cfg.data.path}: no valid records to embed")
     t = pa.concat_tables(tables)
     t = t.take(np.argsort(t.column("row").to_numpy(), kind="stable"))
     cols = [t.column(c).to_pylist() for c in ("row", "id", "field", "problem", "fatal")]
-    return plan_rows(zip(*cols), cfg.data, spec, skip_invalid=cfg.skip_invalid, limit=cfg.limit)
+    return plan_rows(zip(*cols), cfg.data.path, spec, skip_invalid=cfg.data.skip_invalid, limit=cfg.data.limit)
 
 
 class _ShardActor:
@@ -279,15 +279,15 @@ def embed_with_ray(cfg, rcfg: RayConfig, *, on_shard: Callable[[int], None] | No
     ray = require_ray()
     t_start = time.perf_counter()
     cfg.field_spec()  # an unknown preset or a missing file fails before Ray starts
-    if not _is_url(cfg.data) and not Path(cfg.data).exists():
-        raise UserError(f"{cfg.data}: file not found")
-    data_fp = _data_fingerprint(cfg.data)
+    if not _is_url(cfg.data.path) and not Path(cfg.data.path).exists():
+        raise UserError(f"{cfg.data.path}: file not found")
+    data_fp = _data_fingerprint(cfg.data.path)
     started = _connect(ray, rcfg)
     actors: list = []
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True
-        refs, spans = _read_numbered(ray, cfg.data, rcfg)
+        refs, spans = _read_numbered(ray, cfg.data.path, rcfg)
         plan = _plan(ray, cfg, rcfg, refs)
         writer = open_embedding_writer(cfg, plan, data_fp)
         if writer.complete:
@@ -300,7 +300,7 @@ def embed_with_ray(cfg, rcfg: RayConfig, *, on_shard: Callable[[int], None] | No
 
             device = "cuda" if rcfg.gpus_per_actor > 0 else "cpu"
             actor_cls = ray.remote(_ShardActor).options(num_cpus=rcfg.cpus_per_actor, num_gpus=rcfg.gpus_per_actor or None)
-            actors = [actor_cls.remote(cfg.encoder, str(writer.root.resolve()), str(cfg.data), cfg.field_spec(), cfg.side,
+            actors = [actor_cls.remote(cfg.encoder, str(writer.root.resolve()), str(cfg.data.path), cfg.field_spec(), cfg.side,
                                        cfg.batch_size, cfg.dtype, device, writer.header["precision"]) for _ in range(min(rcfg.num_actors, len(todo)))]
 
             firsts = [first for first, _ in spans]  # blocks are in row order
@@ -351,7 +351,7 @@ def filter_with_ray(cfg, rcfg: RayConfig) -> Path:
     from .embed import open_embeddings
     from ..core.fileio import atomic_write_text
 
-    if not cfg.data:
+    if not cfg.data.path:
         raise UserError("--ray filters a pool file: give --data (pool texts on the command line need no cluster)")
     if cfg.pool_embeddings:
         raise UserError("--pool-embeddings reuses a finished store: nothing to run on Ray; drop --ray")

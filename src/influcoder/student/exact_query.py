@@ -354,7 +354,8 @@ class ExactQueryEncoder:
 
         from ..core.errors import UserError
         from ..data.records import Record, write_records
-        from ..teacher.stock import StockConfig, stock
+        from ..teacher.config import StockConfig
+        from ..teacher.stock import stock
         from ..teacher.store import open_store
 
         if not self.model.teacher or not self.model.reference:

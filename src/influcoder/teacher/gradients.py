@@ -35,47 +35,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import LoraSettings
 from .tokenization import Batch
 
 __all__ = ["LoraSettings", "LoraGradients", "block_linear_names", "per_example_losses"]
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA adapters whose parameters define the gradient."""
-
-    rank: int = 8
-    """LoRA rank r."""
-    alpha: float = 16.0
-    """LoRA alpha (scaling = alpha / r)."""
-    dropout: float = 0.0
-    """LoRA dropout; must be 0 for deterministic gradients."""
-    target_modules: tuple[str, ...] | None = None
-    """Module name suffixes to adapt (e.g. q_proj, v_proj); None = every linear layer of the blocks."""
-    seed: int = 0
-    """Seed of the adapter initialisation (A is random; pool and query stores must share it)."""
-    include_lora_a: str = "auto"
-    """'auto' (drop lora_A when every lora_B is zero, its gradient then being exactly 0), 'yes' or 'no'."""
-
-    def __post_init__(self):
-        if self.rank < 1:
-            raise ValueError(f"LoRA rank must be ≥ 1, got {self.rank}")
-        if self.dropout != 0.0:
-            raise ValueError("LoRA dropout must be 0: per-example gradients must be deterministic")
-        if self.include_lora_a not in ("auto", "yes", "no"):
-            raise ValueError("include_lora_a must be auto, yes or no")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["target_modules"] = list(self.target_modules) if self.target_modules else None
-        return d
 
 
 def _decoder_layers_prefixes(model: nn.Module) -> list[str]:

@@ -15,40 +15,17 @@ seed produces bit-identical projections, and gradients can be fed in pieces (mod
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Iterable
 
 import numpy as np
 import torch
 
+from .config import KINDS, ProjectionConfig  # noqa: F401  (KINDS: the projection kinds, with their config)
+
 __all__ = ["ProjectionConfig", "Projector", "CountSketch", "DenseProjector", "Identity", "make_projector", "BLOCK"]
 
 BLOCK = 1 << 16
 """Coordinates per generated block. Part of the projection's definition: changing it changes outputs."""
-
-KINDS = ("countsketch", "rademacher", "gaussian", "none")
-
-
-@dataclass(frozen=True)
-class ProjectionConfig:
-    """How gradients are compressed before storage."""
-
-    kind: str = "countsketch"
-    """One of countsketch, rademacher, gaussian, none."""
-    dim: int = 8192
-    """Output dimension k (ignored for ``none``)."""
-    seed: int = 0
-    """Seed of the hash/signs or of the dense matrix; same seed ⇒ bit-identical projection."""
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"projection kind must be one of {', '.join(KINDS)}, got '{self.kind}'")
-        if self.kind != "none" and self.dim < 1:
-            raise ValueError(f"projection dim must be ≥ 1, got {self.dim}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def _block_generator(seed: int, block: int, salt: int) -> np.random.Generator:
     # Philox keyed by (seed, block, salt): platform-independent and reproducible across processes.

@@ -15,7 +15,7 @@ import json
 import resource
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -25,116 +25,16 @@ import torch
 from .distributed import context
 from ..core.errors import UserError
 from ..core.fileio import atomic_save_npy
-from ..core.hardware import PRECISIONS
-from .gradients import LoraGradients, LoraSettings
-from .projection import ProjectionConfig, make_projector
-from ..data.records import FieldSpec, InvalidRow, Record, RecordError, file_fingerprint, iter_records
+from .config import StockConfig
+from .gradients import LoraGradients
+from .projection import make_projector
+from ..data.records import InvalidRow, Record, RecordError, file_fingerprint, iter_records
 from .store import StoreWriter
 from .tokenization import Encoded, collate, encode_record, pack_by_tokens
 
 __all__ = ["StockConfig", "stock", "warm_up_adapter", "LOSS_DESCRIPTION"]
 
 LOSS_DESCRIPTION = "mean cross-entropy over the example's own response tokens (prompt and padding labels -100); batch loss = sum of per-example losses"
-
-
-@dataclass
-class StockConfig:
-    """Everything that defines a gradient store (shared by the CLI and the Python API)."""
-
-    model: str
-    """Decoder: hub id, local folder, or a packaged short name (smollm2-135m-instruct)."""
-    data: str
-    """Input file (.jsonl, .json, .csv, .parquet)."""
-    out: str
-    """Store folder (created; an unfinished store there is resumed)."""
-    prompt_field: str | None = None
-    """Prompt field(s), comma-separated to join several (default: prompt, or the preset's)."""
-    response_field: str | None = None
-    """Response field (default: response, or the preset's)."""
-    messages_field: str | None = None
-    """Chat-style messages field (default: messages)."""
-    id_field: str | None = None
-    """Id field (default: id; the row number when absent)."""
-    preset: str | None = None
-    """Named field mapping: alpaca, dolly, bbh, gsm8k, xstest-completions, prompt-response."""
-    limit: int | None = None
-    """Use only the first N valid records."""
-    skip_invalid: bool = False
-    """Skip bad rows (listed in invalid.jsonl) instead of stopping."""
-    chat_template: bool | None = None
-    """Render with the tokenizer's chat template (default: when it has one)."""
-    max_length: int = 512
-    """Tokens per example after truncation (the prompt is cut from the left first)."""
-    projection: str = "countsketch"
-    """countsketch, rademacher, gaussian or none."""
-    proj_dim: int = 8192
-    """Projected dimension k."""
-    seed: int = 0
-    """Seed of the projection and of the LoRA initialisation."""
-    lora_rank: int = 8
-    """LoRA rank."""
-    lora_alpha: float = 16.0
-    """LoRA alpha."""
-    target_modules: str | None = None
-    """Comma-separated linear-layer names to adapt (default: all linear layers of the blocks)."""
-    include_lora_a: str = "auto"
-    """auto (drop the exactly-zero lora_A gradients of a fresh adapter), yes or no."""
-    adapter: str | None = None
-    """Load this LoRA adapter folder (e.g. a pool store's adapter/ after warm-up) instead of a fresh one."""
-    warmup_steps: int = 0
-    """LESS-style warm-up: LoRA training steps on this data before stocking (0 = off)."""
-    warmup_lr: float = 2e-5
-    """Learning rate of the warm-up."""
-    dtype: str = "auto"
-    """Compute precision: auto (bfloat16 where the device computes it natively, float32 elsewhere; see
-    influcoder.hardware), float32, or bfloat16 (autocast). The store's manifest records the resolved one."""
-    store_dtype: str = "float32"
-    """Storage precision: float32 or float16."""
-    batch_size: int = 8
-    """Most examples per batch."""
-    token_budget: int = 1024
-    """Most padded tokens per batch (batch size × longest example)."""
-    padding_side: str = "right"
-    """Padding side (results do not depend on it)."""
-    shard_size: int = 256
-    """Rows per shard: the unit of atomic writing and of resume."""
-    overwrite: bool = False
-    """Delete an existing store at ``out`` first."""
-    device: str = "auto"
-    """cpu, cuda, cuda:N, or auto (this rank's GPU when there is one, else cpu)."""
-
-    def __post_init__(self):
-        errs = []
-        if self.dtype not in PRECISIONS:
-            errs.append(f"dtype must be one of {', '.join(PRECISIONS)}")
-        if self.store_dtype not in ("float32", "float16"):
-            errs.append("store_dtype must be float32 or float16")
-        if self.batch_size < 1 or self.shard_size < 1 or self.max_length < 2:
-            errs.append("batch_size and shard_size must be ≥ 1 and max_length ≥ 2")
-        if self.padding_side not in ("left", "right"):
-            errs.append("padding_side must be left or right")
-        if self.warmup_steps and self.adapter:
-            errs.append("give either --adapter or --warmup-steps, not both")
-        try:
-            ProjectionConfig(self.projection, self.proj_dim, self.seed)
-            self.lora_settings()
-        except ValueError as e:
-            errs.append(str(e))
-        if errs:
-            raise UserError("; ".join(errs))
-
-    def field_spec(self) -> FieldSpec:
-        return FieldSpec.from_names(self.prompt_field, self.response_field, self.messages_field, self.id_field, self.preset)
-
-    def lora_settings(self) -> LoraSettings:
-        targets = tuple(t.strip() for t in self.target_modules.split(",")) if self.target_modules else None
-        return LoraSettings(self.lora_rank, self.lora_alpha, 0.0, targets, self.seed, self.include_lora_a)
-
-    def projection_config(self) -> ProjectionConfig:
-        return ProjectionConfig(self.projection, self.proj_dim, self.seed)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _peak_rss_mb() -> float:
@@ -156,7 +56,7 @@ def _encode_or_skip(cfg: StockConfig, tokenizer, r: Record, invalid: list[Invali
     try:
         return encode_record(tokenizer, r, cfg.max_length, cfg.chat_template)
     except RecordError as err:
-        if not cfg.skip_invalid:
+        if not cfg.data.skip_invalid:
             raise
         invalid.append(InvalidRow(err.path, err.row if err.row is not None else r.row, err.field, err.problem))
         return None
@@ -166,7 +66,7 @@ def _validate(cfg: StockConfig, tokenizer, keep_first: int = 0) -> _Plan:
     """Pass 1: stream every row, validate and tokenise it (bad input stops here, before any compute)."""
     invalid: list[InvalidRow] = []
     ids, rows, first = [], [], []
-    for r in iter_records(cfg.data, cfg.field_spec(), skip_invalid=cfg.skip_invalid, invalid=invalid):
+    for r in iter_records(cfg.data.path, cfg.field_spec(), skip_invalid=cfg.data.skip_invalid, invalid=invalid):
         e = _encode_or_skip(cfg, tokenizer, r, invalid)
         if e is None:
             continue
@@ -174,10 +74,10 @@ def _validate(cfg: StockConfig, tokenizer, keep_first: int = 0) -> _Plan:
         rows.append(r.row)
         if len(first) < keep_first:
             first.append(e)
-        if cfg.limit is not None and len(ids) >= cfg.limit:
+        if cfg.data.limit is not None and len(ids) >= cfg.data.limit:
             break
     if not ids:
-        raise UserError(f"{cfg.data}: no valid records to stock" + (f" ({len(invalid)} invalid rows)" if invalid else ""))
+        raise UserError(f"{cfg.data.path}: no valid records to stock" + (f" ({len(invalid)} invalid rows)" if invalid else ""))
     return _Plan(ids, np.asarray(rows, dtype=np.int64), invalid, first)
 
 
@@ -188,7 +88,7 @@ def _shards(cfg: StockConfig, tokenizer, plan: _Plan, shard_size: int, wanted: l
     n = len(plan.ids)
     k = 0  # index among valid records
     buf: list[Record] = []
-    for r in iter_records(cfg.data, cfg.field_spec(), skip_invalid=True):
+    for r in iter_records(cfg.data.path, cfg.field_spec(), skip_invalid=True):
         if k >= n:
             break
         if r.row != plan.rows[k]:
@@ -202,7 +102,7 @@ def _shards(cfg: StockConfig, tokenizer, plan: _Plan, shard_size: int, wanted: l
                 buf = []
         k += 1
     if k < n:
-        raise UserError(f"{cfg.data} changed while stocking: {n - k} valid rows no longer found")
+        raise UserError(f"{cfg.data.path} changed while stocking: {n - k} valid rows no longer found")
 
 
 def _warm_up(cfg: StockConfig, lg: LoraGradients, tokenizer, plan: _Plan, device, progress: bool = False) -> list[float]:
@@ -313,7 +213,7 @@ def stock(cfg: StockConfig, *, progress: bool = True, on_shard: Callable[[int], 
         "layout_hash": hashlib.sha256(json.dumps(layout).encode()).hexdigest(),
         "dtype": dtype,  # the resolved compute precision (cfg.dtype may be auto)
         "loss": LOSS_DESCRIPTION,
-        "data": file_fingerprint(cfg.data),
+        "data": file_fingerprint(cfg.data.path),
         "fields": dataclasses.asdict(cfg.field_spec()),
         "max_length": cfg.max_length,
         "chat_template": bool(getattr(tokenizer, "chat_template", None)) if cfg.chat_template is None else cfg.chat_template,
@@ -349,7 +249,7 @@ def stock(cfg: StockConfig, *, progress: bool = True, on_shard: Callable[[int], 
                 for j, i in enumerate(b):
                     if not torch.isfinite(norms[j]) or float(norms[j]) == 0.0:
                         r = shard_records[i]
-                        raise UserError(f"{cfg.data}, row {r.row} (id '{r.id}'): gradient is {'zero' if torch.isfinite(norms[j]) else 'not finite'}; refusing to store it")
+                        raise UserError(f"{cfg.data.path}, row {r.row} (id '{r.id}'): gradient is {'zero' if torch.isfinite(norms[j]) else 'not finite'}; refusing to store it")
                     shard_losses[i] = float(loss[j])
                 rows[b] = projected.cpu().numpy()
                 tokens += batch.n_tokens
