@@ -214,16 +214,17 @@ def test_reference_data_read_with_the_field_mapping_the_encoder_was_trained_with
     encoders, the training config's field options) give the reference files their own field mapping."""
     from influcoder.search.attribute import find_reference_data
     from influcoder.student.distill import DistillConfig, _data_specs
-    from influcoder.data.records import read_records
+    from influcoder.data.records import DataSpec, read_records
 
     pool = tmp_path / "pool.jsonl"
     pool.write_text("".join(json.dumps({"key": f"k{i}", "question": f"q {i}", "answer": f"a {i}"}) + "\n" for i in range(3)))
     queries = tmp_path / "queries.json"
     queries.write_text(json.dumps([{"input": "x", "target": "y"}, {"input": "z", "target": "w"}]))
-    cfg = DistillConfig(pool_data=str(pool), query_data=str(queries), labels="l.npy", out="o",
-                        pool_prompt_field="question", pool_response_field="answer", pool_id_field="key",
-                        query_preset="bbh")
-    for meta in ({"data_specs": _data_specs(cfg)}, {"training_config": cfg.to_dict()}):
+    cfg = DistillConfig(pool_data=DataSpec(str(pool), prompt_field="question", response_field="answer", id_field="key"),
+                        query_data=DataSpec(str(queries), preset="bbh"), labels="l.npy", out="o")
+    legacy = {"pool_data": str(pool), "query_data": str(queries), "pool_prompt_field": "question",  # older encoders
+              "pool_response_field": "answer", "pool_id_field": "key", "query_preset": "bbh"}
+    for meta in ({"data_specs": _data_specs(cfg)}, {"training_config": cfg.to_dict()}, {"training_config": legacy}):
         found = find_reference_data(meta)
         (ppath, pspec), = found["pool"]
         (qpath, qspec), = found["query"]

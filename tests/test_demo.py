@@ -16,13 +16,13 @@ def test_demo_pipeline_on_tiny_models(tiny_model_dir, tmp_path):
     data = Path(os.environ.get("INFLUCODER_DATA", "../shared/data"))
     if not (data / "alpaca").exists():
         pytest.skip(f"{data} not found")
-    from influcoder.run.demo import DemoConfig, run_demo
+    from influcoder.run.demo import run_demo
 
     enc = make_tiny_encoder(tmp_path / "enc")
-    cfg = DemoConfig(workdir=str(tmp_path / "demo"), decoder=str(tiny_model_dir), encoder=str(enc), pool_size=40,
-                     n_stock=12, holdout_pool=8, n_queries=12, holdout_queries=4, epochs=1, proj_dim=64,
-                     max_length=128, dtype="float32", top_k=2)
-    m = run_demo(cfg, progress=False)
+    m = run_demo({"out": str(tmp_path / "demo"), "mix": {"pool_n": 40, "queries_n": 12},
+                  "sample": {"n_stock": 12, "holdout_pool": 8, "holdout_queries": 4},
+                  "teacher": {"model": str(tiny_model_dir), "proj_dim": 64, "max_length": 128, "dtype": "float32"},
+                  "student": {"encoder": str(enc), "epochs": 1}, "attribute": {"top_k": 2}}, progress=False)
     root = Path(m["root"])
     for key in ("encoder", "embeddings", "index", "labels", "report", "attribution"):
         assert m[key] and (root / m[key]).exists(), key

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from influcoder.core.errors import UserError
+from influcoder.data.records import DataSpec
 from influcoder.eval.evaluate import load_config, run, toxicity_data
 
 from conftest import SAMPLE_ROWS
@@ -205,7 +206,7 @@ def test_toxicity_end_to_end(tmp_path, tiny_model_dir):
 def test_config_errors(tmp_path):
     p = tmp_path / "bad.yaml"
     # device and precision are checked like every other field
-    for text, match in (("experiment: ranking\nname: x\nbogus: 1\n", "unknown field"),
+    for text, match in (("experiment: ranking\nname: x\nbogus: 1\n", "unknown key"),
                         ("experiment: nope\nname: x\n", "experiment must be"),
                         ("experiment: ranking\nname: x\nprecision: fp8\n", "precision"),
                         ("experiment: ranking\nname: x\ndevice: tpu\n", "device")):
@@ -223,7 +224,7 @@ def test_cli_evaluate_bad_config_exits_2(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("experiment: ranking\n")
     r = subprocess.run([sys.executable, "-m", "influcoder", "evaluate", str(p)], capture_output=True, text=True)
-    assert r.returncode == 2 and "missing required field 'name'" in r.stderr
+    assert r.returncode == 2 and "missing required key 'name'" in r.stderr
 
 
 @pytest.mark.slow
@@ -266,8 +267,8 @@ def test_ranking_with_store_teacher_matches_exact_teacher(tmp_path, tiny_model_d
     cfg_path = _ranking_cfg(tmp_path, tiny_model_dir, methods=[{"kind": "length"}, {"kind": "random"}])
     cfg = yaml.safe_load(cfg_path.read_text())
     for side in ("pool", "query"):
-        stock(StockConfig(model=str(tiny_model_dir), data=cfg["data"][side], out=str(tmp_path / f"store_{side}"),
-                          preset="prompt-response", projection="none", lora_rank=4, seed=0, max_length=64,
+        stock(StockConfig(model=str(tiny_model_dir), data=DataSpec(cfg["data"][side], preset="prompt-response"),
+                          out=str(tmp_path / f"store_{side}"), projection="none", lora_rank=4, seed=0, max_length=64,
                           shard_size=5), progress=False)
     cfg["teacher"] = {"kind": "stores", "pool_store": str(tmp_path / "store_pool"),
                       "query_store": str(tmp_path / "store_query"), "rank": 4, "lora_seed": 0}
@@ -332,8 +333,8 @@ def test_store_teacher_labels_follow_train_pool_file_records(tmp_path, tiny_mode
     cfg_path = _ranking_cfg(tmp_path, tiny_model_dir, methods=[{"kind": "influcoder"}])
     cfg = yaml.safe_load(cfg_path.read_text())
     for side in ("pool", "query"):
-        stock(StockConfig(model=str(tiny_model_dir), data=cfg["data"][side], out=str(tmp_path / f"store_{side}"),
-                          preset="prompt-response", projection="none", lora_rank=4, seed=0, max_length=64,
+        stock(StockConfig(model=str(tiny_model_dir), data=DataSpec(cfg["data"][side], preset="prompt-response"),
+                          out=str(tmp_path / f"store_{side}"), projection="none", lora_rank=4, seed=0, max_length=64,
                           shard_size=5), progress=False)
     pool, _ = read_records(cfg["data"]["pool"])
     qs, _ = read_records(cfg["data"]["query"])
@@ -381,12 +382,13 @@ def test_student_cache_key_is_the_resolved_recipe(monkeypatch):
     import dataclasses
 
     from influcoder.student import distill
-    from influcoder.eval.evaluate import student_recipe
+    from influcoder.eval.evaluate import LEGACY_RECIPE_KEYS, student_recipe
 
     r = student_recipe({"seed": 1})
     names = {f.name for f in dataclasses.fields(distill.DistillConfig)} - {"pool_data", "query_data", "labels", "out"}
     # fields added later are left out at their no-op value (students cached before them keep their keys) ...
-    assert set(r) == names - set(distill.NO_OP_VALUES) and r["seed"] == 1
+    assert set(r) == (names - set(distill.NO_OP_VALUES)) | set(LEGACY_RECIPE_KEYS) and r["seed"] == 1
+    assert all(r[k] is None for k in LEGACY_RECIPE_KEYS)  # the field mappings that moved into pool_data/query_data
     assert r["prior_trees"] == distill.DistillConfig.prior_trees
     assert all(getattr(distill.DistillConfig, k) == v for k, v in distill.NO_OP_VALUES.items())
     assert student_recipe({"seed": 1, "lr": 1e-3}) != r

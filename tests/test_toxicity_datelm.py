@@ -359,7 +359,7 @@ def test_results_are_committed_per_seed_and_method_and_reused_by_construction_ke
     cfg = load_config(path)
     td = toxicity_data(cfg.data, 0)
     het, hom, refs = td["variants"]["Het"], td["variants"]["Hom"], td["refs"]["Het"]
-    a0 = next(a for a in adapters if json.loads((a / "stock_config.json").read_text())["data"].endswith("data.jsonl")
+    a0 = next(a for a in adapters if json.loads((a / "stock_config.json").read_text())["data"]["path"].endswith("data.jsonl")
               and (a / "data.jsonl").read_text().splitlines()[0] == json.dumps({"id": het["pool"][0].id,
                                                                               "prompt": het["pool"][0].prompt,
                                                                               "response": het["pool"][0].response}))

@@ -30,19 +30,10 @@ def _root(
         raise typer.Exit()
 
 
-from . import cli_attribute
-from . import cli_data
-from . import cli_demo
-from . import cli_stock  # noqa: E402
+from . import cli_attribute, cli_data, cli_distill, cli_evaluate, cli_run, cli_serve, cli_stock  # noqa: E402
 
-cli_data.register(app)
-cli_stock.register(app)
-from . import cli_evaluate; cli_evaluate.register(app)  # noqa: E402,E702
-from . import cli_distill; cli_distill.register(app)  # noqa: E402,E702
-cli_attribute.register(app)
-cli_demo.register(app)
-from . import cli_serve; cli_serve.register(app)  # noqa: E402,E702
-from . import cli_run; cli_run.register(app)  # noqa: E402,E702
+for _module in (cli_data, cli_stock, cli_evaluate, cli_distill, cli_attribute, cli_serve, cli_run):
+    _module.register(app)  # each command's flags are generated from its config dataclass
 
 README_SECTION = {
     "run": "Run it on your data", "demo": "Set-up: two commands", "serve": "Explore",

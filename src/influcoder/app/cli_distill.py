@@ -23,13 +23,14 @@ EXTRA = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, annotation=Optiona
 
 
 def _train(values: dict, extras: dict):
+    from ..core.config import config_from_flags
     from ..student.distill import DistillConfig, train
 
     for side in ("pool", "query"):
         for k in _BOTH:
-            name = f"{side}_{k}"
+            name = f"{side}_data__{k}"
             values[name] = values.get(name) or extras.get(k)
-    cfg = DistillConfig(**values)
+    cfg = config_from_flags(DistillConfig, values)
     path = train(cfg, progress=not extras["quiet"], log=lambda s: console.print(s, highlight=False))
     console.print(f"encoder saved to {path}")
 
@@ -37,9 +38,11 @@ def _train(values: dict, extras: dict):
 def register(app: typer.Typer) -> None:
     from ..core.config import command_from
     from ..student.distill import DistillConfig
+    from .cli_stock import data_aliases
 
-    shown = ("pool_data", "query_data", "labels", "out", "encoder", "max_length", "max_train_seconds", "epochs",
-             "seed", "device", "precision")
-    app.command("train")(command_from(DistillConfig, _train, extra=EXTRA, shown=shown, doc=(
+    shown = ("pool_data__path", "query_data__path", "labels", "out", "encoder", "max_length", "max_train_seconds",
+             "epochs", "seed", "device", "precision")
+    aliases = {**data_aliases("pool_data", "pool-data", "pool-"), **data_aliases("query_data", "query-data", "query-")}
+    app.command("train")(command_from(DistillConfig, _train, extra=EXTRA, shown=shown, aliases=aliases, doc=(
         "Distil the teacher's influence rankings (label file) into a bi-encoder, with a leak-free held-out split. "
         "Checkpoints each epoch: the same command resumes an interrupted run.")))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -13,9 +12,19 @@ console = Console(stderr=True)
 
 
 def register(app: typer.Typer) -> None:
+    from ..core.config import command_from
+    from ..teacher.config import InfluenceConfig, TargetsConfig
+
     app.command("stock")(_stock_command())
-    app.command("influence")(influence_cmd)
-    app.command("targets")(targets_cmd)
+    app.command("influence")(command_from(InfluenceConfig, _influence, extra=[_quiet()]))
+    app.command("targets")(command_from(TargetsConfig, _targets, extra=[_quiet()]))
+
+
+def _quiet():
+    import inspect
+
+    return inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                             default=typer.Option(False, "--quiet", help="No progress bar or messages."))
 
 
 DATA_FLAGS = {"path": "", "preset": "--preset", "prompt_field": "--prompt-field", "response_field": "--response-field",
@@ -56,57 +65,45 @@ def _stock(values: dict, extras: dict):
 
 
 def _stock_command():
-    """``influcoder stock``: flags generated from :class:`influcoder.stock.StockConfig`'s fields."""
-    import inspect
-
+    """``influcoder stock``: flags generated from :class:`influcoder.teacher.config.StockConfig`'s fields."""
     from ..core.config import command_from
     from ..teacher.config import StockConfig
 
-    quiet = inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                              default=typer.Option(False, "--quiet", help="No progress bar."))
+    quiet = _quiet()
     shown = ("model", "data__path", "out", "data__preset", "data__prompt_field", "data__response_field", "projection",
              "proj_dim", "max_length", "batch_size", "dtype", "device", "warmup_steps")
     return command_from(StockConfig, _stock, extra=[quiet], shown=shown, aliases=data_aliases("data", "data"), doc=(
         "Stock per-example LoRA gradients (response tokens only), projected, into a resumable store."))
 
 
-def influence_cmd(
-    pool: Path = typer.Option(..., "--pool", help="Pool gradient store."),
-    query: Path = typer.Option(..., "--query", help="Query gradient store."),
-    out: Path = typer.Option(..., "--out", help="Output .npy (float32, pool × query); ids go to OUT.meta.json."),
-    block: int = typer.Option(8192, "--block", help="Rows per block (bounds memory)."),
-    quiet: bool = typer.Option(False, "--quiet"),
-):
-    """Cosine influence matrix between a pool store and a query store."""
+def _influence(values: dict, extras: dict):
+    from ..core.config import config_from_flags
+    from ..teacher.config import InfluenceConfig
     from ..teacher.influence import compute_influence
 
-    path = compute_influence(pool, query, out, pool_block=block, query_block=block, progress=not quiet)
+    cfg = config_from_flags(InfluenceConfig, values)
+    path = compute_influence(Path(cfg.pool), Path(cfg.query), Path(cfg.out), pool_block=cfg.block, query_block=cfg.block,
+                             progress=not extras["quiet"])
     console.print(f"wrote {path} and {path.with_name(path.stem + '.meta.json').name}")
 
 
-def targets_cmd(
-    pool: Path = typer.Option(..., "--pool", help="Pool gradient store."),
-    query: Path = typer.Option(..., "--query", help="Query gradient store."),
-    out: Path = typer.Option(..., "--out", help="Output .npy (float32, (pool + query) × k); ids go to OUT.meta.json."),
-    k: int = typer.Option(32, "--k", help="Principal directions kept."),
-    basis_ids: Optional[Path] = typer.Option(None, "--basis-ids", help="A distill split.json (train_pool_ids, "
-                                             "train_query_ids): fit the basis on those rows only (default: every row)."),
-    quiet: bool = typer.Option(False, "--quiet"),
-):
-    """Dense distillation targets: every stocked example's coordinates in the top-k principal directions of the
-    teacher's unit gradients (train with --dense-targets)."""
+def _targets(values: dict, extras: dict):
     import json
 
+    from ..core.config import config_from_flags
     from ..core.errors import UserError
+    from ..teacher.config import TargetsConfig
     from ..teacher.influence import compute_dense_targets
 
+    cfg = config_from_flags(TargetsConfig, values)
     bp = bq = None
-    if basis_ids is not None:
+    if cfg.basis_ids is not None:
         try:
-            doc = json.loads(basis_ids.read_text())
+            doc = json.loads(Path(cfg.basis_ids).read_text())
             bp, bq = list(doc["train_pool_ids"]), list(doc["train_query_ids"])
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise UserError(f"{basis_ids}: not a split file with train_pool_ids and train_query_ids ({e})") from None
-    path = compute_dense_targets(pool, query, out, k, basis_pool_ids=bp, basis_query_ids=bq)
-    if not quiet:
+            raise UserError(f"{cfg.basis_ids}: not a split file with train_pool_ids and train_query_ids ({e})") from None
+    path = compute_dense_targets(Path(cfg.pool), Path(cfg.query), Path(cfg.out), cfg.k, basis_pool_ids=bp,
+                                 basis_query_ids=bq)
+    if not extras["quiet"]:
         console.print(f"wrote {path} and {path.with_name(path.stem + '.meta.json').name}")

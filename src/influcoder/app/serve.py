@@ -205,7 +205,7 @@ class Explorer:
     def __init__(self, source: ServeSource, *, aggregate: str = "mean", batch_size: int = 64, ood=None,
                  device: str = "auto", precision: str = "auto"):
         from ..search.attribute import OODConfig, build_references
-        from ..search.embed import encoder_fingerprint, load_encoder
+        from ..student.loading import encoder_fingerprint, load_encoder
         from ..search.index import open_index
 
         self.source = source

@@ -278,7 +278,7 @@ def _typer_type(tp: Any) -> Any:
 
 def typer_params(cls: type, *, prefix: str = "", flags: dict[str, str] | None = None, exclude: Iterable[str] = (),
                  required: Iterable[str] = (), shown: Iterable[str] | None = None,
-                 aliases: dict[str, str] | None = None) -> list[inspect.Parameter]:
+                 aliases: dict[str, str] | None = None, base: Any = None) -> list[inspect.Parameter]:
     """One keyword-only typer option per field of ``cls`` (nested dataclass fields recurse with a
     ``section.`` flag prefix). The parameter name is the dotted path with ``__`` (``student__epochs``).
     ``flags`` renames flags by field name; a field without a default (or named in ``required``) is required;
@@ -286,7 +286,7 @@ def typer_params(cls: type, *, prefix: str = "", flags: dict[str, str] | None = 
     ``aliases``: more flag names by dotted field path (``{"data.preset": "--preset"}``; for a true/false field,
     ``"/--no-ood"`` adds an off-name), the short flags a command keeps beside the generated ones.
     ``shown``: the parameter names ``--help`` lists (the others work as usual and are listed by ``--help-all``;
-    None: all)."""
+    None: all). ``base``: an instance of ``cls`` whose values are the flags' defaults (a shipped config's)."""
     import typer
 
     flags, exclude, required, aliases = dict(flags or {}), set(exclude), set(required), dict(aliases or {})
@@ -302,7 +302,8 @@ def typer_params(cls: type, *, prefix: str = "", flags: dict[str, str] | None = 
             no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             out += typer_params(inner, prefix=prefix + f.name + ".", shown=shown, aliases=aliases,
                                 exclude={e for e in exclude if "." in e},
-                                required=("path",) if no_default else ())
+                                required=("path",) if no_default else (),
+                                base=getattr(base, f.name) if base is not None else None)
             continue
         if f.default is not dataclasses.MISSING:
             default = f.default
@@ -310,6 +311,8 @@ def typer_params(cls: type, *, prefix: str = "", flags: dict[str, str] | None = 
             default = f.default_factory()
         else:
             default = ...
+        if base is not None:
+            default = getattr(base, f.name)
         if f.name in required:
             default = ...
         flag = flags.get(f.name, flag_for(f.name, prefix))
@@ -372,15 +375,17 @@ def _help_all(params: list[inspect.Parameter]):
 def command_from(cls: type, body: Callable[..., Any], *, flags: dict[str, str] | None = None,
                  exclude: Iterable[str] = (), extra: Sequence[inspect.Parameter] = (), doc: str | None = None,
                  context: bool = False, shown: Iterable[str] | None = None,
-                 aliases: dict[str, str] | None = None, required: Iterable[str] = ()) -> Callable[..., Any]:
+                 aliases: dict[str, str] | None = None, required: Iterable[str] = (),
+                 base: Any = None) -> Callable[..., Any]:
     """A typer command function whose options are generated from ``cls``'s fields (see
     :func:`typer_params`) plus ``extra`` parameters; it calls ``body(values, extras)`` with the field
     values (``{field: value}``; :func:`config_from_flags` builds the config from them) and the extra values
     (``{name: value}``, ``ctx`` included with ``context``).
-    ``shown``: the generated options ``--help`` lists (one screen); ``--help-all`` then lists every one."""
+    ``shown``: the generated options ``--help`` lists (one screen); ``--help-all`` then lists every one.
+    ``base``: an instance whose values are the defaults the flags show (see :func:`typer_params`)."""
     import typer
 
-    params = typer_params(cls, flags=flags, exclude=exclude, shown=shown, aliases=aliases, required=required)
+    params = typer_params(cls, flags=flags, exclude=exclude, shown=shown, aliases=aliases, required=required, base=base)
     # every generated command lists its options in full with --help-all
     extra = list(extra) + [inspect.Parameter(
         "help_all", inspect.Parameter.KEYWORD_ONLY, annotation=bool,

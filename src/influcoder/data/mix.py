@@ -12,12 +12,31 @@ import glob
 import json
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import UserError
 from .records import PRESETS, read_records
 
-__all__ = ["parse_source", "mix_records", "write_mix", "data_root"]
+__all__ = ["MixSpec", "parse_source", "mix_records", "write_mix", "data_root"]
+
+
+@dataclass
+class MixSpec:
+    """``influcoder mix``: rows from several files (round-robin over files, seeded) into one prompt/response JSONL."""
+
+    source: list[str]
+    """PRESET=PATH (glob allowed), e.g. alpaca=../shared/data/alpaca/alpaca_en_demo.json; repeatable."""
+    n: int
+    """Rows to write."""
+    out: str
+    """Output .jsonl."""
+    seed: int = 0
+    """Seed of the mix."""
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise UserError(f"n must be ≥ 1, got {self.n}")
 
 
 def data_root() -> Path:

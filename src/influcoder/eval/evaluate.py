@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -40,111 +39,10 @@ import numpy as np
 from ..core.errors import UserError
 from ..core.fileio import atomic_save_npy, atomic_write_text
 from ..data.records import FieldSpec, Record, read_records
+from .config import EvalConfig, load_config
 
 __all__ = ["EvalConfig", "load_config", "run", "ranking_split", "toxicity_data", "toxicity_data_datelm",
            "read_xstest", "read_xstest_unsafe", "check_no_shared_prompts", "warmup_stock_config"]
-
-
-# ============================================================================ config
-@dataclass
-class EvalConfig:
-    """One experiment. Loaded from YAML; every field is checked before anything runs."""
-
-    experiment: str
-    """ranking, toxicity or fidelity."""
-    name: str
-    """Short name: outputs are <out_dir>/eval_<name>.{json,md,png}."""
-    out_dir: str = "benchmarks/results"
-    """Where the results JSON, Markdown report and figures go."""
-    work_dir: str = "work/eval"
-    """Cache folder (features, labels, students, score matrices)."""
-    model: str = "smollm2-135m-instruct"
-    """Target decoder (teacher and decoder baselines)."""
-    max_length: int = 256
-    """Tokens per example for every decoder method and the teacher."""
-    batch_size: int = 8
-    """Most examples per decoder batch."""
-    token_budget: int = 2048
-    """Most padded tokens per decoder batch."""
-    seeds: list = field(default_factory=lambda: [0])
-    """Split seeds (ranking: which held-out block; toxicity: which examples are sampled)."""
-    methods: list = field(default_factory=list)
-    """Methods: [{kind: ..., name: ..., <options>}] (see influcoder.baselines.make_method); kind
-    'influcoder' is the distilled student (trained per seed from the ``student`` section)."""
-    data: dict = field(default_factory=dict)
-    """Experiment data: ranking {pool, query, preset, test_pool, test_queries, train_pool, train_queries};
-    toxicity, ``construction: planted`` (default) {benign, xstest_dir, n_benign, n_planted, n_refs, group_a,
-    train_benign, train_planted, train_queries}; ``construction: datelm`` (DATE-LM's XSTest-response Het / Hom):
-    the keys of :data:`DATELM_DATA`."""
-    teacher: dict = field(default_factory=lambda: {"kind": "exact", "rank": 8, "lora_seed": 0})
-    """Ground truth: {kind: exact, rank, lora_seed, sketch_dim} or {kind: stores, pool_store, query_store}.
-    Toxicity: ``warmup_steps`` (and ``warmup_lr``, default 2e-5) warm the LoRA adapter up on each pool before any
-    gradient is taken (stock's ``--warmup-steps`` path), for the teacher and every gradient method alike."""
-    student: dict = field(default_factory=dict)
-    """Distillation options passed to influcoder.distill.DistillConfig (epochs, lr, ...), or {path: DIR}."""
-    costs: dict = field(default_factory=lambda: {"n_examples": 8})
-    """Standalone cost measurement per method on n_examples (FLOPs, seconds, peak memory)."""
-    fidelity: dict = field(default_factory=dict)
-    """fidelity: {results: [paths to the projection-fidelity benchmark's JSON]}."""
-    ks: list = field(default_factory=lambda: [10, 20])
-    """k for precision@k / recall@k (toxicity)."""
-    device: str = "auto"
-    """Where the decoder methods, the teacher's exact gradients and the encoder methods run: auto (CUDA when
-    present, else the CPU), cpu, cuda, cuda:N. The student follows ``student.device`` where the student section
-    sets it, else this."""
-    precision: str = "auto"
-    """Compute precision of those same methods: auto (bfloat16 where the device computes it natively, float32
-    elsewhere), float32 or bfloat16. The student follows ``student.precision`` where set, else this."""
-    parts_dir: str | None = None
-    """Toxicity: where each (seed, method) result is written as it finishes (``s<seed>-<method>.json``: per-row
-    scores, timing, the machine) and read back instead of recomputed when its construction key matches; also
-    each method's FLOPs (``flops-<method>.json``). Meant to be committed, so an experiment runs in pieces."""
-
-    def __post_init__(self):
-        if self.experiment not in ("ranking", "toxicity", "fidelity"):
-            raise UserError(f"config: experiment must be ranking, toxicity or fidelity, got '{self.experiment}'")
-        if not self.name or any(c in self.name for c in "/ "):
-            raise UserError(f"config: name must be a non-empty word, got '{self.name}'")
-        if not isinstance(self.seeds, list) or not self.seeds:
-            raise UserError("config: seeds must be a non-empty list of integers")
-        for m in self.methods:
-            if not isinstance(m, dict) or "kind" not in m:
-                raise UserError(f"config: every method needs a 'kind', got {m!r}")
-            ms = m.get("seeds", self.seeds)
-            if not isinstance(ms, list) or any(x not in self.seeds for x in ms):
-                raise UserError(f"config: method {m.get('name') or m['kind']}: seeds must be a list of the config's "
-                                f"seeds {self.seeds}, got {m.get('seeds')!r}")
-        from ..core.hardware import check_compute
-
-        try:
-            check_compute(self.device, self.precision)
-        except UserError as e:
-            raise UserError(f"config: {e}") from None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def load_config(path: str | Path) -> EvalConfig:
-    import yaml
-
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping at the top level")
-    known = {f.name for f in fields(EvalConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise UserError(f"{path}: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    for req in ("experiment", "name"):
-        if req not in raw:
-            raise UserError(f"{path}: missing required field '{req}'")
-    return EvalConfig(**raw)
 
 
 def _key(obj: Any) -> str:
@@ -613,8 +511,17 @@ def student_recipe(opts: dict) -> dict:
     trained by the old recipe; fields added later are left out at their no-op value (distill.NO_OP_VALUES)."""
     from ..student.distill import NO_OP_VALUES, DistillConfig
 
-    return {k: v for k, v in DistillConfig(pool_data="-", query_data="-", labels="-", out="-", **opts).to_dict().items()
-            if k not in ("pool_data", "query_data", "labels", "out") and not (k in NO_OP_VALUES and v == NO_OP_VALUES[k])}
+    recipe = {k: v for k, v in DistillConfig(pool_data="-", query_data="-", labels="-", out="-", **opts).to_dict().items()
+              if k not in ("pool_data", "query_data", "labels", "out") and not (k in NO_OP_VALUES and v == NO_OP_VALUES[k])}
+    # the field mappings of the two files were DistillConfig fields when the committed results were keyed; the
+    # harness never sets them (it writes prompt/response files), so they stay in the recipe at their unset value
+    return {**{k: None for k in LEGACY_RECIPE_KEYS}, **recipe}
+
+
+LEGACY_RECIPE_KEYS = tuple(f"{s}_{k}" for s in ("pool", "query") for k in ("preset", "prompt_field", "response_field",
+                                                                           "id_field"))
+"""Keys of a student's recipe that are no DistillConfig fields any more (the two files' field mappings, now inside
+pool_data / query_data): kept at their unset value so the committed results keep their construction keys."""
 
 
 def train_student(ctx: _Ctx, tag: str, train_pool: list[Record], train_queries: list[Record],

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from ..core.config import ConfigError, section_of
 from ..core.errors import UserError
@@ -17,7 +18,6 @@ from ..search.index import IndexConfig
 from ..data.records import DataSpec
 from ..teacher.config import StockConfig
 
-_FIELD_OPTIONS = ("preset", "prompt_field", "response_field", "messages_field", "id_field", "limit", "skip_invalid")
 SCORERS = ("student", "exact-query")
 """What a run's embed/index/attribute/filter steps score with (RunConfig.scorer)."""
 STEPS = ("mix", "sample", "stock", "labels", "train", "exact_query", "embed", "index", "attribute", "filter", "report")
@@ -38,8 +38,7 @@ TeacherConfig = section_of(
     doc="The teacher: how the decoder's LoRA gradients are stocked (influcoder.stock.StockConfig's fields).")
 StudentConfig = section_of(
     DistillConfig, "StudentConfig",
-    exclude=("pool_data", "query_data", "labels", "out", "limit_pool", "limit_queries",
-             *[f"{s}_{k}" for s in ("pool", "query") for k in ("preset", "prompt_field", "response_field", "id_field")]),
+    exclude=("pool_data", "query_data", "labels", "out", "limit_pool", "limit_queries"),
     validate=_checked_by(DistillConfig, pool_data="-", query_data="-", labels="-", out="-"),
     doc="The student: how the encoder is distilled (influcoder.distill.DistillConfig's fields).")
 EmbedSection = section_of(
@@ -262,3 +261,24 @@ def find_run_config(name_or_path: str | Path) -> Path:
     raise ConfigError(f"{p}: config file not found (give a YAML file, or the name of a shipped config: {names})")
 
 
+
+
+@dataclass
+class ExactQueryAttributeConfig:
+    """``influcoder exact-query RUN``: attribute new queries by exact-query scoring against a finished run (stock
+    only them with the run's teacher, project them on its basis, rank its pool)."""
+
+    queries: DataSpec
+    """New queries: a records file and how to read it; only they are stocked."""
+    out: str
+    """Output JSONL: query_id, rank, id, score."""
+    top_k: Optional[int] = None
+    """Pool examples per query (default: the run's exact_query.top_k)."""
+    aggregate: bool = False
+    """Rank every pool row by its mean score over the queries (a filter ranking: rank, id, score) instead of top-k
+    per query."""
+
+    def __post_init__(self):
+        self.queries = DataSpec.of(self.queries)
+        if self.top_k is not None and self.top_k < 1:
+            raise UserError(f"top_k must be ≥ 1, got {self.top_k}")

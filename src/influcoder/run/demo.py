@@ -1,76 +1,49 @@
-"""The main job as a Python call: ``run_demo(DemoConfig(...))`` is ``influcoder run demo`` (the shipped
-``influcoder/configs/demo.yaml``)
-with its sizes as arguments (``make demo`` runs the YAML file itself; both go through :mod:`influcoder.pipeline`)."""
+"""The main job: ``influcoder demo`` is ``influcoder run demo``, the run config shipped as
+``influcoder/run/configs/demo.yaml`` (``make demo`` runs it); in Python, ``run_demo({...})`` with overrides of
+that file's values. Both go through :mod:`influcoder.run.pipeline`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..core.errors import UserError
 
-__all__ = ["DemoConfig", "demo_run_config", "run_demo", "DEMO_YAML"]
+__all__ = ["demo_run_config", "run_demo", "DEMO_YAML"]
 
 DEMO_YAML = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 
 
-@dataclass
-class DemoConfig:
-    """Sizes and places of the end-to-end demo (overrides of the shipped demo.yaml)."""
-
-    workdir: str = "work/demo"
-    """Run folder."""
-    decoder: str = "smollm2-135m-instruct"
-    """Teacher decoder."""
-    pool_size: int = 600
-    """Pool examples mixed from Alpaca / Dolly / Code-Alpaca (all embedded and indexed)."""
-    n_stock: int = 120
-    """Pool examples stocked for training (+ holdout_pool held out)."""
-    holdout_pool: int = 40
-    """Pool examples stocked but never trained on (the report's rows)."""
-    n_queries: int = 40
-    """BBH queries (all stocked)."""
-    holdout_queries: int = 10
-    """Queries never trained on (the report's columns)."""
-    encoder: str = "minilm-l6"
-    """Student encoder."""
-    epochs: int = 3
-    """Distillation epochs."""
-    proj_dim: int = 8192
-    """CountSketch dimension."""
-    max_length: int = 256
-    """Tokens per example."""
-    dtype: str = "auto"
-    """Compute precision of stocking."""
-    top_k: int = 5
-    """Pool examples attributed per query."""
-    seed: int = 0
-    """Seed of the mix, the sample, the LoRA init and the sketch."""
+def _merge(base: dict, over: dict, where: str) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v, f"{where}.{k}")
+        else:
+            out[k] = v
+    return out
 
 
-def demo_run_config(cfg: DemoConfig):
-    """The shipped demo.yaml with ``cfg``'s values written over it."""
-    from .config import RunConfig
+def demo_run_config(overrides: dict[str, Any] | None = None):
+    """The shipped demo.yaml as a :class:`~influcoder.run.config.RunConfig`, with ``overrides`` (a nested mapping of
+    run-config keys, e.g. ``{"sample": {"n_stock": 40}}``) written over it."""
     from ..core.config import from_dict, load_yaml, to_dict
+    from .config import RunConfig
 
     if not DEMO_YAML.exists():
         raise UserError(f"{DEMO_YAML}: the demo config is missing from this installation of influcoder")
-    d = to_dict(load_yaml(RunConfig, DEMO_YAML))
-    d["out"] = cfg.workdir
-    d["mix"].update(pool_n=cfg.pool_size, queries_n=cfg.n_queries, seed=cfg.seed)
-    d["sample"].update(n_stock=cfg.n_stock, holdout_pool=cfg.holdout_pool, holdout_queries=cfg.holdout_queries, seed=cfg.seed)
-    d["teacher"].update(model=cfg.decoder, proj_dim=cfg.proj_dim, max_length=cfg.max_length, dtype=cfg.dtype, seed=cfg.seed)
-    d["student"].update(encoder=cfg.encoder, epochs=cfg.epochs, seed=cfg.seed)
-    d["attribute"].update(top_k=cfg.top_k)
-    return from_dict(RunConfig, d, where=str(DEMO_YAML))
+    cfg = load_yaml(RunConfig, DEMO_YAML)
+    if not overrides:
+        return cfg
+    return from_dict(RunConfig, _merge(to_dict(cfg), overrides, ""), where=f"{DEMO_YAML} with overrides")
 
 
-def run_demo(cfg: DemoConfig, *, progress: bool = True, log=None) -> dict:
+def run_demo(overrides: dict[str, Any] | None = None, *, progress: bool = True, log=None) -> dict:
     """Run the demo; returns the run manifest (paths relative to the run folder) with ``root`` added."""
     from ..data.mix import data_root
     from .pipeline import Pipeline
 
     if not (data_root() / "alpaca").exists():
         raise UserError(f"data folder {data_root()} not found: set INFLUCODER_DATA to the shared data folder")
-    pipe = Pipeline(demo_run_config(cfg), progress=progress, log=log)
+    pipe = Pipeline(demo_run_config(overrides), progress=progress, log=log)
     return {**pipe.run(), "root": str(pipe.root)}

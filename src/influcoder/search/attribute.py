@@ -118,9 +118,9 @@ def find_reference_data(meta: dict) -> dict[str, list[tuple[str, FieldSpec]]]:
 
     Uses the typed data specs saved with the encoder (``data_specs``: path + field mapping, see
     :class:`influcoder.records.DataSpec`) when present. Otherwise looks (at any depth) for ``pool_data`` /
-    ``query_data`` path entries, read with the field mapping of their sibling entries: ``<side>_fields``,
-    or ``<side>_preset`` / ``<side>_prompt_field`` / ``<side>_response_field`` / ``<side>_id_field`` (the
-    training config's options)."""
+    ``query_data`` entries: a data spec (a training config's ``pool_data: {path, preset, …}``), or a path read
+    with the field mapping of its sibling entries: ``<side>_fields``, or ``<side>_preset`` /
+    ``<side>_prompt_field`` / ``<side>_response_field`` / ``<side>_id_field`` (older encoders' training configs)."""
     from ..data.records import DataSpec
 
     found: dict[str, list[tuple[str, FieldSpec]]] = {"pool": [], "query": []}
@@ -139,6 +139,15 @@ def find_reference_data(meta: dict) -> dict[str, list[tuple[str, FieldSpec]]]:
     for key, value in flat.items():
         leaf = key.rsplit(".", 1)[-1]
         for side in ("pool", "query"):
+            if leaf == f"{side}_data" and isinstance(value, dict) and isinstance(value.get("path"), str):
+                try:  # a training config's data spec (pool_data: {path, preset, prompt_field, ...})
+                    d = DataSpec(**value)
+                    spec = d.field_spec()
+                except (TypeError, UserError):
+                    continue
+                if d.path and Path(d.path).exists() and d.path not in [p for p, _ in found[side]]:
+                    found[side].append((d.path, spec))
+                continue
             if leaf in (f"{side}_data", f"{side}_data_path") and isinstance(value, str) and value:
                 parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
                 spec = FieldSpec()

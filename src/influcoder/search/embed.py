@@ -44,7 +44,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..student.loading import encoder_fingerprint, encoder_identity, encoder_metadata, load_encoder, read_encoder_metadata, resolve_encoder_path
+from ..student.loading import encoder_identity, load_encoder, read_encoder_metadata
 from ..core.errors import UserError
 from ..core.fileio import atomic_save_npy, atomic_write_text, read_manifest
 from ..data.records import DataSpec, FieldSpec, InvalidRow, Record, RecordError, row_to_record, file_fingerprint, iter_rows, record_to_text
@@ -63,8 +63,6 @@ __all__ = [
     "check_row",
     "iter_shards",
     "embed_records",
-    "load_encoder",
-    "encoder_fingerprint",
     "encode_sorted",
     "item_length",
     "normalise",

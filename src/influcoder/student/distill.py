@@ -18,8 +18,8 @@ paired with the next ``queries_per_batch`` (B) queries of a shuffled, cycling qu
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -33,6 +33,7 @@ import numpy as np
 
 from ..core.errors import UserError
 from ..core.killpoints import kill_point
+from ..data.records import DataSpec
 
 __all__ = [
     "DistillConfig",
@@ -60,32 +61,16 @@ PRIOR_TREES_WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0)
 class DistillConfig:
     """Everything that defines a distillation run; saved as ``distill_config.json`` next to the model."""
 
-    pool_data: str
-    """Pool records file (the examples the teacher stocked as the pool)."""
-    query_data: str
-    """Query records file (the examples the teacher stocked as queries)."""
+    pool_data: DataSpec
+    """Pool records file (the examples the teacher stocked as the pool) and how to read it."""
+    query_data: DataSpec
+    """Query records file (the examples the teacher stocked as queries) and how to read it."""
     labels: str
     """Label .npy written by ``influcoder influence`` (pool × query; ids in its .meta.json)."""
     out: str
     """Output folder for the trained encoder, its config, split and metrics log."""
     encoder: str = "minilm-l6"
     """Student: Hugging Face encoder hub id or folder, or the packaged short name minilm-l6."""
-    pool_preset: str | None = None
-    """Field preset for the pool file (alpaca, dolly, bbh, prompt-response, ...)."""
-    pool_prompt_field: str | None = None
-    """Pool prompt field(s), comma-separated (beats the preset)."""
-    pool_response_field: str | None = None
-    """Pool response field (beats the preset)."""
-    pool_id_field: str | None = None
-    """Pool id field (beats the preset)."""
-    query_preset: str | None = None
-    """Field preset for the query file."""
-    query_prompt_field: str | None = None
-    """Query prompt field(s), comma-separated (beats the preset)."""
-    query_response_field: str | None = None
-    """Query response field (beats the preset)."""
-    query_id_field: str | None = None
-    """Query id field (beats the preset)."""
     pool_prefix: str = ""
     """Text prepended to every pool text (saved as the sentence-transformers prompt 'pool')."""
     query_prefix: str = ""
@@ -215,6 +200,8 @@ class DistillConfig:
     def __post_init__(self) -> None:
         def bad(msg: str):
             raise UserError(f"DistillConfig: {msg}")
+
+        self.pool_data, self.query_data = DataSpec.of(self.pool_data), DataSpec.of(self.query_data)
 
         if self.queries_per_batch < 1 or self.candidates < 2:
             bad(f"need queries_per_batch ≥ 1 and candidates ≥ 2, got {self.queries_per_batch} and {self.candidates}")
@@ -440,16 +427,12 @@ def _better(metric: str, new: float, old: float | None) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def _load_side(path: str, ids: list[str], side: str, preset, prompt, response, id_field):
-    from ..data.records import FieldSpec, read_records
-
-    try:
-        spec = FieldSpec.from_names(prompt=prompt, response=response, id=id_field, preset=preset)
-    except KeyError:
-        raise UserError(f"unknown --{side}-preset {preset!r}") from None
+def _load_side(data: DataSpec, ids: list[str], side: str):
+    path = data.path
+    data.field_spec()  # an unknown preset is refused before the file is looked for
     if not Path(path).exists():
         raise UserError(f"{path}: {side} data file not found")
-    records, _ = read_records(path, spec)
+    records, _ = data.read()
     by_id = {}
     for r in records:
         by_id.setdefault(str(r.id), r)
@@ -712,13 +695,8 @@ def _load_checkpoint(out: Path, key: str, say: Callable[[str], None]) -> dict | 
 def _data_specs(cfg: DistillConfig) -> dict[str, dict]:
     """The typed data specs (records.DataSpec) of the training files, saved with the encoder so later
     readers (the OOD reference of attribute/filter) read them with the same field mapping."""
-    from ..data.records import DataSpec
-
-    return {side: DataSpec(path=str(Path(getattr(cfg, f"{side}_data")).resolve()), preset=getattr(cfg, f"{side}_preset"),
-                           prompt_field=getattr(cfg, f"{side}_prompt_field"),
-                           response_field=getattr(cfg, f"{side}_response_field"),
-                           id_field=getattr(cfg, f"{side}_id_field")).to_dict()
-            for side in ("pool", "query")}
+    return {side: dataclasses.replace(d, path=str(Path(d.path).resolve())).to_dict()
+            for side, d in (("pool", cfg.pool_data), ("query", cfg.query_data))}
 
 
 def _write_metrics(out: Path, history: list[dict]) -> None:
@@ -754,10 +732,8 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
     full = np.asarray(labels.matrix[:n_pool, :n_query], dtype=np.float32)
     if not np.isfinite(full).all():
         raise UserError(f"{cfg.labels}: label matrix has non-finite values")
-    pool_recs = _load_side(cfg.pool_data, pool_ids, "pool", cfg.pool_preset, cfg.pool_prompt_field,
-                           cfg.pool_response_field, cfg.pool_id_field)
-    query_recs = _load_side(cfg.query_data, query_ids, "query", cfg.query_preset, cfg.query_prompt_field,
-                            cfg.query_response_field, cfg.query_id_field)
+    pool_recs = _load_side(cfg.pool_data, pool_ids, "pool")
+    query_recs = _load_side(cfg.query_data, query_ids, "query")
 
     split = split_indices(n_pool, n_query, cfg.val_pool, cfg.val_queries, cfg.seed)
     # the only label block training ever reads:
@@ -1098,8 +1074,8 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         },
         "labels": labels.fingerprint(),
         "dense_targets": targets.fingerprint() if dense is not None else None,
-        "pool_data": file_fingerprint(cfg.pool_data),
-        "query_data": file_fingerprint(cfg.query_data),
+        "pool_data": file_fingerprint(cfg.pool_data.path),
+        "query_data": file_fingerprint(cfg.query_data.path),
         "data_specs": _data_specs(cfg),
         "training_config": cfg.to_dict(),
         "device": device,

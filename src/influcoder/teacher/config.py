@@ -9,7 +9,7 @@ from ..core.errors import UserError
 from ..core.hardware import PRECISIONS
 from ..data.records import DataSpec, FieldSpec
 
-__all__ = ["StockConfig", "LoraSettings", "ProjectionConfig", "KINDS"]
+__all__ = ["StockConfig", "LoraSettings", "ProjectionConfig", "KINDS", "InfluenceConfig", "TargetsConfig"]
 
 
 KINDS = ("countsketch", "rademacher", "gaussian", "none")
@@ -153,3 +153,42 @@ class StockConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class InfluenceConfig:
+    """``influcoder influence``: the cosine influence matrix between a pool store and a query store."""
+
+    pool: str
+    """Pool gradient store."""
+    query: str
+    """Query gradient store."""
+    out: str
+    """Output .npy (float32, pool × query); ids go to OUT.meta.json."""
+    block: int = 8192
+    """Rows per block (bounds memory)."""
+
+    def __post_init__(self):
+        if self.block < 1:
+            raise UserError(f"block must be ≥ 1, got {self.block}")
+
+
+@dataclass
+class TargetsConfig:
+    """``influcoder targets``: dense distillation targets, every stocked example's coordinates in the top-k principal
+    directions of the teacher's unit gradients (train with --dense-targets)."""
+
+    pool: str
+    """Pool gradient store."""
+    query: str
+    """Query gradient store."""
+    out: str
+    """Output .npy (float32, (pool + query) × k); ids go to OUT.meta.json."""
+    k: int = 32
+    """Principal directions kept."""
+    basis_ids: str | None = None
+    """A distill split.json (train_pool_ids, train_query_ids): fit the basis on those rows only (default: every row)."""
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise UserError(f"k must be ≥ 1, got {self.k}")

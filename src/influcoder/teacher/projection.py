@@ -20,7 +20,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from .config import KINDS, ProjectionConfig  # noqa: F401  (KINDS: the projection kinds, with their config)
+from .config import ProjectionConfig
 
 __all__ = ["ProjectionConfig", "Projector", "CountSketch", "DenseProjector", "Identity", "make_projector", "BLOCK"]
 
