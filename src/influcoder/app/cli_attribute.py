@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -21,19 +20,15 @@ class _OptionalRayValue(TyperCommand):
         fixed = []
         for i, a in enumerate(args):
             fixed.append(a)
-            if a == "--ray" and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            if a in ("--ray", "--ray.address") and (i + 1 == len(args) or args[i + 1].startswith("-")):
                 fixed.append("local")
         return super().parse_args(ctx, fixed)
 
 
-# --ray options shared by `embed` and `filter`
-_RAY = typer.Option(None, "--ray", metavar="[ADDRESS]",
-                    help="Run on Ray Data: a cluster ADDRESS (host:6379, ray://host:10001, auto) or, "
-                         "with no value, RAY_ADDRESS or a local instance. Needs pip install influcoder[ray].")
-_RAY_ACTORS = typer.Option(2, "--ray-actors", help="With --ray: encoder actors (one model load each).")
-_RAY_CPUS = typer.Option(1.0, "--ray-cpus", help="With --ray: CPUs per encoder actor.")
-_RAY_GPUS = typer.Option(0.0, "--ray-gpus", help="With --ray: GPUs per encoder actor (0 = CPU).")
-_RAY_BATCH_ROWS = typer.Option(1024, "--ray-batch-rows", help="With --ray: rows per map_batches call.")
+RAY_ALIASES = {"ray.address": "--ray", "ray.num_actors": "--ray-actors", "ray.cpus_per_actor": "--ray-cpus",
+               "ray.gpus_per_actor": "--ray-gpus", "ray.rows_per_batch": "--ray-batch-rows"}
+"""The short flags of the ``ray`` section (influcoder.search.ray_backend.RayConfig) of ``embed`` and ``filter``:
+``--ray [ADDRESS]`` runs the command on Ray (a cluster ADDRESS, or alone: RAY_ADDRESS or a local instance)."""
 
 
 def register(app: typer.Typer) -> None:
@@ -59,11 +54,10 @@ def _embed(values: dict, extras: dict):
 
     _require_file(values["data__path"], "--data")
     cfg = config_from_flags(EmbedConfig, {**values, "dtype": "float32" if extras["float32"] else "float16"})
-    if extras["ray"] is not None:
+    if extras["ray"].address is not None:
         from ..search.ray_backend import embed_with_ray
 
-        rcfg = _ray_cfg(extras["ray"], extras["ray_actors"], extras["ray_cpus"], extras["ray_gpus"], extras["ray_batch_rows"])
-        path = embed_with_ray(cfg, rcfg)
+        path = embed_with_ray(cfg, extras["ray"])
     else:
         path = embed_file(cfg, progress=not extras["quiet"])
     s = open_embeddings(path)
@@ -86,14 +80,16 @@ def _embed_command():
     from ..core.config import command_from
     from ..search.embed import EmbedConfig
 
+    from ..search.ray_backend import RayConfig
+
     extra = [_param("float32", bool, typer.Option(False, "--float32", help="Store float32 instead of float16 (the dtype field).")),
-             _param("quiet", bool, typer.Option(False, "--quiet", help="No progress bar.")),
-             _param("ray", Optional[str], _RAY), _param("ray_actors", int, _RAY_ACTORS), _param("ray_cpus", float, _RAY_CPUS),
-             _param("ray_gpus", float, _RAY_GPUS), _param("ray_batch_rows", int, _RAY_BATCH_ROWS)]
+             _param("quiet", bool, typer.Option(False, "--quiet", help="No progress bar."))]
     from .cli_stock import data_aliases
 
-    return command_from(EmbedConfig, _embed, exclude=("dtype",), extra=extra, aliases=data_aliases("data", "data"),
-                        shown=("encoder", "data__path", "out", "data__preset", "device", "precision", "batch_size"), doc=(
+    return command_from(EmbedConfig, _embed, exclude=("dtype",), extra=extra,
+                        aliases={**data_aliases("data", "data"), **RAY_ALIASES}, sections={"ray": RayConfig},
+                        shown=("encoder", "data__path", "out", "data__preset", "device", "precision", "batch_size",
+                               "ray__address", "ray__num_actors"), doc=(
         "Embed a records file with an influence encoder into a sharded, resumable store (or Parquet shards on Ray)."))
 
 
@@ -118,13 +114,6 @@ def _index_command():
     from ..search.index import IndexConfig
 
     return command_from(IndexConfig, _index, doc="Build a FAISS inner-product index over an embedding store.")
-
-
-def _ray_cfg(address, actors, cpus, gpus, batch_rows):
-    from ..search.ray_backend import RayConfig
-
-    return RayConfig(address=address, num_actors=actors, cpus_per_actor=cpus, gpus_per_actor=gpus,
-                     rows_per_batch=batch_rows)
 
 
 OOD_ALIASES = {"ood.reference": "--reference", "ood.reference_preset": "--reference-preset",
@@ -166,11 +155,10 @@ def _filter(values: dict, extras: dict):
     _require_file(values.get("data__path") or None, "--data")
     values["dtype"] = "float32" if extras["float32"] else "float16"
     cfg = config_from_flags(FilterConfig, values)
-    if extras["ray"] is not None:
+    if extras["ray"].address is not None:
         from ..search.ray_backend import filter_with_ray
 
-        path = filter_with_ray(cfg, _ray_cfg(extras["ray"], extras["ray_actors"], extras["ray_cpus"], extras["ray_gpus"],
-                                             extras["ray_batch_rows"]))
+        path = filter_with_ray(cfg, extras["ray"])
     else:
         path = filter_pool(cfg, progress=not extras["quiet"])
     rep = json.loads((path / "report.json").read_text())
@@ -189,13 +177,14 @@ def _filter_command():
     from ..search.attribute import FilterConfig
     from .cli_stock import data_aliases
 
+    from ..search.ray_backend import RayConfig
+
     extra = [_param("float32", bool, typer.Option(False, "--float32", help="Store pool embeddings as float32 (the dtype field).")),
-             _param("quiet", bool, typer.Option(False, "--quiet", help="No progress bar.")),
-             _param("ray", Optional[str], _RAY), _param("ray_actors", int, _RAY_ACTORS), _param("ray_cpus", float, _RAY_CPUS),
-             _param("ray_gpus", float, _RAY_GPUS), _param("ray_batch_rows", int, _RAY_BATCH_ROWS)]
+             _param("quiet", bool, typer.Option(False, "--quiet", help="No progress bar."))]
     aliases = {**data_aliases("data", "data"), **data_aliases("queries", "queries", "query-"),
-               "pool_texts": "--pool-text", "query_texts": "--query-text", **OOD_ALIASES}
+               "pool_texts": "--pool-text", "query_texts": "--query-text", **OOD_ALIASES, **RAY_ALIASES}
     shown = ("encoder", "data__path", "queries__path", "out", "aggregate", "fraction", "threshold", "keep", "data__preset",
-             "queries__preset")
-    return command_from(FilterConfig, _filter, exclude=("dtype",), extra=extra, aliases=aliases, shown=shown, doc=(
+             "queries__preset", "ray__address")
+    return command_from(FilterConfig, _filter, exclude=("dtype",), extra=extra, aliases=aliases, shown=shown,
+                        sections={"ray": RayConfig}, doc=(
         "Score a pool by influence aggregated over queries; write scores, ranking and a filtered copy."))

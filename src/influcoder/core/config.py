@@ -376,20 +376,27 @@ def command_from(cls: type, body: Callable[..., Any], *, flags: dict[str, str] |
                  exclude: Iterable[str] = (), extra: Sequence[inspect.Parameter] = (), doc: str | None = None,
                  context: bool = False, shown: Iterable[str] | None = None,
                  aliases: dict[str, str] | None = None, required: Iterable[str] = (),
-                 base: Any = None) -> Callable[..., Any]:
+                 base: Any = None, sections: dict[str, type] | None = None) -> Callable[..., Any]:
     """A typer command function whose options are generated from ``cls``'s fields (see
     :func:`typer_params`) plus ``extra`` parameters; it calls ``body(values, extras)`` with the field
     values (``{field: value}``; :func:`config_from_flags` builds the config from them) and the extra values
     (``{name: value}``, ``ctx`` included with ``context``).
     ``shown``: the generated options ``--help`` lists (one screen); ``--help-all`` then lists every one.
-    ``base``: an instance whose values are the defaults the flags show (see :func:`typer_params`)."""
+    ``base``: an instance whose values are the defaults the flags show (see :func:`typer_params`).
+    ``sections``: more config classes of the command that are not fields of ``cls`` (e.g. ``{"ray": RayConfig}``):
+    their flags are ``--ray.<field>`` (and ``aliases``), and ``body`` finds the built section in ``extras["ray"]``."""
     import typer
 
     params = typer_params(cls, flags=flags, exclude=exclude, shown=shown, aliases=aliases, required=required, base=base)
+    sections = dict(sections or {})
+    section_params = {name: typer_params(sec, prefix=name + ".", shown=shown, aliases=aliases)
+                      for name, sec in sections.items()}
+    section_names = {p.name: name for name, ps in section_params.items() for p in ps}
+    params_all = params + [p for ps in section_params.values() for p in ps]
     # every generated command lists its options in full with --help-all
     extra = list(extra) + [inspect.Parameter(
         "help_all", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-        default=typer.Option(False, "--help-all", is_eager=True, expose_value=False, callback=_help_all(params),
+        default=typer.Option(False, "--help-all", is_eager=True, expose_value=False, callback=_help_all(params_all),
                              help="List every option (each config key) with its default, and exit."))]
     names = {p.name for p in params}
     lead = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)] if context else []
@@ -400,12 +407,16 @@ def command_from(cls: type, body: Callable[..., Any], *, flags: dict[str, str] |
         bound = dict(zip([p.name for p in lead + positional], args))
         bound.update(kwargs)
         values = {k: v for k, v in bound.items() if k in names}
-        extras = {k: v for k, v in bound.items() if k not in names}
+        extras = {k: v for k, v in bound.items() if k not in names and k not in section_names}
+        for name, sec in sections.items():
+            extras[name] = config_from_flags(sec, {k.split("__", 1)[1]: v for k, v in bound.items()
+                                                   if section_names.get(k) == name})
         return body(values, extras)
 
-    command.__signature__ = inspect.Signature(lead + positional + params + keyword)
+    command.__signature__ = inspect.Signature(lead + positional + params_all + keyword)
     command.__doc__ = doc or cls.__doc__
     command.__name__ = getattr(body, "__name__", "command")
     command.config_class = cls  # for tests: which dataclass the flags come from
     command.config_flags = {p.name: p.default for p in params}
+    command.config_sections = sections
     return command

@@ -61,7 +61,8 @@ class RayConfig:
     """How a stage runs on Ray (shared by the ``--ray`` CLI options and the Python API)."""
 
     address: str | None = None
-    """Cluster address (``ray://host:10001``, ``host:6379`` or ``auto``); None or ``local``: RAY_ADDRESS or a local instance."""
+    """Run on Ray Data at this cluster address (``ray://host:10001``, ``host:6379`` or ``auto``); ``local`` (a bare
+    ``--ray``): RAY_ADDRESS or a local instance. Needs pip install influcoder[ray]. Commands: not given = not on Ray."""
     num_actors: int = 2
     """Encoder actors (each loads the model once and embeds whole store shards)."""
     cpus_per_actor: float = 1.0
