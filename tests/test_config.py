@@ -186,3 +186,13 @@ def test_shipped_configs_load():
 def test_typer_params_of_a_section_are_dotted():
     names = [p.default.param_decls[0] for p in typer_params(RunConfig)]
     assert "--student.epochs" in names and "--pool.prompt-field" in names and "--out" in names
+
+
+def test_differences_name_each_setting_with_both_values():
+    from influcoder.core.config import differences
+
+    old = {"student": {"epochs": 3, "lr": 1e-4}, "out": "a", "steps": ["x"]}
+    new = {"student": {"epochs": 7, "lr": 1e-4}, "out": "a", "steps": ["x", "y"], "seed": 1}
+    assert differences(old, new) == ['seed: null (saved) vs 1 (now)', 'steps: ["x"] (saved) vs ["x", "y"] (now)',
+                                     'student.epochs: 3 (saved) vs 7 (now)']
+    assert differences(old, old) == []

@@ -82,8 +82,10 @@ def test_kill_9_then_resume_equals_uninterrupted(tiny_model_dir, sample_jsonl, t
 
 def test_resume_refuses_other_settings(tiny_model_dir, sample_jsonl, tmp_path):
     stock(_cfg(tiny_model_dir, sample_jsonl, tmp_path / "s"), progress=False)
-    with pytest.raises(StoreError, match="other settings.*projection"):
+    with pytest.raises(StoreError, match="other settings.*projection") as e:
         stock(_cfg(tiny_model_dir, sample_jsonl, tmp_path / "s", proj_dim=64), progress=False)
+    # both versions are printed, setting by setting
+    assert "projection.dim: 32 (saved) vs 64 (now)" in str(e.value)
 
 
 def test_truncated_and_corrupted_shards_are_detected(tiny_model_dir, sample_jsonl, tmp_path):

@@ -42,6 +42,7 @@ __all__ = [
     "typer_params",
     "command_from",
     "config_from_flags",
+    "differences",
     "flag_for",
 ]
 
@@ -250,6 +251,30 @@ def save_yaml(cfg: Any, path: str | Path, header: str = "") -> Path:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, text)
     return Path(path)
+
+
+def differences(old: Any, new: Any, *, width: int = 120) -> list[str]:
+    """Where two saved configs (dataclasses or mappings, nested) differ, one line per leaf with both values:
+    ``"student.epochs: 3 (saved) vs 7 (now)"`` — what a refusal to reuse an artefact prints."""
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        d = to_dict(d) if dataclasses.is_dataclass(d) else d
+        if not isinstance(d, dict):
+            return {prefix.rstrip("."): d}
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and v:
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    def show(v: Any) -> str:
+        text = json.dumps(v, default=str)
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    a, b = flat(old), flat(new)
+    return [f"{k}: {show(a.get(k))} (saved) vs {show(b.get(k))} (now)" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)]
 
 
 def config_hash(obj: Any) -> str:

@@ -143,10 +143,13 @@ class StoreWriter:
             raise error(f"{mpath}: corrupted manifest ({e}); use another --out folder or --overwrite") from None
         old_header = {k: v for k, v in old.items() if k not in _NOT_HEADER}
         if old_header != self.header:
+            from ..core.config import differences
+
             diff = sorted(k for k in set(old_header) | set(self.header) if old_header.get(k) != self.header.get(k))
+            both = "\n  ".join(differences({k: old_header.get(k) for k in diff}, {k: self.header.get(k) for k in diff}))
             raise error(
                 f"{self.root} already holds a store made with other settings (differs in: {', '.join(diff)}); "
-                "use another --out folder or --overwrite"
+                f"use another --out folder or --overwrite. Saved vs now:\n  {both}"
             )
         self.stats = old.get("stats", {})
         self.extra = {k: old[k] for k in old if k in _NOT_HEADER and k not in ("shards", "complete", "stats")}
