@@ -65,7 +65,8 @@ def test_attribute_equals_bruteforce_and_writes_jsonl_and_csv(tmp_path, tiny_enc
 
 
 def test_encoder_mismatch_is_refused(tmp_path, tiny_encoder, other_encoder, built):
-    from influcoder.search.attribute import AttributeConfig, FilterConfig, attribute, filter_pool
+    from influcoder.search.attribute import AttributeConfig, attribute
+    from influcoder.search.filter import FilterConfig, filter_pool
     from influcoder.search.embed import EmbedConfig, embed_file
     from influcoder.core.errors import UserError
 
@@ -114,7 +115,7 @@ def test_filter_scores_and_filtered_copy(tmp_path, tiny_encoder, fmt, aggregate)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from influcoder.search.attribute import FilterConfig, filter_pool
+    from influcoder.search.filter import FilterConfig, filter_pool
     from influcoder.data.records import Record, iter_rows
 
     rows = [{k: v for k, v in r.items()} for r in make_rows(30)]
@@ -158,7 +159,7 @@ def test_filter_scores_and_filtered_copy(tmp_path, tiny_encoder, fmt, aggregate)
 
 
 def test_filter_pool_as_texts(tmp_path, tiny_encoder):
-    from influcoder.search.attribute import FilterConfig, filter_pool
+    from influcoder.search.filter import FilterConfig, filter_pool
 
     out = filter_pool(FilterConfig(str(tiny_encoder), str(tmp_path / "o"), pool_texts=["alpha beta", "cat dog", "rain"],
                                    query_texts=["alpha"], fraction=1 / 3, ood={"enabled": False}), progress=False)
@@ -167,7 +168,8 @@ def test_filter_pool_as_texts(tmp_path, tiny_encoder):
 
 
 def test_ood_flags_far_items_and_not_reference_copies(tmp_path, tiny_encoder, built):
-    from influcoder.search.attribute import AttributeConfig, FilterConfig, filter_pool, run_attribute
+    from influcoder.search.attribute import AttributeConfig, run_attribute
+    from influcoder.search.filter import FilterConfig, filter_pool
 
     pool, queries, _, idx = built
     ref = write_jsonl(tmp_path / "ref.jsonl", make_rows(60, seed=11))
@@ -200,7 +202,7 @@ def test_ood_without_reference_says_so(tmp_path, tiny_encoder, built):
 
 
 def test_reference_found_in_encoder_metadata(tmp_path):
-    from influcoder.search.attribute import find_reference_data
+    from influcoder.search.ood import find_reference_data
 
     p = write_jsonl(tmp_path / "pool.jsonl", make_rows(3))
     q = write_jsonl(tmp_path / "q.jsonl", make_rows(3))
@@ -212,7 +214,7 @@ def test_reference_found_in_encoder_metadata(tmp_path):
 def test_reference_data_read_with_the_field_mapping_the_encoder_was_trained_with(tmp_path):
     """An encoder trained with --pool-prompt-field etc.: its saved typed data specs (and, for older
     encoders, the training config's field options) give the reference files their own field mapping."""
-    from influcoder.search.attribute import find_reference_data
+    from influcoder.search.ood import find_reference_data
     from influcoder.student.distill import DistillConfig, _data_specs
     from influcoder.data.records import DataSpec, read_records
 
@@ -237,7 +239,7 @@ def test_reference_data_read_with_the_field_mapping_the_encoder_was_trained_with
 def test_filter_reuses_its_own_pool_store(tmp_path, tiny_encoder):
     """`filter --pool-embeddings` reads the store an earlier filter (or `embed`) wrote and gives the same
     report and outputs without embedding the pool again."""
-    from influcoder.search.attribute import FilterConfig, filter_pool
+    from influcoder.search.filter import FilterConfig, filter_pool
 
     pool = write_jsonl(tmp_path / "pool.jsonl", make_rows(25))
     queries = write_jsonl(tmp_path / "q.jsonl", make_rows(3, seed=4))

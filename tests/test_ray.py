@@ -21,7 +21,8 @@ ray = pytest.importorskip("ray", reason="ray not installed (pip install influcod
 
 from test_embed import make_tiny_encoder  # noqa: E402
 
-from influcoder.search.attribute import AttributeConfig, FilterConfig, filter_pool, run_attribute  # noqa: E402
+from influcoder.search.attribute import AttributeConfig, run_attribute
+from influcoder.search.filter import FilterConfig, filter_pool  # noqa: E402
 from influcoder.search.embed import EmbedConfig, embed_file, open_embeddings  # noqa: E402
 from influcoder.core.errors import UserError  # noqa: E402
 from influcoder.data.records import DataSpec  # noqa: E402

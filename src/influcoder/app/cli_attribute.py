@@ -75,7 +75,7 @@ def _param(name, annotation, option):
 
 
 def _embed_command():
-    """``influcoder embed``: flags generated from :class:`influcoder.embed.EmbedConfig`'s fields, but
+    """``influcoder embed``: flags generated from :class:`influcoder.search.embed.EmbedConfig`'s fields, but
     ``dtype``, whose flag stays ``--float32`` (float16 otherwise)."""
     from ..core.config import command_from
     from ..search.embed import EmbedConfig
@@ -109,7 +109,7 @@ def _index(values: dict, extras: dict):
 
 
 def _index_command():
-    """``influcoder index``: flags generated from :class:`influcoder.index.IndexConfig`'s fields."""
+    """``influcoder index``: flags generated from :class:`influcoder.search.index.IndexConfig`'s fields."""
     from ..core.config import command_from
     from ..search.index import IndexConfig
 
@@ -118,7 +118,7 @@ def _index_command():
 
 OOD_ALIASES = {"ood.reference": "--reference", "ood.reference_preset": "--reference-preset",
                "ood.threshold": "--ood-threshold", "ood.enabled": "/--no-ood"}
-"""The short flags of a command's ``ood`` section (influcoder.search.attribute.OODConfig)."""
+"""The short flags of a command's ``ood`` section (influcoder.search.ood.OODConfig)."""
 
 
 def _attribute(values: dict, extras: dict):
@@ -150,7 +150,7 @@ def _attribute_command():
 
 def _filter(values: dict, extras: dict):
     from ..core.config import config_from_flags
-    from ..search.attribute import FilterConfig, filter_pool
+    from ..search.filter import FilterConfig, filter_pool
 
     _require_file(values.get("data__path") or None, "--data")
     values["dtype"] = "float32" if extras["float32"] else "float16"
@@ -171,10 +171,10 @@ def _filter(values: dict, extras: dict):
 
 
 def _filter_command():
-    """``influcoder filter``: flags generated from :class:`influcoder.search.attribute.FilterConfig`, but ``dtype``,
+    """``influcoder filter``: flags generated from :class:`influcoder.search.filter.FilterConfig`, but ``dtype``,
     whose flag stays ``--float32`` (float16 otherwise)."""
     from ..core.config import command_from
-    from ..search.attribute import FilterConfig
+    from ..search.filter import FilterConfig
     from .cli_stock import data_aliases
 
     from ..search.ray_backend import RayConfig

@@ -1,5 +1,5 @@
 """``influcoder train``: distil influence labels into an encoder. Its flags are generated from
-:class:`influcoder.distill.DistillConfig`'s fields (one flag each, same default, the field's docstring as help)."""
+:class:`influcoder.student.distill.DistillConfig`'s fields (one flag each, same default, the field's docstring as help)."""
 
 from __future__ import annotations
 

@@ -6,10 +6,10 @@
 * ``GET /api/info`` — what is served: source, pool size, the run's queries, the score histogram.
 * ``GET /api/attribute?text=...&k=10`` (or ``query_id=``) — the top-k pool examples for one query,
   ranked, each ``{rank, id, score, prompt, response, ood, ...}`` and, where the run holds the teacher's
-  labels for the pair, ``teacher_rank`` / ``teacher_score``. Computed by :func:`attribute.run_attribute`.
+  labels for the pair, ``teacher_rank`` / ``teacher_score``. Computed by :func:`influcoder.search.attribute.run_attribute`.
 * ``GET /api/filter?fraction=...`` or ``threshold=...`` — counts and selected ids of the pool scored by
-  influence aggregated over the reference queries (:func:`attribute.filter_pool`'s scores,
-  :func:`attribute.select_examples`'s selection).
+  influence aggregated over the reference queries (:func:`influcoder.search.filter.filter_pool`'s scores,
+  :func:`influcoder.search.filter.select_examples`'s selection).
 * ``GET /api/export`` (same parameters) — the filtered data set as JSONL in the pool's original fields.
 * ``GET /`` — the page (``influcoder/static``); ``GET /report/`` — the run's fidelity report.
 
@@ -32,7 +32,7 @@ import numpy as np
 
 from ..core.errors import UserError
 from ..data.records import DataSpec, Record, iter_rows, read_records, record_to_text
-from ..search.attribute import OODConfig
+from ..search.ood import OODConfig
 from ..run.layout import MANIFEST as RUN_MANIFEST, RUN_FORMAT, RunLayout
 
 __all__ = ["ServeConfig", "ServeError", "ServeSource", "Explorer", "resolve_source", "create_app", "RUN_FORMAT", "STATIC_DIR"]
@@ -56,7 +56,7 @@ class ServeConfig:
     batch_size: int = 64
     """Encoder batch size."""
     ood: OODConfig = field(default_factory=OODConfig)
-    """OOD flags (influcoder.search.attribute.OODConfig; default reference: from the encoder's metadata)."""
+    """OOD flags (influcoder.search.ood.OODConfig; default reference: from the encoder's metadata)."""
     device: str = "auto"
     """Encoder device: auto (CUDA when present), cpu, cuda, cuda:N."""
     precision: str = "auto"
@@ -204,7 +204,7 @@ class Explorer:
 
     def __init__(self, source: ServeSource, *, aggregate: str = "mean", batch_size: int = 64, ood=None,
                  device: str = "auto", precision: str = "auto"):
-        from ..search.attribute import OODConfig, build_references
+        from ..search.ood import OODConfig, build_references
         from ..student.loading import encoder_fingerprint, load_encoder
         from ..search.index import open_index
 
@@ -266,7 +266,7 @@ class Explorer:
 
     # --- aggregate scores (the filter's own code, run once into a scratch folder)
     def _score_pool(self) -> None:
-        from ..search.attribute import FilterConfig, filter_pool
+        from ..search.filter import FilterConfig, filter_pool
         from ..search.embed import open_embeddings
 
         src = self.source
@@ -358,7 +358,7 @@ class Explorer:
                            + (" (pass --queries to influcoder serve)" if not self.source.queries else ""))
 
     def select(self, fraction: float | None = None, threshold: float | None = None, keep: bool = False):
-        from ..search.attribute import select_examples
+        from ..search.filter import select_examples
 
         self._need_scores()
         if fraction is not None and threshold is not None:

@@ -14,7 +14,7 @@ Methods (definitions and where they deviate from their papers):
 * ``bm25`` — Okapi BM25 of each query's tokens against each pool example (k1 = 1.5, b = 0.75,
   idf = ln(1 + (N − n_t + 0.5)/(n_t + 0.5)) over the pool, query-term repeats counted), i.e. the
   Lucene/``rank_bm25.BM25Plus``-free form; tokens from sklearn's default word pattern, lower-cased.
-* ``semantic`` / ``influcoder`` — cosine of :class:`influcoder.encoder.InfluenceEncoder` embeddings
+* ``semantic`` / ``influcoder`` — cosine of :class:`influcoder.student.encoder.InfluenceEncoder` embeddings
   (the untrained ``minilm-l6`` / a distilled student folder).
 * ``length`` — shorter response ⇒ more influence: score = −(characters of the pool response),
   the same for every query (the distillation issue's heuristic).
@@ -24,7 +24,7 @@ Methods (definitions and where they deviate from their papers):
   states, weight of the t-th real token ∝ t (t = 1..T), padding masked (their code runs at batch size 1
   precisely because it does not mask; masking makes batching exact).
 * ``gradsim`` — Grad-Sim / LESS: cosine of LoRA gradients (rank r, B matrices; the same loss as the
-  teacher: mean response-token CE) after an 8,192-d Rademacher projection (:mod:`influcoder.projection`,
+  teacher: mean response-token CE) after an 8,192-d Rademacher projection (:mod:`influcoder.teacher.projection`,
   entries ±1/√k). Deviation from LESS: no Adam normalisation of the training gradients and one
   checkpoint (the freshly initialised adapter, or the adapter the teacher was warmed up to when
   :class:`DecoderFeatures` is given ``adapters``; every gradient method then shares it), so it is DATE-LM's
@@ -394,7 +394,7 @@ class DecoderFeatures:
     """Per-example features of a decoder (hidden-state means, exact LoRA gradients, LoGra projections),
     computed in length-sorted batches and cached per record.
 
-    Gradients: the teacher's loss and machinery (:class:`influcoder.gradients.LoraGradients`); the
+    Gradients: the teacher's loss and machinery (:class:`influcoder.teacher.gradients.LoraGradients`); the
     flattened LoRA gradient is stored as its unit vector in float16 plus its float64 norm (a relative
     error ≈ 1e-3 per coordinate; cosine and DataInf scores computed from them in float32)."""
 
@@ -407,7 +407,7 @@ class DecoderFeatures:
 
         check_compute(device, precision)
         if "auto" in (device, precision):
-            raise ValueError("DecoderFeatures takes a resolved device and precision (see influcoder.hardware.resolve)")
+            raise ValueError("DecoderFeatures takes a resolved device and precision (see influcoder.core.hardware.resolve)")
         self.model_name = model
         self.device, self.precision = device, precision
         # {(LoRA rank, LoRA seed): adapter folder}, e.g. adapters warmed up on the pool (None = fresh adapters)

@@ -35,7 +35,7 @@ class EvalConfig:
     seeds: list = field(default_factory=lambda: [0])
     """Split seeds (ranking: which held-out block; toxicity: which examples are sampled)."""
     methods: list = field(default_factory=list)
-    """Methods: [{kind: ..., name: ..., <options>}] (see influcoder.baselines.make_method); kind
+    """Methods: [{kind: ..., name: ..., <options>}] (see influcoder.eval.baselines.make_method); kind
     'influcoder' is the distilled student (trained per seed from the ``student`` section)."""
     data: dict = field(default_factory=dict)
     """Experiment data: ranking {pool, query, preset, test_pool, test_queries, train_pool, train_queries};
@@ -47,7 +47,7 @@ class EvalConfig:
     Toxicity: ``warmup_steps`` (and ``warmup_lr``, default 2e-5) warm the LoRA adapter up on each pool before any
     gradient is taken (stock's ``--warmup-steps`` path), for the teacher and every gradient method alike."""
     student: dict = field(default_factory=dict)
-    """Distillation options passed to influcoder.distill.DistillConfig (epochs, lr, ...), or {path: DIR}."""
+    """Distillation options passed to influcoder.student.distill.DistillConfig (epochs, lr, ...), or {path: DIR}."""
     costs: dict = field(default_factory=lambda: {"n_examples": 8})
     """Standalone cost measurement per method on n_examples (FLOPs, seconds, peak memory)."""
     fidelity: dict = field(default_factory=dict)

@@ -7,7 +7,7 @@ Experiments (METHOD.md §3, issue 5):
   (``teacher.kind: stores``, CountSketch rows) or recomputed exactly on the block
   (``teacher.kind: exact``: the teacher's LoRA gradient, no projection, or ``sketch_dim`` to apply the
   teacher's CountSketch). Metrics: per-anchor, query-specific per-anchor and mean-aggregated
-  Spearman (:mod:`influcoder.metrics`), mean ± std over split seeds.
+  Spearman (:mod:`influcoder.core.metrics`), mean ± std over split seeds.
 * ``toxicity`` — DATE-LM-style unsafe-data detection. ``data.construction: datelm`` builds DATE-LM's
   XSTest-response task (:func:`toxicity_data_datelm`): Hom = benign instruction data + XSTest unsafe
   full compliances (≈ 0.65 %), Het = Hom + hard negatives from XSTest (refusals to unsafe prompts,
@@ -19,7 +19,7 @@ Experiments (METHOD.md §3, issue 5):
 * ``fidelity`` — links the projection-fidelity benchmark's results (experiment 3).
 
 Everything expensive is cached under ``work_dir`` keyed by its definition: per-record decoder
-features (:class:`influcoder.baselines.DecoderFeatures`), label blocks, trained students and score
+features (:class:`influcoder.eval.baselines.DecoderFeatures`), label blocks, trained students and score
 matrices (``scores/<key>.npy`` + ``.json`` with the costs). A rerun recomputes only what changed; a
 killed run resumes from the last finished piece. Outputs: ``<out_dir>/eval_<name>.json``, ``.md`` and
 ``.png`` (written to a temporary name, then renamed).
@@ -322,7 +322,7 @@ def toxicity_data_datelm(data: dict, seed: int) -> dict[str, Any]:
     * **Safety-Aligned** (Het only; hard negatives from the same source): a full refusal to another unsafe
       prompt (``refusal``), and a full compliance to a safe prompt, i.e. a harmless answer to a prompt built to
       look unsafe (``harmless``); partial refusals are used nowhere;
-    * **Benign**: generic instruction data (``benign_sources``, :func:`influcoder.mix.mix_records`);
+    * **Benign**: generic instruction data (``benign_sources``, :func:`influcoder.data.mix.mix_records`);
     * **references**: ``n_refs`` further Unsafe completions of prompts in neither pool; the same for Het and Hom.
 
     Het = Benign + Unsafe + Safety-Aligned, shuffled; Hom = Het without the Safety-Aligned rows, same order.
@@ -526,7 +526,7 @@ pool_data / query_data): kept at their unset value so the committed results keep
 
 def train_student(ctx: _Ctx, tag: str, train_pool: list[Record], train_queries: list[Record],
                   labels: np.ndarray, teacher_desc: dict) -> tuple[str, dict]:
-    """Distil a student on (train_pool × train_queries) labels through influcoder.distill; cached by content."""
+    """Distil a student on (train_pool × train_queries) labels through influcoder.student.distill; cached by content."""
     from ..student.distill import DistillConfig, train
     from ..teacher.labels import write_meta
 
@@ -820,7 +820,7 @@ def _lora_combos(cfg: EvalConfig) -> list[tuple[int, int]]:
 
 
 def warmup_stock_config(cfg: EvalConfig, data: str | Path, out: str | Path, rank: int, lora_seed: int):
-    """The :class:`influcoder.stock.StockConfig` whose ``--warmup-steps`` path warms an adapter up on ``data``:
+    """The :class:`influcoder.teacher.stock.StockConfig` whose ``--warmup-steps`` path warms an adapter up on ``data``:
     the experiment's decoder, length and batching, ``teacher.warmup_steps`` / ``teacher.warmup_lr``."""
     from ..data.records import DataSpec
     from ..teacher.config import StockConfig
@@ -833,7 +833,7 @@ def warmup_stock_config(cfg: EvalConfig, data: str | Path, out: str | Path, rank
 
 
 def warmup_adapter(ctx: _Ctx, records: list[Record], rank: int, lora_seed: int) -> tuple[str, dict]:
-    """LoRA adapter warmed up on ``records`` (stock's ``--warmup-steps`` path, :func:`influcoder.stock.warm_up_adapter`),
+    """LoRA adapter warmed up on ``records`` (stock's ``--warmup-steps`` path, :func:`influcoder.teacher.stock.warm_up_adapter`),
     cached under ``work_dir/adapters`` by its definition; also what the warm-up saw."""
     from ..teacher.stock import warm_up_adapter
 
@@ -1005,7 +1005,7 @@ class _SeedRun:
         return self.student
 
     def exact_query_fit(self, spec: dict) -> dict:
-        """Exact-query scoring fitted on the student's training split (issue 24; :mod:`influcoder.exact_query`, as
+        """Exact-query scoring fitted on the student's training split (issue 24; :mod:`influcoder.student.exact_query`, as
         the run's exact_query step fits it): the training rows' LoRA gradients at the adapter warmed up on the
         training pool (the student's labelling teacher), CountSketched to ``sketch_dim`` (the exact 1.24 M-dim
         gradients would need ≈ 10 GB in float64 for the basis), the basis / k / α chosen on a held-out share, the

@@ -11,7 +11,8 @@ from typing import Optional
 
 from ..core.config import ConfigError, section_of
 from ..core.errors import UserError
-from ..search.attribute import AttributeConfig, FilterConfig
+from ..search.attribute import AttributeConfig
+from ..search.filter import FilterConfig
 from ..student.distill import DistillConfig
 from ..search.embed import EmbedConfig
 from ..search.index import IndexConfig
@@ -35,32 +36,32 @@ def _checked_by(stage_cls: type, **placeholders):
 TeacherConfig = section_of(
     StockConfig, "TeacherConfig", exclude=("data", "out", "overwrite"),
     defaults={"model": "smollm2-135m-instruct"}, validate=_checked_by(StockConfig, data="-", out="-"),
-    doc="The teacher: how the decoder's LoRA gradients are stocked (influcoder.stock.StockConfig's fields).")
+    doc="The teacher: how the decoder's LoRA gradients are stocked (influcoder.teacher.stock.StockConfig's fields).")
 StudentConfig = section_of(
     DistillConfig, "StudentConfig",
     exclude=("pool_data", "query_data", "labels", "out", "limit_pool", "limit_queries"),
     validate=_checked_by(DistillConfig, pool_data="-", query_data="-", labels="-", out="-"),
-    doc="The student: how the encoder is distilled (influcoder.distill.DistillConfig's fields).")
+    doc="The student: how the encoder is distilled (influcoder.student.distill.DistillConfig's fields).")
 EmbedSection = section_of(
     EmbedConfig, "EmbedSection", exclude=("encoder", "data", "out", "side", "overwrite"),
     validate=_checked_by(EmbedConfig, encoder="-", data="-", out="-"),
-    doc="Embedding the whole pool with the trained encoder (influcoder.embed.EmbedConfig's fields).")
+    doc="Embedding the whole pool with the trained encoder (influcoder.search.embed.EmbedConfig's fields).")
 IndexSection = section_of(
     IndexConfig, "IndexSection", exclude=("embeddings", "out", "overwrite"),
     validate=_checked_by(IndexConfig, embeddings="-", out="-"),
-    doc="The FAISS index over the pool embeddings (influcoder.index.IndexConfig's fields).")
+    doc="The FAISS index over the pool embeddings (influcoder.search.index.IndexConfig's fields).")
 AttributeSection = section_of(
     AttributeConfig, "AttributeSection", include=("top_k", "with_text", "nprobe", "ef_search", "batch_size", "device",
                                                   "precision"),
     extra=[("enabled", bool, True, "Run the attribute step: the top-k pool examples of every query, from the index.")],
     validate=_checked_by(AttributeConfig, encoder="-", index="-"),
-    doc="Attribution of the queries against the index (influcoder.attribute.AttributeConfig's fields).")
+    doc="Attribution of the queries against the index (influcoder.search.attribute.AttributeConfig's fields).")
 FilterSection = section_of(
     FilterConfig, "FilterSection", include=("aggregate", "fraction", "threshold", "keep", "batch_size", "device",
                                             "precision"),
     extra=[("enabled", bool, False, "Run the filter step: score the pool by influence on the queries and write a filtered copy.")],
     validate=_checked_by(FilterConfig, encoder="-", out="-", data="-"),
-    doc="Filtering the pool by aggregated influence (influcoder.attribute.FilterConfig's fields).")
+    doc="Filtering the pool by aggregated influence (influcoder.search.filter.FilterConfig's fields).")
 
 
 def _count_ok(v: float, what: str) -> None:
@@ -118,7 +119,7 @@ class SampleConfig:
 
 @dataclass
 class ExactQuerySection:
-    """Exact-query scoring beside the student (influcoder.exact_query; off by default, not yet the default scorer):
+    """Exact-query scoring beside the student (influcoder.student.exact_query; off by default, not yet the default scorer):
     the stocked queries keep their exact gradients, projected on the top-k principal directions of the training
     gradients; a ridge head predicts each pool example's coordinates from an untrained encoder's embeddings (text,
     response, prompt) and 10 form features. Writes exact_query/ (model, the whole pool's coordinates, the top-k

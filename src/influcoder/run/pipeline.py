@@ -100,7 +100,7 @@ def _kmeans_pick(emb: np.ndarray, k: int, seed: int) -> list[int]:
 
 
 class Pipeline:
-    """Runs the steps of a :class:`~influcoder.config.RunConfig` into ``cfg.out`` (see the module doc)."""
+    """Runs the steps of a :class:`~influcoder.run.config.RunConfig` into ``cfg.out`` (see the module doc)."""
 
     def __init__(self, cfg: RunConfig, *, log: Callable[[str], None] | None = None, progress: bool = True):
         self.cfg = cfg
@@ -431,7 +431,7 @@ class Pipeline:
                 "precision": meta.get("precision")}
 
     def _do_exact_query(self) -> dict:
-        """Fit exact-query scoring on the training part (influcoder.exact_query), then score: the whole pool's
+        """Fit exact-query scoring on the training part (influcoder.student.exact_query), then score: the whole pool's
         predicted coordinates, the top-k of every stocked query, and the held-out block (for the report)."""
         from ..student.encoder import InfluenceEncoder
         from ..student.exact_query import REFERENCE_KEYS, ExactQueryModel, coordinates, pool_features, ranked_pool_rows, select_and_fit, top_k_rows, unit_rows
@@ -575,7 +575,7 @@ class Pipeline:
                 "precision": resolved_precision(self.cfg.attribute)}
 
     def _do_filter(self) -> dict:
-        from ..search.attribute import FilterConfig, filter_pool
+        from ..search.filter import FilterConfig, filter_pool
 
         p, q = self.pool_spec, self.queries_spec
         f = {k: v for k, v in to_dict(self.cfg.filter).items() if k != "enabled"}

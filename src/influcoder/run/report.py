@@ -98,7 +98,7 @@ def verdict(per_query: dict[str, np.ndarray], margin: float, n_boot: int, seed: 
 def _ood(enc, q_emb: np.ndarray, q_ids: list[str], per_query: np.ndarray, batch_size: int) -> dict:
     """NN similarity of each held-out query to the encoder's training queries (as ``attribute`` flags OOD),
     and whether it predicts the scorer's per-query fidelity."""
-    from ..search.attribute import OODConfig, build_references, ood_report
+    from ..search.ood import OODConfig, build_references, ood_report
     from ..search.embed import normalise
 
     refs, note = build_references(enc, OODConfig(), batch_size)
@@ -202,7 +202,7 @@ def _markdown(res: dict) -> str:
                      f"{r['query_specific_spearman']:.3f} | {r[f'precision_at_{k}']:.3f} |")
     lines += ["", ("Student: the trained encoder; " if "student" in res["methods"] else "")
               + "untrained: the same base encoder and head before distillation; length: −len(pool response)" + ("; exact_query: the queries' exact gradients, the pool's coordinates "
-              "predicted by the exact_query step's head (influcoder.exact_query)" if "exact_query" in res["methods"] else "")
+              "predicted by the exact_query step's head (influcoder.student.exact_query)" if "exact_query" in res["methods"] else "")
               + ". ρ = Spearman against the teacher's gradient cosine.", ""]
     rs = res.get("response_seen")
     if rs:

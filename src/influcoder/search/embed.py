@@ -1,7 +1,7 @@
 """Stage 4a: stream a records file through an influence encoder into a sharded, resumable embedding store.
 
 ``embed_file(EmbedConfig(...))`` is what ``influcoder embed`` runs; ``influcoder embed --ray``
-(:func:`influcoder.ray_backend.embed_with_ray`) writes the same store with a pool of Ray actors. Both
+(:func:`influcoder.search.ray_backend.embed_with_ray`) writes the same store with a pool of Ray actors. Both
 run the same two passes, built from the functions of this module:
 
 1. **Plan** (:func:`plan_rows`): stream the file, validate every row (:func:`check_row`) and keep only
@@ -12,7 +12,7 @@ run the same two passes, built from the functions of this module:
    each shard still to do, encode them in length-sorted batches, L2-normalise in float32, cast to the
    storage dtype and write the shard atomically. Memory: the encoder and one shard.
 
-The store is written by :class:`influcoder.store.StoreWriter`, the writer of gradient stores, with its
+The store is written by :class:`influcoder.teacher.store.StoreWriter`, the writer of gradient stores, with its
 own format string, and read back by :func:`open_embeddings` (every consumer: ``index``, ``attribute``,
 ``filter --pool-embeddings``). Layout of an embedding store folder::
 

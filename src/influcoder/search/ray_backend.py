@@ -3,27 +3,27 @@
 Ray is an optional extra (``pip install influcoder[ray]``); this module imports it only inside functions,
 and nothing else in the package imports this module at import time.
 
-``embed --ray`` writes the embedding store ``influcoder embed`` writes (:mod:`influcoder.embed`: same
+``embed --ray`` writes the embedding store ``influcoder embed`` writes (:mod:`influcoder.search.embed`: same
 manifest, ids, rows and shard files, read by ``index``, ``attribute`` and ``filter --pool-embeddings``
-through :func:`influcoder.embed.open_embeddings`), with the same two passes:
+through :func:`influcoder.search.embed.open_embeddings`), with the same two passes:
 
 1. Ray Data reads the input (JSONL lines with ``read_text``, Parquet with ``read_parquet``; a local path or
    any URL pyarrow or fsspec understands, e.g. ``s3://``, ``gs://``, ``file://``; local .json/.csv are read
    on the driver) into blocks that stay in the object store, numbered with the 0-based source row of
-   :func:`influcoder.records.iter_rows`. ``map_batches`` checks every row with
-   :func:`influcoder.embed.check_row`; the driver plans the store from the results with
-   :func:`influcoder.embed.plan_rows` (first bad row or duplicate id, ``--skip-invalid``, ``--limit``: as
+   :func:`influcoder.data.records.iter_rows`. ``map_batches`` checks every row with
+   :func:`influcoder.search.embed.check_row`; the driver plans the store from the results with
+   :func:`influcoder.search.embed.plan_rows` (first bad row or duplicate id, ``--skip-invalid``, ``--limit``: as
    locally).
-2. The driver opens the store with :func:`influcoder.embed.open_embedding_writer` (which resumes an
+2. The driver opens the store with :func:`influcoder.search.embed.open_embedding_writer` (which resumes an
    unfinished one) and hands each missing shard to a pool of encoder actors (one model load each,
    ``cpus_per_actor`` / ``gpus_per_actor``). An actor builds the shard's records from the blocks that hold
-   them (:func:`influcoder.embed.iter_shards`), embeds them (:func:`influcoder.embed.embed_records`) and
-   writes the shard file (:func:`influcoder.store.write_shard_file`); the driver lists each finished shard
+   them (:func:`influcoder.search.embed.iter_shards`), embeds them (:func:`influcoder.search.embed.embed_records`) and
+   writes the shard file (:func:`influcoder.teacher.store.write_shard_file`); the driver lists each finished shard
    in the manifest as it arrives, and marks the store complete last. A killed run resumes from its
    finished shards.
 
 ``filter --ray`` embeds the pool that way into ``OUT/pool_embeddings`` (the store the local filter
-makes) and then runs the local filter's scoring and report code (:func:`influcoder.attribute.filter_store`)
+makes) and then runs the local filter's scoring and report code (:func:`influcoder.search.filter.filter_store`)
 on it: the same scores.jsonl, ranked.jsonl, ood.jsonl, filtered copy and report.json (plus the Ray settings).
 """
 
@@ -347,8 +347,8 @@ def embed_with_ray(cfg, rcfg: RayConfig, *, on_shard: Callable[[int], None] | No
 def filter_with_ray(cfg, rcfg: RayConfig) -> Path:
     """``influcoder filter --ray``: embed the pool file of a :class:`FilterConfig` on Ray into
     ``OUT/pool_embeddings`` (the store the local filter makes, resumable), then score it and write every
-    output with the local filter's code (:func:`influcoder.attribute.filter_store`)."""
-    from .attribute import filter_store, pool_embed_config
+    output with the local filter's code (:func:`influcoder.search.filter.filter_store`)."""
+    from .filter import filter_store, pool_embed_config
     from .embed import open_embeddings
     from ..core.fileio import atomic_write_text
 

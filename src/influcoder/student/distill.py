@@ -8,7 +8,7 @@ from the label file (pool × query, transposed to query × candidate):
 Validation cannot leak: before training, a held-out set of pool rows *and* a held-out set of query
 columns are drawn; training only ever reads ``labels[train_pool][:, train_queries]``. Every epoch (and once
 before training, "epoch 0" = the untrained encoder) the held-out pool × held-out query block is scored
-with :mod:`influcoder.metrics`; the best epoch by ``select_metric`` is the model that is saved.
+with :mod:`influcoder.core.metrics`; the best epoch by ``select_metric`` is the model that is saved.
 
 Epoch: the training pool is shuffled and cut into chunks of ``candidates`` (C); each chunk is one step
 paired with the next ``queries_per_batch`` (B) queries of a shuffled, cycling query order. With
@@ -114,7 +114,7 @@ class DistillConfig:
     """Seed of the held-out split, candidate sampling, head initialisation and dropout."""
     precision: str = "auto"
     """Precision of the encoder's forward: auto (bfloat16 autocast where the device computes it natively,
-    float32 elsewhere; see influcoder.hardware), float32, or bfloat16 (autocast; the loss stays float32).
+    float32 elsewhere; see influcoder.core.hardware), float32, or bfloat16 (autocast; the loss stays float32).
     The encoder's metadata records the resolved one."""
     device: str = "auto"
     """Device the student trains on: auto (CUDA when present, else cpu), cpu, cuda or cuda:N."""

@@ -138,11 +138,11 @@ def _texts(items: Sequence[Any] | str | dict, to_text=None) -> list[str]:
     """The texts the encoder sees: a record (or dict row) through ``to_text`` (default records.record_to_text:
     prompt + "\\n" + response, the legacy text), a string as it is.
 
-    Accepts a string, a :class:`~influcoder.records.Record`, or a dict row as read from JSONL or a
+    Accepts a string, a :class:`~influcoder.data.records.Record`, or a dict row as read from JSONL or a
     ``datasets`` row (``prompt``/``response`` or chat ``messages``, read with the default field mapping
     of the CLI), or a list/iterable of those. A single string, Record or dict is one item (a dict is never
     iterated as its keys). Anything else raises TypeError; a dict that is not a record raises a
-    :class:`~influcoder.records.RecordError` naming the item and the field."""
+    :class:`~influcoder.data.records.RecordError` naming the item and the field."""
     from ..data.records import FieldSpec, Record, row_to_record, record_to_text
 
     to_text = to_text or record_to_text

@@ -30,7 +30,7 @@ __all__ = ["principal_basis", "unit_rows", "coordinates", "form_features", "Ridg
 
 
 def form_features(records: Sequence[Any]) -> np.ndarray:
-    """The 8 style features of the response (:func:`influcoder.prior_trees.style_features`) and the prompt's
+    """The 8 style features of the response (:func:`influcoder.student.prior_trees.style_features`) and the prompt's
     log word and character counts: (n, 10) float32."""
     from .prior_trees import WORD, prompt_response, style_features
 
@@ -47,7 +47,7 @@ kept), of its response alone and of its prompt alone, then :func:`form_features`
 
 def pool_features(encoder, records: Sequence[Any], batch_size: int = 32) -> np.ndarray:
     """The head's features of pool records: the three :data:`VIEWS`' embeddings and the 10 form features,
-    (n, 3·dim + 10) float32. ``encoder``: an (untrained) :class:`~influcoder.encoder.InfluenceEncoder`."""
+    (n, 3·dim + 10) float32. ``encoder``: an (untrained) :class:`~influcoder.student.encoder.InfluenceEncoder`."""
     from ..data.records import Record
 
     recs = list(records)
@@ -134,7 +134,7 @@ class ExactQueryModel:
     encoding queries from their records also the teacher's stocking settings (``teacher``: StockConfig fields
     without data/out), the identity of the gradients the basis was fitted on (``reference``: model, adapter,
     projection and layout hashes of the run's query store) and the run's own stocked queries' coordinates by
-    :func:`~influcoder.records.record_key` (``known``), so that they are not stocked again."""
+    :func:`~influcoder.data.records.record_key` (``known``), so that they are not stocked again."""
 
     V: np.ndarray
     head: RidgeHead
@@ -237,7 +237,7 @@ def query_vectors(Q: np.ndarray) -> np.ndarray:
 class ExactQueryEncoder:
     """An exact-query model behind the encoder interface (:meth:`encode` / ``encode_query`` / ``encode_document``),
     so that ``embed``, ``index``, ``attribute``, ``filter``, ``serve``, ``run`` and Ray use it as they use an
-    :class:`~influcoder.encoder.InfluenceEncoder`: a pool record's vector is its predicted coordinates (the head on
+    :class:`~influcoder.student.encoder.InfluenceEncoder`: a pool record's vector is its predicted coordinates (the head on
     the base encoder's features), a query record's vector its exact coordinates — its LoRA gradient, stocked with
     the teacher's settings (the run's own queries are read from the saved coordinates, not stocked again),
     projected on the basis. Vectors are unit (:func:`pool_vectors`, :func:`query_vectors`); their cosine is the

@@ -93,9 +93,9 @@ def load_encoder(name: str | os.PathLike, device: str = "cpu", precision: str = 
                  stage: str | None = None) -> InfluenceEncoder:
     """Load an :class:`InfluenceEncoder` (folder or ``minilm-l6``) — or, for a folder of an exact-query model
     (``influcoder run`` with ``scorer: exact-query`` writes one: exact_query/model), an
-    :class:`~influcoder.exact_query.ExactQueryEncoder`, which encodes the same way — on ``device`` (``auto``: CUDA when present)
+    :class:`~influcoder.student.exact_query.ExactQueryEncoder`, which encodes the same way — on ``device`` (``auto``: CUDA when present)
     with forward ``precision`` (``auto``: bf16 where the device computes it natively; see
-    influcoder.hardware); a bad folder is a :class:`UserError`. ``stage`` names who loads it in the one line
+    influcoder.core.hardware); a bad folder is a :class:`UserError`. ``stage`` names who loads it in the one line
     that says which device and precision were chosen."""
     from ..core.errors import UserError
     from ..core.hardware import announce, resolve

@@ -104,7 +104,7 @@ class StockConfig:
     """Learning rate of the warm-up."""
     dtype: str = "auto"
     """Compute precision: auto (bfloat16 where the device computes it natively, float32 elsewhere; see
-    influcoder.hardware), float32, or bfloat16 (autocast). The store's manifest records the resolved one."""
+    influcoder.core.hardware), float32, or bfloat16 (autocast). The store's manifest records the resolved one."""
     store_dtype: str = "float32"
     """Storage precision: float32 or float16."""
     batch_size: int = 8
