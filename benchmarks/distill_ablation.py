@@ -330,7 +330,8 @@ def main() -> None:
                     help="which round's report (its list of levers not run, its pins) the several-seeds form writes")
     args = ap.parse_args()
 
-    from influcoder.student.distill import DistillConfig, train
+    from influcoder.student.config import DistillConfig
+    from influcoder.student.distill import train
     from influcoder.teacher.influence import compute_influence
     from influcoder.teacher.labels import load_labels
     from influcoder.data.records import FieldSpec, read_records
@@ -411,7 +412,7 @@ def main() -> None:
         opts = dict(opts)
         dense_k = opts.pop("dense_k", None)
         if dense_k:  # dense targets, the basis fitted on the rows distill trains on (its validation rows held out)
-            from influcoder.student.distill import split_indices
+            from influcoder.student.batches import split_indices
             from influcoder.teacher.influence import compute_dense_targets
 
             ds = split_indices(len(fit_pool_idx), len(fit_q), opts["val_pool"], opts["val_queries"], opts.get("seed", 0))

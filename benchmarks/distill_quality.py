@@ -147,7 +147,8 @@ def main(argv=None) -> int:
     import torch
 
     from influcoder import InfluenceEncoder
-    from influcoder.student.distill import DistillConfig, train
+    from influcoder.student.config import DistillConfig
+    from influcoder.student.distill import train
     from influcoder.eval.baselines import record_key
     from influcoder.eval.evaluate import ranking_split
     from influcoder.teacher.influence import compute_influence

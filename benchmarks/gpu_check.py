@@ -54,7 +54,8 @@ def _write(path: Path, rows: list[dict]) -> Path:
 def run_mode(device: str, precision: str, n_stock: int, n_queries: int, n_embed: int, epochs: int, work: Path) -> dict:
     import torch
 
-    from influcoder.student.distill import DistillConfig, train
+    from influcoder.student.config import DistillConfig
+    from influcoder.student.distill import train
     from influcoder.search.embed import EmbedConfig, embed_file
     from influcoder.core.hardware import resolve_precision
     from influcoder.teacher.influence import compute_influence

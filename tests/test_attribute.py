@@ -215,7 +215,8 @@ def test_reference_data_read_with_the_field_mapping_the_encoder_was_trained_with
     """An encoder trained with --pool-prompt-field etc.: its saved typed data specs (and, for older
     encoders, the training config's field options) give the reference files their own field mapping."""
     from influcoder.search.ood import find_reference_data
-    from influcoder.student.distill import DistillConfig, _data_specs
+    from influcoder.student.config import DistillConfig
+    from influcoder.student.distill import _data_specs
     from influcoder.data.records import DataSpec, read_records
 
     pool = tmp_path / "pool.jsonl"

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from influcoder.student.distill import DistillConfig, distill_loss, kl_loss, pearson_loss, sample_candidates, split_indices, train
+from influcoder.student.config import DistillConfig
+from influcoder.student.losses import distill_loss, kl_loss, pearson_loss
+from influcoder.student.batches import sample_candidates, split_indices
+from influcoder.student.distill import train
 from influcoder.core.errors import UserError
 from influcoder.teacher.labels import load_labels, write_meta
 
@@ -214,7 +217,7 @@ def test_end_to_end_train_load_and_sentence_transformers(tmp_path, tiny_bert_dir
     np.testing.assert_allclose(st.encode(texts), e, atol=1e-6)
     np.testing.assert_allclose(st.encode(texts, prompt_name="query"), enc.encode(recs, side="query"), atol=1e-6)
     # the saved weights are the best epoch's: re-scoring the held-out block reproduces its metrics
-    from influcoder.student.distill import evaluate_matrix
+    from influcoder.student.losses import evaluate_matrix
 
     L = load_labels(lf)
     pi = [L.pool_ids.index(i) for i in split["val_pool_ids"]]
@@ -679,7 +682,7 @@ def test_prior_warm_up_learns_a_known_pool_factor_and_keeps_the_best_state():
     length features + noise, the prior alone must reach the pool factor's ranking; the validation callback
     picks the state it keeps."""
     from influcoder.core import metrics as M
-    from influcoder.student.distill import warm_up_prior
+    from influcoder.student.prior import warm_up_prior
     from influcoder.student.encoder import build_prior
 
     rng = np.random.default_rng(0)
@@ -861,7 +864,7 @@ def test_regularisation_fields_are_validated():
 
 
 def test_live_bank_replaces_the_step_rows_and_carries_their_gradient():
-    from influcoder.student.distill import live_bank
+    from influcoder.student.losses import live_bank
 
     torch.manual_seed(0)
     bank = torch.randn(7, 4)

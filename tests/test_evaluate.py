@@ -381,7 +381,7 @@ def test_student_cache_key_is_the_resolved_recipe(monkeypatch):
     reuse a student trained by the old one."""
     import dataclasses
 
-    from influcoder.student import distill
+    from influcoder.student import config as distill  # where DistillConfig and NO_OP_VALUES live
     from influcoder.eval.evaluate import LEGACY_RECIPE_KEYS, student_recipe
 
     r = student_recipe({"seed": 1})

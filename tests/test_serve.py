@@ -31,7 +31,8 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 def run_dir(tmp_path_factory) -> Path:
     """A run folder laid out as the run contract says, made with the real stage functions on tiny models:
     train an encoder on teacher labels, embed the whole pool, index it, a fidelity report and the manifest."""
-    from influcoder.student.distill import DistillConfig, train
+    from influcoder.student.config import DistillConfig
+    from influcoder.student.distill import train
     from influcoder.search.embed import EmbedConfig, embed_file
     from influcoder.search.index import IndexConfig, build_index
     from influcoder.teacher.labels import meta_path

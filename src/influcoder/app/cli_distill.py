@@ -24,7 +24,8 @@ EXTRA = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, annotation=Optiona
 
 def _train(values: dict, extras: dict):
     from ..core.config import config_from_flags
-    from ..student.distill import DistillConfig, train
+    from ..student.config import DistillConfig
+    from ..student.distill import train
 
     for side in ("pool", "query"):
         for k in _BOTH:
@@ -37,7 +38,7 @@ def _train(values: dict, extras: dict):
 
 def register(app: typer.Typer) -> None:
     from ..core.config import command_from
-    from ..student.distill import DistillConfig
+    from ..student.config import DistillConfig
     from .cli_stock import data_aliases
 
     shown = ("pool_data__path", "query_data__path", "labels", "out", "encoder", "max_length", "max_train_seconds",

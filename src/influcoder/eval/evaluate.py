@@ -509,7 +509,7 @@ def student_recipe(opts: dict) -> dict:
     """The student's whole recipe: the config's ``student`` options over DistillConfig's defaults, paths aside.
     Trained students are cached by it, so a changed default trains a new student instead of reusing one
     trained by the old recipe; fields added later are left out at their no-op value (distill.NO_OP_VALUES)."""
-    from ..student.distill import NO_OP_VALUES, DistillConfig
+    from ..student.config import NO_OP_VALUES, DistillConfig
 
     recipe = {k: v for k, v in DistillConfig(pool_data="-", query_data="-", labels="-", out="-", **opts).to_dict().items()
               if k not in ("pool_data", "query_data", "labels", "out") and not (k in NO_OP_VALUES and v == NO_OP_VALUES[k])}
@@ -527,7 +527,8 @@ pool_data / query_data): kept at their unset value so the committed results keep
 def train_student(ctx: _Ctx, tag: str, train_pool: list[Record], train_queries: list[Record],
                   labels: np.ndarray, teacher_desc: dict) -> tuple[str, dict]:
     """Distil a student on (train_pool × train_queries) labels through influcoder.student.distill; cached by content."""
-    from ..student.distill import DistillConfig, train
+    from ..student.config import DistillConfig
+    from ..student.distill import train
     from ..teacher.labels import write_meta
 
     opts = {k: v for k, v in ctx.cfg.student.items() if k != "path"}

@@ -13,7 +13,7 @@ from ..core.config import ConfigError, section_of
 from ..core.errors import UserError
 from ..search.attribute import AttributeConfig
 from ..search.filter import FilterConfig
-from ..student.distill import DistillConfig
+from ..student.config import DistillConfig
 from ..search.embed import EmbedConfig
 from ..search.index import IndexConfig
 from ..data.records import DataSpec

@@ -418,7 +418,8 @@ class Pipeline:
         return {"shape": list(lab.matrix.shape), "train_shape": list(block.shape)}
 
     def _do_train(self) -> dict:
-        from ..student.distill import DistillConfig, train
+        from ..student.config import DistillConfig
+        from ..student.distill import train
 
         cfg = DistillConfig(pool_data=str(self.path("sample", "train_pool.jsonl")),
                             query_data=str(self.path("sample", "train_queries.jsonl")),

@@ -1,4 +1,6 @@
-"""Stage 3: distil the teacher's influence rankings into a bi-encoder (METHOD.md §2).
+"""Stage 3: distil the teacher's influence rankings into a bi-encoder (METHOD.md §2): the training loop, its
+checkpoints and what it saves. Its settings are :mod:`.config`, the objective and validation metrics
+:mod:`.losses`, the split and candidates :mod:`.batches`, the pool prior's warm-up and trees :mod:`.prior`.
 
 Loss, for a B×C block (B queries, C pool candidates), predicted Î = cos(E(query), E(pool)) and true I
 from the label file (pool × query, transposed to query × candidate):
@@ -25,406 +27,20 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
 from ..core.errors import UserError
 from ..core.killpoints import kill_point
 from ..data.records import DataSpec
+from .batches import sample_candidates, split_indices
+from .config import DistillConfig
+from .losses import better, distill_loss, evaluate_matrix, live_bank
+from .prior import embed_all, fit_prior_trees, prior_groups, warm_up_prior_phase
 
-__all__ = [
-    "DistillConfig",
-    "distill_loss",
-    "pearson_loss",
-    "kl_loss",
-    "split_indices",
-    "live_bank",
-    "Split",
-    "sample_candidates",
-    "evaluate_matrix",
-    "train",
-]
-
-NO_OP_VALUES = {"dense_targets": None, "dense_weight": 0.0, "rank_weight": 1.0}
-"""DistillConfig fields added after students were first cached, with the value at which each changes nothing:
-a recipe (``evaluate.student_recipe``) leaves a field out at that value, so earlier students keep their keys."""
-
-SELECT_METRICS = ("per_anchor_spearman", "aggregated_spearman", "query_specific_spearman", "loss")
-PRIOR_TREES_WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0)
-"""λ candidates of the boosted pool prior's weight (see DistillConfig.prior_trees), besides 0."""
-
-
-@dataclass
-class DistillConfig:
-    """Everything that defines a distillation run; saved as ``distill_config.json`` next to the model."""
-
-    pool_data: DataSpec
-    """Pool records file (the examples the teacher stocked as the pool) and how to read it."""
-    query_data: DataSpec
-    """Query records file (the examples the teacher stocked as queries) and how to read it."""
-    labels: str
-    """Label .npy written by ``influcoder influence`` (pool × query; ids in its .meta.json)."""
-    out: str
-    """Output folder for the trained encoder, its config, split and metrics log."""
-    encoder: str = "minilm-l6"
-    """Student: Hugging Face encoder hub id or folder, or the packaged short name minilm-l6."""
-    pool_prefix: str = ""
-    """Text prepended to every pool text (saved as the sentence-transformers prompt 'pool')."""
-    query_prefix: str = ""
-    """Text prepended to every query text (saved as the sentence-transformers prompt 'query')."""
-    pooling: str = "mean"
-    """Pooling of token embeddings: mean | cls | max."""
-    projection_dim: int | None = None
-    """If set, a linear head (no bias) projects the pooled embedding to this dimension."""
-    max_length: int = 128
-    """Encoder tokens per text (truncated from the right; the pool prior still sees the full lengths)."""
-    queries_per_batch: int = 48
-    """B: queries per step (paper: 12)."""
-    candidates: int = 48
-    """C: pool candidates per step (paper: 15)."""
-    alpha: float = 0.5
-    """Weight of the Pearson term; 1 − alpha weighs the KL term (paper: 0.5)."""
-    tau: float = 0.05
-    """Softmax temperature of the KL term, applied to teacher and student scores alike (paper: not given)."""
-    kl_over: str = "batch"
-    """Candidates of the KL term: ``batch`` (the step's C, the paper's form) or ``pool`` (a listwise KL over
-    every training pool example for each of the step's queries: the step's C candidates are embedded live,
-    the others come from a bank of their latest embeddings, no gradient, refreshed whenever a row is a step's
-    candidate, so at most one epoch old; the Pearson term stays on the B × C block)."""
-    hard_fraction: float = 0.0
-    """Share of the C candidate slots filled with high-influence pool examples of the step's queries."""
-    hard_top_k: int = 50
-    """Hard candidates are drawn from each query's top-k training pool examples by true influence."""
-    lr: float = 5e-4
-    """AdamW learning rate (paper: 5e-5)."""
-    weight_decay: float = 0.01
-    """AdamW weight decay (paper: 0.01)."""
-    warmup_ratio: float = 0.1
-    """Share of optimiser steps with linear learning-rate warm-up (then linear decay to 0)."""
-    max_grad_norm: float = 1.0
-    """Gradient-norm clipping threshold (0 disables clipping)."""
-    epochs: int = 40
-    """Passes over the training pool (paper: 10)."""
-    grad_accum: int = 1
-    """Steps whose gradients are accumulated (summed loss / grad_accum) before one optimiser update."""
-    seed: int = 0
-    """Seed of the held-out split, candidate sampling, head initialisation and dropout."""
-    precision: str = "auto"
-    """Precision of the encoder's forward: auto (bfloat16 autocast where the device computes it natively,
-    float32 elsewhere; see influcoder.core.hardware), float32, or bfloat16 (autocast; the loss stays float32).
-    The encoder's metadata records the resolved one."""
-    device: str = "auto"
-    """Device the student trains on: auto (CUDA when present, else cpu), cpu, cuda or cuda:N."""
-    val_pool: float = 0.2
-    """Held-out pool examples: a fraction if < 1, else a count."""
-    val_queries: float = 0.2
-    """Held-out queries: a fraction if < 1, else a count."""
-    select_metric: str = "per_anchor_spearman"
-    """Validation metric that picks the saved epoch (higher is better; for 'loss' lower is better)."""
-    eval_batch_size: int = 64
-    """Texts per forward pass when embedding the held-out sets."""
-    max_train_seconds: float | None = None
-    """Wall-clock budget for the optimisation steps: when spent, the current epoch stops early, is validated
-    (logged with ``"partial": true``) and training ends. The learning-rate schedule is not shortened."""
-    limit_pool: int | None = None
-    """Use only the first N pool rows of the label file (quick runs)."""
-    limit_queries: int | None = None
-    """Use only the first N query columns of the label file (quick runs)."""
-    freeze_layers: int | None = None
-    """Freeze the word embeddings and the first N transformer layers; their outputs are computed once per
-    training text and cached, so each step runs only the top layers (much cheaper; see layer_cache.py).
-    None (default): all but the top two layers (4 of MiniLM-L6's 6); 0 trains every layer."""
-    center_queries: bool = False
-    """Pearson term on per-query centred blocks (each query's mean removed from predicted and true rows)."""
-    pool_mean_weight: float = 0.0
-    """Weight of an extra term 1 − Pearson over the step's candidates between the predicted mean over the step's
-    queries and the candidate's true mean influence over *all* training queries (the pool factor)."""
-    dropout: float | None = None
-    """Dropout probability of every dropout layer of the encoder while it trains (None: the model's own,
-    0.1 for MiniLM). Frozen, cached layers run without dropout either way."""
-    anchor_weight: float = 0.0
-    """Weight of a term that keeps the student close to where it started: mean over the step's texts of
-    1 − cos(E(x), E₀(x)), E₀ the starting encoder's embedding (computed once, without dropout)."""
-    label_noise: float = 0.0
-    """Standard deviation of Gaussian noise added to the step's true labels (fresh every step). The
-    CountSketch's own error on a cosine is ≈ 1/√k (0.004 at k = 65,536); labels spread ≈ 0.04 within a query."""
-    patience: int | None = 3
-    """Early stopping: end training after this many epochs without a better validation score."""
-    pool_prior: bool = True
-    """Learn a pool-side prior: predicted influence = cos(E(q), E(p)) + b(p), b = w·tanh(MLP) of the pool
-    embedding and its length features, carried by two extra coordinates of unit vectors (exact under an
-    inner-product index; see encoder.build_prior)."""
-    prior_hidden: int = 256
-    """Hidden width of the pool prior's MLP."""
-    prior_lr: float | None = 2e-3
-    """Learning rate of the pool prior's parameters (None: ``lr``); the prior starts from zero, so a larger
-    rate lets it take up the pool factor within a short run."""
-    score_scale_lr: float = 2e-2
-    """Learning rate of the pool prior's training scale γ (the loss sees γ·(cos + b); see
-    encoder.build_prior): a learned temperature that lets the prior outweigh a still-noisy cosine early.
-    0 keeps γ = 1 (the loss of the earlier recipe)."""
-    prior_warmup_steps: int = 1000
-    """Steps that fit the pool prior alone before the encoder trains: the starting encoder's embeddings of
-    the training and validation texts are computed once (no gradient), then only the prior learns, on random
-    B × C blocks of the training labels with the same loss (no encoder pass, so seconds). The prior state
-    with the best validation score (checked every ``prior_warmup_eval`` steps) starts the joint training.
-    Without ``pool_prior`` there is no prior and nothing is done."""
-    prior_warmup_eval: int = 100
-    """Validation interval (steps) of the prior warm-up and of the prior refit."""
-    prior_trees: bool = True
-    """Fit a boosted pool prior after training (prior_trees.py; needs ``pool_prior``): gradient-boosted trees
-    from the trained student's embedding of each training pool example and plain statistics of its text
-    (lengths, the response's form) to its pool factor (mean label over the training queries). Its weight κ is
-    chosen on distill's validation block among 0 (no trees) and λ·(spread of the score)/(spread of the trees'
-    prediction), λ in PRIOR_TREES_WEIGHTS; the score becomes cos + b(p) + κ·g(p), still one inner product.
-    Without ``pool_prior`` there are no trees either (their term rides on the prior's coordinate)."""
-    prior_refit_steps: int = 0
-    """Steps that refit the pool prior alone, as the warm-up does, on the embeddings of the encoder training
-    chose (after its best epoch is loaded); the refit state is kept only where distill's validation improves."""
-    dense_targets: str | None = None
-    """A dense-target file (``influcoder targets``): every stocked example's coordinates c in the top-k principal
-    directions of the teacher's unit gradients. With ``dense_weight`` > 0, each step also regresses the
-    embedding of every pool row and query in the step onto its own unit target ĉ = c / ‖c‖ (zero-padded to the
-    embedding's dimension): the term 1 − ⟨E(x), ĉ⟩, so cos(E(p), E(q)) → cos(c_p, c_q), which ranks the pool as
-    the teacher does up to the basis (experiment 1: per-anchor 0.92 at k = 32). Needs an embedding dimension ≥ k
-    (``projection_dim``). Every stocked example is then a training example on its own, not only through pairs."""
-    dense_weight: float = 0.0
-    """Weight of the dense-target term (needs ``dense_targets``)."""
-    rank_weight: float = 1.0
-    """Weight of the ranking losses (Pearson + KL on the step's block); 0 with ``dense_weight`` > 0 trains on
-    the dense target alone (the prior warm-up and trees still read the labels)."""
-
-    def __post_init__(self) -> None:
-        def bad(msg: str):
-            raise UserError(f"DistillConfig: {msg}")
-
-        self.pool_data, self.query_data = DataSpec.of(self.pool_data), DataSpec.of(self.query_data)
-
-        if self.queries_per_batch < 1 or self.candidates < 2:
-            bad(f"need queries_per_batch ≥ 1 and candidates ≥ 2, got {self.queries_per_batch} and {self.candidates}")
-        if not 0.0 <= self.alpha <= 1.0:
-            bad(f"alpha must be in [0, 1], got {self.alpha}")
-        if not self.tau > 0:
-            bad(f"tau must be > 0, got {self.tau}")
-        if self.kl_over not in ("batch", "pool"):
-            bad(f"kl_over must be batch or pool, got {self.kl_over!r}")
-        if not 0.0 <= self.hard_fraction <= 1.0:
-            bad(f"hard_fraction must be in [0, 1], got {self.hard_fraction}")
-        if self.hard_top_k < 1:
-            bad(f"hard_top_k must be ≥ 1, got {self.hard_top_k}")
-        if not self.lr > 0 or self.weight_decay < 0 or self.max_grad_norm < 0:
-            bad("need lr > 0, weight_decay ≥ 0, max_grad_norm ≥ 0")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            bad(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.epochs < 1 or self.grad_accum < 1:
-            bad(f"epochs and grad_accum must be ≥ 1, got {self.epochs} and {self.grad_accum}")
-        for name in ("val_pool", "val_queries"):
-            v = getattr(self, name)
-            if not (0 < v < 1 or (v >= 1 and float(v).is_integer())):
-                bad(f"{name} must be a fraction in (0, 1) or a whole count ≥ 1, got {v}")
-        if self.select_metric not in SELECT_METRICS:
-            bad(f"select_metric must be one of {', '.join(SELECT_METRICS)}, got {self.select_metric!r}")
-        if self.pooling not in ("mean", "cls", "max"):
-            bad(f"pooling must be mean, cls or max, got {self.pooling!r}")
-        if self.projection_dim is not None and self.projection_dim < 1:
-            bad(f"projection_dim must be ≥ 1, got {self.projection_dim}")
-        if self.max_train_seconds is not None and not self.max_train_seconds > 0:
-            bad(f"max_train_seconds must be > 0, got {self.max_train_seconds}")
-        if self.max_length < 8 or self.eval_batch_size < 1:
-            bad("need max_length ≥ 8 and eval_batch_size ≥ 1")
-        if self.freeze_layers is not None and self.freeze_layers < 0:
-            bad(f"freeze_layers must be ≥ 0, got {self.freeze_layers}")
-        if self.pool_mean_weight < 0:
-            bad(f"pool_mean_weight must be ≥ 0, got {self.pool_mean_weight}")
-        if self.prior_lr is not None and not self.prior_lr > 0:
-            bad(f"prior_lr must be > 0, got {self.prior_lr}")
-        if self.prior_hidden < 1:
-            bad(f"prior_hidden must be ≥ 1, got {self.prior_hidden}")
-        if not self.score_scale_lr >= 0:
-            bad(f"score_scale_lr must be ≥ 0, got {self.score_scale_lr}")
-        if self.prior_warmup_steps < 0:
-            bad(f"prior_warmup_steps must be ≥ 0, got {self.prior_warmup_steps}")
-        if self.prior_refit_steps < 0:
-            bad(f"prior_refit_steps must be ≥ 0, got {self.prior_refit_steps}")
-        if self.prior_warmup_eval < 1:
-            bad(f"prior_warmup_eval must be ≥ 1, got {self.prior_warmup_eval}")
-        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
-            bad(f"dropout must be in [0, 1), got {self.dropout}")
-        if not self.anchor_weight >= 0:
-            bad(f"anchor_weight must be ≥ 0, got {self.anchor_weight}")
-        if not self.label_noise >= 0:
-            bad(f"label_noise must be ≥ 0, got {self.label_noise}")
-        if self.patience is not None and self.patience < 1:
-            bad(f"patience must be ≥ 1, got {self.patience}")
-        if not self.dense_weight >= 0 or not self.rank_weight >= 0:
-            bad(f"dense_weight and rank_weight must be ≥ 0, got {self.dense_weight} and {self.rank_weight}")
-        if self.dense_weight > 0 and not self.dense_targets:
-            bad("dense_weight > 0 needs dense_targets (a file from `influcoder targets`)")
-        if self.dense_weight == 0 and self.rank_weight == 0:
-            bad("rank_weight and dense_weight are both 0: nothing to train on")
-        from ..core.hardware import check_compute
-
-        try:
-            check_compute(self.device, self.precision)
-        except UserError as e:
-            bad(str(e))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":
-        known = {f.name for f in fields(cls)}
-        d = dict(d)
-        if "bf16" in d and "precision" not in d:  # training configs saved before `precision` replaced `bf16`
-            d["precision"] = "bfloat16" if d.pop("bf16") else "float32"
-        unknown = set(d) - known
-        if unknown:
-            raise UserError(f"DistillConfig: unknown fields {sorted(unknown)}")
-        return cls(**d)
-
-
-# ---------------------------------------------------------------------------------------------- loss
-def pearson_loss(pred, true, eps: float = 1e-8, center_rows: bool = False):
-    """1 − Pearson correlation of the flattened matrices (a scalar tensor); with ``center_rows`` each row
-    (query) has its own mean removed first, so only the within-query ordering of the candidates counts."""
-    if center_rows:
-        pred = pred.float() - pred.float().mean(dim=-1, keepdim=True)
-        true = true.float() - true.float().mean(dim=-1, keepdim=True)
-    p = pred.reshape(-1).float()
-    t = true.reshape(-1).float()
-    p = p - p.mean()
-    t = t - t.mean()
-    r = (p * t).sum() / (p.norm() * t.norm() + eps)
-    return 1.0 - r
-
-
-def kl_loss(pred, true, tau: float):
-    """mean over rows (queries) of KL(softmax(true_q/τ) ‖ softmax(pred_q/τ)), summed over candidates."""
-    import torch
-
-    log_p = torch.log_softmax(true.float() / tau, dim=-1)
-    log_q = torch.log_softmax(pred.float() / tau, dim=-1)
-    kl_rows = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
-    return kl_rows.mean()
-
-
-def distill_loss(pred, true, alpha: float = 0.5, tau: float = 0.05, center_queries: bool = False,
-                 pool_mean=None, pool_mean_weight: float = 0.0, kl_pred=None, kl_true=None):
-    """``α·(1 − Pearson(vec Î, vec I)) + (1 − α)·mean_q KL(softmax(I_q/τ) ‖ softmax(Î_q/τ))``
-    ``+ w·(1 − Pearson(mean_q Î, m))`` when ``pool_mean`` m (one true pool-factor value per candidate) and
-    ``pool_mean_weight`` w > 0 are given.
-
-    ``pred`` and ``true`` are (B queries × C candidates). With ``kl_pred`` / ``kl_true`` (B × N, e.g. every
-    training candidate: :func:`live_bank`) the KL term is taken over those instead of the block.
-    Returns ``(loss, {"pearson": .., "kl": .., "pool_mean": ..})``."""
-    lp = pearson_loss(pred, true, center_rows=center_queries)
-    if (kl_pred is None) != (kl_true is None):
-        raise ValueError("kl_pred and kl_true go together")
-    lk = kl_loss(pred, true, tau) if kl_pred is None else kl_loss(kl_pred, kl_true, tau)
-    loss = alpha * lp + (1.0 - alpha) * lk
-    parts = {"pearson": lp.detach(), "kl": lk.detach()}
-    if pool_mean is not None and pool_mean_weight > 0:
-        lm = pearson_loss(pred.float().mean(dim=0), pool_mean)
-        loss = loss + pool_mean_weight * lm
-        parts["pool_mean"] = lm.detach()
-    return loss, parts
-
-
-def live_bank(bank, ep, cands):
-    """The bank of every training pool example's embedding (N × d, fixed) with rows ``cands`` (the step's C
-    indices into it) replaced by their live embeddings ``ep`` (C × d, with gradient): what the listwise KL
-    (``kl_over="pool"``) scores each query against. Where an index repeats, its last live row is kept."""
-    import torch
-
-    last: dict[int, int] = {}
-    for k, c in enumerate(np.asarray(cands).tolist()):
-        last[int(c)] = k
-    rows = torch.tensor(list(last), dtype=torch.long)
-    pos = torch.tensor(list(last.values()), dtype=torch.long)
-    return bank.index_copy(0, rows, ep[pos].to(bank.dtype))
-
-
-# ---------------------------------------------------------------------------------------------- split
-@dataclass
-class Split:
-    """Row (pool) and column (query) indices into the label matrix."""
-
-    train_pool: np.ndarray
-    val_pool: np.ndarray
-    train_queries: np.ndarray
-    val_queries: np.ndarray
-
-
-def _count(spec: float, n: int, what: str) -> int:
-    k = int(round(spec * n)) if spec < 1 else int(spec)
-    if k < 2 or n - k < 2:
-        raise UserError(f"held-out {what}: {k} of {n} leaves too few for training or validation (need ≥ 2 each)")
-    return k
-
-
-def split_indices(n_pool: int, n_query: int, val_pool: float, val_queries: float, seed: int) -> Split:
-    """Disjoint, seeded train/held-out index sets on both axes."""
-    rng = np.random.default_rng(seed)
-    kp, kq = _count(val_pool, n_pool, "pool"), _count(val_queries, n_query, "queries")
-    pp, qq = rng.permutation(n_pool), rng.permutation(n_query)
-    return Split(np.sort(pp[kp:]), np.sort(pp[:kp]), np.sort(qq[kq:]), np.sort(qq[:kq]))
-
-
-def sample_candidates(rng: np.random.Generator, chunk: np.ndarray, queries: np.ndarray, train_labels: np.ndarray,
-                      hard_fraction: float, hard_top_k: int, top_cache: dict[int, np.ndarray]) -> np.ndarray:
-    """Candidate positions (into the training pool) for one step: the uniform ``chunk``, with
-    ``round(hard_fraction·C)`` slots replaced by examples from the top-``hard_top_k`` of the step's queries.
-    ``train_labels`` is the training block (train pool × train queries); ``queries`` are its column positions."""
-    C = len(chunk)
-    n_hard = int(round(hard_fraction * C))
-    if n_hard == 0:
-        return chunk
-    chosen: list[int] = []
-    seen: set[int] = set()
-    tries = 0
-    while len(chosen) < n_hard and tries < 20 * n_hard:
-        tries += 1
-        q = int(queries[rng.integers(len(queries))])
-        if q not in top_cache:
-            col = train_labels[:, q]
-            k = min(hard_top_k, len(col))
-            top_cache[q] = np.argpartition(-col, k - 1)[:k]
-        c = int(top_cache[q][rng.integers(len(top_cache[q]))])
-        if c not in seen:
-            seen.add(c)
-            chosen.append(c)
-    rest = [int(c) for c in chunk if int(c) not in seen][: C - len(chosen)]
-    return np.asarray(chosen + rest, dtype=np.int64)
-
-
-# ---------------------------------------------------------------------------------------------- eval
-def evaluate_matrix(pred: np.ndarray, true: np.ndarray, alpha: float, tau: float) -> dict[str, float]:
-    """Validation numbers for a (pool × query) prediction: Spearman metrics and the loss on the full block."""
-    import torch
-
-    from ..core import metrics
-
-    loss, parts = distill_loss(torch.from_numpy(np.ascontiguousarray(pred.T)).float(),
-                               torch.from_numpy(np.ascontiguousarray(true.T)).float(), alpha, tau)
-    return {
-        "per_anchor_spearman": metrics.per_anchor_spearman(pred, true),
-        "aggregated_spearman": metrics.aggregated_spearman(pred, true),
-        "query_specific_spearman": metrics.query_specific_spearman(pred, true),
-        "loss": float(loss),
-        "loss_pearson": float(parts["pearson"]),
-        "loss_kl": float(parts["kl"]),
-    }
-
-
-def _better(metric: str, new: float, old: float | None) -> bool:
-    if old is None:
-        return True
-    return new < old if metric == "loss" else new > old
-
+__all__ = ["train", "set_dropout", "CHECKPOINT_DIR"]
 
 # ---------------------------------------------------------------------------------------------- data
 def _load_side(data: DataSpec, ids: list[str], side: str):
@@ -457,154 +73,9 @@ class _Writer:
         self.f.close()
 
 
-def warm_up_prior(prior, pool_emb: np.ndarray, query_emb: np.ndarray, pool_len: np.ndarray, labels: np.ndarray,
-                  steps: int, queries_per_batch: int, candidates: int, lr: float, alpha: float, tau: float,
-                  seed: int, validate: Callable | None = None, eval_every: int = 100,
-                  scale_lr: float = 2e-2) -> list[dict]:
-    """Fit the pool prior alone on fixed embeddings: the loss sees γ·(query_emb @ pool_emb.T + prior(pool))
-    (γ: the prior's training scale, rate ``scale_lr``),
-    on random B × C blocks of ``labels`` (pool × query, rows and columns aligned with the embeddings), with
-    :func:`distill_loss`. ``validate(prior) -> float`` (higher is better) is called every ``eval_every``
-    steps and at the end; the best state is loaded into ``prior`` (without ``validate``: the last state).
-    Returns the history (one row per validation: step, score, mean training loss since the last row)."""
-    import torch
-
-    from .encoder import InfluenceEncoder
-
-    rng = np.random.default_rng(seed)
-    dev = prior.raw_w.device
-    EP = torch.as_tensor(pool_emb, dtype=torch.float32, device=dev)
-    EQ = torch.as_tensor(query_emb, dtype=torch.float32, device=dev)
-    LEN = torch.as_tensor(pool_len, dtype=torch.float32, device=dev)
-    T = torch.as_tensor(labels, dtype=torch.float32, device=dev)
-    n_p, n_q = T.shape
-    C, B = min(candidates, n_p), min(queries_per_batch, n_q)
-    opt = torch.optim.AdamW(_prior_groups(prior, lr, scale_lr), lr=lr)
-    prior.train()
-    best, best_state, history, run = None, copy.deepcopy(prior.state_dict()), [], []
-    if validate is not None:
-        prior.eval()
-        best = float(validate(prior))
-        history.append({"step": 0, "score": best})
-        prior.train()
-    for s in range(1, steps + 1):
-        c = torch.from_numpy(rng.choice(n_p, C, replace=False)).to(dev)
-        q = torch.from_numpy(rng.choice(n_q, B, replace=False)).to(dev)
-        pred = prior.scale * (EQ[q] @ EP[c].T + prior(InfluenceEncoder.prior_input(EP[c], LEN[c]))[None, :])
-        loss, _ = distill_loss(pred, T[c][:, q].T, alpha, tau)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        run.append(float(loss.detach()))
-        if validate is not None and (s % eval_every == 0 or s == steps):
-            prior.eval()
-            with torch.no_grad():
-                score = float(validate(prior))
-            prior.train()
-            history.append({"step": s, "score": score, "train_loss": float(np.mean(run))})
-            run = []
-            if score > best:
-                best, best_state = score, copy.deepcopy(prior.state_dict())
-    if validate is not None:
-        prior.load_state_dict(best_state)
-    prior.eval()
-    return history
-
-
-def _prior_groups(prior, lr: float, scale_lr: float) -> list[dict]:
-    """AdamW parameter groups of the pool prior: its MLP and weight at ``lr``, its training scale at ``scale_lr``."""
-    rest = [p for n, p in prior.named_parameters() if n != "raw_scale"]
-    return [{"params": rest, "weight_decay": 0.0, "lr": lr},
-            {"params": [prior.raw_scale], "weight_decay": 0.0, "lr": scale_lr}]
-
-
-def _embed_all(enc, records, side: str, batch_size: int) -> np.ndarray:
-    return enc.encode(records, batch_size=batch_size, side=side)
-
-
-def _warm_up_prior(enc, cfg: DistillConfig, cache, train_pool_recs, train_query_recs, val_pool_recs, val_query_recs,
-                   pool_len, train_block: np.ndarray, val_block: np.ndarray, steps: int | None = None) -> dict[str, float]:
-    """:func:`warm_up_prior` on the encoder's current embeddings (computed once, no gradient); validation on
-    the held-out block exactly as training validates (score vectors' inner products); the prior keeps its best
-    validated state, its starting state included. Returns the metrics of the state kept."""
-    import torch
-
-    enc.eval()
-    bs = cfg.eval_batch_size
-    with torch.no_grad():
-        if cache is not None:  # the cached lower layers give the same embeddings, cheaper
-            def cached(name: str, n: int) -> np.ndarray:
-                return torch.cat([cache.embed(name, range(i, min(i + bs, n))).float() for i in range(0, n, bs)]).cpu().numpy()
-
-            EP, EQ = cached("pool", len(train_pool_recs)), cached("query", len(train_query_recs))
-        else:
-            EP = enc.text_embeddings(train_pool_recs, batch_size=bs, side="pool")
-            EQ = enc.text_embeddings(train_query_recs, batch_size=bs, side="query")
-        VP = enc.text_embeddings(val_pool_recs, batch_size=bs, side="pool")
-        VQ = enc.score_vectors(enc.text_embeddings(val_query_recs, batch_size=bs, side="query"), "query")
-    vlen = enc.length_features(val_pool_recs)
-
-    def scores() -> np.ndarray:
-        return enc.score_vectors(VP, "pool", lengths=vlen) @ VQ.T
-
-    def validate(_prior) -> float:
-        return evaluate_matrix(scores(), val_block, cfg.alpha, cfg.tau)[cfg.select_metric] * (-1 if cfg.select_metric == "loss" else 1)
-
-    warm_up_prior(enc.prior, EP, EQ, pool_len.cpu().numpy(), train_block, steps or cfg.prior_warmup_steps, cfg.queries_per_batch,
-                  cfg.candidates, cfg.prior_lr if cfg.prior_lr is not None else cfg.lr, cfg.alpha, cfg.tau,
-                  cfg.seed + 2, validate, cfg.prior_warmup_eval, cfg.score_scale_lr)
-    return evaluate_matrix(scores(), val_block, cfg.alpha, cfg.tau)
-
-
 # ---------------------------------------------------------------------------------------------- checkpoints
 CHECKPOINT_DIR = "checkpoint"
 """Sub-folder of the output folder holding the last epoch's training state (removed once training ends)."""
-
-
-def fit_prior_trees(enc, train_pool_recs, train_block: np.ndarray, val_pool_recs, val_query_recs,
-                    val_block: np.ndarray, cfg: DistillConfig) -> dict:
-    """Fit the boosted pool prior on the trained student (see ``DistillConfig.prior_trees``) and attach it where
-    it improves distill's validation score; returns ``{"kappa", "lambda", "candidates": [{lambda, kappa, metrics}],
-    "metrics"}`` (the chosen candidate's validation metrics)."""
-    import torch
-
-    from .prior_trees import fit_trees
-
-    enc.eval()
-    enc.set_prior_trees(None, 0.0, (0.0, 0.0))
-    bs = cfg.eval_batch_size
-    E = enc.text_embeddings(train_pool_recs, batch_size=bs, side="pool")
-    F = enc.prior_features(train_pool_recs)
-    X = np.hstack([E, F])
-    trees, _ = fit_trees(X, train_block.mean(axis=1), seed=cfg.seed)
-    # clip range: the training predictions' range widened by a quarter of its span on each side, within the
-    # trees' own bounds (those sum every tree's extreme leaf and are much wider: a wide range only shrinks the
-    # embedding part of the score vectors, a² = 1/(1 + W), and so their float32 resolution)
-    g_tr = trees.predict(X)
-    span = float(g_tr.max() - g_tr.min())
-    b_lo, b_hi = trees.bounds()
-    lo, hi = max(b_lo, float(g_tr.min()) - 0.25 * span), min(b_hi, float(g_tr.max()) + 0.25 * span)
-    hi = max(hi, lo)  # trees with no spread: min == max, and the bounds' rounding may put lo one ulp above hi
-    VP = enc.text_embeddings(val_pool_recs, batch_size=bs, side="pool")
-    VF = enc.prior_features(val_pool_recs)
-    VQ = enc.text_embeddings(val_query_recs, batch_size=bs, side="query")
-    with torch.no_grad():
-        b = enc.prior_scores(torch.from_numpy(VP), torch.from_numpy(VF[:, :2])).cpu().numpy().astype(np.float64)
-    base = VP.astype(np.float64) @ VQ.T.astype(np.float64) + b[:, None]
-    g = np.clip(trees.predict(np.hstack([VP, VF])), lo, hi)
-    m0 = evaluate_matrix(base, val_block, cfg.alpha, cfg.tau)
-    cands = [{"lambda": 0.0, "kappa": 0.0, "metrics": m0}]
-    best = cands[0]
-    flat = not (g.std() > 1e-9 * max(1.0, float(np.abs(g).max())))  # no spread (e.g. too few rows to split on)
-    for lam in () if flat else PRIOR_TREES_WEIGHTS:
-        kappa = float(lam * base.std() / max(g.std(), 1e-12))
-        m = evaluate_matrix(base + kappa * g[:, None], val_block, cfg.alpha, cfg.tau)
-        cands.append({"lambda": lam, "kappa": kappa, "metrics": m})
-        if _better(cfg.select_metric, m[cfg.select_metric], best["metrics"][cfg.select_metric]):
-            best = cands[-1]
-    enc.set_prior_trees(trees, best["kappa"], (lo, hi))
-    return {"kappa": best["kappa"], "lambda": best["lambda"], "candidates": cands, "metrics": best["metrics"],
-            "n_trees": int(trees.feature.shape[0]), "clip": [lo, hi]}
 
 
 def set_dropout(module, p: float) -> int:
@@ -818,8 +289,8 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
     def validate() -> dict[str, float]:
         enc.eval()
         with torch.no_grad():
-            P = _embed_all(enc, val_pool_recs, "pool", cfg.eval_batch_size)
-            Q = _embed_all(enc, val_query_recs, "query", cfg.eval_batch_size)
+            P = embed_all(enc, val_pool_recs, "pool", cfg.eval_batch_size)
+            Q = embed_all(enc, val_query_recs, "query", cfg.eval_batch_size)
         return evaluate_matrix(P @ Q.T, val_block, cfg.alpha, cfg.tau)
 
     rng = np.random.default_rng(cfg.seed + 1)
@@ -837,7 +308,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
     no_decay = [p for p in body if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if prior_ids:
-        groups += _prior_groups(enc.prior, cfg.prior_lr if cfg.prior_lr is not None else cfg.lr, cfg.score_scale_lr)
+        groups += prior_groups(enc.prior, cfg.prior_lr if cfg.prior_lr is not None else cfg.lr, cfg.score_scale_lr)
     opt = torch.optim.AdamW(groups, lr=cfg.lr)
 
     def lr_at(u: int) -> float:
@@ -862,7 +333,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
         """Fit the prior alone (warm-up or refit); its validation row (``model``, ``{key}_steps``) joins the
         history. Returns its validation metrics."""
         t = time.time()
-        m = _warm_up_prior(enc, cfg, cache, train_pool_recs, train_query_recs, val_pool_recs, val_query_recs,
+        m = warm_up_prior_phase(enc, cfg, cache, train_pool_recs, train_query_recs, val_pool_recs, val_query_recs,
                            pool_len, train_block, val_block, steps)
         history.append({"epoch": epoch, "step": at_step, "split": "val", "model": model, **m,
                         f"{key}_steps": steps, "seconds": time.time() - t})
@@ -873,7 +344,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
     if enc.prior is not None and cfg.prior_warmup_steps and not resumed:
         m_w = prior_phase("prior warm-up", "prior_warmup", cfg.prior_warmup_steps, 0, 0)
         writer.write(history[-1])
-        if _better(cfg.select_metric, m_w[cfg.select_metric], best_val):
+        if better(cfg.select_metric, m_w[cfg.select_metric], best_val):
             best_val, best_metrics = m_w[cfg.select_metric], m_w
         kill_point("train:warm-up")
     best_state = copy.deepcopy(enc.state_dict())
@@ -1011,7 +482,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
             say(f"epoch {epoch}: train loss {row['train_loss']:.4f}; val per-anchor {m['per_anchor_spearman']:.3f}, "
                 f"aggregated {m['aggregated_spearman']:.3f}, query-specific {m['query_specific_spearman']:.3f}, "
                 f"loss {m['loss']:.4f}")
-            if _better(cfg.select_metric, m[cfg.select_metric], best_val):
+            if better(cfg.select_metric, m[cfg.select_metric], best_val):
                 best_val, best_epoch, best_metrics = m[cfg.select_metric], epoch, m
                 best_state = copy.deepcopy(enc.state_dict())
                 since_best = 0
@@ -1043,7 +514,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
     enc.eval()
     if enc.prior is not None and cfg.prior_refit_steps:
         m_r = prior_phase("prior refit", "prior_refit", cfg.prior_refit_steps, best_epoch, step)
-        if _better(cfg.select_metric, m_r[cfg.select_metric], best_val):
+        if better(cfg.select_metric, m_r[cfg.select_metric], best_val):
             best_val, best_metrics = m_r[cfg.select_metric], m_r
     if enc.prior is not None and cfg.prior_trees:
         tt = time.time()
