@@ -229,7 +229,7 @@ def _threads() -> int:
 
 def exp1_training_part(pool_recs, query_recs, split_seed: int, test_pool: int, test_queries: int):
     from influcoder.eval import evaluate as E
-    from influcoder.eval.evaluate import ranking_split
+    from influcoder.eval.datasets import ranking_split
 
     sp = ranking_split(len(pool_recs), len(query_recs), test_pool, test_queries, split_seed,
                        pool_keys=E._ids(pool_recs), query_keys=E._ids(query_recs))

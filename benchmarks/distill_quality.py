@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     from influcoder.student.config import DistillConfig
     from influcoder.student.distill import train
     from influcoder.eval.baselines import record_key
-    from influcoder.eval.evaluate import ranking_split
+    from influcoder.eval.datasets import ranking_split
     from influcoder.teacher.influence import compute_influence
     from influcoder.teacher.labels import load_labels, write_meta
     from influcoder.teacher.store import open_store

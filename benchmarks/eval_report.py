@@ -105,7 +105,7 @@ def goal_checks() -> list[str]:
 
 def teacher_line(r: dict) -> str:
     """How experiment 1's ground truth was made, from the results themselves."""
-    from influcoder.eval.evaluate import teacher_description
+    from influcoder.eval.report import teacher_description
 
     line = teacher_description(r["per_seed"][0].get("teacher") or {})
     cfg_t = r["config"].get("teacher", {})
@@ -122,7 +122,7 @@ def teacher_line(r: dict) -> str:
 def datelm_section(r: dict) -> list[str]:
     """Experiment 2 as DATE-LM builds it: the construction, the table (mean ± std over the seeds each row has),
     DATE-LM's leaderboard beside ours, the student's bar — from eval_exp2_toxicity_datelm.json."""
-    from influcoder.eval.evaluate import bar_lines, datelm_bar, datelm_comparison
+    from influcoder.eval.report import bar_lines, datelm_bar, datelm_comparison
 
     ps = r["per_seed"][0]
     variants = list(r["summary"])

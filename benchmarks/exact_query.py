@@ -319,7 +319,8 @@ def run_toxicity(args) -> None:
     from influcoder.core import metrics as M
     from influcoder.eval.baselines import DecoderFeatures
     from influcoder.student.encoder import InfluenceEncoder
-    from influcoder.eval.evaluate import load_config, toxicity_data
+    from influcoder.eval.evaluate import load_config
+    from influcoder.eval.datasets import toxicity_data
     from influcoder.student.exact_query import coordinates, form_features, select_and_fit
     from influcoder.core.hardware import cpu_info, resolve
     from influcoder.student.prior_trees import fit_trees

@@ -12,7 +12,8 @@ import yaml
 
 from influcoder.core.errors import UserError
 from influcoder.data.records import DataSpec
-from influcoder.eval.evaluate import load_config, run, toxicity_data
+from influcoder.eval.evaluate import load_config, run
+from influcoder.eval.datasets import toxicity_data
 
 from conftest import SAMPLE_ROWS
 
@@ -47,7 +48,7 @@ def _direct_split_and_truth(cfg, seed):
     """The ranking test block of ``seed`` and its exact-teacher truth, computed outside the harness:
     LoRA gradients from DecoderFeatures (checked against autograd in test_baselines) and a numpy cosine."""
     from influcoder.eval.baselines import DecoderFeatures, record_key
-    from influcoder.eval.evaluate import ranking_split
+    from influcoder.eval.datasets import ranking_split
     from influcoder.data.records import read_records
 
     pool, _ = read_records(cfg["data"]["pool"])
@@ -292,7 +293,7 @@ def test_ranking_with_store_teacher_matches_exact_teacher(tmp_path, tiny_model_d
 
 def test_ranking_split_keeps_duplicates_of_test_rows_out_of_training():
     """Real pools repeat examples: a training row with the same content as a test row would leak it."""
-    from influcoder.eval.evaluate import ranking_split
+    from influcoder.eval.datasets import ranking_split
 
     keys = [f"k{i % 7}" for i in range(20)]          # every content appears ~3 times
     qkeys = [f"q{i}" for i in range(10)]             # no duplicates among queries

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from influcoder.core.errors import UserError
-from influcoder.eval.evaluate import DATELM_DATA, check_no_shared_prompts, load_config, prompt_key, read_hh_rlhf_unsafe, toxicity_data, warmup_stock_config
+from influcoder.eval.datasets import DATELM_DATA, check_no_shared_prompts, prompt_key, read_hh_rlhf_unsafe, toxicity_data
+from influcoder.eval.evaluate import load_config, warmup_stock_config
 from influcoder.data.records import DataSpec, Record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -492,7 +493,7 @@ def test_exact_query_sketch_is_the_countsketch_of_the_rows_then_unit():
 
 
 def test_the_students_bar_compares_rows_on_the_seeds_they_share():
-    from influcoder.eval.evaluate import datelm_bar
+    from influcoder.eval.report import datelm_bar
 
     def rows(**auprc):
         return {n: {"auprc": a} for n, a in auprc.items()}
