@@ -65,7 +65,8 @@ def main() -> None:
     from distill_ablation import exp1_training_part, machine_load
 
     from influcoder.core import metrics as M
-    from influcoder.student.encoder import InfluenceEncoder, budget_text
+    from influcoder.student.encoder import InfluenceEncoder
+    from influcoder.student.texts import budget_text
     from influcoder.student.exact_query import coordinates, fit_ridge_head, form_features, principal_basis, unit_rows
     from influcoder.core.hardware import cpu_info
     from influcoder.data.records import FieldSpec, read_records, record_to_text

@@ -469,7 +469,7 @@ def test_pool_prior_saves_and_scores_as_one_inner_product(tmp_path, tiny_bert_di
     import shutil
 
     from influcoder import InfluenceEncoder
-    from influcoder.student.encoder import build_prior
+    from influcoder.student.prior import build_prior
 
     enc = InfluenceEncoder.from_pretrained(tiny_bert_dir)
     enc.prior = build_prior(enc.embedding_dim, 8, seed=1)
@@ -683,7 +683,7 @@ def test_prior_warm_up_learns_a_known_pool_factor_and_keeps_the_best_state():
     picks the state it keeps."""
     from influcoder.core import metrics as M
     from influcoder.student.prior import warm_up_prior
-    from influcoder.student.encoder import build_prior
+    from influcoder.student.prior import build_prior
 
     rng = np.random.default_rng(0)
     n_p, n_q, d = 120, 30, 8
@@ -985,7 +985,8 @@ def test_style_features_hand_values():
 
 
 def _encoder_with_trees(tiny_bert_dir, kappa=0.7):
-    from influcoder.student.encoder import InfluenceEncoder, build_prior
+    from influcoder.student.encoder import InfluenceEncoder
+    from influcoder.student.prior import build_prior
     from influcoder.student.prior_trees import STYLE_FEATURES, fit_trees
 
     enc = InfluenceEncoder.from_pretrained(str(tiny_bert_dir), max_length=32, seed=0)
@@ -1111,7 +1112,7 @@ def test_encoder_method_without_prior_is_the_bare_embeddings_cosine(tmp_path, ti
     (the same weights; only the prior's two coordinates left out)."""
     from influcoder import InfluenceEncoder
     from influcoder.eval.baselines import EncoderMethod
-    from influcoder.student.encoder import build_prior
+    from influcoder.student.prior import build_prior
     from influcoder.data.records import Record
 
     enc = InfluenceEncoder.from_pretrained(tiny_bert_dir)

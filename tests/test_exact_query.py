@@ -84,7 +84,7 @@ def tok(tmp_path_factory):
 
 
 def test_budget_text_keeps_the_response_and_cuts_the_prompt_from_the_left(tok):
-    from influcoder.student.encoder import budget_text
+    from influcoder.student.texts import budget_text
 
     def n_tokens(t):
         return len(tok(t)["input_ids"])  # with [CLS] / [SEP]
@@ -123,7 +123,9 @@ def test_the_encoder_keeps_the_response_and_records_the_contract(tmp_path):
 
     from test_embed import make_tiny_encoder
 
-    from influcoder.student.encoder import TEXT_MODE, TEXT_MODE_LEGACY, InfluenceEncoder, build_prior
+    from influcoder.student.texts import TEXT_MODE, TEXT_MODE_LEGACY
+    from influcoder.student.encoder import InfluenceEncoder
+    from influcoder.student.prior import build_prior
     enc = InfluenceEncoder.from_pretrained(str(make_tiny_encoder(tmp_path / "e")), max_length=64)
     assert enc.text_mode == TEXT_MODE == "response-kept"
     a = Record(id="a", prompt="alpha beta " * 100, response="the answer is 7")

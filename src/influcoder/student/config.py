@@ -120,7 +120,7 @@ class DistillConfig:
     pool_prior: bool = True
     """Learn a pool-side prior: predicted influence = cos(E(q), E(p)) + b(p), b = w·tanh(MLP) of the pool
     embedding and its length features, carried by two extra coordinates of unit vectors (exact under an
-    inner-product index; see encoder.build_prior)."""
+    inner-product index; see student.prior.build_prior)."""
     prior_hidden: int = 256
     """Hidden width of the pool prior's MLP."""
     prior_lr: float | None = 2e-3
@@ -128,7 +128,7 @@ class DistillConfig:
     rate lets it take up the pool factor within a short run."""
     score_scale_lr: float = 2e-2
     """Learning rate of the pool prior's training scale γ (the loss sees γ·(cos + b); see
-    encoder.build_prior): a learned temperature that lets the prior outweigh a still-noisy cosine early.
+    student.prior.build_prior): a learned temperature that lets the prior outweigh a still-noisy cosine early.
     0 keeps γ = 1 (the loss of the earlier recipe)."""
     prior_warmup_steps: int = 1000
     """Steps that fit the pool prior alone before the encoder trains: the starting encoder's embeddings of

@@ -248,7 +248,7 @@ def train(config: DistillConfig, progress: bool = True, log: Callable[[str], Non
     if cfg.dropout is not None:
         set_dropout(enc, cfg.dropout)
     if cfg.pool_prior:
-        from .encoder import build_prior
+        from .prior import build_prior
 
         enc.prior = build_prior(enc.embedding_dim, cfg.prior_hidden, seed=cfg.seed).to(device)
     pool_len = torch.from_numpy(enc.length_features(train_pool_recs)).to(device) if enc.prior is not None else None

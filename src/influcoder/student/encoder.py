@@ -14,7 +14,6 @@ Influcoder metadata (teacher, label fingerprint, training config, validation met
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -26,96 +25,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..core.errors import UserError
+from .prior import PRIOR_FEATURES, build_prior, prior_input
 from .prior_trees import STYLE_FEATURES
+from .texts import TEXT_MODE, TEXT_MODE_LEGACY, TEXT_MODES, budget_text, to_texts
 
-__all__ = ["InfluenceEncoder", "METADATA_FILE", "PRIOR_FILE", "PRIOR_TREES_FILE", "PRIOR_FEATURES", "SIDES", "build_prior"]
+__all__ = ["InfluenceEncoder", "METADATA_FILE", "PRIOR_FILE", "PRIOR_TREES_FILE", "SIDES", "cosine_rows"]
 
 METADATA_FILE = "influcoder_encoder.json"
-TEXT_MODE = "response-kept"
-"""How a new encoder reads a record: :func:`budget_text` (the whole response within the token budget, the prompt
-cut from the left, as the teacher cuts it)."""
-TEXT_MODE_LEGACY = "right-cut"
-"""How encoders saved before the input contract read a record: prompt + "\\n" + response, cut from the right."""
-TEXT_MODES = (TEXT_MODE, TEXT_MODE_LEGACY)
 PRIOR_FILE = "influcoder_prior.safetensors"
 PRIOR_TREES_FILE = "influcoder_prior_trees.safetensors"
 SIDES = ("pool", "query")
-
-
-PRIOR_FEATURES = ("embedding", "log1p_tokens", "log1p_response_tokens")
-"""What the prior reads: the normalised embedding, and the untruncated encoder-token counts of the whole
-text and of its response (a Record's or dict row's response; for a plain string, the whole string). The
-teacher's loss is a mean over response tokens, so response length carries much of the pool factor."""
-
-
-def build_prior(dim: int, hidden: int, seed: int = 0):
-    """The pool-side prior b(p) = w·tanh(MLP([E(p), length features])): a new ``PoolPrior`` module."""
-    return _prior_module()(dim, hidden, seed)
-
-
-_SOFTPLUS_INV_1 = float(np.log(np.e - 1.0))
-"""softplus⁻¹(1): the raw value that starts a softplus-positive parameter at 1."""
-
-
-@functools.lru_cache(maxsize=None)
-def _prior_module():
-    """The PoolPrior class (built once, on first use, so that importing this module does not import torch)."""
-    import torch
-
-    class PoolPrior(torch.nn.Module):
-        """b(p) = w·tanh(MLP(x)), x = the normalised pool embedding and the two length features of
-        :data:`PRIOR_FEATURES`; w = softplus(raw_w) > 0 is learned (starts at 1), the MLP's last layer starts
-        at zero, so an untrained prior changes nothing.
-
-        Predicted influence is ``cos(E(q), E(p)) + b(p)``. It is carried by two extra coordinates so that
-        every vector stays unit-norm and one inner product gives the score: with a² = 1/(1+w), s² = 1 − a²,
-        r = b/w ∈ (−1, 1): pool ``[a·E(p), s·r, √(1 − a² − s²r²)]``, query ``[a·E(q), s, 0]``; their inner
-        product is a²·(cos + b(p)), a fixed positive multiple of the score, so a FAISS inner-product (or
-        cosine) index ranks by it exactly."""
-
-        def __init__(self, dim: int, hidden: int, seed: int = 0):
-            super().__init__()
-            g = torch.Generator().manual_seed(seed)
-            first = torch.nn.Linear(dim + 2, hidden)
-            with torch.no_grad():
-                first.weight.copy_(torch.randn(hidden, dim + 2, generator=g) / dim ** 0.5)
-                first.bias.zero_()
-            last = torch.nn.Linear(hidden, 1)
-            with torch.no_grad():
-                last.weight.zero_()
-                last.bias.zero_()
-            self.mlp = torch.nn.Sequential(first, torch.nn.GELU(), last)
-            self.raw_w = torch.nn.Parameter(torch.tensor(_SOFTPLUS_INV_1))
-            # training only: γ = softplus(raw_scale) multiplies the whole predicted score (cos + b) in the loss,
-            # a learned temperature. The KL term is scale-sensitive; with γ the loss can set the scores' overall
-            # size apart from the mix of cosine and prior, so the prior can outweigh a still-noisy cosine.
-            # A positive factor on every score changes no ranking, so scoring ignores it.
-            self.raw_scale = torch.nn.Parameter(torch.tensor(_SOFTPLUS_INV_1))
-            self.dim, self.hidden = dim, hidden
-
-        @property
-        def weight(self):
-            return torch.nn.functional.softplus(self.raw_w)
-
-        @property
-        def scale(self):
-            """γ > 0: the training loss sees γ·(cos + b(p)); rankings (and so scoring) do not depend on it."""
-            return torch.nn.functional.softplus(self.raw_scale)
-
-        def load_state_dict(self, state, strict: bool = True, **kw):
-            state = dict(state)
-            if "raw_scale" not in state:  # priors saved before the training scale existed: start it at 1
-                state["raw_scale"] = torch.tensor(_SOFTPLUS_INV_1)
-            return super().load_state_dict(state, strict=strict, **kw)
-
-        def unit(self, x):
-            """r = tanh(MLP(x)) ∈ (−1, 1)."""
-            return torch.tanh(self.mlp(x)).squeeze(-1)
-
-        def forward(self, x):
-            return self.weight * self.unit(x)
-
-    return PoolPrior
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -132,59 +51,6 @@ def _modules():
         warnings.simplefilter("ignore", DeprecationWarning)
         from sentence_transformers.sentence_transformer import modules as M
     return M
-
-
-def _texts(items: Sequence[Any] | str | dict, to_text=None) -> list[str]:
-    """The texts the encoder sees: a record (or dict row) through ``to_text`` (default records.record_to_text:
-    prompt + "\\n" + response, the legacy text), a string as it is.
-
-    Accepts a string, a :class:`~influcoder.data.records.Record`, or a dict row as read from JSONL or a
-    ``datasets`` row (``prompt``/``response`` or chat ``messages``, read with the default field mapping
-    of the CLI), or a list/iterable of those. A single string, Record or dict is one item (a dict is never
-    iterated as its keys). Anything else raises TypeError; a dict that is not a record raises a
-    :class:`~influcoder.data.records.RecordError` naming the item and the field."""
-    from ..data.records import FieldSpec, Record, row_to_record, record_to_text
-
-    to_text = to_text or record_to_text
-    if isinstance(items, (str, Record, dict)):
-        items = [items]
-    elif isinstance(items, (bytes, bytearray)) or not hasattr(items, "__iter__"):
-        raise TypeError(f"expected a str, a Record, a dict row or a list of them, got {type(items).__name__}")
-    out = []
-    spec = FieldSpec()
-    for i, x in enumerate(items):
-        if isinstance(x, Record):
-            out.append(to_text(x))
-        elif isinstance(x, str):
-            out.append(x)
-        elif isinstance(x, dict):
-            out.append(to_text(row_to_record("encode() input", i, x, spec)))
-        else:
-            raise TypeError(f"item {i}: expected a str, a Record or a dict row (prompt/response or messages), "
-                            f"got {type(x).__name__}")
-    return out
-
-
-def budget_text(rec, tokenizer, max_tokens: int, separator: str = "\n") -> tuple[str, str]:
-    """The text of a record that fits ``max_tokens`` encoder tokens (special tokens counted) *keeping the
-    response*: the whole response when it fits, else its start; the end of the prompt fills what is left (the
-    prompt is cut from the left, as the teacher cuts it). Returns ``(text, seen)``, ``seen`` saying how much of
-    the response the encoder reads: ``full`` or ``part``. Cut at token boundaries through the fast tokenizer's
-    character offsets, so the text is a substring join of the record's own prompt and response."""
-    budget = max_tokens - tokenizer.num_special_tokens_to_add(pair=False)
-    if budget < 1:
-        raise ValueError(f"max_tokens {max_tokens} leaves no room after the special tokens")
-    r = tokenizer(rec.response, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    if len(r) >= budget:
-        return (rec.response[: r[budget - 1][1]] if r else rec.response), ("full" if len(r) == budget else "part")
-    left = budget - len(r)
-    if not rec.prompt:
-        return rec.response, "full"
-    p = tokenizer(rec.prompt, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    if not p:
-        return rec.response, "full"
-    start = 0 if len(p) <= left else p[len(p) - left][0]
-    return f"{rec.prompt[start:]}{separator}{rec.response}", "full"
 
 
 class TextOnlyRowWarning(UserWarning):
@@ -374,7 +240,7 @@ class InfluenceEncoder:
         from ..data.records import Record
 
         items = self.feature_items(items)
-        texts = _texts(items)
+        texts = to_texts(items)
         resp = [x.response if isinstance(x, Record) else t for x, t in zip(items, texts)]
         tok = self.model.tokenizer
         n_all = [len(ids) for ids in tok(texts, add_special_tokens=False, truncation=False)["input_ids"]]
@@ -442,14 +308,7 @@ class InfluenceEncoder:
             b = b + torch.from_numpy(self.tree_scores(e, lf)).to(b.device, b.dtype)
         return b
 
-    @staticmethod
-    def prior_input(pool_emb, lengths):
-        """The MLP prior's input: normalised pool embeddings beside their two length features (torch, float32;
-        further columns of ``lengths``, the boosted prior's style features, are not the MLP's)."""
-        import torch
-
-        e = torch.as_tensor(pool_emb).float()
-        return torch.cat([e, torch.as_tensor(lengths, dtype=torch.float32).to(e.device)[:, :2]], dim=1)
+    prior_input = staticmethod(prior_input)
 
     def score_vectors(self, emb: np.ndarray, side: str, items: Sequence[Any] | None = None,
                       lengths: np.ndarray | None = None) -> np.ndarray:
@@ -497,7 +356,7 @@ class InfluenceEncoder:
         """Differentiable embeddings (torch, (n, dim), L2-normalised) of one batch, for training (the caller
         chooses the autocast)."""
         prefix = self.prefix(side)
-        feats = self.model.preprocess(_texts(items), prompt=prefix or None)
+        feats = self.model.preprocess(to_texts(items), prompt=prefix or None)
         dev = self.model.device
         feats = {k: (v.to(dev) if hasattr(v, "to") else v) for k, v in feats.items()}
         return self.model(feats)["sentence_embedding"]
@@ -540,9 +399,9 @@ class InfluenceEncoder:
         token budget and the end of its prompt fills the rest (:func:`budget_text`; legacy encoders: prompt +
         response cut from the right); a plain string is read as it is."""
         if self.text_mode == TEXT_MODE_LEGACY:
-            return _texts(items)
+            return to_texts(items)
         tok, budget = self.model.tokenizer, self._budget(side)
-        return _texts(items, lambda rec: budget_text(rec, tok, budget)[0])
+        return to_texts(items, lambda rec: budget_text(rec, tok, budget)[0])
 
     def response_seen(self, items: Sequence[Any], side: str = "pool") -> dict[str, float]:
         """Share of ``items`` (records) whose response the encoder reads fully, in part, or not at all (the

@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .encoder import METADATA_FILE, TEXT_MODE, TEXT_MODE_LEGACY, InfluenceEncoder
+from .encoder import METADATA_FILE, InfluenceEncoder
+from .texts import TEXT_MODE, TEXT_MODE_LEGACY
 
 _FINGERPRINT_NAMES = {
     "config.json", "config_sentence_transformers.json", "modules.json", "sentence_bert_config.json",

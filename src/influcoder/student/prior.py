@@ -1,16 +1,103 @@
-"""The pool prior: its warm-up alone on fixed embeddings (before and between encoder epochs) and the boosted
-trees fitted on its residual."""
+"""The pool prior: its network (:func:`build_prior`), its warm-up alone on fixed embeddings (before and between
+encoder epochs) and the boosted trees fitted on its residual."""
 
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Callable
 
 import numpy as np
 
-
 from .config import PRIOR_TREES_WEIGHTS, DistillConfig
 from .losses import better, distill_loss, evaluate_matrix
+
+__all__ = ["PRIOR_FEATURES", "build_prior", "prior_input", "warm_up_prior", "warm_up_prior_phase", "prior_groups", "embed_all",
+           "fit_prior_trees"]
+
+PRIOR_FEATURES = ("embedding", "log1p_tokens", "log1p_response_tokens")
+"""What the prior reads: the normalised embedding, and the untruncated encoder-token counts of the whole
+text and of its response (a Record's or dict row's response; for a plain string, the whole string). The
+teacher's loss is a mean over response tokens, so response length carries much of the pool factor."""
+
+
+def prior_input(pool_emb, lengths):
+    """The MLP prior's input: normalised pool embeddings beside their two length features (torch, float32;
+    further columns of ``lengths``, the boosted prior's style features, are not the MLP's)."""
+    import torch
+
+    e = torch.as_tensor(pool_emb).float()
+    return torch.cat([e, torch.as_tensor(lengths, dtype=torch.float32).to(e.device)[:, :2]], dim=1)
+
+
+def build_prior(dim: int, hidden: int, seed: int = 0):
+    """The pool-side prior b(p) = w·tanh(MLP([E(p), length features])): a new ``PoolPrior`` module."""
+    return _prior_module()(dim, hidden, seed)
+
+
+_SOFTPLUS_INV_1 = float(np.log(np.e - 1.0))
+"""softplus⁻¹(1): the raw value that starts a softplus-positive parameter at 1."""
+
+
+@functools.lru_cache(maxsize=None)
+def _prior_module():
+    """The PoolPrior class (built once, on first use, so that importing this module does not import torch)."""
+    import torch
+
+    class PoolPrior(torch.nn.Module):
+        """b(p) = w·tanh(MLP(x)), x = the normalised pool embedding and the two length features of
+        :data:`PRIOR_FEATURES`; w = softplus(raw_w) > 0 is learned (starts at 1), the MLP's last layer starts
+        at zero, so an untrained prior changes nothing.
+
+        Predicted influence is ``cos(E(q), E(p)) + b(p)``. It is carried by two extra coordinates so that
+        every vector stays unit-norm and one inner product gives the score: with a² = 1/(1+w), s² = 1 − a²,
+        r = b/w ∈ (−1, 1): pool ``[a·E(p), s·r, √(1 − a² − s²r²)]``, query ``[a·E(q), s, 0]``; their inner
+        product is a²·(cos + b(p)), a fixed positive multiple of the score, so a FAISS inner-product (or
+        cosine) index ranks by it exactly."""
+
+        def __init__(self, dim: int, hidden: int, seed: int = 0):
+            super().__init__()
+            g = torch.Generator().manual_seed(seed)
+            first = torch.nn.Linear(dim + 2, hidden)
+            with torch.no_grad():
+                first.weight.copy_(torch.randn(hidden, dim + 2, generator=g) / dim ** 0.5)
+                first.bias.zero_()
+            last = torch.nn.Linear(hidden, 1)
+            with torch.no_grad():
+                last.weight.zero_()
+                last.bias.zero_()
+            self.mlp = torch.nn.Sequential(first, torch.nn.GELU(), last)
+            self.raw_w = torch.nn.Parameter(torch.tensor(_SOFTPLUS_INV_1))
+            # training only: γ = softplus(raw_scale) multiplies the whole predicted score (cos + b) in the loss,
+            # a learned temperature. The KL term is scale-sensitive; with γ the loss can set the scores' overall
+            # size apart from the mix of cosine and prior, so the prior can outweigh a still-noisy cosine.
+            # A positive factor on every score changes no ranking, so scoring ignores it.
+            self.raw_scale = torch.nn.Parameter(torch.tensor(_SOFTPLUS_INV_1))
+            self.dim, self.hidden = dim, hidden
+
+        @property
+        def weight(self):
+            return torch.nn.functional.softplus(self.raw_w)
+
+        @property
+        def scale(self):
+            """γ > 0: the training loss sees γ·(cos + b(p)); rankings (and so scoring) do not depend on it."""
+            return torch.nn.functional.softplus(self.raw_scale)
+
+        def load_state_dict(self, state, strict: bool = True, **kw):
+            state = dict(state)
+            if "raw_scale" not in state:  # priors saved before the training scale existed: start it at 1
+                state["raw_scale"] = torch.tensor(_SOFTPLUS_INV_1)
+            return super().load_state_dict(state, strict=strict, **kw)
+
+        def unit(self, x):
+            """r = tanh(MLP(x)) ∈ (−1, 1)."""
+            return torch.tanh(self.mlp(x)).squeeze(-1)
+
+        def forward(self, x):
+            return self.weight * self.unit(x)
+
+    return PoolPrior
 
 
 def warm_up_prior(prior, pool_emb: np.ndarray, query_emb: np.ndarray, pool_len: np.ndarray, labels: np.ndarray,
@@ -24,8 +111,6 @@ def warm_up_prior(prior, pool_emb: np.ndarray, query_emb: np.ndarray, pool_len: 
     steps and at the end; the best state is loaded into ``prior`` (without ``validate``: the last state).
     Returns the history (one row per validation: step, score, mean training loss since the last row)."""
     import torch
-
-    from .encoder import InfluenceEncoder
 
     rng = np.random.default_rng(seed)
     dev = prior.raw_w.device
@@ -46,7 +131,7 @@ def warm_up_prior(prior, pool_emb: np.ndarray, query_emb: np.ndarray, pool_len: 
     for s in range(1, steps + 1):
         c = torch.from_numpy(rng.choice(n_p, C, replace=False)).to(dev)
         q = torch.from_numpy(rng.choice(n_q, B, replace=False)).to(dev)
-        pred = prior.scale * (EQ[q] @ EP[c].T + prior(InfluenceEncoder.prior_input(EP[c], LEN[c]))[None, :])
+        pred = prior.scale * (EQ[q] @ EP[c].T + prior(prior_input(EP[c], LEN[c]))[None, :])
         loss, _ = distill_loss(pred, T[c][:, q].T, alpha, tau)
         opt.zero_grad(set_to_none=True)
         loss.backward()
