@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     from influcoder import InfluenceEncoder
     from influcoder.student.config import DistillConfig
     from influcoder.student.distill import train
-    from influcoder.eval.baselines import record_key
+    from influcoder.eval.features import record_key
     from influcoder.eval.datasets import ranking_split
     from influcoder.teacher.influence import compute_influence
     from influcoder.teacher.labels import load_labels, write_meta

@@ -318,7 +318,7 @@ def run_toxicity(args) -> None:
     from distill_ablation import machine_load
 
     from influcoder.core import metrics as M
-    from influcoder.eval.baselines import DecoderFeatures
+    from influcoder.eval.features import DecoderFeatures
     from influcoder.student.encoder import InfluenceEncoder
     from influcoder.eval.evaluate import load_config
     from influcoder.eval.datasets import toxicity_data

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from influcoder.eval import baselines as B
+from influcoder.eval import features as F
 from influcoder.data.records import Record
 
 from conftest import SAMPLE_ROWS
@@ -269,11 +270,11 @@ def test_feature_cache_two_writers_keep_each_others_rows(tmp_path):
         calls.append(len(rs))
         return {"x": np.array([[len(r.response)] for r in rs], np.float32)}
 
-    a, b = B._FeatureCache(tmp_path), B._FeatureCache(tmp_path)
+    a, b = F._FeatureCache(tmp_path), F._FeatureCache(tmp_path)
     a.get("k", recs[:3], compute, ("x",))
     b.get("k", recs[3:6], compute, ("x",))
     a.get("k", recs[6:8], compute, ("x",))  # a's in-memory index is stale: it must re-read before merging
-    c = B._FeatureCache(tmp_path)
+    c = F._FeatureCache(tmp_path)
     out = c.get("k", recs[:8], compute, ("x",))
     assert calls == [3, 3, 2]
     assert out["x"][:, 0].tolist() == [len(r.response) for r in recs[:8]]
@@ -288,10 +289,10 @@ def test_feature_cache_writes_in_one_millisecond_do_not_collide(tmp_path, monkey
     def compute(rs):
         return {"x": np.array([[len(r.response)] for r in rs], np.float32)}
 
-    a = B._FeatureCache(tmp_path)
+    a = F._FeatureCache(tmp_path)
     a.get("k", recs[:3], compute, ("x",))
     a.get("k", recs[3:5], compute, ("x",))
-    out = B._FeatureCache(tmp_path).get("k", recs[:5], compute, ("x",))
+    out = F._FeatureCache(tmp_path).get("k", recs[:5], compute, ("x",))
     assert out["x"][:, 0].tolist() == [len(r.response) for r in recs[:5]]
 
 
@@ -309,10 +310,10 @@ def test_feature_cache_chunks_are_saved_as_they_finish_and_a_killed_pass_resumes
 
     boom = True
     with pytest.raises(KeyboardInterrupt):
-        B._FeatureCache(tmp_path).get("k", recs, compute, ("x",), chunk=3, log=logs.append)
+        F._FeatureCache(tmp_path).get("k", recs, compute, ("x",), chunk=3, log=logs.append)
     assert calls == [3, 3, 2] and len(logs) == 2 and "6/8 rows computed" in logs[-1]
     boom = False
-    out = B._FeatureCache(tmp_path).get("k", recs, compute, ("x",), chunk=3)
+    out = F._FeatureCache(tmp_path).get("k", recs, compute, ("x",), chunk=3)
     assert calls == [3, 3, 2, 2]  # only the two rows of the killed chunk
     assert out["x"][:, 0].tolist() == [len(r.response) for r in recs]
 

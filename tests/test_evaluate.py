@@ -47,7 +47,7 @@ def _ranking_cfg(tmp_path, model_dir, methods=METHODS):
 def _direct_split_and_truth(cfg, seed):
     """The ranking test block of ``seed`` and its exact-teacher truth, computed outside the harness:
     LoRA gradients from DecoderFeatures (checked against autograd in test_baselines) and a numpy cosine."""
-    from influcoder.eval.baselines import DecoderFeatures, record_key
+    from influcoder.eval.features import DecoderFeatures, record_key
     from influcoder.eval.datasets import ranking_split
     from influcoder.data.records import read_records
 
@@ -326,7 +326,7 @@ def test_store_teacher_labels_follow_train_pool_file_records(tmp_path, tiny_mode
     files here hold the split's own training records in reverse order: the counts match, so a label matrix
     sliced by the split's indices would be silently misaligned with the records."""
     import influcoder.eval.evaluate as E
-    from influcoder.eval.baselines import record_key
+    from influcoder.eval.features import record_key
     from influcoder.teacher.labels import load_labels
     from influcoder.data.records import read_records
     from influcoder.teacher.stock import StockConfig, stock

@@ -239,7 +239,8 @@ def test_teacher_and_every_gradient_method_use_the_adapter_warmed_up_on_the_pool
     ``influcoder stock --warmup-steps`` saves on that pool file, and the reported scores are taken at it."""
     from safetensors.numpy import load_file
 
-    from influcoder.eval.baselines import DecoderFeatures, cosine_matrix, make_method
+    from influcoder.eval.features import DecoderFeatures
+    from influcoder.eval.baselines import cosine_matrix, make_method
     from influcoder.eval.evaluate import _Ctx, _warmed, exact_teacher, run
     from influcoder.teacher.stock import StockConfig, stock
 
@@ -328,7 +329,8 @@ def test_results_are_committed_per_seed_and_method_and_reused_by_construction_ke
     written as it finishes and read back (not recomputed) when its construction key matches; the table is rebuilt
     from the parts alone with committed_only; a changed construction makes every part stale."""
     from influcoder.core import metrics as M
-    from influcoder.eval.baselines import DecoderFeatures, cosine_matrix
+    from influcoder.eval.features import DecoderFeatures
+    from influcoder.eval.baselines import cosine_matrix
     from influcoder.eval.evaluate import _unb64, run
 
     methods = [{"kind": "gradsim", "rank": 4, "proj_dim": None, "name": "teacher"},
@@ -429,7 +431,7 @@ def test_exact_query_row_is_fitted_on_the_students_split_at_its_adapter(tmp_path
     (numpy SVD for the basis, scikit-learn Ridge on standardised features for the head)."""
     from sklearn.linear_model import Ridge
 
-    from influcoder.eval.baselines import DecoderFeatures
+    from influcoder.eval.features import DecoderFeatures
     from influcoder.student.encoder import InfluenceEncoder
     from influcoder.eval.evaluate import _unb64, run
     from influcoder.student.exact_query import pool_features

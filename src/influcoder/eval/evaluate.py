@@ -19,7 +19,7 @@ Experiments (METHOD.md §3, issue 5):
 * ``fidelity`` — links the projection-fidelity benchmark's results (experiment 3).
 
 Everything expensive is cached under ``work_dir`` keyed by its definition: per-record decoder
-features (:class:`influcoder.eval.baselines.DecoderFeatures`), label blocks, trained students and score
+features (:class:`influcoder.eval.features.DecoderFeatures`), label blocks, trained students and score
 matrices (``scores/<key>.npy`` + ``.json`` with the costs). A rerun recomputes only what changed; a
 killed run resumes from the last finished piece. Outputs: ``<out_dir>/eval_<name>.json``, ``.md`` and
 ``.png`` (written to a temporary name, then renamed).
@@ -65,7 +65,7 @@ class _Ctx:
     """Shared state of one run: config, caches, log."""
 
     def __init__(self, cfg: EvalConfig, log: Callable[[str], None], progress: bool):
-        from .baselines import DecoderFeatures
+        from .features import DecoderFeatures
 
         self.cfg = cfg
         self.work = Path(cfg.work_dir)
@@ -110,7 +110,7 @@ _NAME_FEATURES = _NoFeatures()
 
 
 def _ids(recs: list[Record]) -> list[str]:
-    from .baselines import record_key
+    from .features import record_key
 
     return [record_key(r) for r in recs]
 
@@ -231,7 +231,8 @@ def per_example_seconds(cost: dict, n_pool: int, n_query: int) -> float | None:
 
 def method_flops(ctx: _Ctx, spec: dict, sample_pool: list[Record], sample_queries: list[Record]) -> dict:
     """FLOPs and peak memory per example of one method, measured standalone (no cache) on a small sample."""
-    from .baselines import DecoderFeatures, make_method
+    from .features import DecoderFeatures
+    from .baselines import make_method
     from .costs import measure
 
     spec = method_spec(spec)
@@ -502,7 +503,7 @@ def _warmed(ctx: _Ctx, records: list[Record]) -> tuple[_Ctx, dict]:
     teacher's and each gradient method's (rank, seed)); unchanged without ``teacher.warmup_steps``."""
     import copy
 
-    from .baselines import DecoderFeatures
+    from .features import DecoderFeatures
 
     if not int(ctx.cfg.teacher.get("warmup_steps", 0)):
         return ctx, {}
