@@ -196,3 +196,13 @@ def test_differences_name_each_setting_with_both_values():
     assert differences(old, new) == ['seed: null (saved) vs 1 (now)', 'steps: ["x"] (saved) vs ["x", "y"] (now)',
                                      'student.epochs: 3 (saved) vs 7 (now)']
     assert differences(old, old) == []
+
+
+def test_every_command_is_generated_from_a_config_dataclass():
+    """No hand-written command: each one's options come from its config class (command_from)."""
+    from influcoder.app.cli import app
+
+    for c in app.registered_commands:
+        cls = getattr(c.callback, "config_class", None)
+        assert cls is not None and dataclasses.is_dataclass(cls), c.name
+        assert c.callback.config_flags, c.name
