@@ -43,7 +43,9 @@ def _commands():
 
 GENERATED = {"run": ("RunConfig", set()), "train": ("DistillConfig", set()), "stock": ("StockConfig", set()),
              "embed": ("EmbedConfig", {"dtype"}), "index": ("IndexConfig", set()),
-             "attribute": ("AttributeConfig", set()), "filter": ("FilterConfig", {"dtype"}), "serve": ("ServeConfig", set())}
+             "attribute": ("AttributeConfig", set()), "filter": ("FilterConfig", {"dtype"}), "serve": ("ServeConfig", set()),
+             "mix": ("MixSpec", set()), "influence": ("InfluenceConfig", set()), "targets": ("TargetsConfig", set()),
+             "evaluate": ("EvaluateCommand", set()), "exact-query": ("ExactQueryAttributeConfig", set())}
 REQUIRED = {"attribute": {"out"}}
 """Flags a command requires although the field has a default (the API may leave it out, the command may not)."""
 
