@@ -232,7 +232,7 @@ def exp1_training_part(pool_recs, query_recs, split_seed: int, test_pool: int, t
     from influcoder.eval.datasets import ranking_split
 
     sp = ranking_split(len(pool_recs), len(query_recs), test_pool, test_queries, split_seed,
-                       pool_keys=E._ids(pool_recs), query_keys=E._ids(query_recs))
+                       pool_keys=E.ids_of(pool_recs), query_keys=E.ids_of(query_recs))
     return sp
 
 

@@ -37,7 +37,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "exp2_datelm_study"))
     args = ap.parse_args()
 
-    from influcoder.eval.evaluate import _unb64, load_config, method_name, methods_of_seed
+    from influcoder.eval.evaluate import _unb64, load_config
+    from influcoder.eval.context import method_name, methods_of_seed
     from influcoder.eval.datasets import toxicity_data
 
     cfg = load_config(args.config)

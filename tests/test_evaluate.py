@@ -383,7 +383,7 @@ def test_student_cache_key_is_the_resolved_recipe(monkeypatch):
     import dataclasses
 
     from influcoder.student import config as distill  # where DistillConfig and NO_OP_VALUES live
-    from influcoder.eval.evaluate import LEGACY_RECIPE_KEYS, student_recipe
+    from influcoder.eval.students import LEGACY_RECIPE_KEYS, student_recipe
 
     r = student_recipe({"seed": 1})
     names = {f.name for f in dataclasses.fields(distill.DistillConfig)} - {"pool_data", "query_data", "labels", "out"}

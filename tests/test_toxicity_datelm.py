@@ -14,7 +14,8 @@ import yaml
 
 from influcoder.core.errors import UserError
 from influcoder.eval.datasets import DATELM_DATA, check_no_shared_prompts, prompt_key, read_hh_rlhf_unsafe, toxicity_data
-from influcoder.eval.evaluate import load_config, warmup_stock_config
+from influcoder.eval.evaluate import load_config
+from influcoder.eval.teachers import warmup_stock_config
 from influcoder.data.records import DataSpec, Record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,7 +242,9 @@ def test_teacher_and_every_gradient_method_use_the_adapter_warmed_up_on_the_pool
 
     from influcoder.eval.features import DecoderFeatures
     from influcoder.eval.baselines import cosine_matrix, make_method
-    from influcoder.eval.evaluate import _Ctx, _warmed, exact_teacher, run
+    from influcoder.eval.context import Context as _Ctx
+    from influcoder.eval.teachers import exact_teacher, warmed as _warmed
+    from influcoder.eval.evaluate import run
     from influcoder.teacher.stock import StockConfig, stock
 
     methods = [{"kind": "gradsim", "rank": 4, "proj_dim": 64, "name": "gradsim_r4"},
@@ -296,7 +299,7 @@ def test_committed_datelm_config_matches_its_comment_and_todays_baselines():
     cfg = load_config(ROOT / "configs" / "exp2_toxicity_datelm.yaml")
     old = load_config(ROOT / "configs" / "exp2_toxicity.yaml")
     assert cfg.experiment == "toxicity" and cfg.seeds == [0, 1, 2] and cfg.data["construction"] == "datelm"
-    from influcoder.eval.evaluate import method_name, method_spec, methods_of_seed
+    from influcoder.eval.context import method_name, method_spec, methods_of_seed
 
     # the reduced protocol (issue 21): every baseline of the earlier experiment 2 but LESS r16 and LoGra + FIM, the
     # exact teacher as a row; seed 0 runs them all, seeds 1 and 2 the teacher, LESS r8, the student and text baselines

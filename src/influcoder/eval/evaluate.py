@@ -1,4 +1,7 @@
 """Evaluation harness: run an experiment described by a YAML config (``influcoder evaluate CONFIG.yaml``).
+The runners of the three experiments live here; their parts beside it: the config (:mod:`.config`), the data
+(:mod:`.datasets`), the ground truth (:mod:`.teachers`), the student (:mod:`.students`), the methods
+(:mod:`.baselines`, :mod:`.features`), costs (:mod:`.flops`, :mod:`.costs`) and the write-up (:mod:`.report`).
 
 Experiments (METHOD.md §3, issue 5):
 
@@ -27,7 +30,6 @@ killed run resumes from the last finished piece. Outputs: ``<out_dir>/eval_<name
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -37,172 +39,28 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..core.errors import UserError
-from ..core.fileio import atomic_save_npy, atomic_write_text
 from ..data.records import Record
 from .config import EvalConfig, load_config
 from .datasets import ranking_split, read_with_preset, toxicity_data
+from .context import (DECODER_KINDS, GRADIENT_KINDS, TRAINED_KINDS, Context, atomic_json, atomic_npy, ids_of, key_of,
+                      method_name, method_spec, methods_of_seed)
+from .flops import add_flops, per_example_seconds
 from .report import make_figures, report_markdown
+from .students import student_recipe, train_student
+from .teachers import adapter_keys, exact_teacher, labels_from_stores, store_rows, warmed, with_teacher
 
-__all__ = ["EvalConfig", "load_config", "run", "warmup_stock_config"]
+__all__ = ["EvalConfig", "load_config", "run"]
 
-
-def _key(obj: Any) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(obj, indent=1, default=float))
-
-
-def _atomic_npy(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_npy(path, arr)
-
-
-# ============================================================================ runner
-class _Ctx:
-    """Shared state of one run: config, caches, log."""
-
-    def __init__(self, cfg: EvalConfig, log: Callable[[str], None], progress: bool):
-        from .features import DecoderFeatures
-
-        self.cfg = cfg
-        self.work = Path(cfg.work_dir)
-        self.work.mkdir(parents=True, exist_ok=True)
-        self.log = log
-        self.progress = progress
-        from ..core.hardware import announce, resolve
-
-        self.device, self.precision = resolve(cfg.device, cfg.precision)
-        announce("evaluate", self.device, self.precision, cfg.precision, log=log)
-        self.features = DecoderFeatures(cfg.model, max_length=cfg.max_length, batch_size=cfg.batch_size,
-                                        token_budget=cfg.token_budget, cache_dir=self.work / "features",
-                                        progress=progress, log=log, device=self.device, precision=self.precision)
-        self.committed_only = False  # toxicity with parts_dir: read committed results only, compute nothing
-        self.only_methods: set[str] | None = None  # run only these methods (by name)
-        self.seeds: list[int] = list(cfg.seeds)  # the seeds this run computes (a subset of the config's)
-        self.state_path = self.work / f"state_{cfg.name}.json"
-        self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {"done": {}}
-
-    def mark(self, what: str, info: Any = True) -> None:
-        self.state["done"][what] = info
-        _atomic_json(self.state_path, self.state)
-
-
-def method_name(spec: dict) -> str:
-    """The name a method reports (config 'name', else the method's default, e.g. gradsim_r8, logra_fim)."""
-    from .baselines import make_method
-
-    if spec.get("name"):
-        return spec["name"]
-    if spec["kind"] in ("semantic", "influcoder", "exact_query"):
-        return spec["kind"] + ("_no_prior" if spec.get("prior") is False else "")
-    return make_method(method_spec(spec), _NAME_FEATURES).name
-
-
-class _NoFeatures:
-    model_name = ""
-    max_length = 0
-
-
-_NAME_FEATURES = _NoFeatures()
-
-
-def _ids(recs: list[Record]) -> list[str]:
-    from .features import record_key
-
-    return [record_key(r) for r in recs]
-
-
-def exact_teacher(ctx: _Ctx, pool: list[Record], queries: list[Record]) -> np.ndarray:
-    """Teacher influence recomputed on a block: cosine of the teacher's exact LoRA gradients (no projection),
-    or of their CountSketch with ``teacher.sketch_dim``."""
-    t = ctx.cfg.teacher
-    rank, seed = int(t.get("rank", 8)), int(t.get("lora_seed", 0))
-    logra_k = t.get("share_logra_k")
-    gp = ctx.features.lora(pool, rank, seed, logra_k=logra_k)
-    gq = ctx.features.lora(queries, rank, seed, logra_k=logra_k)
-    P, Q = gp["unit"], gq["unit"]  # float16; cosine_matrix reads them a block at a time
-    if t.get("sketch_dim"):
-        from ..teacher.projection import ProjectionConfig, make_projector
-
-        proj = make_projector(P.shape[1], ProjectionConfig("countsketch", int(t["sketch_dim"]), int(t.get("sketch_seed", 0))))
-        P, Q = proj.project_rows(P), proj.project_rows(Q)
-    from .baselines import cosine_matrix
-
-    return cosine_matrix(P, Q)
-
-
-def _write_records(path: Path, recs: list[Record]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, "".join(json.dumps({"id": r.id, "prompt": r.prompt, "response": r.response}) + "\n"
-                                    for r in recs))
-
-
-def student_recipe(opts: dict) -> dict:
-    """The student's whole recipe: the config's ``student`` options over DistillConfig's defaults, paths aside.
-    Trained students are cached by it, so a changed default trains a new student instead of reusing one
-    trained by the old recipe; fields added later are left out at their no-op value (distill.NO_OP_VALUES)."""
-    from ..student.config import NO_OP_VALUES, DistillConfig
-
-    recipe = {k: v for k, v in DistillConfig(pool_data="-", query_data="-", labels="-", out="-", **opts).to_dict().items()
-              if k not in ("pool_data", "query_data", "labels", "out") and not (k in NO_OP_VALUES and v == NO_OP_VALUES[k])}
-    # the field mappings of the two files were DistillConfig fields when the committed results were keyed; the
-    # harness never sets them (it writes prompt/response files), so they stay in the recipe at their unset value
-    return {**{k: None for k in LEGACY_RECIPE_KEYS}, **recipe}
-
-
-LEGACY_RECIPE_KEYS = tuple(f"{s}_{k}" for s in ("pool", "query") for k in ("preset", "prompt_field", "response_field",
-                                                                           "id_field"))
-"""Keys of a student's recipe that are no DistillConfig fields any more (the two files' field mappings, now inside
-pool_data / query_data): kept at their unset value so the committed results keep their construction keys."""
-
-
-def train_student(ctx: _Ctx, tag: str, train_pool: list[Record], train_queries: list[Record],
-                  labels: np.ndarray, teacher_desc: dict) -> tuple[str, dict]:
-    """Distil a student on (train_pool × train_queries) labels through influcoder.student.distill; cached by content."""
-    from ..student.config import DistillConfig
-    from ..student.distill import train
-    from ..teacher.labels import write_meta
-
-    opts = {k: v for k, v in ctx.cfg.student.items() if k != "path"}
-    # the student runs where the experiment runs unless its own section says otherwise
-    opts.setdefault("device", ctx.cfg.device)
-    opts.setdefault("precision", ctx.cfg.precision)
-    key = _key({"pool": _ids(train_pool), "queries": _ids(train_queries), "opts": student_recipe(opts), "teacher": teacher_desc,
-                "labels": hashlib.sha1(np.ascontiguousarray(labels, dtype=np.float32).tobytes()).hexdigest()})
-    d = ctx.work / "students" / f"{tag}-{key}"
-    done = d / "done.json"
-    if done.exists():
-        return str(d / "encoder"), json.loads(done.read_text())
-    d.mkdir(parents=True, exist_ok=True)
-    _write_records(d / "pool.jsonl", train_pool)
-    _write_records(d / "queries.jsonl", train_queries)
-    _atomic_npy(d / "labels.npy", np.ascontiguousarray(labels, dtype=np.float32))
-    write_meta(d / "labels.npy", {"pool_ids": [r.id for r in train_pool], "query_ids": [r.id for r in train_queries],
-                                  "teacher": teacher_desc})
-    dc = DistillConfig(pool_data=str(d / "pool.jsonl"), query_data=str(d / "queries.jsonl"),
-                       labels=str(d / "labels.npy"), out=str(d / "encoder"), **opts)
-    ctx.log(f"training student {tag} on {len(train_pool)}×{len(train_queries)} labels")
-    t0 = time.perf_counter()
-    train(dc, progress=ctx.progress, log=ctx.log)
-    info = {"seconds_train": time.perf_counter() - t0, "n_train_pool": len(train_pool),
-            "n_train_queries": len(train_queries), "distill": dc.to_dict()}
-    _atomic_json(done, info)
-    return str(d / "encoder"), info
-
-
-def score_method(ctx: _Ctx, spec: dict, pool: list[Record], queries: list[Record], extra_key: Any = None) -> tuple[np.ndarray, dict]:
+def score_method(ctx: Context, spec: dict, pool: list[Record], queries: list[Record], extra_key: Any = None) -> tuple[np.ndarray, dict]:
     """Score matrix of one method on (pool, queries), cached by (method spec, model settings, record contents)."""
     from .baselines import make_method
 
     cfg = ctx.cfg
-    key = {"spec": method_spec(spec), "model": cfg.model, "max_length": cfg.max_length, "pool": _ids(pool),
-           "queries": _ids(queries), "extra": extra_key}
+    key = {"spec": method_spec(spec), "model": cfg.model, "max_length": cfg.max_length, "pool": ids_of(pool),
+           "queries": ids_of(queries), "extra": extra_key}
     if ctx.precision != "float32":  # float32 keys stay as they were before precision was a setting
         key["precision"] = ctx.precision
-    key = _key(key)
+    key = key_of(key)
     name = method_name(spec)
     path = ctx.work / "scores" / f"{name}-{key}.npy"
     meta_p = path.with_suffix(".json")
@@ -215,55 +73,9 @@ def score_method(ctx: _Ctx, spec: dict, pool: list[Record], queries: list[Record
     if not np.isfinite(s).all():
         raise RuntimeError(f"{name}: non-finite scores")
     info = {"method": m.describe(), "cost": m.cost}
-    _atomic_npy(path, s)
-    _atomic_json(meta_p, info)
+    atomic_npy(path, s)
+    atomic_json(meta_p, info)
     return s, info
-
-
-def per_example_seconds(cost: dict, n_pool: int, n_query: int) -> float | None:
-    """Inference seconds per example: featurisation (+ projection) per example as measured when computed."""
-    if "seconds_per_example_featurize" in cost and cost["seconds_per_example_featurize"] is not None:
-        return cost["seconds_per_example_featurize"] + cost.get("seconds_per_example_project", 0.0)
-    if "seconds_pool" in cost:
-        return (cost.get("seconds_pool", 0.0) + cost.get("seconds_query", 0.0)) / max(n_pool + n_query, 1)
-    return None
-
-
-def method_flops(ctx: _Ctx, spec: dict, sample_pool: list[Record], sample_queries: list[Record]) -> dict:
-    """FLOPs and peak memory per example of one method, measured standalone (no cache) on a small sample."""
-    from .features import DecoderFeatures
-    from .baselines import make_method
-    from .costs import measure
-
-    spec = method_spec(spec)
-    key = _key({"spec": spec, "model": ctx.cfg.model, "pool": _ids(sample_pool), "q": _ids(sample_queries), "v": 2})
-    path = ctx.work / "flops" / f"{method_name(spec)}-{key}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    if spec["kind"] in ("random", "length", "tfidf", "bm25"):
-        out = {"flops_per_example": None, "peak_rss_delta_bytes": None, "note": "no torch ops (sparse/numpy)"}
-    else:
-        feats = DecoderFeatures(ctx.cfg.model, max_length=ctx.cfg.max_length, batch_size=ctx.cfg.batch_size,
-                                token_budget=ctx.cfg.token_budget, cache_dir=None)
-        m = make_method(spec, feats)
-        n = len(sample_pool) + len(sample_queries)
-        if spec["kind"] == "gradsim":
-            # the dense projection's FLOPs are 2·d·k per example exactly; generating the ±1 matrix for a
-            # 3-example sample would take minutes on this machine, so the gradient pass is counted and the
-            # projection added analytically
-            r = measure(lambda: feats.lora(list(sample_pool) + list(sample_queries), m.rank, m.lora_seed))
-            d = int(r["result"]["unit"].shape[1])
-            flops = r["flops"] / n + (2.0 * d * m.proj_dim if m.proj_dim else 0.0)
-            note = ("FlopCounterMode over the gradient pass + 2·d·k per example for the Rademacher projection"
-                    if m.proj_dim else "FlopCounterMode over the gradient pass (exact gradients: no projection)")
-        else:
-            r = measure(lambda: m.scores(sample_pool, sample_queries))
-            flops = r["flops"] / n
-            note = "FlopCounterMode over featurisation + scoring of the sample"
-        out = {"flops_per_example": flops, "peak_rss_delta_bytes": r["peak_rss_delta_bytes"], "n_examples": n,
-               "note": note}
-    _atomic_json(path, out)
-    return out
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -272,7 +84,7 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------------------- ranking
-def run_ranking(ctx: _Ctx) -> dict:
+def run_ranking(ctx: Context) -> dict:
     from ..core import metrics as M
 
     cfg, data = ctx.cfg, ctx.cfg.data
@@ -281,7 +93,7 @@ def run_ranking(ctx: _Ctx) -> dict:
     teacher = cfg.teacher
     store_labels = None
     if teacher.get("kind") == "stores":
-        store_labels = _store_labels(ctx, teacher)
+        store_labels = labels_from_stores(ctx, teacher)
         rows = [store_labels.pool_ids.index(r.id) if r.id in store_labels.pool_ids else -1 for r in pool_all]
         cols = [store_labels.query_ids.index(r.id) if r.id in store_labels.query_ids else -1 for r in query_all]
         if min(rows) < 0 or min(cols) < 0:
@@ -290,7 +102,7 @@ def run_ranking(ctx: _Ctx) -> dict:
     for seed in ctx.seeds:
         sp = ranking_split(len(pool_all), len(query_all), data["test_pool"], data["test_queries"], seed,
                            data.get("train_pool"), data.get("train_queries"),
-                           pool_keys=_ids(pool_all), query_keys=_ids(query_all))
+                           pool_keys=ids_of(pool_all), query_keys=ids_of(query_all))
         tp = [pool_all[i] for i in sp["test_pool"]]
         tq = [query_all[i] for i in sp["test_queries"]]
         if store_labels is not None:
@@ -304,7 +116,7 @@ def run_ranking(ctx: _Ctx) -> dict:
         result = {"seed": seed, "n_test_pool": len(tp), "n_test_queries": len(tq), "methods": {},
                   "train_dropped_duplicates_of_test": sp["dropped_duplicates"]}
         if store_labels is not None and teacher.get("dense_check", True):
-            dense = exact_teacher(_with_teacher(ctx, {"kind": "exact", "rank": teacher.get("rank", 8),
+            dense = exact_teacher(with_teacher(ctx, {"kind": "exact", "rank": teacher.get("rank", 8),
                                                      "lora_seed": teacher.get("lora_seed", 0),
                                                      "share_logra_k": teacher.get("share_logra_k")}), tp, tq)
             result["sketch_vs_dense"] = {"per_anchor": M.per_anchor_spearman(truth, dense),
@@ -330,8 +142,8 @@ def run_ranking(ctx: _Ctx) -> dict:
                     if store_labels is not None:
                         # rows/columns of the records actually trained on (a train_*_file replaces the split's)
                         lab = np.asarray(store_labels.matrix)[np.ix_(
-                            _store_rows(store_labels.pool_ids, trp, data.get("train_pool_file") or data["pool"], "pool"),
-                            _store_rows(store_labels.query_ids, trq, data.get("train_query_file") or data["query"],
+                            store_rows(store_labels.pool_ids, trp, data.get("train_pool_file") or data["pool"], "pool"),
+                            store_rows(store_labels.query_ids, trq, data.get("train_query_file") or data["query"],
                                         "query"))]
                     else:
                         lab = exact_teacher(ctx, trp, trq)
@@ -359,46 +171,6 @@ def run_ranking(ctx: _Ctx) -> dict:
     return {"per_seed": per_seed, "summary": _summarise(per_seed, ("per_anchor", "query_specific", "aggregated"))}
 
 
-def _store_rows(store_ids: list[str], recs: list[Record], source: str, side: str) -> list[int]:
-    """Row of each record in the teacher's label matrix, by record id; every record must be in the store."""
-    where = {i: n for n, i in enumerate(store_ids)}
-    missing = [r.id for r in recs if r.id not in where]
-    if missing:
-        raise UserError(f"ranking: {source}: {len(missing)} record(s) are not in the teacher's {side} store "
-                        f"(ids {', '.join(missing[:5])}); the student's labels must come from the same teacher")
-    return [where[r.id] for r in recs]
-
-
-def _with_teacher(ctx: _Ctx, teacher: dict) -> _Ctx:
-    import copy
-
-    c = copy.copy(ctx)
-    c.cfg = copy.copy(ctx.cfg)
-    c.cfg.teacher = teacher
-    return c
-
-
-def _store_labels(ctx: _Ctx, teacher: dict):
-    """Full label matrix between two finished gradient stores (cached .npy next to the other caches)."""
-    from ..teacher.influence import compute_influence
-    from ..teacher.labels import load_labels
-    from ..teacher.store import open_store
-
-    stores = []
-    for k in ("pool_store", "query_store"):
-        p = Path(teacher[k])
-        man = p / "manifest.json"
-        if not man.exists() or not json.loads(man.read_text()).get("complete"):
-            raise UserError(f"{p}: gradient store is not complete (manifest.json 'complete' is not true)")
-        stores.append(p)
-    key = _key({"pool": json.loads((stores[0] / "manifest.json").read_text()),
-                "query": json.loads((stores[1] / "manifest.json").read_text())})
-    out = ctx.work / "labels" / f"stores-{key}.npy"
-    if not out.exists():
-        compute_influence(open_store(stores[0]), open_store(stores[1]), out, progress=ctx.progress)
-    return load_labels(out)
-
-
 def _summarise(per_seed: list[dict], metrics: tuple[str, ...]) -> dict:
     """Mean ± std of each metric over the seeds that have the method (``n_seeds``; per-seed values stay in
     ``per_seed``); median seconds per 1,000 examples."""
@@ -418,7 +190,7 @@ def _summarise(per_seed: list[dict], metrics: tuple[str, ...]) -> dict:
     return out
 
 
-def _prefetch(ctx: _Ctx, records: list[Record], specs: list[dict] | None = None) -> None:
+def _prefetch(ctx: Context, records: list[Record], specs: list[dict] | None = None) -> None:
     """Dense-projection methods: project every record of the experiment in one call (one matrix generation)."""
     from .baselines import GradSimMethod, make_method
 
@@ -426,8 +198,8 @@ def _prefetch(ctx: _Ctx, records: list[Record], specs: list[dict] | None = None)
         spec = method_spec(spec)
         if spec["kind"] != "gradsim" or not spec.get("proj_dim", 8192):
             continue
-        key = _key({"spec": spec, "model": ctx.cfg.model, "max_length": ctx.cfg.max_length, "pool": _ids(records), "pref": 1,
-                    **({"adapters": _adapter_keys(ctx.features)} if ctx.features.adapters is not None else {})})
+        key = key_of({"spec": spec, "model": ctx.cfg.model, "max_length": ctx.cfg.max_length, "pool": ids_of(records), "pref": 1,
+                    **({"adapters": adapter_keys(ctx.features)} if ctx.features.adapters is not None else {})})
         if key in ctx.state["done"]:
             continue
         m = make_method(spec, ctx.features)
@@ -438,100 +210,6 @@ def _prefetch(ctx: _Ctx, records: list[Record], specs: list[dict] | None = None)
         ctx.mark(key)
 
 
-# ----------------------------------------------------------------------------- toxicity
-GRADIENT_KINDS = ("gradsim", "logra", "datainf")
-"""Methods that take LoRA gradients: with ``teacher.warmup_steps`` they use the teacher's warmed-up adapter."""
-
-
-def _lora_combos(cfg: EvalConfig) -> list[tuple[int, int]]:
-    """(LoRA rank, LoRA seed) of the teacher and of every gradient method of the config."""
-    from .baselines import make_method
-
-    t = cfg.teacher
-    combos = {(int(t.get("rank", 8)), int(t.get("lora_seed", 0)))}
-    for spec in cfg.methods:
-        if spec["kind"] in GRADIENT_KINDS:
-            m = make_method(method_spec(spec), _NAME_FEATURES)
-            combos.add((int(m.rank), int(m.lora_seed)))
-    return sorted(combos)
-
-
-def warmup_stock_config(cfg: EvalConfig, data: str | Path, out: str | Path, rank: int, lora_seed: int):
-    """The :class:`influcoder.teacher.stock.StockConfig` whose ``--warmup-steps`` path warms an adapter up on ``data``:
-    the experiment's decoder, length and batching, ``teacher.warmup_steps`` / ``teacher.warmup_lr``."""
-    from ..data.records import DataSpec
-    from ..teacher.config import StockConfig
-
-    t = cfg.teacher
-    return StockConfig(model=cfg.model, data=DataSpec(str(data), preset="prompt-response"), out=str(out),
-                       max_length=cfg.max_length, batch_size=cfg.batch_size, token_budget=cfg.token_budget,
-                       projection="none", lora_rank=rank, seed=lora_seed, device=cfg.device, dtype=cfg.precision,
-                       warmup_steps=int(t.get("warmup_steps", 0)), warmup_lr=float(t.get("warmup_lr", 2e-5)))
-
-
-def warmup_adapter(ctx: _Ctx, records: list[Record], rank: int, lora_seed: int) -> tuple[str, dict]:
-    """LoRA adapter warmed up on ``records`` (stock's ``--warmup-steps`` path, :func:`influcoder.teacher.stock.warm_up_adapter`),
-    cached under ``work_dir/adapters`` by its definition; also what the warm-up saw."""
-    from ..teacher.stock import warm_up_adapter
-
-    t = ctx.cfg.teacher
-    steps = int(t.get("warmup_steps", 0))
-    if steps * ctx.cfg.batch_size < len(records):
-        raise UserError(f"config: teacher.warmup_steps {steps} × batch_size {ctx.cfg.batch_size} covers "
-                        f"{steps * ctx.cfg.batch_size} of the {len(records)} rows it is warmed up on: the warm-up "
-                        f"must see every row at least once (warmup_steps ≥ {-(-len(records) // ctx.cfg.batch_size)})")
-    key = _key({"model": ctx.cfg.model, "max_length": ctx.cfg.max_length, "batch_size": ctx.cfg.batch_size,
-                "token_budget": ctx.cfg.token_budget, "rank": rank, "lora_seed": lora_seed, "steps": steps,
-                "lr": float(t.get("warmup_lr", 2e-5)), "records": _ids(records),
-                **({} if ctx.precision == "float32" else {"precision": ctx.precision})})
-    d = ctx.work / "adapters" / f"r{rank}-s{lora_seed}-{key}"
-    if not (d / "adapter" / "adapter_config.json").exists():
-        _write_records(d / "data.jsonl", records)
-        ctx.log(f"warm-up: LoRA r{rank} seed {lora_seed}, {steps} steps on {len(records)} rows")
-        warm_up_adapter(warmup_stock_config(ctx.cfg, d / "data.jsonl", d, rank, lora_seed), progress=ctx.progress)
-    losses = json.loads((d / "warmup_losses.json").read_text())
-    return str(d / "adapter"), {"steps": steps, "epochs": steps * ctx.cfg.batch_size / len(records),
-                                "loss_first": losses[0], "loss_last": losses[-1], "n_rows": len(records)}
-
-
-def _adapter_keys(features) -> dict:
-    return {f"{r}-{s}": features.adapter_key(r, s) for r, s in sorted(features.adapters)}
-
-
-def _warmed(ctx: _Ctx, records: list[Record]) -> tuple[_Ctx, dict]:
-    """A context whose decoder features take every LoRA gradient at adapters warmed up on ``records`` (the
-    teacher's and each gradient method's (rank, seed)); unchanged without ``teacher.warmup_steps``."""
-    import copy
-
-    from .features import DecoderFeatures
-
-    if not int(ctx.cfg.teacher.get("warmup_steps", 0)):
-        return ctx, {}
-    adapters, info = {}, {}
-    for rank, seed in _lora_combos(ctx.cfg):
-        adapters[(rank, seed)], info[f"r{rank}-s{seed}"] = warmup_adapter(ctx, records, rank, seed)
-    c = copy.copy(ctx)
-    c.features = DecoderFeatures(ctx.cfg.model, max_length=ctx.cfg.max_length, batch_size=ctx.cfg.batch_size,
-                                 token_budget=ctx.cfg.token_budget, cache_dir=ctx.work / "features",
-                                 progress=ctx.progress, log=ctx.log, adapters=adapters,
-                                 device=ctx.device, precision=ctx.precision)
-    return c, info
-
-
-def method_spec(spec: dict) -> dict:
-    """A config method entry without the harness's own keys (``seeds``): what :func:`make_method` takes."""
-    return {k: v for k, v in spec.items() if k != "seeds"}
-
-
-def methods_of_seed(cfg: EvalConfig, seed: int) -> list[dict]:
-    """The methods run on ``seed``: every method whose ``seeds`` list (default: all of the config's) holds it."""
-    return [m for m in cfg.methods if seed in m.get("seeds", cfg.seeds)]
-
-
-DECODER_KINDS = ("repsim", "rds") + GRADIENT_KINDS
-TRAINED_KINDS = ("influcoder", "exact_query")
-"""Methods fitted per seed on the student's training split (the distilled student; exact-query scoring)."""
-
 
 def part_key(cfg: EvalConfig, spec: dict, td: dict, student: dict | None = None) -> str:
     """Construction key of one (seed, method) result: the evaluated rows (content hashes of every pool,
@@ -539,15 +217,15 @@ def part_key(cfg: EvalConfig, spec: dict, td: dict, student: dict | None = None)
     the student's recipe and training split for the student. Device and precision are not in it (they are
     recorded in the part): a result computed on one machine is reused on another."""
     k: dict = {"v": 1, "spec": method_spec(spec),
-               "variants": {v: {"pool": _ids(vd["pool"]), "positive": [int(x) for x in vd["positive"]],
-                                "refs": _ids(td["refs"][v])} for v, vd in td["variants"].items()}}
+               "variants": {v: {"pool": ids_of(vd["pool"]), "positive": [int(x) for x in vd["positive"]],
+                                "refs": ids_of(td["refs"][v])} for v, vd in td["variants"].items()}}
     if spec["kind"] in DECODER_KINDS + TRAINED_KINDS:
         k["decoder"] = {"model": cfg.model, "max_length": cfg.max_length}
     if spec["kind"] in GRADIENT_KINDS + TRAINED_KINDS:
         k["teacher"] = {**cfg.teacher, "batch_size": cfg.batch_size, "token_budget": cfg.token_budget}
     if spec["kind"] in TRAINED_KINDS:
         k["student"] = student
-    return _key(k)
+    return key_of(k)
 
 
 def _b64(a: np.ndarray) -> str:
@@ -587,9 +265,9 @@ class _SeedRun:
     """Everything one toxicity seed computes lazily: warmed-up contexts and the student (trained only when a
     result that needs it is not committed)."""
 
-    def __init__(self, ctx: _Ctx, td: dict, seed: int):
+    def __init__(self, ctx: Context, td: dict, seed: int):
         self.ctx, self.td, self.seed = ctx, td, seed
-        self.warm: dict[str, tuple[_Ctx, dict]] = {}
+        self.warm: dict[str, tuple[Context, dict]] = {}
         self.student: tuple[str, dict] | None = None
 
     def warmup_pool(self, variant: str) -> str:
@@ -597,13 +275,13 @@ class _SeedRun:
         every variant: the reduced protocol) or the variant itself (a checkpoint per subset, as DATE-LM)."""
         return self.ctx.cfg.teacher.get("warmup_on") or variant
 
-    def vctx(self, variant: str) -> tuple[_Ctx, dict]:
+    def vctx(self, variant: str) -> tuple[Context, dict]:
         w = self.warmup_pool(variant)
         if w not in self.warm:
             if w not in self.td["variants"]:
                 raise UserError(f"config: teacher.warmup_on '{w}' is not a variant (variants: "
                                 f"{', '.join(self.td['variants'])})")
-            self.warm[w] = _warmed(self.ctx, self.td["variants"][w]["pool"])
+            self.warm[w] = warmed(self.ctx, self.td["variants"][w]["pool"])
         return self.warm[w]
 
     def student_opts(self) -> dict:
@@ -621,7 +299,7 @@ class _SeedRun:
 
     def training_def(self) -> dict:
         """The student's training split (what exact-query scoring is fitted on), for the part's key."""
-        return {"pool": _ids(self.td["train_pool"]), "queries": _ids(self.td["train_queries"])}
+        return {"pool": ids_of(self.td["train_pool"]), "queries": ids_of(self.td["train_queries"])}
 
     def student_encoder(self) -> tuple[str, dict]:
         if self.student is None:
@@ -631,12 +309,12 @@ class _SeedRun:
             else:
                 trp, trq = self.td["train_pool"], self.td["train_queries"]
                 t0 = time.perf_counter()
-                lctx, warm = _warmed(ctx, trp)  # the labelling teacher is warmed up on the pool it labels
+                lctx, warm = warmed(ctx, trp)  # the labelling teacher is warmed up on the pool it labels
                 lab = exact_teacher(lctx, trp, trq)
                 t_lab = time.perf_counter() - t0
                 path, info = train_student(
                     ctx, f"toxicity-s{self.seed}", trp, trq, lab,
-                    {"kind": "exact", **cfg.teacher, **({"adapters": _adapter_keys(lctx.features)} if warm else {})})
+                    {"kind": "exact", **cfg.teacher, **({"adapters": adapter_keys(lctx.features)} if warm else {})})
                 info = {**info, "seconds_labels_this_run": t_lab, **({"teacher_warmup": warm} if warm else {})}
                 self.student = path, info
         return self.student
@@ -660,7 +338,7 @@ class _SeedRun:
         t = self.ctx.cfg.teacher
         rank, lseed = int(t.get("rank", 8)), int(t.get("lora_seed", 0))
         trp, trq = self.td["train_pool"], self.td["train_queries"]
-        lctx, _ = _warmed(self.ctx, trp)
+        lctx, _ = warmed(self.ctx, trp)
         sketch = self._sketcher(int(spec.get("sketch_dim", 65536)), int(spec.get("sketch_seed", 0)))
 
         def unit(recs):
@@ -702,7 +380,7 @@ class _SeedRun:
             rate = None  # seconds per pool example (features + head), measured where rows were computed
             for variant, vd in self.td["variants"].items():
                 pool, refs = vd["pool"], self.td["refs"][variant]
-                keys = _ids(pool)
+                keys = ids_of(pool)
                 new = {k: r for k, r in zip(keys, pool) if k not in seen}
                 if new:
                     t0 = time.perf_counter()
@@ -727,7 +405,7 @@ class _SeedRun:
             vctx, warm = self.vctx(variant) if spec["kind"] in DECODER_KINDS else (self.ctx, {})
             sp, extra, s_info = method_spec(spec), None, {}
             if warm:
-                extra = {"adapters": _adapter_keys(vctx.features)}
+                extra = {"adapters": adapter_keys(vctx.features)}
             if spec["kind"] == "gradsim" and sp.get("proj_dim"):
                 _prefetch(vctx, pool + refs, [sp])
             if spec["kind"] == "influcoder":
@@ -743,7 +421,7 @@ class _SeedRun:
         return out
 
 
-def run_toxicity(ctx: _Ctx) -> dict:
+def run_toxicity(ctx: Context) -> dict:
     """Every (seed, method) of a toxicity experiment. With ``parts_dir`` each one's per-row scores and timing go
     to ``<parts_dir>/s<seed>-<method>.json`` as soon as they are computed, and a part whose construction key
     matches is read instead of recomputed (so the experiment runs in pieces, on different days and machines);
@@ -790,7 +468,7 @@ def run_toxicity(ctx: _Ctx) -> dict:
                                          "n_rows": len(g["scores"]), "scores_f32_b64": _b64(g["scores"])}
                                      for v, g in got.items()}}
                 if path is not None:
-                    _atomic_json(path, part)
+                    atomic_json(path, part)
             for variant, vd in td["variants"].items():
                 pv = part["variants"][variant]
                 agg = _unb64(pv["scores_f32_b64"])
@@ -820,7 +498,7 @@ def run_toxicity(ctx: _Ctx) -> dict:
 
 
 # ----------------------------------------------------------------------------- fidelity
-def run_fidelity(ctx: _Ctx) -> dict:
+def run_fidelity(ctx: Context) -> dict:
     found = []
     for p in ctx.cfg.fidelity.get("results", []):
         pp = Path(p)
@@ -830,44 +508,6 @@ def run_fidelity(ctx: _Ctx) -> dict:
 
 
 # ----------------------------------------------------------------------------- flops for every method
-def add_flops(ctx: _Ctx, result: dict, pool: list[Record], queries: list[Record]) -> dict:
-    n = int(ctx.cfg.costs.get("n_examples", 8))
-    if n <= 0:
-        return {}
-    nq = max(1, n // 3)
-    sp, sq = pool[: max(1, n - nq)], queries[:nq]
-    out = {}
-    parts = Path(ctx.cfg.parts_dir) if ctx.cfg.parts_dir else None
-    for spec in ctx.cfg.methods:
-        name = method_name(spec)
-        if ctx.only_methods and name not in ctx.only_methods:
-            continue
-        s = method_spec(spec)
-        # the student's FLOPs are its architecture's: keyed without the (machine-local) path of its weights
-        key = _key({"spec": s, "model": ctx.cfg.model, "pool": _ids(sp), "q": _ids(sq)})
-        path = parts / f"flops-{name}.json" if parts else None
-        saved = json.loads(path.read_text()) if path is not None and path.exists() else None
-        if saved is not None and saved.get("key") == key:
-            out[name] = saved
-            continue
-        if ctx.committed_only:
-            continue
-        if spec["kind"] == "influcoder":
-            s = {"kind": "influcoder", "name": name, "encoder": result.get("_student_path") or "minilm-l6"}
-        ctx.log(f"FLOPs of {name} on {len(sp)}+{len(sq)} examples")
-        if spec["kind"] == "exact_query":  # per pool example: its three views through the untrained encoder
-            enc = method_flops(ctx, {"kind": "semantic", "encoder": s.get("encoder", "minilm-l6")}, sp, sq)
-            f = enc["flops_per_example"]
-            out[name] = {**enc, "flops_per_example": None if f is None else 3 * f, "key": key,
-                         "note": "3 × the untrained encoder's FLOPs per example (text, response, prompt); the ridge "
-                                 "head and the queries' gradients not counted"}
-        else:
-            out[name] = {**method_flops(ctx, s, sp, sq), "key": key}
-        if path is not None:
-            _atomic_json(path, out[name])
-    return out
-
-
 # ============================================================================ entry point
 def run(cfg: EvalConfig, *, progress: bool = True, log: Callable[[str], None] | None = None,
         command: str | None = None, committed_only: bool = False, only_methods: set[str] | None = None,
@@ -877,7 +517,7 @@ def run(cfg: EvalConfig, *, progress: bool = True, log: Callable[[str], None] | 
     ``only_methods`` / ``only_seeds``: run only these methods (names) / these of the config's seeds (the cost
     sample stays the config's first seed's, so pieces run apart share it)."""
     log = log or (lambda s: None)
-    ctx = _Ctx(cfg, log, progress)
+    ctx = Context(cfg, log, progress)
     if only_methods:
         unknown = sorted(set(only_methods) - {method_name(m) for m in cfg.methods})
         if unknown:
@@ -934,9 +574,9 @@ def run(cfg: EvalConfig, *, progress: bool = True, log: Callable[[str], None] | 
             for v in r.get("variants", {}).values():
                 for m in v.get("methods", {}).values():
                     m.pop("pr_curve", None)
-        _atomic_json(stem.with_suffix(".json"), slim)
+        atomic_json(stem.with_suffix(".json"), slim)
     else:
-        _atomic_json(stem.with_suffix(".json"), res)
+        atomic_json(stem.with_suffix(".json"), res)
     md = report_markdown(cfg, res, command or f"influcoder evaluate <config for {cfg.name}>")
     tmp = stem.with_suffix(".md.tmp")
     tmp.write_text(md)
