@@ -34,6 +34,25 @@ def brute(encoder_dir, pool_rows, query_items):
     return P @ Q.T  # pool × query cosine
 
 
+def test_the_queries_data_spec_is_read_with_its_limit_and_skip_invalid(tmp_path, tiny_encoder, built):
+    """attribute and filter read their queries as the data spec says: limit and skip_invalid apply (the flags
+    --queries.limit / --queries.skip-invalid reach them)."""
+    from influcoder.data.records import DataSpec
+    from influcoder.search.attribute import AttributeConfig, attribute
+    from influcoder.search.filter import FilterConfig, filter_pool
+
+    pool, queries, emb, idx = built
+    bad = tmp_path / "queries_bad.jsonl"
+    bad.write_text('{"id": "broken"}\n' + queries.read_text())
+    spec = DataSpec(str(bad), limit=2, skip_invalid=True)
+    recs = attribute(AttributeConfig(str(tiny_encoder), str(idx), queries=spec, top_k=3, ood={"enabled": False}))
+    first_two = [json.loads(l)["id"] for l in queries.read_text().splitlines()[:2]]
+    assert sorted({r["query_id"] for r in recs}) == sorted(first_two) and len(recs) == 2 * 3
+    out = filter_pool(FilterConfig(str(tiny_encoder), str(tmp_path / "f"), data=str(pool), pool_embeddings=str(emb),
+                                   queries=spec, ood={"enabled": False}), progress=False)
+    assert json.loads((out / "report.json").read_text())["n_queries"] == 2
+
+
 def test_attribute_equals_bruteforce_and_writes_jsonl_and_csv(tmp_path, tiny_encoder, built):
     from influcoder.search.attribute import AttributeConfig, attribute
     from influcoder.data.records import Record, record_to_text

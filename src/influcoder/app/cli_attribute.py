@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand
 
+from .options import OOD_ALIASES, RAY_ALIASES, data_aliases, param, quiet_param
+
 console = Console(stderr=True)
 
 
@@ -23,12 +25,6 @@ class _OptionalRayValue(TyperCommand):
             if a in ("--ray", "--ray.address") and (i + 1 == len(args) or args[i + 1].startswith("-")):
                 fixed.append("local")
         return super().parse_args(ctx, fixed)
-
-
-RAY_ALIASES = {"ray.address": "--ray", "ray.num_actors": "--ray-actors", "ray.cpus_per_actor": "--ray-cpus",
-               "ray.gpus_per_actor": "--ray-gpus", "ray.rows_per_batch": "--ray-batch-rows"}
-"""The short flags of the ``ray`` section (influcoder.search.ray_backend.RayConfig) of ``embed`` and ``filter``:
-``--ray [ADDRESS]`` runs the command on Ray (a cluster ADDRESS, or alone: RAY_ADDRESS or a local instance)."""
 
 
 def register(app: typer.Typer) -> None:
@@ -48,9 +44,8 @@ def _require_file(path, flag: str) -> None:
 
 
 def _embed(values: dict, extras: dict):
-    from ..search.embed import EmbedConfig, embed_file, open_embeddings
-
     from ..core.config import config_from_flags
+    from ..search.embed import EmbedConfig, embed_file, open_embeddings
 
     _require_file(values["data__path"], "--data")
     cfg = config_from_flags(EmbedConfig, {**values, "dtype": "float32" if extras["float32"] else "float16"})
@@ -68,24 +63,15 @@ def _embed(values: dict, extras: dict):
         console.print(f"[yellow]{st['n_invalid']} invalid rows skipped; see {path / 'invalid.jsonl'}[/]")
 
 
-def _param(name, annotation, option):
-    import inspect
-
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=option)
-
-
 def _embed_command():
     """``influcoder embed``: flags generated from :class:`influcoder.search.embed.EmbedConfig`'s fields, but
     ``dtype``, whose flag stays ``--float32`` (float16 otherwise)."""
     from ..core.config import command_from
     from ..search.embed import EmbedConfig
-
     from ..search.ray_backend import RayConfig
 
-    extra = [_param("float32", bool, typer.Option(False, "--float32", help="Store float32 instead of float16 (the dtype field).")),
-             _param("quiet", bool, typer.Option(False, "--quiet", help="No progress bar."))]
-    from .cli_stock import data_aliases
-
+    extra = [param("float32", bool, typer.Option(False, "--float32", help="Store float32 instead of float16 (the dtype field).")),
+             quiet_param()]
     return command_from(EmbedConfig, _embed, exclude=("dtype",), extra=extra,
                         aliases={**data_aliases("data", "data"), **RAY_ALIASES}, sections={"ray": RayConfig},
                         shown=("encoder", "data__path", "out", "data__preset", "device", "precision", "batch_size",
@@ -116,11 +102,6 @@ def _index_command():
     return command_from(IndexConfig, _index, doc="Build a FAISS inner-product index over an embedding store.")
 
 
-OOD_ALIASES = {"ood.reference": "--reference", "ood.reference_preset": "--reference-preset",
-               "ood.threshold": "--ood-threshold", "ood.enabled": "/--no-ood"}
-"""The short flags of a command's ``ood`` section (influcoder.search.ood.OODConfig)."""
-
-
 def _attribute(values: dict, extras: dict):
     from ..core.config import config_from_flags
     from ..search.attribute import AttributeConfig, run_attribute
@@ -139,7 +120,6 @@ def _attribute_command():
     """``influcoder attribute``: flags generated from :class:`influcoder.search.attribute.AttributeConfig`."""
     from ..core.config import command_from
     from ..search.attribute import AttributeConfig
-    from .cli_stock import data_aliases
 
     aliases = {**data_aliases("queries", "queries", "query-"), "query_texts": "--query-text", "with_text": "/--no-text",
                **OOD_ALIASES}
@@ -175,12 +155,10 @@ def _filter_command():
     whose flag stays ``--float32`` (float16 otherwise)."""
     from ..core.config import command_from
     from ..search.filter import FilterConfig
-    from .cli_stock import data_aliases
-
     from ..search.ray_backend import RayConfig
 
-    extra = [_param("float32", bool, typer.Option(False, "--float32", help="Store pool embeddings as float32 (the dtype field).")),
-             _param("quiet", bool, typer.Option(False, "--quiet", help="No progress bar."))]
+    extra = [param("float32", bool, typer.Option(False, "--float32", help="Store pool embeddings as float32 (the dtype field).")),
+             quiet_param()]
     aliases = {**data_aliases("data", "data"), **data_aliases("queries", "queries", "query-"),
                "pool_texts": "--pool-text", "query_texts": "--query-text", **OOD_ALIASES, **RAY_ALIASES}
     shown = ("encoder", "data__path", "queries__path", "out", "aggregate", "fraction", "threshold", "keep", "data__preset",

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Optional
 
 import typer
 from rich.console import Console
+
+from .options import data_aliases, param, quiet_param
 
 console = Console(stderr=True)
 
@@ -16,10 +17,8 @@ _BOTH = {"preset": "Field preset for both files (alpaca, dolly, bbh, prompt-resp
          "prompt_field": "Prompt field(s) for both files, comma-separated.",
          "response_field": "Response field for both files.",
          "id_field": "Id field for both files."}
-EXTRA = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
-                           default=typer.Option(None, "--" + k.replace("_", "-"), help=h)) for k, h in _BOTH.items()] + [
-    inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                      default=typer.Option(False, "--quiet", help="No progress bar."))]
+EXTRA = [param(k, Optional[str], typer.Option(None, "--" + k.replace("_", "-"), help=h)) for k, h in _BOTH.items()] + [
+    quiet_param()]
 
 
 def _train(values: dict, extras: dict):
@@ -39,7 +38,6 @@ def _train(values: dict, extras: dict):
 def register(app: typer.Typer) -> None:
     from ..core.config import command_from
     from ..student.config import DistillConfig
-    from .cli_stock import data_aliases
 
     shown = ("pool_data__path", "query_data__path", "labels", "out", "encoder", "max_length", "max_train_seconds",
              "epochs", "seed", "device", "precision")

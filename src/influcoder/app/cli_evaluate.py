@@ -3,10 +3,11 @@ generated from :class:`influcoder.eval.config.EvaluateCommand`."""
 
 from __future__ import annotations
 
-import inspect
 import sys
 
 import typer
+
+from .options import param
 
 
 def _evaluate(values: dict, extras: dict):
@@ -46,8 +47,8 @@ def register(app: typer.Typer) -> None:
     from ..core.config import command_from
     from ..eval.config import EvaluateCommand
 
-    config = inspect.Parameter("config", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str, default=typer.Argument(
-        ..., help="Experiment config (YAML): configs/exp1_ranking.yaml, ..."))
+    config = param("config", str, typer.Argument(..., help="Experiment config (YAML): configs/exp1_ranking.yaml, ..."),
+                   positional=True)
     app.command("evaluate")(command_from(EvaluateCommand, _evaluate, extra=[config], doc=(
         "Run an experiment from a config: caches features, labels, students and scores under work_dir (a rerun "
         "recomputes only what changed), writes eval_<name>.json/.md/.png under out_dir.")))

@@ -4,9 +4,9 @@ file. ``demo`` is ``run`` with the shipped demo config (its flags show that file
 
 from __future__ import annotations
 
-import inspect
-
 import typer
+
+from .options import data_aliases, param, quiet_param
 
 DEMO_ALIASES = {"out": "--workdir", "mix.pool_n": "--pool-size", "sample.n_stock": "--n-stock", "mix.queries_n": "--queries",
                 "student.epochs": "--epochs", "teacher.model": "--decoder", "student.encoder": "--encoder",
@@ -16,36 +16,38 @@ SEEDED = ("mix", "sample", "teacher", "student")
 """The run-config sections whose ``seed`` the demo's ``--seed`` sets."""
 
 
+def _given(values: dict, ctx) -> dict:
+    """The flags given on the command line (not their defaults)."""
+    # typer may vendor its own click: compare the parameter source by name
+    return {k: v for k, v in values.items() if getattr(ctx.get_parameter_source(k), "name", None) == "COMMANDLINE"}
+
+
 def _apply_overrides(cfg, values: dict, ctx) -> object:
     """The config with the flags given on the command line (not their defaults) written over it."""
-    from ..core.config import from_dict, to_dict
+    from ..core.config import config_from_flags, to_dict
     from ..run.config import RunConfig
 
-    d = to_dict(cfg)
-    for name, value in values.items():
-        source = ctx.get_parameter_source(name)
-        if getattr(source, "name", None) != "COMMANDLINE":  # typer may vendor its own click: compare by name
-            continue
-        *sections, leaf = name.split("__")
-        node = d
-        for s in sections:
-            node = node[s]
-        node[leaf] = list(value) if isinstance(value, (list, tuple)) else value
-    return from_dict(RunConfig, d, where="command line")
+    return config_from_flags(RunConfig, _given(values, ctx), base=to_dict(cfg))
+
+
+def _pipeline(cfg, quiet: bool):
+    """The Pipeline of ``cfg``, logging to stderr (nothing with ``quiet``)."""
+    from rich.console import Console
+
+    from ..run.pipeline import Pipeline
+
+    console = Console(stderr=True)
+    return Pipeline(cfg, log=(lambda s: None) if quiet else (lambda s: console.print(s, highlight=False, markup=False)),
+                    progress=not quiet)
 
 
 def run_config(cfg, quiet: bool) -> None:
     """Run a resolved RunConfig (``influcoder run`` and ``influcoder demo``) and print the last screen."""
     import sys
 
-    from rich.console import Console
-
-    from ..run.pipeline import Pipeline
     from ..run.report import last_screen
 
-    console = Console(stderr=True)
-    pipe = Pipeline(cfg, log=(lambda s: None) if quiet else (lambda s: console.print(s, highlight=False, markup=False)),
-                    progress=not quiet)
+    pipe = _pipeline(cfg, quiet)
     pipe.run()
     print(last_screen(pipe.root), file=sys.stdout)
 
@@ -59,35 +61,24 @@ def _run(values: dict, extras: dict):
 
 
 def _demo(values: dict, extras: dict):
-    from ..core.config import from_dict, to_dict
+    from ..core.config import config_from_flags, to_dict
     from ..run.config import RunConfig
     from ..run.demo import demo_run_config
 
-    cfg = _apply_overrides(demo_run_config(), values, extras["ctx"])
-    if extras["seed"] is not None:
-        d = to_dict(cfg)
-        for section in SEEDED:
-            d[section]["seed"] = extras["seed"]
-        cfg = from_dict(RunConfig, d, where="command line")
-    run_config(cfg, extras["quiet"])
-
-
-def _quiet() -> inspect.Parameter:
-    return inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                             default=typer.Option(False, "--quiet", help="No progress bars or log lines."))
+    given = _given(values, extras["ctx"])
+    if extras["seed"] is not None:  # --seed sets every section's seed (over a section's own seed flag)
+        given.update({f"{section}__seed": extras["seed"] for section in SEEDED})
+    run_config(config_from_flags(RunConfig, given, base=to_dict(demo_run_config())), extras["quiet"])
 
 
 def _exact_query(values: dict, extras: dict):
     import dataclasses
     from pathlib import Path
 
-    from rich.console import Console
-
     from ..core.config import config_from_flags, load_yaml
     from ..core.errors import UserError
     from ..run.config import ExactQueryAttributeConfig, RunConfig
     from ..run.layout import RunLayout
-    from ..run.pipeline import Pipeline
 
     eq = config_from_flags(ExactQueryAttributeConfig, values)
     run_dir = extras["run_dir"]
@@ -95,40 +86,36 @@ def _exact_query(values: dict, extras: dict):
     if not layout.config.is_file():
         raise UserError(f"{run_dir}: not a run folder (no {layout.config.name})")
     cfg = dataclasses.replace(load_yaml(RunConfig, layout.config), out=str(run_dir))  # wherever the folder now is
-    console = Console(stderr=True)
-    quiet = extras["quiet"]
-    pipe = Pipeline(cfg, log=(lambda s: None) if quiet else (lambda s: console.print(s, highlight=False, markup=False)),
-                    progress=not quiet)
-    print(pipe.exact_query_attribute(eq.queries, Path(eq.out), eq.top_k, aggregate=eq.aggregate))
+    print(_pipeline(cfg, extras["quiet"]).exact_query_attribute(eq.queries, Path(eq.out), eq.top_k, aggregate=eq.aggregate))
 
 
 def register(app: typer.Typer) -> None:
     from ..core.config import command_from
     from ..run.config import ExactQueryAttributeConfig, RunConfig
     from ..run.demo import demo_run_config
-    from .cli_stock import data_aliases
 
-    config = inspect.Parameter("config", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str, default=typer.Argument(
-        ..., help="Run config: a YAML file (e.g. configs/own_data.yaml) or a shipped config's name (demo)."))
+    config = param("config", str, typer.Argument(
+        ..., help="Run config: a YAML file (e.g. configs/own_data.yaml) or a shipped config's name (demo)."),
+        positional=True)
+    quiet = quiet_param("No progress bars or log lines.")
     shown = ("out", "pool__path", "pool__prompt_field", "pool__response_field", "queries__path", "sample__n_stock",
              "teacher__model", "student__encoder", "device", "precision", "steps")
-    app.command("run")(command_from(RunConfig, lambda values, extras: _run(values, extras), extra=[config, _quiet()], context=True, shown=shown, doc=(
+    app.command("run")(command_from(RunConfig, lambda values, extras: _run(values, extras), extra=[config, quiet], context=True, shown=shown, doc=(
         "Run the whole job from a config: sample → stock → labels → train → embed → index → attribute/filter → "
         "fidelity report. Every step is cached by its config and inputs; rerun the same command after an "
         "interruption to resume. Flags override the file's values.")))
 
-    seed = inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY, annotation=int, default=typer.Option(
+    seed = param("seed", int, typer.Option(
         None, "--seed", help="Seed of the mix, the sample, the LoRA init and sketch, and the student (each section's seed)."))
     demo_shown = ("out", "mix__pool_n", "mix__queries_n", "sample__n_stock", "student__epochs", "teacher__model",
                   "student__encoder", "teacher__dtype", "device", "precision")
-    app.command("demo")(command_from(RunConfig, _demo, extra=[seed, _quiet()], context=True, shown=demo_shown,
+    app.command("demo")(command_from(RunConfig, _demo, extra=[seed, quiet], context=True, shown=demo_shown,
                                      aliases=DEMO_ALIASES, base=demo_run_config(), doc=(
         "The main job on real data: `influcoder run demo` (the shipped demo config, whose values the flags show).")))
 
-    run_dir = inspect.Parameter("run_dir", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str, default=typer.Argument(
-        ..., help="A run folder whose exact_query step is done."))
+    run_dir = param("run_dir", str, typer.Argument(..., help="A run folder whose exact_query step is done."), positional=True)
     app.command("exact-query")(command_from(
-        ExactQueryAttributeConfig, _exact_query, extra=[run_dir, _quiet()],
+        ExactQueryAttributeConfig, _exact_query, extra=[run_dir, quiet],
         aliases=data_aliases("queries", "queries"),
         shown=("queries__path", "out", "top_k", "aggregate", "queries__preset", "queries__prompt_field",
                "queries__response_field"),

@@ -11,15 +11,12 @@ console = Console(stderr=True)
 
 
 def register(app: typer.Typer) -> None:
-    import inspect
-
     from ..core.config import command_from
-    from .cli_attribute import OOD_ALIASES
-    from .cli_stock import data_aliases
+    from .options import OOD_ALIASES, data_aliases, param
     from .serve import ServeConfig
 
-    path = inspect.Parameter("path", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Path, default=typer.Argument(
-        ..., help="A run folder (influcoder run) or an index folder (influcoder index --out)."))
+    path = param("path", Path, typer.Argument(
+        ..., help="A run folder (influcoder run) or an index folder (influcoder index --out)."), positional=True)
     aliases = {**data_aliases("queries", "queries", "query-"), **OOD_ALIASES}
     app.command("serve")(command_from(ServeConfig, _serve, extra=[path], aliases=aliases,
                                       shown=("host", "port", "queries__path", "queries__preset", "aggregate", "device"), doc=(

@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from .options import data_aliases, quiet_param
+
 console = Console(stderr=True)
 
 
@@ -15,32 +17,10 @@ def register(app: typer.Typer) -> None:
     from ..core.config import command_from
     from ..teacher.config import InfluenceConfig, TargetsConfig
 
+    quiet = quiet_param("No progress bar or messages.")
     app.command("stock")(_stock_command())
-    app.command("influence")(command_from(InfluenceConfig, _influence, extra=[_quiet()]))
-    app.command("targets")(command_from(TargetsConfig, _targets, extra=[_quiet()]))
-
-
-def _quiet():
-    import inspect
-
-    return inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                             default=typer.Option(False, "--quiet", help="No progress bar or messages."))
-
-
-DATA_FLAGS = {"path": "", "preset": "--preset", "prompt_field": "--prompt-field", "response_field": "--response-field",
-              "messages_field": "--messages-field", "id_field": "--id-field", "limit": "--limit",
-              "skip_invalid": "--skip-invalid"}
-"""The short flags of a command's ``data`` section (``--data.preset`` is also ``--preset``; its path is ``--data``)."""
-
-
-def data_aliases(section: str, short: str, prefix: str = "") -> dict[str, str]:
-    """Aliases of a DataSpec section's flags: ``--<short>`` for its path and ``--<prefix>preset`` … for its fields
-    (``data_aliases("queries", "queries", "query-")`` → ``--queries``, ``--query-preset``, …)."""
-    out = {f"{section}.path": f"--{short}"}
-    for k, flag in DATA_FLAGS.items():
-        if flag:
-            out[f"{section}.{k}"] = "--" + prefix + flag[2:]
-    return out
+    app.command("influence")(command_from(InfluenceConfig, _influence, extra=[quiet]))
+    app.command("targets")(command_from(TargetsConfig, _targets, extra=[quiet]))
 
 
 def _stock(values: dict, extras: dict):
@@ -69,7 +49,7 @@ def _stock_command():
     from ..core.config import command_from
     from ..teacher.config import StockConfig
 
-    quiet = _quiet()
+    quiet = quiet_param()
     shown = ("model", "data__path", "out", "data__preset", "data__prompt_field", "data__response_field", "projection",
              "proj_dim", "max_length", "batch_size", "dtype", "device", "warmup_steps")
     return command_from(StockConfig, _stock, extra=[quiet], shown=shown, aliases=data_aliases("data", "data"), doc=(

@@ -31,7 +31,7 @@ from typing import Iterator
 import numpy as np
 
 from ..core.errors import UserError
-from ..data.records import DataSpec, Record, iter_rows, read_records, record_to_text
+from ..data.records import DataSpec, Record, iter_rows, record_to_text
 from ..search.ood import OODConfig
 from ..run.layout import MANIFEST as RUN_MANIFEST, RUN_FORMAT, RunLayout
 
@@ -204,7 +204,7 @@ class Explorer:
 
     def __init__(self, source: ServeSource, *, aggregate: str = "mean", batch_size: int = 64, ood=None,
                  device: str = "auto", precision: str = "auto"):
-        from ..search.ood import OODConfig, build_references
+        from ..search.ood import build_references
         from ..student.loading import encoder_fingerprint, load_encoder
         from ..search.index import open_index
 
@@ -227,7 +227,7 @@ class Explorer:
         self.query_texts: list[str] = []
         self.query_records: dict[str, Record] = {}
         if source.queries:
-            recs, _ = read_records(source.queries.path, source.queries.field_spec())
+            recs, _ = source.queries.read()
             self.query_ids = [r.id for r in recs]
             self.query_texts = [record_to_text(r) for r in recs]  # what the page shows
             self.query_records = {r.id: r for r in recs}  # what the encoder reads (the response kept)

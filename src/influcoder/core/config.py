@@ -42,6 +42,7 @@ __all__ = [
     "typer_params",
     "command_from",
     "config_from_flags",
+    "merged",
     "differences",
     "flag_for",
 ]
@@ -354,9 +355,18 @@ def typer_params(cls: type, *, prefix: str = "", flags: dict[str, str] | None = 
     return out
 
 
-def config_from_flags(cls: type, values: dict[str, Any], *, where: str = "command line") -> Any:
-    """``cls`` built from a generated command's values (``section__field`` names nest), with every check of
-    :func:`from_dict` (the error names the flag's key)."""
+def merged(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` written over it, nested mappings merged key by key (neither is changed)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def config_from_flags(cls: type, values: dict[str, Any], *, base: dict | None = None,
+                      where: str = "command line") -> Any:
+    """``cls`` built from a generated command's values (``section__field`` names nest) written over ``base`` (a
+    mapping of the config, e.g. a YAML file's), with every check of :func:`from_dict` (the error names the key)."""
     d: dict[str, Any] = {}
     for name, value in values.items():
         if value is None:
@@ -365,8 +375,8 @@ def config_from_flags(cls: type, values: dict[str, Any], *, where: str = "comman
         node = d
         for s in sections:
             node = node.setdefault(s, {})
-        node[leaf] = list(value) if isinstance(value, tuple) else value
-    return from_dict(cls, d, where=where)
+        node[leaf] = list(value) if isinstance(value, (list, tuple)) else value
+    return from_dict(cls, merged(base or {}, d), where=where)
 
 
 def _first_sentence(doc: str) -> str:
@@ -443,5 +453,4 @@ def command_from(cls: type, body: Callable[..., Any], *, flags: dict[str, str] |
     command.__name__ = getattr(body, "__name__", "command")
     command.config_class = cls  # for tests: which dataclass the flags come from
     command.config_flags = {p.name: p.default for p in params}
-    command.config_sections = sections
     return command

@@ -17,8 +17,6 @@ from .config import EvalConfig
 __all__ = ["Context", "key_of", "atomic_json", "atomic_npy", "ids_of", "method_name", "method_spec", "methods_of_seed", "write_records_file", "GRADIENT_KINDS", "DECODER_KINDS", "TRAINED_KINDS"]
 
 
-
-
 def key_of(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

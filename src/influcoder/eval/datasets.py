@@ -15,7 +15,6 @@ from ..data.records import FieldSpec, Record, read_records
 __all__ = ["read_with_preset", "ranking_split", "read_xstest", "read_xstest_unsafe", "prompt_key", "check_no_shared_prompts", "toxicity_data", "toxicity_data_planted", "toxicity_data_datelm", "read_hh_rlhf_unsafe", "looks_like_refusal", "DATELM_DATA"]
 
 
-
 # ============================================================================ data
 def read_with_preset(path: str, preset: str | None) -> list[Record]:
     try:

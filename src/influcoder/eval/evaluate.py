@@ -210,7 +210,6 @@ def _prefetch(ctx: Context, records: list[Record], specs: list[dict] | None = No
         ctx.mark(key)
 
 
-
 def part_key(cfg: EvalConfig, spec: dict, td: dict, student: dict | None = None) -> str:
     """Construction key of one (seed, method) result: the evaluated rows (content hashes of every pool,
     the references, the labels), the method's definition, the decoder settings and warm-up for decoder methods,

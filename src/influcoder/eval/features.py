@@ -27,7 +27,6 @@ def record_key(rec: Record) -> str:
     return h.hexdigest()[:20]
 
 
-
 # ============================================================================ decoder features
 @dataclass
 class _Entry:

@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["per_example_seconds", "method_flops", "add_flops"]
-
-
 from ..data.records import Record
-
 from .context import Context, atomic_json, ids_of, key_of, method_name, method_spec
+
+__all__ = ["per_example_seconds", "method_flops", "add_flops"]
 
 
 def per_example_seconds(cost: dict, n_pool: int, n_query: int) -> float | None:
@@ -58,7 +56,6 @@ def method_flops(ctx: Context, spec: dict, sample_pool: list[Record], sample_que
                "note": note}
     atomic_json(path, out)
     return out
-
 
 
 def add_flops(ctx: Context, result: dict, pool: list[Record], queries: list[Record]) -> dict:

@@ -12,7 +12,6 @@ from .config import EvalConfig
 __all__ = ["report_markdown", "make_figures", "teacher_description", "datelm_comparison"]
 
 
-
 # ============================================================================ report
 def _fmt(x, nd=3) -> str:
     if x is None or (isinstance(x, float) and not np.isfinite(x)):

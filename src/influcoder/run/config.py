@@ -262,8 +262,6 @@ def find_run_config(name_or_path: str | Path) -> Path:
     raise ConfigError(f"{p}: config file not found (give a YAML file, or the name of a shipped config: {names})")
 
 
-
-
 @dataclass
 class ExactQueryAttributeConfig:
     """``influcoder exact-query RUN``: attribute new queries by exact-query scoring against a finished run (stock

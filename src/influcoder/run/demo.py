@@ -14,20 +14,10 @@ __all__ = ["demo_run_config", "run_demo", "DEMO_YAML"]
 DEMO_YAML = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 
 
-def _merge(base: dict, over: dict, where: str) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v, f"{where}.{k}")
-        else:
-            out[k] = v
-    return out
-
-
 def demo_run_config(overrides: dict[str, Any] | None = None):
     """The shipped demo.yaml as a :class:`~influcoder.run.config.RunConfig`, with ``overrides`` (a nested mapping of
     run-config keys, e.g. ``{"sample": {"n_stock": 40}}``) written over it."""
-    from ..core.config import from_dict, load_yaml, to_dict
+    from ..core.config import from_dict, load_yaml, merged, to_dict
     from .config import RunConfig
 
     if not DEMO_YAML.exists():
@@ -35,7 +25,7 @@ def demo_run_config(overrides: dict[str, Any] | None = None):
     cfg = load_yaml(RunConfig, DEMO_YAML)
     if not overrides:
         return cfg
-    return from_dict(RunConfig, _merge(to_dict(cfg), overrides, ""), where=f"{DEMO_YAML} with overrides")
+    return from_dict(RunConfig, merged(to_dict(cfg), overrides), where=f"{DEMO_YAML} with overrides")
 
 
 def run_demo(overrides: dict[str, Any] | None = None, *, progress: bool = True, log=None) -> dict:

@@ -105,22 +105,22 @@ def _texts_for_rows(path: str, fields: dict, wanted: dict[int, str]) -> tuple[di
     return {row: record_to_text(rec) for row, rec in recs.items()}, note
 
 
-def query_embeddings(cfg_queries, query_texts, spec, encoder, fp: str, batch_size: int, what_index: FaissIndex | None):
+def query_embeddings(queries: DataSpec, query_texts, encoder, fp: str, batch_size: int):
     """(ids, items or None, float32 unit embeddings) for queries from a file, an embedding store, or texts."""
-    if cfg_queries and Path(cfg_queries).is_dir():
-        store = open_embeddings(cfg_queries)
+    if queries.path and Path(queries.path).is_dir():
+        store = open_embeddings(queries.path)
         if store.fingerprint != fp:
             raise UserError(
-                f"query embeddings {cfg_queries} were made with encoder '{store.manifest['encoder']['name']}' "
+                f"query embeddings {queries.path} were made with encoder '{store.manifest['encoder']['name']}' "
                 f"(fingerprint {store.fingerprint[:12]}), not the given encoder (fingerprint {fp[:12]}); re-embed them"
             )
         ids, emb, items = list(store.ids), store.matrix(), None
         if query_texts:
-            t_ids, t_items = load_items(None, query_texts, spec, "query")
+            t_ids, t_items = load_items(None, query_texts, "query")
             ids += t_ids
             emb = np.concatenate([emb, normalise(encode_sorted(encoder, t_items, batch_size=batch_size, side="query"))])
         return ids, items, emb
-    ids, items = load_items(cfg_queries, query_texts, spec, "query")
+    ids, items = load_items(queries, query_texts, "query")
     return ids, items, normalise(encode_sorted(encoder, items, batch_size=batch_size, side="query"))
 
 
@@ -145,12 +145,11 @@ def run_attribute(cfg: AttributeConfig, *, encoder=None, index: FaissIndex | Non
     index.require_encoder(fp, f"encoder '{cfg.encoder}'")
     if encoder is None:
         encoder = load_encoder(cfg.encoder, device=cfg.device, precision=cfg.precision, stage="attribute")
-    spec = cfg.queries.field_spec()
     if query_records is not None:
         q_ids, q_items = [r.id for r in query_records], list(query_records)
         q_emb = normalise(encode_sorted(encoder, q_items, batch_size=cfg.batch_size, side="query"))
     else:
-        q_ids, q_items, q_emb = query_embeddings(cfg.queries.path or None, cfg.query_texts, spec, encoder, fp, cfg.batch_size, index)
+        q_ids, q_items, q_emb = query_embeddings(cfg.queries, cfg.query_texts, encoder, fp, cfg.batch_size)
     scores, pos = index.search(q_emb, cfg.top_k, nprobe=cfg.nprobe, ef_search=cfg.ef_search)
 
     refs, ood_note = references if references is not None else build_references(encoder, cfg.ood, cfg.batch_size)

@@ -19,7 +19,7 @@ from .embed import EmbedConfig, EmbeddingStore, embed_file, encode_sorted, norma
 from ..student.loading import encoder_fingerprint, load_encoder
 from ..core.errors import UserError
 from ..core.fileio import atomic_write_text
-from ..data.records import DataSpec, FieldSpec
+from ..data.records import DataSpec
 from .attribute import query_embeddings
 from .items import load_items
 from .ood import OODConfig, build_references, ood_report
@@ -155,8 +155,7 @@ def filter_store(cfg: FilterConfig, store: EmbeddingStore | None, *, encoder=Non
         raise UserError(f"pool embeddings {store.root} were made with another encoder than '{cfg.encoder}'")
     if encoder is None:
         encoder = load_encoder(cfg.encoder, device=cfg.device, precision=cfg.precision, stage="filter")
-    q_spec = cfg.queries.field_spec()
-    q_ids, q_items, q_emb = query_embeddings(cfg.queries.path or None, cfg.query_texts, q_spec, encoder, fp, cfg.batch_size, None)
+    q_ids, q_items, q_emb = query_embeddings(cfg.queries, cfg.query_texts, encoder, fp, cfg.batch_size)
 
     p_ids: list[str] = []
     p_rows: list[int] = []
@@ -165,7 +164,7 @@ def filter_store(cfg: FilterConfig, store: EmbeddingStore | None, *, encoder=Non
         p_ids += store.ids
         p_rows += store.rows.tolist()
     if cfg.pool_texts:
-        t_ids, t_items = load_items(None, cfg.pool_texts, FieldSpec(), "pool")
+        t_ids, t_items = load_items(None, cfg.pool_texts, "pool")
         p_ids += t_ids
         p_rows += [-1] * len(t_ids)
 

@@ -5,28 +5,21 @@ from __future__ import annotations
 
 from typing import Sequence
 
-__all__ = ["load_items", "item_text", "field_spec_of"]
-
-
 from ..core.errors import UserError
-from ..data.records import PRESETS, FieldSpec, Record, read_records, record_to_text
+from ..data.records import DataSpec, Record, record_to_text
+
+__all__ = ["load_items", "item_text"]
 
 
-def field_spec_of(preset, prompt_field, response_field, messages_field=None, id_field=None) -> FieldSpec:
-    if preset and preset not in PRESETS:
-        raise UserError(f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
-    return FieldSpec.from_names(prompt_field, response_field, messages_field, id_field, preset)
-
-
-def load_items(path: str | None, texts: Sequence[str] | None, spec: FieldSpec, what: str,
-               *, skip_invalid: bool = False, limit: int | None = None) -> tuple[list[str], list[Record | str]]:
-    """Queries (or pool items) from a records file and/or texts given on the command line.
+def load_items(data: DataSpec | None, texts: Sequence[str] | None, what: str) -> tuple[list[str], list[Record | str]]:
+    """Queries (or pool items) from a records file (``data``, read with its field mapping, limit and skip_invalid)
+    and/or texts given on the command line.
 
     Texts get ids ``text:0``, ``text:1``, ... Returns ``(ids, items)``."""
     ids: list[str] = []
     items: list[Record | str] = []
-    if path:
-        recs, _ = read_records(path, spec, skip_invalid=skip_invalid, limit=limit)
+    if data is not None and data.path:
+        recs, _ = data.read()
         ids += [r.id for r in recs]
         items += recs
     for i, t in enumerate(texts or []):

@@ -15,8 +15,7 @@ from .embed import encode_sorted, normalise
 from ..student.loading import encoder_metadata
 from ..core.errors import UserError
 from .index import exact_search
-from ..data.records import PRESETS, FieldSpec, Record, read_records
-from .items import field_spec_of
+from ..data.records import PRESETS, DataSpec, FieldSpec, Record, read_records
 
 __all__ = ["OODConfig", "find_reference_data", "build_references", "ood_report"]
 
@@ -57,7 +56,6 @@ def find_reference_data(meta: dict) -> dict[str, list[tuple[str, FieldSpec]]]:
     ``query_data`` entries: a data spec (a training config's ``pool_data: {path, preset, …}``), or a path read
     with the field mapping of its sibling entries: ``<side>_fields``, or ``<side>_preset`` /
     ``<side>_prompt_field`` / ``<side>_response_field`` / ``<side>_id_field`` (older encoders' training configs)."""
-    from ..data.records import DataSpec
 
     found: dict[str, list[tuple[str, FieldSpec]]] = {"pool": [], "query": []}
     specs = meta.get("data_specs")
@@ -138,7 +136,7 @@ def build_references(encoder, ood: OODConfig, batch_size: int) -> tuple[dict[str
     if not ood.enabled:
         return {}, "OOD report disabled"
     if ood.reference:
-        spec = field_spec_of(ood.reference_preset, None, None)
+        spec = DataSpec(preset=ood.reference_preset).field_spec()  # an unknown preset is refused here
         files = {"pool": [(p, spec) for p in ood.reference], "query": [(p, spec) for p in ood.reference]}
     else:
         files = find_reference_data(encoder_metadata(encoder))

@@ -9,7 +9,6 @@ import numpy as np
 from ..core.errors import UserError
 
 
-
 # ---------------------------------------------------------------------------------------------- split
 @dataclass
 class Split:

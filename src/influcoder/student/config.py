@@ -6,10 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-
 from ..core.errors import UserError
 from ..data.records import DataSpec
-
 
 
 NO_OP_VALUES = {"dense_targets": None, "dense_weight": 0.0, "rank_weight": 1.0}

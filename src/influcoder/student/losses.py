@@ -3,10 +3,7 @@ metrics computed from a predicted and a true influence block."""
 
 from __future__ import annotations
 
-
 import numpy as np
-
-
 
 
 # ---------------------------------------------------------------------------------------------- loss
